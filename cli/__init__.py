@@ -1,0 +1,1 @@
+"""The `xray` command line: thin Typer commands over featurestore, rendered with rich."""
