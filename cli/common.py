@@ -75,7 +75,8 @@ def emit_table(
 ) -> None:
     """Print rows as a rich table, or as one JSON document (`--json`) for scripts."""
     if as_json:
-        doc: dict[str, Any] = {"title": title, "rows": [dict(zip(columns, r)) for r in rows]}
+        records = [dict(zip(columns, r, strict=True)) for r in rows]
+        doc: dict[str, Any] = {"title": title, "rows": records}
         if extra:
             doc.update(extra)
         typer.echo(json.dumps(doc, indent=2, default=str))

@@ -1,3 +1,3 @@
-"""xray's library: data, backbones, feature store, extraction, sources, heads, trainer, metrics, runs, reports."""
+"""xray: cached-feature transfer learning for chest X-ray classification."""
 
 __version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny generated Kermany-layout dataset, the real sample, CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Two cores shared by everything: keep torch from oversubscribing them in tests.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REALSAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "realsample"
+
+
+@pytest.fixture(scope="session")
+def realsample() -> Path:
+    """The 54 real Kaggle chest X-rays beside the project; skip when absent."""
+    if not (REALSAMPLE / "train").is_dir():
+        pytest.skip("../shared/realsample is not present")
+    return REALSAMPLE
+
+
+def write_tiny_dataset(root: Path, *, seed: int = 0, size: int = 40) -> Path:
+    """Write a tiny learnable Kermany-layout dataset: PNEUMONIA images carry a bright blob.
+
+    train: 8 NORMAL (4 patients) + 12 PNEUMONIA (6 patients); val: 1 + 1; test: 4 + 4.
+    File names follow the Kermany conventions so patient parsing is exercised.
+    """
+    rng = np.random.default_rng(seed)
+    plan = {
+        "train": {"NORMAL": 4, "PNEUMONIA": 6},
+        "val": {"NORMAL": 1, "PNEUMONIA": 1},
+        "test": {"NORMAL": 2, "PNEUMONIA": 2},
+    }
+    person = 1000 if seed == 0 else 1000 + 100 * seed
+    for split, classes in plan.items():
+        for cls, patients in classes.items():
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            per_patient = 1 if split == "val" else 2
+            for _ in range(patients):
+                person += 1
+                for j in range(per_patient):
+                    img = rng.normal(90, 20, (size, size))
+                    if cls == "PNEUMONIA":
+                        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+                        yy, xx = np.mgrid[:size, :size]
+                        dist2 = (yy - cy) ** 2 + (xx - cx) ** 2
+                        img += 90 * np.exp(-dist2 / (2 * (size / 8) ** 2))
+                        name = f"person{person}_bacteria_{j}.jpeg"
+                    else:
+                        name = f"IM-{person:04d}-{j + 1:04d}.jpeg"
+                    pixels = np.clip(img, 0, 255).astype(np.uint8)
+                    Image.fromarray(pixels, mode="L").save(folder / name, quality=95)
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    """A fresh tiny dataset in tmp_path (safe to modify)."""
+    return write_tiny_dataset(tmp_path / "chest_xray")
+
+
+@pytest.fixture(scope="session")
+def tiny_data_ro(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide tiny dataset; do not modify it."""
+    return write_tiny_dataset(tmp_path_factory.mktemp("ro") / "chest_xray")
