@@ -1,0 +1,195 @@
+"""Binary classification metrics at a threshold, and the policies that choose the threshold."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
+
+from featurestore.errors import XrayError
+
+THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "f1", "fixed")
+PROB_EPS = 1e-7
+"""Probabilities are clipped to [eps, 1 - eps] for the cross-entropy, so a confident mistake
+costs ~16 nats instead of infinity (the same clip the loss would see in float32)."""
+
+
+def _check_inputs(
+    y_true: np.ndarray, p_pos: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate shapes and ranges; return (labels as int64 (N,), probabilities as float64 (N,))."""
+    y = np.asarray(y_true)
+    p = np.asarray(p_pos, dtype=np.float64)
+    if y.ndim != 1 or p.shape != y.shape:
+        raise ValueError(f"y_true and p_pos must be 1-D of equal length, got {y.shape}, {p.shape}")
+    if y.size == 0:
+        raise XrayError("no samples to evaluate: the split is empty; check the dataset's splits")
+    if not np.all(np.isfinite(p)):
+        bad = int(np.sum(~np.isfinite(p)))
+        raise XrayError(
+            f"{bad} predicted probabilities are NaN/inf: training diverged; "
+            "lower the learning rate (--lr) and retrain"
+        )
+    if p.min() < 0.0 or p.max() > 1.0:
+        raise ValueError(f"p_pos must lie in [0, 1], got range [{p.min()}, {p.max()}]")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError("y_true must hold integer class indices")
+        y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"y_true must hold class indices in 0..{n_classes - 1}")
+    return y.astype(np.int64), p
+
+
+def expected_calibration_error(y_pos: np.ndarray, p_pos: np.ndarray, n_bins: int = 10) -> float:
+    """Expected calibration error of P(positive): sum_b (n_b / N) * |mean(y_b) - mean(p_b)|.
+
+    Bins are `n_bins` equal-width intervals [k/n_bins, (k+1)/n_bins) of p_pos (the last one
+    closed at 1.0); empty bins contribute nothing. This is the reliability-diagram form on the
+    positive-class probability (as in sklearn.calibration.calibration_curve, strategy="uniform"),
+    weighted by bin size as in Naeini et al. (2015), "Obtaining well calibrated probabilities
+    using Bayesian binning", AAAI; not the top-label confidence form of Guo et al. (2017).
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    y = np.asarray(y_pos, dtype=np.float64)
+    p = np.asarray(p_pos, dtype=np.float64)
+    if y.shape != p.shape or y.ndim != 1 or y.size == 0:
+        raise ValueError(f"y_pos and p_pos must be non-empty 1-D of equal length: {y.shape}")
+    inner_edges = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
+    # side="right": a probability on an edge (0.3) opens the upper bin; 1.0 lands in the last bin.
+    bins = np.searchsorted(inner_edges, p, side="right")  # (N,) in 0..n_bins-1
+    sum_y = np.bincount(bins, weights=y, minlength=n_bins)
+    sum_p = np.bincount(bins, weights=p, minlength=n_bins)
+    # n_b/N * |sum_y/n_b - sum_p/n_b| = |sum_y - sum_p| / N, empty bins give 0 directly.
+    return float(np.abs(sum_y - sum_p).sum() / y.size)
+
+
+def binary_metrics(
+    y_true: np.ndarray,
+    p_pos: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
+    positive_index: int = 1,
+    loss: float | None = None,
+) -> dict[str, Any]:
+    """All metrics of one split at one threshold (predict positive when p_pos >= threshold).
+
+    JSON-ready: plain floats/ints/lists; the AUCs are None when y_true holds one class only.
+    """
+    names = tuple(class_names)
+    if len(names) != 2:
+        raise XrayError(
+            f"binary metrics need exactly 2 classes, got {len(names)} ({', '.join(names)}); "
+            "use a two-class dataset"
+        )
+    if positive_index not in (0, 1):
+        raise ValueError(f"positive_index must be 0 or 1, got {positive_index}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    y, p = _check_inputs(y_true, p_pos, len(names))
+    negative_index = 1 - positive_index
+    labels = [0, 1]
+    y_pos = (y == positive_index).astype(np.int64)  # (N,) 1 = positive class
+    y_pred = np.where(p >= threshold, positive_index, negative_index)  # (N,) class indices
+
+    precision, recall, _, _ = precision_recall_fscore_support(
+        y, y_pred, labels=labels, zero_division=0
+    )
+    both_classes = 0 < int(y_pos.sum()) < y.size
+    if loss is None:
+        loss = log_loss(y_pos, np.clip(p, PROB_EPS, 1.0 - PROB_EPS), labels=[0, 1])
+    out: dict[str, Any] = {
+        "loss": float(loss),
+        "accuracy": float(accuracy_score(y, y_pred)),
+        "f1_macro": float(f1_score(y, y_pred, labels=labels, average="macro", zero_division=0)),
+        "f1_positive": float(
+            f1_score(y, y_pred, labels=labels, pos_label=positive_index, zero_division=0)
+        ),
+    }
+    for k, name in enumerate(names):
+        out[f"precision_{name}"] = float(precision[k])
+        out[f"recall_{name}"] = float(recall[k])
+    out["sensitivity"] = float(recall[positive_index])
+    out["specificity"] = float(recall[negative_index])
+    out["roc_auc"] = float(roc_auc_score(y_pos, p)) if both_classes else None
+    out["pr_auc"] = float(average_precision_score(y_pos, p)) if both_classes else None
+    out["brier"] = float(brier_score_loss(y_pos, p, pos_label=1))
+    out["ece"] = expected_calibration_error(y_pos, p)
+    out["confusion_matrix"] = confusion_matrix(y, y_pred, labels=labels).tolist()
+    out["threshold"] = float(threshold)
+    out["n"] = int(y.size)
+    out["n_positive"] = int(y_pos.sum())
+    return out
+
+
+def _closest_to_half(scores: np.ndarray, thresholds: np.ndarray) -> float:
+    """The threshold with the best score; among ties (within 1e-12), the one nearest 0.5."""
+    best = scores >= scores.max() - 1e-12
+    candidates = thresholds[best]
+    return float(candidates[np.argmin(np.abs(candidates - 0.5))])
+
+
+def choose_threshold(
+    y_true: np.ndarray, p_pos: np.ndarray, *, policy: str = "youden", positive_index: int = 1
+) -> float:
+    """Pick a decision threshold on validation: "youden" (max TPR - FPR), "f1", or "fixed" 0.5.
+
+    y_true holds class indices (0/1). Ties go to the threshold closest to 0.5; a split with one
+    class only gives 0.5.
+    """
+    if policy not in THRESHOLD_POLICIES:
+        raise XrayError(
+            f"unknown threshold policy {policy!r}; choose one of: {', '.join(THRESHOLD_POLICIES)}"
+        )
+    if positive_index not in (0, 1):
+        raise ValueError(f"positive_index must be 0 or 1, got {positive_index}")
+    labels, p = _check_inputs(y_true, p_pos, 2)
+    y = (labels == positive_index).astype(np.int64)  # (N,) 1 = positive class
+    if policy == "fixed" or not 0 < int(y.sum()) < y.size:
+        return 0.5
+    if policy == "youden":
+        # drop_intermediate=False keeps every distinct score, so tie-breaking sees all candidates.
+        fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+        # The first threshold is +inf (predict nothing positive); as a probability that is 1.0.
+        return _closest_to_half(tpr - fpr, np.minimum(thresholds, 1.0))
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    precision, recall = precision[:-1], recall[:-1]  # the last (1, 0) point has no threshold
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    return _closest_to_half(f1, thresholds)
+
+
+def evaluate_split(
+    y_true: np.ndarray,
+    p_pos: np.ndarray,
+    *,
+    threshold: float,
+    class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
+    positive_index: int = 1,
+    loss: float | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Metrics of one split at 0.5 and at the validation-chosen threshold (metrics.json layout)."""
+    common: dict[str, Any] = {
+        "class_names": class_names,
+        "positive_index": positive_index,
+        "loss": loss,
+    }
+    return {
+        "at_0.5": binary_metrics(y_true, p_pos, threshold=0.5, **common),
+        "at_threshold": binary_metrics(y_true, p_pos, threshold=threshold, **common),
+    }
