@@ -1,0 +1,338 @@
+"""Stage 1: run a frozen backbone once per image of a manifest into an HDF5 feature store."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from featurestore import backbones, store
+from featurestore.errors import XrayError
+
+if TYPE_CHECKING:
+    import torch
+    from rich.progress import Progress
+    from torch import nn
+
+    from featurestore.backbones import Preprocessing
+    from featurestore.data import Manifest, Record, Split
+
+Status = Literal["reused", "resumed", "built", "rebuilt"]
+DTYPES = ("float16", "float32")
+
+
+def default_workers() -> int:
+    """Decoding workers: one core stays with the model, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What `extract_features` did and what the store holds."""
+
+    path: Path
+    status: Status
+    reason: str
+    """Why the store was reused, resumed, built or rebuilt, in words."""
+    backbone: str
+    weights_id: str
+    counts: dict[str, int]
+    """Rows per split in the store."""
+    feature_dim: int
+    seconds: float
+    """Wall time of this call."""
+    images_per_second: float | None
+    """Throughput of the images computed by this call (None when none were)."""
+    skipped: list[str]
+    """Keys of unreadable images left out (--skip-bad)."""
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    split: Split
+    start: int
+    stop: int
+
+
+class _ImageDataset:
+    """Item i -> (i, (3, crop, crop) tensor or None, error or None); never raises on bad files."""
+
+    def __init__(self, manifest: Manifest, keys: Sequence[str], pre: Preprocessing) -> None:
+        self.manifest, self.keys, self.pre = manifest, list(keys), pre
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            image = self.manifest.open_image(self.keys[i], min_size=self.pre.resize)
+        except XrayError as exc:  # ImageDecodeError: reported by the main process
+            return i, None, str(exc)
+        return i, self.pre(image), None
+
+
+def _collate(
+    items: list[tuple[int, torch.Tensor | None, str | None]],
+) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """Stack the good images (B, 3, H, W); bad ones come back as (item, error) pairs."""
+    import torch
+
+    good = [(i, x) for i, x, _ in items if x is not None]
+    errors = [(i, err) for i, x, err in items if x is None and err is not None]
+    batch = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], batch, errors
+
+
+def extract_features(
+    manifest: Manifest,
+    *,
+    model: str,
+    weights: str = "imagenet",
+    cache_dir: Path,
+    image_size: int = 224,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "auto",
+    dtype: str = "float16",
+    skip_bad: bool = False,
+    progress: Progress | None = None,
+    chunk_size: int = 256,
+    notice: Callable[[str], None] | None = None,
+) -> ExtractResult:
+    """Extract (or reuse, or resume) the store of `model` x `weights` x preprocessing x dataset."""
+    from featurestore.data import dataset_fingerprint
+
+    began = time.perf_counter()
+    say = notice or (lambda _msg: None)
+    if dtype not in DTYPES:
+        raise XrayError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if batch_size < 1 or chunk_size < 1:
+        raise XrayError("--batch-size and the chunk size must be at least 1")
+    workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise XrayError(f"--workers must be 0 or more, got {workers}")
+    torch_device = _resolve_device(device)
+    spec = backbones.get_spec(model)
+    pre = backbones.preprocessing_for(model, weights, image_size)
+    weights_id, weights_sha = backbones.weights_identity(model, weights)
+    path = store.store_path(
+        cache_dir, manifest.name or manifest.root.stem, model,
+        backbones.weights_tag(weights_id, weights_sha), image_size,
+    )  # fmt: skip
+    provenance: dict[str, Any] = {
+        "format_version": store.FORMAT_VERSION,
+        "backbone": model,
+        "weights_id": weights_id,
+        "weights_sha256": weights_sha,
+        "preprocessing": pre.as_dict(),
+        "image_size": image_size,
+        "dtype": dtype,
+        "dataset_fingerprint": dataset_fingerprint(manifest, progress=progress),
+        "class_names": list(manifest.class_names),
+        "positive_index": manifest.positive_index,
+        "carve": manifest.carve.as_dict() if manifest.carve else None,
+    }
+    partial = store.PartialStore(path)
+
+    def result(status: Status, reason: str, counts: dict[str, int], skipped: list[str],
+               rate: float | None) -> ExtractResult:  # fmt: skip
+        return ExtractResult(
+            path, status, reason, model, weights_id, counts, spec.feature_dim,
+            round(time.perf_counter() - began, 3), rate, skipped,
+        )  # fmt: skip
+
+    with store.store_lock(path):
+        status: Status = "built"
+        reason = "no store yet"
+        if path.exists():
+            try:
+                old = store.read_attrs(path)
+                diff = store.provenance_difference(old, provenance)
+                if diff is None and old.get("complete"):
+                    partial.discard()  # leftover of a kill between rename and cleanup
+                    opened = store.open_store(path)
+                    return result("reused", "up to date", opened.counts, old["skipped"], None)
+                diff = diff or "store incomplete"
+            except XrayError as exc:
+                diff = f"existing store unreadable ({exc})"
+            status, reason = "rebuilt", f"{diff}: rebuilding"
+            say(f"{path}: {reason}")
+            path.unlink()
+        old_partial = partial.provenance()
+        partial_provenance = {**provenance, "chunk_size": chunk_size}
+        if partial.exists():
+            diff = None if old_partial is None else store.provenance_difference(
+                old_partial, partial_provenance
+            )  # fmt: skip
+            if old_partial is None or diff is not None:
+                status, reason = "rebuilt", f"{diff or 'unreadable progress'}: rebuilding"
+                say(f"{path}: discarding partial extraction, {reason}")
+                partial.discard()
+        partial.start(partial_provenance)
+
+        records = {s: manifest.split(s) for s in store.SPLIT_NAMES}
+        plan = [
+            _Chunk(s, a, min(a + chunk_size, len(records[s])))
+            for s in store.SPLIT_NAMES
+            for a in range(0, len(records[s]), chunk_size)
+        ]
+        pending = [c for c in plan if not partial.done(c.split, c.start)]
+        if status == "built" and len(pending) < len(plan):
+            status = "resumed"
+            reason = f"{len(plan) - len(pending)} of {len(plan)} chunks already done"
+            say(f"{path}: resuming, {reason}")
+
+        rate = None
+        loaded_sha = None
+        if pending:
+            # Seed before building so random init ("none") gives the same trunk every run.
+            import torch
+
+            torch.manual_seed(0)
+            loaded = backbones.load_backbone(model, weights)
+            loaded_sha = loaded.weights_sha256
+            rate = _run_chunks(
+                loaded.trunk, manifest, pre, records, pending, partial,
+                device=torch_device, batch_size=batch_size, workers=workers, dtype=dtype,
+                dim=spec.feature_dim,
+                skip_bad=skip_bad, progress=progress, label=f"extract {model}",
+            )  # fmt: skip
+        if loaded_sha is None and weights == "imagenet":
+            hub_file = backbones.hub_checkpoint_dir() / spec.weights_file
+            loaded_sha = backbones.file_sha256(hub_file) if hub_file.is_file() else None
+        attrs = {
+            **provenance,
+            "weights_sha256": weights_sha or loaded_sha,
+            "dataset_root": str(Path(manifest.root).resolve()),
+            "dataset_name": path.parent.name,
+            "versions": _versions(),
+        }
+        starts = {s: [c.start for c in plan if c.split == s] for s in store.SPLIT_NAMES}
+        counts, skipped, _ = partial.assemble(
+            attrs, starts, records, feature_dim=spec.feature_dim, dtype=dtype,
+            chunk_rows=chunk_size,
+        )  # fmt: skip
+        return result(status, reason, counts, skipped, rate)
+
+
+def _resolve_device(device: str) -> torch.device:
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise XrayError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise XrayError(
+            "--device cuda was asked for but no CUDA GPU is available: use --device cpu"
+        )
+    return torch.device(device)
+
+
+def _run_chunks(
+    trunk: nn.Module,
+    manifest: Manifest,
+    pre: Preprocessing,
+    records: dict[Split, list[Record]],
+    pending: list[_Chunk],
+    partial: store.PartialStore,
+    *,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    dtype: str,
+    dim: int,
+    skip_bad: bool,
+    progress: Progress | None,
+    label: str,
+) -> float:
+    """Compute and persist every pending chunk; returns images per second."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    # One flat item list over all pending chunks, in manifest order; batches never cross a
+    # chunk boundary, so each chunk is computed from the same batches whether resumed or not.
+    items: list[tuple[int, int]] = []  # (chunk number, row in split)
+    batches: list[list[int]] = []
+    ends_chunk: list[bool] = []  # per batch: is it the last batch of its chunk?
+    for n, chunk in enumerate(pending):
+        first = len(items)
+        items.extend((n, row) for row in range(chunk.start, chunk.stop))
+        starts = range(first, len(items), batch_size)
+        batches.extend(list(range(a, min(a + batch_size, len(items)))) for a in starts)
+        ends_chunk.extend(a + batch_size >= len(items) for a in starts)
+    keys = [records[pending[n].split][row].key for n, row in items]
+    cuda = device.type == "cuda"
+    loader: DataLoader[Any] = DataLoader(
+        _ImageDataset(manifest, keys, pre),  # type: ignore[arg-type]
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=cuda,
+    )
+    trunk.eval().to(device).to(memory_format=torch.channels_last)
+    task = progress.add_task(label, total=len(items), unit="img") if progress else None
+    # The chunk in flight: feature blocks (B, D), their rows in the split, skipped keys.
+    feats: list[np.ndarray] = []
+    rows: list[int] = []
+    bad: list[str] = []
+    current = 0
+    began = chunk_began = time.perf_counter()
+    with torch.inference_mode():
+        # The loader yields batches in batch_sampler order, so ends_chunk lines up with them.
+        for (positions, batch, errors), last_of_chunk in zip(loader, ends_chunk, strict=True):
+            for i, err in errors:
+                if not skip_bad:
+                    raise XrayError(
+                        f"{err}; fix or remove it, or pass --skip-bad to leave bad images out "
+                        "(finished chunks are kept)"
+                    )
+                bad.append(keys[i])
+            if batch is not None:
+                x = batch.to(device, non_blocking=True, memory_format=torch.channels_last)
+                with torch.autocast(device.type, enabled=cuda):
+                    out = trunk(x)  # (B, D)
+                feats.append(out.float().cpu().numpy().astype(dtype))
+                rows.extend(items[i][1] for i in positions)
+            if progress is not None and task is not None:
+                progress.advance(task, len(positions) + len(errors))
+            if last_of_chunk:
+                chunk = pending[current]
+                partial.write_chunk(
+                    chunk.split, chunk.start,
+                    features=np.concatenate(feats) if feats else np.zeros((0, dim), dtype),
+                    labels=np.array([records[chunk.split][r].label for r in rows], np.int64),
+                    indices=np.array(rows, np.int64),
+                    skipped=bad,
+                    seconds=time.perf_counter() - chunk_began,
+                )  # fmt: skip
+                feats, rows, bad = [], [], []
+                current += 1
+                chunk_began = time.perf_counter()
+    elapsed = time.perf_counter() - began
+    return len(items) / elapsed if elapsed > 0 else 0.0
+
+
+def _versions() -> dict[str, str]:
+    import h5py
+    import numpy
+    import PIL
+    import torch
+    import torchvision
+
+    import featurestore
+
+    return {
+        "xray": featurestore.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "h5py": h5py.__version__,
+        "pillow": PIL.__version__,
+    }
