@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import urllib.error
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -313,24 +314,38 @@ def _to_trunk(spec: BackboneSpec, model: nn.Module) -> nn.Module:
 def _load_imagenet(spec: BackboneSpec) -> nn.Module:
     weights = spec.default_weights
     target = hub_checkpoint_dir() / spec.weights_file
+    if not target.is_file():
+        _download(spec, target)
     try:
         return spec.builder(weights=weights)
-    except (urllib.error.URLError, OSError, ConnectionError, TimeoutError) as exc:
-        if target.is_file():  # present but unreadable: not an offline problem
-            raise XrayError(
-                f"cannot read the cached ImageNet weights {target} ({exc}): delete the file "
-                "and run again, or pass --weights none / --weights PATH"
-            ) from None
+    except OSError as exc:  # present but unreadable (permissions, I/O error)
         raise XrayError(
-            f"ImageNet weights for {spec.name} are not available offline: put {spec.weights_file} "
-            f"(from {weights.url}) in {target.parent}, or pass --weights none (random init) "
-            "or --weights PATH (a state dict)"
+            f"cannot read the cached ImageNet weights {target} ({exc}): delete the file "
+            "and run again, or pass --weights none / --weights PATH"
         ) from None
     except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         # A partial or tampered file in the cache fails torch.load or the hash check.
         raise XrayError(
             f"cached ImageNet weights {target} are corrupt ({str(exc).splitlines()[0]}): "
             "delete the file and run again"
+        ) from None
+
+
+def _download(spec: BackboneSpec, target: Path) -> None:
+    """Fetch the ImageNet checkpoint into the hub cache; offline: one line saying what to do."""
+    import torch.hub
+
+    url = spec.default_weights.url
+    # torchvision checks the sha256 prefix embedded in the file name (resnet50-11ad3fa6.pth).
+    match = re.search(r"-([a-f0-9]+)\.", spec.weights_file)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(target), match.group(1) if match else None)
+    except (urllib.error.URLError, OSError, ConnectionError, TimeoutError, RuntimeError):
+        raise XrayError(
+            f"ImageNet weights for {spec.name} are not available offline: put {spec.weights_file} "
+            f"(from {url}) in {target.parent}, or pass --weights none (random init) "
+            "or --weights PATH (a state dict)"
         ) from None
 
 
