@@ -155,8 +155,8 @@ def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAud
                 size = image.size
             else:
                 payload = (root / item.key).read_bytes()
-                size = _stored_size(payload)
                 decode_image(payload, min_size=AUDIT_DECODE_SIZE, name=item.key)
+                size = _stored_size(payload)
             by_digest[hashlib.sha256(payload).hexdigest()].append(item)
             dims[item.class_name].append(size)
         except (ImageDecodeError, OSError) as exc:
