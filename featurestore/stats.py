@@ -1,7 +1,4 @@
-"""Uncertainty and paired tests for compare: bootstrap intervals, McNemar, DeLong, baselines.
-
-Labels here are `y` = 1 for the positive class, 0 otherwise; `p` = P(positive).
-"""
+"""Statistics for compare (y: 1 = positive class, p = P(positive)): bootstrap, McNemar, DeLong."""
 
 from __future__ import annotations
 
@@ -138,64 +135,72 @@ def _check_labels(y: np.ndarray, *scores: np.ndarray) -> tuple[np.ndarray, list[
     return y_arr.astype(np.float64), out
 
 
-def _resample_counts(
-    n: int, groups: np.ndarray | None, n_boot: int, rng: np.random.Generator
-) -> np.ndarray:
-    """(B, N) multiplicity of each image in each resample: images, or whole patients, drawn
-    with replacement (a patient drawn twice brings all its images twice)."""
+def _unit_index(n: int, groups: np.ndarray | Sequence[str] | None) -> tuple[np.ndarray, int]:
+    """(N,) resampling unit of each image (itself, or its patient) and the number of units."""
     if groups is None:
-        idx = rng.integers(0, n, size=(n_boot, n))  # (B, N) image draws
-        inverse, n_units = np.arange(n), n
-    else:
-        g = np.asarray(groups)
-        if g.shape != (n,):
-            raise ValueError(f"groups must have one entry per image ({n}), got {g.shape}")
-        _, inverse = np.unique(g, return_inverse=True)
-        n_units = int(inverse.max()) + 1
-        idx = rng.integers(0, n_units, size=(n_boot, n_units))  # (B, G) patient draws
-    offsets = (np.arange(n_boot) * n_units)[:, None]
-    counts = np.bincount((idx + offsets).ravel(), minlength=n_boot * n_units)
-    return counts.reshape(n_boot, n_units)[:, inverse].astype(np.float64)  # (B, N)
+        return np.arange(n), n
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"groups must have one entry per image ({n}), got {g.shape}")
+    _, inverse = np.unique(g, return_inverse=True)
+    return inverse, int(inverse.max()) + 1
 
 
 def _replicates(
+    metrics_and_scores: Sequence[tuple[Callable[[np.ndarray, np.ndarray], float], np.ndarray]],
+    y: np.ndarray,
+    groups: np.ndarray | Sequence[str] | None,
+    n_boot: int,
+    seed: int,
+) -> np.ndarray:
+    """(K, B) metric k on scores k for each of B resamples (the same resamples for every k);
+    NaN where undefined. Units (images or whole patients) are drawn with replacement; a
+    resample is a (B, N) matrix of multiplicities, built in blocks to bound memory."""
+    rng = np.random.default_rng(seed)
+    unit, n_units = _unit_index(y.size, groups)
+    rows = max(1, _CHUNK_CELLS // max(y.size, n_units))
+    index = np.arange(y.size)
+    out = np.empty((len(metrics_and_scores), n_boot))
+    for start in range(0, n_boot, rows):
+        b = min(rows, n_boot - start)
+        draws = rng.integers(0, n_units, size=(b, n_units))  # (b, G) unit draws
+        offsets = (np.arange(b) * n_units)[:, None]
+        counts = np.bincount((draws + offsets).ravel(), minlength=b * n_units)
+        w = counts.reshape(b, n_units)[:, unit].astype(np.float64)  # (b, N) multiplicities
+        for k, (metric, p) in enumerate(metrics_and_scores):
+            if isinstance(metric, WeightedMetric):
+                out[k, start : start + b] = metric.weighted(y, p, w)
+            else:  # any other callable (e.g. an sklearn scorer): one call per resample
+                takes = (np.repeat(index, c) for c in w.astype(np.int64))
+                out[k, start : start + b] = [_call(metric, y, p, t) for t in takes]
+    return out
+
+
+def _call(
     metric: Callable[[np.ndarray, np.ndarray], float],
     y: np.ndarray,
     p: np.ndarray,
-    w: np.ndarray,
-) -> np.ndarray:
-    """(B,) metric on each resample; NaN where it is undefined (e.g. one class drawn)."""
+    take: np.ndarray | None = None,
+) -> float:
+    """metric on the images `take` (all if None), y as int; NaN where it is undefined."""
+    yt, pt = (y, p) if take is None else (y[take], p[take])
     if isinstance(metric, WeightedMetric):
-        rows = max(1, _CHUNK_CELLS // y.size)
-        return np.concatenate(
-            [metric.weighted(y, p, w[i : i + rows]) for i in range(0, len(w), rows)]
-        )
-    # Any other callable (e.g. an sklearn scorer): materialise each resample and loop.
-    values = np.full(len(w), np.nan)
-    index = np.arange(y.size)
-    for b, counts in enumerate(w.astype(np.int64)):
-        take = np.repeat(index, counts)
-        try:
-            value = metric(y[take], p[take])
-        except ValueError:
-            if np.unique(y[take]).size > 1:
-                raise  # a real error, not the one-class case
-            continue
-        values[b] = np.nan if value is None else value
-    return values
+        return metric(yt, pt)
+    try:
+        value = metric(yt.astype(np.int64), pt)
+    except ValueError:
+        if np.unique(yt).size > 1:
+            raise  # a real error, not sklearn's one-class refusal
+        return float("nan")
+    return float("nan") if value is None else float(value)
 
 
 def _point(
     metric: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, p: np.ndarray
 ) -> float:
     """The metric on the full sample; undefined there is a user-level problem."""
-    try:
-        value = metric(y, p)
-    except ValueError:
-        if np.unique(y).size > 1:
-            raise
-        value = None
-    if value is None or not np.isfinite(value):
+    value = _call(metric, y, p)
+    if not np.isfinite(value):
         raise XrayError(
             "the metric is undefined on these labels (the test set holds one class only?); "
             "evaluate on a test set with both classes"
@@ -243,14 +248,12 @@ def bootstrap_interval(
         raise ValueError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
     yf, (pf,) = _check_labels(y, p)
     estimate = _point(metric, yf, pf)
-    g = None if groups is None else np.asarray(groups)
-    w = _resample_counts(yf.size, g, n_boot, np.random.default_rng(seed))
-    values = _replicates(metric, yf, pf, w)
+    values = _replicates([(metric, pf)], yf, groups, n_boot, seed)[0]
     valid = values[np.isfinite(values)]
     if valid.size == 0:
         raise XrayError("the metric was undefined on every bootstrap resample; too few samples")
     lo, hi = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
-    unit = "images" if g is None else "patients"
+    unit = "images" if groups is None else "patients"
     return BootstrapResult(
         estimate, float(lo), float(hi), alpha, n_boot, int(n_boot - valid.size), unit
     )
@@ -279,10 +282,12 @@ class PairedResult:
     lo: float
     hi: float
     p_value: float
-    estimate_a: float = float("nan")
-    estimate_b: float = float("nan")
-    n_skipped: int = 0
-    unit: str = "images"
+    estimate_a: float
+    estimate_b: float
+    n_skipped: int
+    """Resamples where the metric was undefined for either model, left out."""
+    unit: str
+    """"patients" (cluster bootstrap) or "images"."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -309,16 +314,15 @@ def paired_bootstrap(
         raise ValueError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
     yf, (pa, pb) = _check_labels(y, p_a, p_b)
     est_a, est_b = _point(metric, yf, pa), _point(metric, yf, pb)
-    g = None if groups is None else np.asarray(groups)
-    w = _resample_counts(yf.size, g, n_boot, np.random.default_rng(seed))
-    d = _replicates(metric, yf, pa, w) - _replicates(metric, yf, pb, w)
+    va, vb = _replicates([(metric, pa), (metric, pb)], yf, groups, n_boot, seed)
+    d = va - vb
     d = d[np.isfinite(d)]
     if d.size == 0:
         raise XrayError("the metric was undefined on every bootstrap resample; too few samples")
     lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
     tail = min(np.sum(d <= 0), np.sum(d >= 0)) + 1
     p_value = min(1.0, 2 * float(tail) / (d.size + 1))
-    unit = "images" if g is None else "patients"
+    unit = "images" if groups is None else "patients"
     return PairedResult(
         est_a - est_b, float(lo), float(hi), p_value, est_a, est_b, n_boot - d.size, unit
     )

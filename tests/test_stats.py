@@ -10,6 +10,7 @@ from scipy import stats as sps
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, roc_auc_score
 
+from featurestore import stats
 from featurestore.errors import XrayError
 from featurestore.metrics import binary_metrics
 from featurestore.stats import (
@@ -84,6 +85,19 @@ def test_vectorised_bootstrap_equals_sklearn_loop() -> None:
             lambda t, s: accuracy_score(t, s >= 0.5), y, p, groups=g, n_boot=200, seed=7
         )
         assert fast == pytest.approx(slow, abs=1e-12)
+
+
+def test_blocked_resampling_gives_the_same_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    y, p = make_scores(100, seed=12, decimals=3)
+    groups = np.repeat(np.arange(25), 4)
+    whole = [
+        bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=500) for g in (None, groups)
+    ]
+    monkeypatch.setattr(stats, "_CHUNK_CELLS", 1000)  # blocks of 10 resamples
+    blocked = [
+        bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=500) for g in (None, groups)
+    ]
+    assert blocked == whole
 
 
 def test_interval_contains_estimate_repeats_with_seed_and_varies_without() -> None:
@@ -177,6 +191,18 @@ def test_paired_bootstrap_detects_a_better_model_and_is_antisymmetric() -> None:
     assert ba.diff == pytest.approx(-ab.diff)
     assert (ba.lo, ba.hi) == pytest.approx((-ab.hi, -ab.lo))
     assert ba.p_value == ab.p_value
+
+
+def test_paired_bootstrap_generic_callable_and_groups() -> None:
+    y, a = make_scores(90, seed=13, signal=0.4)
+    _, b = make_scores(90, seed=14, signal=0.1)
+    groups = np.repeat(np.arange(30), 3)
+    fast = paired_bootstrap(BootMetric("roc_auc"), y, a, b, groups=groups, n_boot=100)
+    slow = paired_bootstrap(roc_auc_score, y, a, b, groups=groups, n_boot=100)
+    assert fast.unit == "patients"
+    assert (slow.diff, slow.lo, slow.hi, slow.p_value) == pytest.approx(
+        (fast.diff, fast.lo, fast.hi, fast.p_value), abs=1e-12
+    )
 
 
 def test_paired_bootstrap_p_value_matches_interval() -> None:
