@@ -1,0 +1,109 @@
+"""Run plots as PNG: training curves, test confusion matrix, ROC curves (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from featurestore.trainer import FitResult
+
+
+def _pyplot() -> Any:
+    # Imported lazily and headless: runs are written on servers without displays.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+    """Loss, accuracy, F1 (train vs val) and val AUC per epoch, 2x2 panels."""
+    plt = _pyplot()
+    epochs = [int(r["epoch"]) for r in history]
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.5))
+    for ax, metric in zip(axes.flat, ("loss", "acc", "f1"), strict=False):
+        ax.plot(epochs, [r[f"train_{metric}"] for r in history], "o-", label="train")
+        ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", label="val")
+        ax.set_title(metric)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    ax = axes.flat[3]
+    ax.plot(epochs, [r["val_auc"] for r in history], "o-", color="tab:orange", label="val")
+    ax.set_title("auc")
+    ax.set_xlabel("epoch")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_confusion(
+    matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, *, title: str
+) -> None:
+    """Confusion matrix with counts (rows: true class, columns: predicted)."""
+    plt = _pyplot()
+    cm = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(cm, cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names)
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            color = "white" if cm[i, j] > cm.max() / 2 else "black"
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color)
+    _save(fig, path)
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    """ROC curve per split from (y_positive, p_positive); splits with one class are skipped."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for split, (y, p) in curves.items():
+        if 0 < y.sum() < len(y):
+            fpr, tpr, _ = roc_curve(y, p)
+            ax.plot(fpr, tpr, label=f"{split} (AUC {roc_auc_score(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC")
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def write_plots(
+    folder: Path, result: FitResult, *, class_names: Sequence[str], positive_index: int
+) -> None:
+    """curves.png, confusion.png (test, at the validation threshold) and roc.png (val, test)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_curves(result.history, folder / "curves.png")
+    plot_confusion(
+        result.test["at_threshold"]["confusion_matrix"],
+        class_names,
+        folder / "confusion.png",
+        title=f"test @ threshold {result.threshold['value']:.3f}",
+    )
+    curves = {}
+    for split in ("val", "test"):
+        sp = result.predictions[split]
+        curves[split] = ((sp.labels == positive_index).astype(int), sp.probabilities)
+    plot_roc(curves, folder / "roc.png")
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -1,0 +1,616 @@
+"""One training loop for heads on cached features and for backbones fine-tuned on images."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from featurestore.errors import XrayError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+    from featurestore.data import Split
+    from featurestore.sources import Source
+
+MONITORS = ("val_auc", "val_f1", "val_loss")
+HISTORY_COLUMNS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "train_f1",
+    "val_loss",
+    "val_acc",
+    "val_f1",
+    "val_auc",
+    "seconds",
+)
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides how a model is trained (written to config.json as is)."""
+
+    epochs: int = 100
+    """Maximum number of epochs; early stopping may end sooner."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate of the head (reached after warmup)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay; never applied to biases and normalisation weights."""
+    warmup_epochs: float = 1.0
+    """Linear warmup from ~0 to `lr`, in epochs (fractions allowed), stepped per batch."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """After warmup: cosine decay to 0 at the last epoch, or a constant rate."""
+    patience: int = 10
+    """Stop after this many epochs without improvement of `monitor`."""
+    monitor: Literal["val_auc", "val_f1", "val_loss"] = "val_auc"
+    """Validation metric that picks the best epoch and drives early stopping."""
+    min_delta: float = 0.0
+    """Smallest change of `monitor` that counts as an improvement."""
+    class_weight: Literal["balanced", "none"] = "balanced"
+    """"balanced": cross-entropy weights n / (C * n_c) from the train labels."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    seed: int = 0
+    """Seeds initialisation, shuffling, augmentation and dropout."""
+    batch_size: int = 256
+    """Training batch size (the source batches with it)."""
+    backbone_lr_mult: float = 1.0
+    """Backbone (`trunk.*`) parameters train at lr * this factor."""
+    threshold_policy: str = "youden"
+    """How the decision threshold is chosen on validation: youden, f1 or fixed (0.5)."""
+    amp: bool = True
+    """Mixed precision on CUDA (bfloat16 where supported); ignored on CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """"auto" uses CUDA when available."""
+
+    def __post_init__(self) -> None:
+        from featurestore.metrics import THRESHOLD_POLICIES
+
+        checks: list[tuple[bool, str]] = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_epochs >= 0, f"warmup epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.schedule in ("cosine", "constant"), f"unknown schedule {self.schedule!r}"),
+            (self.patience >= 1, f"--patience must be at least 1, got {self.patience}"),
+            (
+                self.monitor in MONITORS,
+                f"unknown --monitor {self.monitor!r}; choose one of: {', '.join(MONITORS)}",
+            ),
+            (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
+            (
+                self.class_weight in ("balanced", "none"),
+                f"--class-weight must be balanced or none, got {self.class_weight!r}",
+            ),
+            (self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (
+                self.backbone_lr_mult >= 0,
+                f"--backbone-lr-mult must be >= 0, got {self.backbone_lr_mult}",
+            ),
+            (
+                self.threshold_policy in THRESHOLD_POLICIES,
+                f"unknown threshold policy {self.threshold_policy!r}; "
+                f"choose one of: {', '.join(THRESHOLD_POLICIES)}",
+            ),
+            (
+                self.device in ("auto", "cpu", "cuda"),
+                f"--device must be auto, cpu or cuda, got {self.device!r}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise XrayError(message)
+
+
+@dataclass
+class SplitPredictions:
+    """Per-image outputs of one split, in `source.records(split)` order."""
+
+    keys: list[str]
+    groups: list[str]
+    labels: np.ndarray
+    """(N,) int64 class indices."""
+    probabilities: np.ndarray
+    """(N,) float64 P(positive class)."""
+    predictions: np.ndarray
+    """(N,) int64 class indices at the validation-chosen threshold."""
+
+
+@dataclass
+class FitResult:
+    """What a training produced: best weights, history, metrics, per-image predictions."""
+
+    best_state: dict[str, Tensor]
+    history: list[dict[str, float]]
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    seconds_per_epoch: float
+    threshold: dict[str, Any]
+    """{"policy": str, "value": float}, chosen on validation."""
+    val: dict[str, Any]
+    test: dict[str, Any]
+    predictions: dict[str, SplitPredictions] = field(default_factory=dict)
+
+    def metrics_json(self) -> dict[str, Any]:
+        """The metrics.json document of the run-folder contract."""
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.stopped_early,
+            "seconds_per_epoch": self.seconds_per_epoch,
+            "threshold": self.threshold,
+            "val": self.val,
+            "test": self.test,
+        }
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" -> cuda when available else cpu; "cuda" without a GPU is a user error."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise XrayError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def class_weights(labels: np.ndarray, n_classes: int, policy: str) -> Tensor:
+    """Cross-entropy weights (C,): balanced n / (C * n_c), or ones."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    if (counts == 0).any():
+        empty = [str(i) for i in np.flatnonzero(counts == 0)]
+        raise XrayError(f"the train split has no images of class index {', '.join(empty)}")
+    if policy == "none":
+        return torch.ones(n_classes)
+    return torch.tensor(len(labels) / (n_classes * counts), dtype=torch.float32)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with head / backbone (`trunk.*`) groups, no weight decay on biases and norms."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        part = "backbone" if name.startswith("trunk.") else "head"
+        # 1-D parameters are biases and norm scales: decaying them only hurts.
+        groups.setdefault((part, param.ndim > 1), []).append(param)
+    if not groups:
+        raise XrayError("the model has no trainable parameters: choose a lighter --freeze")
+    param_groups = []
+    for part in ("head", "backbone"):
+        mult = config.backbone_lr_mult if part == "backbone" else 1.0
+        for decay in (True, False):
+            if (part, decay) in groups:
+                param_groups.append(
+                    {
+                        "name": f"{part}{'' if decay else '_no_decay'}",
+                        "params": groups[(part, decay)],
+                        "lr": config.lr * mult,
+                        "weight_decay": config.weight_decay if decay else 0.0,
+                    }
+                )
+    return torch.optim.AdamW(param_groups, lr=config.lr)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warmup then cosine decay to 0 at the last step (or constant)."""
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    total = config.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, source: Source, split: Split, *, amp_dtype: torch.dtype | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Class probabilities (N, C), labels (N,) and the mean unweighted cross-entropy."""
+    model.eval()
+    device = next(model.parameters()).device
+    probs: list[Tensor] = []
+    labels: list[Tensor] = []
+    loss_sum = 0.0
+    for x, y in source.batches(split, shuffle=False):
+        x, y = _to_device(x, y, device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
+            logits = model(x).float()  # (B, C)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        probs.append(logits.softmax(1).cpu())
+        labels.append(y.cpu())
+    if not labels:
+        raise XrayError(f"the {split} split is empty: nothing to evaluate")
+    p = torch.cat(probs).double().numpy()
+    y_all = torch.cat(labels).numpy()
+    return p, y_all, loss_sum / len(y_all)
+
+
+def evaluate(
+    model: nn.Module, source: Source, split: Split
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """P(positive) (N,), labels (N,) and mean cross-entropy of one split, in records() order."""
+    p, y, loss = predict(model, source, split)
+    return p[:, source.positive_index], y, loss
+
+
+def _to_device(x: Tensor, y: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda" and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)  # (B, 3, H, W) NHWC in memory
+    return x, y.to(device, non_blocking=True)
+
+
+def _summary(probs: np.ndarray, labels: np.ndarray, positive_index: int) -> dict[str, float]:
+    """Accuracy, macro F1 and AUC of the argmax predictions, for the history and the monitor."""
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    pred = probs.argmax(1)
+    y_pos = labels == positive_index
+    auc = (
+        float(roc_auc_score(y_pos, probs[:, positive_index]))
+        if 0 < y_pos.sum() < len(y_pos)
+        else math.nan
+    )
+    return {
+        "acc": float(accuracy_score(labels, pred)),
+        "f1": float(f1_score(labels, pred, average="macro", zero_division=0)),
+        "auc": auc,
+    }
+
+
+def _score(row: dict[str, float], monitor: str) -> float:
+    """Larger is better; NaN (e.g. AUC of a one-class split) never improves."""
+    value = -row["val_loss"] if monitor == "val_loss" else row[monitor]
+    return -math.inf if math.isnan(value) else value
+
+
+def _clone_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _rng_state() -> dict[str, Any]:
+    # Tensors and lists only, so the checkpoint loads with weights_only=True.
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save to a temporary file, then rename: a kill never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "device"}
+
+
+def format_epoch(row: dict[str, float], epochs: int) -> str:
+    """The per-epoch line: `epoch 3/20  train loss 0.41 acc 0.83 ... | val ... | 0.6 s/epoch`."""
+    return (
+        f"epoch {int(row['epoch'])}/{epochs}  "
+        f"train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} f1 {row['train_f1']:.3f} | "
+        f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} f1 {row['val_f1']:.3f} "
+        f"auc {row['val_auc']:.3f} | {row['seconds']:.2f} s/epoch"
+    )
+
+
+def fit(
+    model: nn.Module,
+    source: Source,
+    config: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    progress: Progress | None = None,
+    resume_from: Path | None = None,
+    console: Console | None = None,
+) -> FitResult:
+    """Train `model` on `source`: AdamW, warmup+cosine, early stopping, best weights restored.
+
+    Writes `run_dir/last.pt` after every epoch (when run_dir is given) so `resume_from` can
+    continue an interrupted run exactly. The threshold is chosen on val; test is scored once.
+    """
+    if len(source.class_names) != 2:
+        raise XrayError(
+            f"xray trains binary classifiers; the dataset has {len(source.class_names)} classes"
+        )
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    amp_dtype = _amp_dtype(config, device)
+    _, _, y_train = source.records("train")
+    criterion = nn.CrossEntropyLoss(
+        weight=class_weights(y_train, len(source.class_names), config.class_weight).to(device)
+    )
+    batch_size = int(getattr(source, "batch_size", config.batch_size))
+    steps_per_epoch = max(1, len(y_train) // batch_size + (len(y_train) % batch_size > 1))
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    loop = _LoopState()
+    if resume_from is not None:
+        loop = _resume(resume_from, config, model, optimizer, scheduler, scaler)
+    out = console or (progress.console if progress is not None else None)
+    streaming = bool(getattr(source, "streaming", False))
+    overall = None
+    if progress is not None and not streaming:
+        overall = progress.add_task(
+            "training", total=config.epochs, completed=loop.epoch, unit="epoch"
+        )
+    ckpt_path = run_dir / "last.pt" if run_dir is not None else None
+
+    while loop.epoch < config.epochs and loop.bad_epochs < config.patience:
+        epoch = loop.epoch + 1
+        start = time.perf_counter()
+        bar = None
+        if progress is not None and streaming:
+            bar = (
+                progress,
+                progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(y_train), unit="img"),
+            )
+        train_row = _train_one_epoch(
+            model,
+            source,
+            epoch,
+            criterion,
+            optimizer,
+            scheduler,
+            scaler,
+            config,
+            amp_dtype,
+            bar=bar,
+        )
+        val_p, val_y, val_loss = predict(model, source, "val", amp_dtype=amp_dtype)
+        val = _summary(val_p, val_y, source.positive_index)
+        row = {
+            "epoch": float(epoch),
+            **train_row,
+            "val_loss": val_loss,
+            "val_acc": val["acc"],
+            "val_f1": val["f1"],
+            "val_auc": val["auc"],
+            "seconds": time.perf_counter() - start,
+        }
+        loop.history.append(row)
+        loop.epoch = epoch
+        score = _score(row, config.monitor)
+        improved = loop.best_state is None or score > loop.best_score + config.min_delta
+        if improved:
+            loop.best_state, loop.best_score, loop.best_epoch = _clone_state(model), score, epoch
+            loop.bad_epochs = 0
+        else:
+            loop.bad_epochs += 1
+        if bar is not None:
+            bar[0].remove_task(bar[1])
+        if overall is not None:
+            progress.update(overall, completed=epoch)  # type: ignore[union-attr]
+        if out is not None:
+            out.print(format_epoch(row, config.epochs) + ("  [green]best[/]" if improved else ""))
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, loop.checkpoint(config, model, optimizer, scheduler, scaler))
+    if overall is not None:
+        progress.remove_task(overall)  # type: ignore[union-attr]
+
+    assert loop.best_state is not None
+    model.load_state_dict(loop.best_state)
+    seconds = [r["seconds"] for r in loop.history]
+    return conclude(
+        model,
+        source,
+        config,
+        best_state=loop.best_state,
+        history=loop.history,
+        best_epoch=loop.best_epoch,
+        stopped_early=loop.epoch < config.epochs,
+        seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0,
+    )
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype on CUDA (bfloat16 when supported, else float16), None elsewhere."""
+    if not config.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _train_one_epoch(
+    model: nn.Module,
+    source: Source,
+    epoch: int,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    config: TrainConfig,
+    amp_dtype: torch.dtype | None,
+    *,
+    bar: tuple[Progress, TaskID] | None,
+) -> dict[str, float]:
+    """One pass over train; returns loss/acc/F1 of the epoch's running predictions."""
+    model.train()
+    device = next(model.parameters()).device
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    loss_sum, lr_sum, probs, labels = 0.0, 0.0, [], []
+    for x, y in source.batches("train", shuffle=True, epoch=epoch):
+        x, y = _to_device(x, y, device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
+            logits = model(x).float()  # (B, C)
+        loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, config.grad_clip)
+        lr_sum += float(optimizer.param_groups[0]["lr"])  # head lr used by this step
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        # History reports the unweighted cross-entropy so train and val losses compare.
+        detached = logits.detach()
+        loss_sum += float(F.cross_entropy(detached, y, reduction="sum"))
+        probs.append(detached.softmax(1).cpu())
+        labels.append(y.cpu())
+        if bar is not None:
+            bar[0].advance(bar[1], len(y))
+    p = torch.cat(probs).double().numpy()
+    y_all = torch.cat(labels).numpy()
+    s = _summary(p, y_all, source.positive_index)
+    return {
+        "lr": lr_sum / len(probs),  # mean over the epoch's steps
+        "train_loss": loss_sum / len(y_all),
+        "train_acc": s["acc"],
+        "train_f1": s["f1"],
+    }
+
+
+@dataclass
+class _LoopState:
+    """Everything the loop carries between epochs (and into last.pt)."""
+
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_state: dict[str, Tensor] | None = None
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def checkpoint(
+        self,
+        config: TrainConfig,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+    ) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": asdict(config),
+            "epoch": self.epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "best_state": self.best_state,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "rng": _rng_state(),
+        }
+
+
+def _resume(
+    path: Path,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> _LoopState:
+    """Load last.pt into model/optimizer/scheduler/RNG; the config must match the original."""
+    if not path.is_file():
+        raise XrayError(f"no checkpoint to resume at {path}; run again without --resume")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file: say so instead of a traceback
+        raise XrayError(f"cannot read checkpoint {path}: {exc}; delete it to start over") from None
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise XrayError(f"{path} is not an xray training checkpoint; delete it to start over")
+    if _comparable(ckpt["config"]) != _comparable(asdict(config)):
+        diff = sorted(
+            k for k, v in _comparable(asdict(config)).items() if ckpt["config"].get(k) != v
+        )
+        raise XrayError(
+            f"cannot resume {path}: settings differ ({', '.join(diff)}); "
+            "rerun with the original options or without --resume"
+        )
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    _set_rng_state(ckpt["rng"])
+    return _LoopState(
+        epoch=int(ckpt["epoch"]),
+        history=list(ckpt["history"]),
+        best_state=ckpt["best_state"],
+        best_score=float(ckpt["best_score"]),
+        best_epoch=int(ckpt["best_epoch"]),
+        bad_epochs=int(ckpt["bad_epochs"]),
+    )
+
+
+def conclude(
+    model: nn.Module,
+    source: Source,
+    config: TrainConfig,
+    *,
+    best_state: dict[str, Tensor],
+    history: list[dict[str, float]],
+    best_epoch: int,
+    stopped_early: bool,
+    seconds_per_epoch: float,
+) -> FitResult:
+    """Score the restored best model: threshold chosen on val, then val and test metrics once."""
+    from featurestore.metrics import choose_threshold, evaluate_split
+
+    pos = source.positive_index
+    common = {"class_names": source.class_names, "positive_index": pos}
+    p_val, y_val, loss_val = evaluate(model, source, "val")
+    # The threshold sees validation only; test is evaluated after it is fixed, exactly once.
+    threshold = choose_threshold(y_val, p_val, policy=config.threshold_policy, positive_index=pos)
+    val = evaluate_split(y_val, p_val, threshold=threshold, loss=loss_val, **common)  # type: ignore[arg-type]
+    p_test, y_test, loss_test = evaluate(model, source, "test")
+    test = evaluate_split(y_test, p_test, threshold=threshold, loss=loss_test, **common)  # type: ignore[arg-type]
+    predictions = {}
+    for split, p, y in (("val", p_val, y_val), ("test", p_test, y_test)):
+        keys, groups, labels = source.records(split)  # type: ignore[arg-type]
+        if not np.array_equal(labels, y):
+            raise RuntimeError(f"{split}: records() order differs from batches(shuffle=False)")
+        pred = np.where(p >= threshold, pos, 1 - pos).astype(np.int64)
+        predictions[split] = SplitPredictions(keys, groups, labels, p, pred)
+    return FitResult(
+        best_state=best_state,
+        history=history,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        stopped_early=stopped_early,
+        seconds_per_epoch=seconds_per_epoch,
+        threshold={"policy": config.threshold_policy, "value": float(threshold)},
+        val=val,
+        test=test,
+        predictions=predictions,
+    )
