@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.common import DataOption, JsonOption, console, emit_table, err_console, user_errors
+from cli.common import (
+    DataOption,
+    JsonOption,
+    console,
+    emit_table,
+    err_console,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from featurestore.check import DatasetAudit
@@ -96,28 +103,23 @@ def _print_details(audit: DatasetAudit) -> None:
     )
     if audit.shared_patients:
         emit_table(
-            "patients in more than one split",
+            "patients shared between splits",
             ["patient", "splits"],
             [[p, ", ".join(s)] for p, s in audit.shared_patients.items()],
             as_json=False,
         )
+    # Paths are listed one per line, never cut to fit a table column.
     if audit.duplicates:
-        emit_table(
-            "byte-identical files",
-            ["sha256", "files", "splits", "cross-split"],
-            [
-                [d.sha256[:12], "\n".join(d.keys), ", ".join(d.splits), d.cross_split]
-                for d in audit.duplicates
-            ],
-            as_json=False,
-        )
+        console.print("[bold]byte-identical files[/]")
+        for d in audit.duplicates:
+            where = "[red]across splits[/]" if d.cross_split else "within one split"
+            console.print(f"  sha256 {d.sha256[:12]} in {', '.join(d.splits)} ({where}):")
+            for key in d.keys:
+                console.print(f"    {key}", highlight=False, soft_wrap=True)
     if audit.unreadable:
-        emit_table(
-            "unreadable files",
-            ["file", "problem"],
-            [[k, why] for k, why in audit.unreadable.items()],
-            as_json=False,
-        )
+        console.print("[bold]unreadable files[/]")
+        for key, why in audit.unreadable.items():
+            console.print(f"  {key}: {why}", highlight=False, soft_wrap=True)
     for line in audit.warnings:
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
     if not audit.leakage and not audit.unreadable:

@@ -237,11 +237,12 @@ def _warnings(audit: DatasetAudit) -> tuple[str, ...]:
     absent = [s for s in SPLITS if s not in audit.splits]
     if absent:
         lines.append(f"split(s) missing: {', '.join(absent)}")
-    for c in audit.class_names:
-        if all(audit.counts[s][c] == 0 for s in audit.splits):
-            lines.append(f"class {c!r} has no images in any split (empty class folder?)")
+    empty = [c for c in audit.class_names if all(audit.counts[s][c] == 0 for s in audit.splits)]
+    lines += [f"class {c!r} has no images in any split (empty class folder?)" for c in empty]
     for split, classes in audit.missing_classes.items():
-        lines.append(f"{split} has no images of class(es) {', '.join(classes)}")
+        absent_here = [c for c in classes if c not in empty]
+        if absent_here:
+            lines.append(f"{split} has no images of class(es) {', '.join(absent_here)}")
     if audit.shared_patients:
         lines.append(f"{len(audit.shared_patients)} patient(s) appear in more than one split")
     crossing = sum(d.cross_split for d in audit.duplicates)
