@@ -6,6 +6,7 @@ import csv
 import random
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,7 +133,9 @@ def test_class_names_are_the_union_across_splits(tiny_data: Path) -> None:
         (lambda root: (root / "val" / "COVID").mkdir(), "class 'COVID' has no images"),
     ],
 )
-def test_read_folder_errors(tiny_data: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_read_folder_errors(
+    tiny_data: Path, damage: Callable[[Path], object], message: str
+) -> None:
     damage(tiny_data)
     with pytest.raises(XrayError, match=message):
         read_folder(tiny_data)
