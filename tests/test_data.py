@@ -30,6 +30,7 @@ from featurestore.data import (
     resolve_data_dir,
 )
 from featurestore.errors import XrayError
+from featurestore.progress import make_progress
 
 
 def counts(m: Manifest, *, given: bool = False) -> Counter[tuple[str, str]]:
@@ -458,6 +459,10 @@ def test_fingerprint_is_content_based(tiny_data: Path, tmp_path: Path) -> None:
     assert fingerprint(copy) == base  # copies share it (file times differ)
     carved = load_manifest(tiny_data)
     assert dataset_fingerprint(carved) == base  # split as given, not after carving
+    progress = make_progress(transient=True)
+    with progress:
+        assert dataset_fingerprint(carved, progress=progress) == base
+    assert progress.tasks[0].completed == len(carved.records)
 
 
 @pytest.mark.parametrize("change", ["add", "remove", "rename", "modify", "relabel"])

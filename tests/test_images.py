@@ -125,9 +125,12 @@ def test_png_ignores_min_size() -> None:
     assert decode_image(data, min_size=64).size == (400, 300)
 
 
-def test_decompression_bomb_becomes_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "limit", [1000, 3000]
+)  # 4096 px: over 2x the limit (error), over 1x (warning)
+def test_decompression_bomb_becomes_user_error(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
     data = encode(Image.fromarray(gradient(64, 64)), "PNG")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(ImageDecodeError, match=r"big\.png.*decompression bomb"):
         decode_image(data, name="big.png")
 
