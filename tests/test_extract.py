@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -269,3 +270,16 @@ def test_sigkill_mid_extraction_then_resume_gives_identical_rows(
     assert resumed.status == "resumed"
     assert resumed.reason.startswith(f"{finished} of ")
     _assert_same_rows(resumed.path, reference.path)
+
+
+def test_real_radiographs_extract_into_a_plain_hdf5_store(realsample: Path, tmp_path: Path) -> None:
+    m = load_manifest(realsample)
+    result = _extract(m, tmp_path, image_size=64, batch_size=8, chunk_size=16)
+    assert result.path == tmp_path / "realsample" / "resnet18-none-64px.h5"
+    assert sum(result.counts.values()) == len(m.records) == 54 and result.counts["val"] > 0
+    with h5py.File(result.path, "r") as fh:  # readable by any HDF5 tool, layout as documented
+        assert set(fh) == {"train", "val", "test"}
+        assert set(fh["val"]) == {"features", "labels", "keys", "groups"}
+        assert fh["test/features"].shape == (result.counts["test"], 512)
+        assert json.loads(fh.attrs["carve"]) == m.carve.as_dict()  # type: ignore[union-attr]
+        assert bool(fh.attrs["complete"])
