@@ -38,18 +38,22 @@ def models(as_json: bool = JsonOption) -> None:
             "offline",
         )
         rows: list[tuple[object, ...]] = [
-            (m.name, m.family, m.feature_dim, m.parameters, m.weights_id, m.weights_file,
-             m.offline)
+            (m.name, m.family, m.feature_dim, m.parameters, m.weights_id, m.weights_file, m.offline)
             for m in infos
-        ]  # fmt: skip
+        ]
         emit_table("Backbones", columns, rows, as_json=True, extra={"hub": str(hub_dir())})
         return
     columns = ("name", "features", "parameters", "weights", "offline")
     rows = [
-        (m.name, m.feature_dim, f"{m.parameters / 1e6:.1f}M", m.weights_id,
-         "yes" if m.offline else "no")
+        (
+            m.name,
+            m.feature_dim,
+            f"{m.parameters / 1e6:.1f}M",
+            m.weights_id,
+            "yes" if m.offline else "no",
+        )
         for m in infos
-    ]  # fmt: skip
+    ]
     emit_table("Backbones", columns, rows, as_json=False)
     err_console.print(f"ImageNet weights are read from {hub_dir()}", highlight=False)
 
@@ -94,10 +98,19 @@ def extract(
     notice = lambda msg: err_console.print(f"[cyan]{msg}[/]", highlight=False)  # noqa: E731
     with make_progress(err_console) as progress:
         result = extract_features(
-            manifest, model=model, weights=weights, cache_dir=cache, image_size=image_size,
-            batch_size=batch_size, workers=workers, device=device, dtype=dtype,
-            skip_bad=skip_bad, progress=progress, notice=notice,
-        )  # fmt: skip
+            manifest,
+            model=model,
+            weights=weights,
+            cache_dir=cache,
+            image_size=image_size,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            dtype=dtype,
+            skip_bad=skip_bad,
+            progress=progress,
+            notice=notice,
+        )
     if result.status == "reused":
         notice(f"reusing up-to-date store {result.path}")
     if result.skipped:

@@ -120,9 +120,12 @@ def extract_features(
     pre = backbones.preprocessing_for(model, weights, image_size)
     weights_id, weights_sha = backbones.weights_identity(model, weights)
     path = store.store_path(
-        cache_dir, manifest.name or manifest.root.stem, model,
-        backbones.weights_tag(weights_id, weights_sha), image_size,
-    )  # fmt: skip
+        cache_dir,
+        manifest.name or manifest.root.stem,
+        model,
+        backbones.weights_tag(weights_id, weights_sha),
+        image_size,
+    )
     provenance: dict[str, Any] = {
         "format_version": store.FORMAT_VERSION,
         "backbone": model,
@@ -138,41 +141,26 @@ def extract_features(
     }
     partial = store.PartialStore(path)
 
-    def result(status: Status, reason: str, counts: dict[str, int], skipped: list[str],
-               rate: float | None) -> ExtractResult:  # fmt: skip
+    def result(
+        status: Status, reason: str, counts: dict[str, int], skipped: list[str], rate: float | None
+    ) -> ExtractResult:
         return ExtractResult(
-            path, status, reason, model, weights_id, counts, spec.feature_dim,
-            round(time.perf_counter() - began, 3), rate, skipped,
-        )  # fmt: skip
+            path,
+            status,
+            reason,
+            model,
+            weights_id,
+            counts,
+            spec.feature_dim,
+            round(time.perf_counter() - began, 3),
+            rate,
+            skipped,
+        )
 
     with store.store_lock(path):
-        status: Status = "built"
-        reason = "no store yet"
-        if path.exists():
-            try:
-                old = store.read_attrs(path)
-                diff = store.provenance_difference(old, provenance)
-                if diff is None and old.get("complete"):
-                    partial.discard()  # leftover of a kill between rename and cleanup
-                    opened = store.open_store(path)
-                    return result("reused", "up to date", opened.counts, old["skipped"], None)
-                diff = diff or "store incomplete"
-            except XrayError as exc:
-                diff = f"existing store unreadable ({exc})"
-            status, reason = "rebuilt", f"{diff}: rebuilding"
-            say(f"{path}: {reason}")
-            path.unlink()
-        old_partial = partial.provenance()
-        partial_provenance = {**provenance, "chunk_size": chunk_size}
-        if partial.exists():
-            diff = None if old_partial is None else store.provenance_difference(
-                old_partial, partial_provenance
-            )  # fmt: skip
-            if old_partial is None or diff is not None:
-                status, reason = "rebuilt", f"{diff or 'unreadable progress'}: rebuilding"
-                say(f"{path}: discarding partial extraction, {reason}")
-                partial.discard()
-        partial.start(partial_provenance)
+        status, reason, reusable = _settle_existing(path, partial, provenance, chunk_size, say)
+        if reusable is not None:
+            return result("reused", reason, reusable.counts, reusable.attrs["skipped"], None)
 
         records = {s: manifest.split(s) for s in store.SPLIT_NAMES}
         plan = [
@@ -189,18 +177,30 @@ def extract_features(
         rate = None
         loaded_sha = None
         if pending:
-            # Seed before building so random init ("none") gives the same trunk every run.
             import torch
 
-            torch.manual_seed(0)
-            loaded = backbones.load_backbone(model, weights)
+            # Seeded so random init ("none") gives the same trunk every run; the caller's RNG
+            # state is left as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                loaded = backbones.load_backbone(model, weights)
             loaded_sha = loaded.weights_sha256
             rate = _run_chunks(
-                loaded.trunk, manifest, pre, records, pending, partial,
-                device=torch_device, batch_size=batch_size, workers=workers, dtype=dtype,
+                loaded.trunk,
+                manifest,
+                pre,
+                records,
+                pending,
+                partial,
+                device=torch_device,
+                batch_size=batch_size,
+                workers=workers,
+                dtype=dtype,
                 dim=spec.feature_dim,
-                skip_bad=skip_bad, progress=progress, label=f"extract {model}",
-            )  # fmt: skip
+                skip_bad=skip_bad,
+                progress=progress,
+                label=f"extract {model}",
+            )
         if loaded_sha is None and weights == "imagenet":
             hub_file = backbones.hub_checkpoint_dir() / spec.weights_file
             loaded_sha = backbones.file_sha256(hub_file) if hub_file.is_file() else None
@@ -213,10 +213,57 @@ def extract_features(
         }
         starts = {s: [c.start for c in plan if c.split == s] for s in store.SPLIT_NAMES}
         counts, skipped, _ = partial.assemble(
-            attrs, starts, records, feature_dim=spec.feature_dim, dtype=dtype,
+            attrs,
+            starts,
+            records,
+            feature_dim=spec.feature_dim,
+            dtype=dtype,
             chunk_rows=chunk_size,
-        )  # fmt: skip
+        )
         return result(status, reason, counts, skipped, rate)
+
+
+def _settle_existing(
+    path: Path,
+    partial: store.PartialStore,
+    provenance: dict[str, Any],
+    chunk_size: int,
+    say: Callable[[str], None],
+) -> tuple[Status, str, store.FeatureStore | None]:
+    """Reuse an up-to-date store, or discard what no longer matches; start the partial folder.
+
+    Returns (status so far, reason, the store when it can be reused as is).
+    """
+    status: Status = "built"
+    reason = "no store yet"
+    if path.exists():
+        try:
+            old = store.read_attrs(path)
+            diff = store.provenance_difference(old, provenance)
+            if diff is None and old.get("complete"):
+                partial.discard()  # leftover of a kill between the rename and the cleanup
+                return "reused", "up to date", store.open_store(path)
+            diff = diff or "store incomplete"
+        except XrayError as exc:
+            diff = f"existing store unreadable ({exc})"
+        status, reason = "rebuilt", f"{diff}: rebuilding"
+        say(f"{path}: {reason}")
+        path.unlink()
+    # Chunk boundaries must match to reuse finished chunks, so the chunk size is provenance too.
+    partial_provenance = {**provenance, "chunk_size": chunk_size}
+    if partial.exists():
+        old_partial = partial.provenance()
+        diff = (
+            "unreadable progress"
+            if old_partial is None
+            else store.provenance_difference(old_partial, partial_provenance)
+        )
+        if diff is not None:
+            status, reason = "rebuilt", f"{diff}: rebuilding"
+            say(f"{path}: discarding partial extraction, {reason}")
+            partial.discard()
+    partial.start(partial_provenance)
+    return status, reason, None
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -304,13 +351,14 @@ def _run_chunks(
             if last_of_chunk:
                 chunk = pending[current]
                 partial.write_chunk(
-                    chunk.split, chunk.start,
+                    chunk.split,
+                    chunk.start,
                     features=np.concatenate(feats) if feats else np.zeros((0, dim), dtype),
                     labels=np.array([records[chunk.split][r].label for r in rows], np.int64),
                     indices=np.array(rows, np.int64),
                     skipped=bad,
                     seconds=time.perf_counter() - chunk_began,
-                )  # fmt: skip
+                )
                 feats, rows, bad = [], [], []
                 current += 1
                 chunk_began = time.perf_counter()

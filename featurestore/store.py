@@ -310,9 +310,12 @@ class PartialStore:
                 group = fh.create_group(split)
                 rows = (max(1, chunk_rows),)
                 feats = group.create_dataset(
-                    "features", (0, feature_dim), dtype=dtype,
-                    maxshape=(None, feature_dim), chunks=(rows[0], feature_dim),
-                )  # fmt: skip
+                    "features",
+                    (0, feature_dim),
+                    dtype=dtype,
+                    maxshape=(None, feature_dim),
+                    chunks=(rows[0], feature_dim),
+                )
                 cols = {
                     name: group.create_dataset(name, (0,), dtype=dt, maxshape=(None,), chunks=rows)
                     for name, dt in (("labels", "int64"), ("keys", text), ("groups", text))

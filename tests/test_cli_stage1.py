@@ -73,9 +73,20 @@ def test_extract_offline_imagenet_is_one_line_exit_2(
 ) -> None:
     result = runner.invoke(
         app,
-        ["extract", "--model", "densenet121", "--image-size", "32", "--workers", "0",
-         "--data", str(tiny_data_ro), "--cache", str(tmp_path / "cache")],
-    )  # fmt: skip
+        [
+            "extract",
+            "--model",
+            "densenet121",
+            "--image-size",
+            "32",
+            "--workers",
+            "0",
+            "--data",
+            str(tiny_data_ro),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert result.exit_code == 2
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.output
