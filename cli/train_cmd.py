@@ -50,7 +50,13 @@ def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
         for s in summaries:
             for at in ("at_0.5", "at_threshold"):
                 rows.append([str(s.path), s.model, s.mode, s.head, at, s.test[at]])
-        emit_table(title, ["run", "model", "mode", "head", "at", "metrics"], rows, as_json=True)
+        emit_table(
+            title,
+            ["run", "model", "mode", "head", "at", "metrics"],
+            rows,
+            as_json=True,
+            extra={"runs": [str(s.path) for s in summaries]},
+        )
         return
     columns = ["metric"]
     for s in summaries:
