@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from featurestore import trainer
+from featurestore import checkpoints, trainer
 from featurestore.errors import XrayError
 from featurestore.heads import TrunkHead, build_head
 from featurestore.sources import FeatureSource
@@ -214,17 +214,17 @@ def test_resume_continues_to_the_same_result(tmp_path: Path, monkeypatch) -> Non
     straight = fit(new_model(), separable(), config, run_dir=tmp_path / "a")
     assert (tmp_path / "a" / "last.pt").is_file()
 
-    real_save = trainer.save_checkpoint
+    real_save = checkpoints.save_checkpoint
 
     def save_then_die(path: Path, payload: dict) -> None:
         real_save(path, payload)
         if payload["epoch"] == 3:
             raise Interrupt
 
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_die)
     with pytest.raises(Interrupt):
         fit(new_model(), separable(), config, run_dir=tmp_path / "b")
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
     # A fresh process would start from a differently initialised model and RNG: simulate it.
     torch.manual_seed(123)
     fresh = build_head("mlp", 6, 2, hidden=16)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import write_tiny_dataset
 
-from featurestore import trainer
+from featurestore import checkpoints
 from featurestore.errors import XrayError
 from featurestore.runs import load_run
 from featurestore.trainer import TrainConfig
@@ -165,16 +165,16 @@ def test_finetune_resume_gives_the_uninterrupted_result(tmp_path: Path, monkeypa
 
     with pytest.raises(XrayError, match="nothing to resume"):
         finetune(runs_dir=tmp_path / "b", resume=True, **kw)  # type: ignore[arg-type]
-    real_save = trainer.save_checkpoint
+    real_save = checkpoints.save_checkpoint
 
     def save_then_die(path: Path, payload: dict) -> None:
         real_save(path, payload)
         raise Interrupt
 
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_die)
     with pytest.raises(Interrupt):
         finetune(runs_dir=tmp_path / "b", **kw)  # type: ignore[arg-type]
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
     (work,) = (tmp_path / "b" / ".inprogress").iterdir()
     assert (work / "last.pt").is_file() and not list((tmp_path / "b").glob("2*"))
     resumed = finetune(runs_dir=tmp_path / "b", resume=True, **kw)  # type: ignore[arg-type]
