@@ -103,13 +103,16 @@ def _opacity(
     h, w = x.shape
     patch = 0.75 + 0.25 * np.clip(_smooth_noise(rng, h, w, 10), -1, 1)
     if kind == "patchy":
-        inside = np.flatnonzero((lungs[0] + lungs[1]) > 0.7)
+        both = lungs[0] + lungs[1]
+        inside = np.flatnonzero(both > 0.7)
+        if inside.size == 0:  # only on images too tiny to hold a lung field
+            inside = np.array([int(np.argmax(both))])
         field = np.zeros((h, w), dtype=np.float32)
         for idx in rng.choice(inside, size=int(rng.integers(3, 8))):
             sigma = rng.uniform(0.06, 0.15)
             d2 = (x - x.flat[idx]) ** 2 + (y - y.flat[idx]) ** 2
             field += rng.uniform(0.5, 1.0) * np.exp(-d2 / (2 * sigma**2))
-        field = np.minimum(field, 1.0) * (lungs[0] + lungs[1])
+        field = np.minimum(field, 1.0) * both
     else:
         # One lobe of one lung: the region above or below an oblique fissure.
         lung = lungs[int(rng.integers(2))]
@@ -242,14 +245,14 @@ def _plan_images(
         if label == "PNEUMONIA":
             person, kind = int(next(person_ids)), "bacteria" if rng.random() < 0.65 else "virus"
         else:
-            im = int(next(im_ids))
+            im_number = int(next(im_ids))
         for j in range(n):
             if label == "PNEUMONIA":
                 counters[kind] += 1
                 name = f"person{person}_{kind}_{counters[kind]}.jpeg"
             else:
                 prefix = "NORMAL2-" if rng.random() < 0.25 else ""
-                name = f"{prefix}IM-{im:04d}-{j + 1:04d}.jpeg"
+                name = f"{prefix}IM-{im_number:04d}-{j + 1:04d}.jpeg"
             # Not square: height/width aspect in [0.8, 1.3], both sides within the bounds.
             height = int(rng.integers(min_side, max_side + 1))
             width = int(np.clip(round(height / rng.uniform(0.8, 1.3)), min_side, max_side))
@@ -327,7 +330,11 @@ def generate_synthetic(
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             out_dir.rename(old / "data")
-            tmp.rename(out_dir)
+            try:
+                tmp.rename(out_dir)
+            except OSError:
+                (old / "data").rename(out_dir)  # put the previous dataset back
+                raise
             shutil.rmtree(old)
         else:
             tmp.rename(out_dir)
