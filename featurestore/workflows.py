@@ -125,13 +125,25 @@ def select_stores(
 
 
 def _dataset_name(data: Path) -> str:
-    return data.stem if data.is_file() else data.name
+    """The folder name `xray extract` files this dataset's stores under."""
+    from featurestore.data import load_manifest
+
+    manifest = load_manifest(data)
+    return manifest.name or manifest.root.stem
 
 
 def open_checked_store(
-    path: Path, *, data: Path | None, progress: Progress | None, notice: Notice
+    path: Path,
+    *,
+    data: Path | None,
+    progress: Progress | None,
+    notice: Notice,
+    fingerprints: dict[Path, str] | None = None,
 ) -> FeatureStore:
-    """open_store, checked against its dataset (--data, else the recorded root) when present."""
+    """open_store, checked against its dataset (--data, else the recorded root) when present.
+
+    `fingerprints` memoises dataset fingerprints (they hash every file) across stores.
+    """
     from featurestore.data import dataset_fingerprint, load_manifest
     from featurestore.store import open_store, read_attrs
 
@@ -142,14 +154,12 @@ def open_checked_store(
     if data is None and (not str(attrs.get("dataset_root", "")) or not root.exists()):
         notice(f"dataset of {path.name} not found ({root}): its freshness is not checked")
         return open_store(path)
-    carve = attrs.get("carve") or {}
-    manifest = load_manifest(
-        root,
-        val_min=int(carve.get("min_val", 100)),
-        val_fraction=float(carve.get("fraction", 0.1)),
-        seed=int(carve.get("seed", 0)),
-    )
-    return open_store(path, expect_fingerprint=dataset_fingerprint(manifest, progress=progress))
+    memo = fingerprints if fingerprints is not None else {}
+    key = root.resolve()
+    if key not in memo:
+        # The fingerprint covers files, labels and given splits, not the validation carving.
+        memo[key] = dataset_fingerprint(load_manifest(root), progress=progress)
+    return open_store(path, expect_fingerprint=memo[key])
 
 
 def fit_heads(
@@ -174,7 +184,11 @@ def fit_heads(
         raise XrayError(f"unknown --head {head!r}; choose one of: {', '.join(HEAD_KINDS)}")
     paths = select_stores(cache_dir=cache_dir, model=model, store=store, data=data)
     # Check every store before training any: a stale one stops the command up front.
-    stores = [open_checked_store(p, data=data, progress=progress, notice=say) for p in paths]
+    memo: dict[Path, str] = {}
+    stores = [
+        open_checked_store(p, data=data, progress=progress, notice=say, fingerprints=memo)
+        for p in paths
+    ]
     return [
         fit_head_on_store(s, head=head, config=config, runs_dir=runs_dir, progress=progress,
                           console=console)

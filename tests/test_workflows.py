@@ -219,3 +219,21 @@ def test_real_radiographs_finetune_one_epoch(realsample: Path, tmp_path: Path) -
     run = load_run(summary.path)
     assert run.metrics["epochs_run"] == 1 and run.metrics["test"]["at_0.5"]["n"] == 23
     assert (summary.path / "plots" / "curves.png").is_file()
+
+
+def test_store_whose_dataset_is_gone_is_used_with_a_notice(frozen_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    import h5py
+
+    copy = tmp_path / "moved.h5"
+    shutil.copy(frozen_env["store"], copy)
+    with h5py.File(copy, "r+") as fh:
+        fh.attrs["dataset_root"] = str(tmp_path / "gone")
+    notices: list[str] = []
+    (summary,) = fit_heads(
+        store=copy, runs_dir=tmp_path / "runs", config=replace(HEAD, epochs=1),
+        notice=notices.append,
+    )  # fmt: skip
+    assert any("freshness is not checked" in n for n in notices)
+    assert load_run(summary.path).config["store"]["path"] == str(copy)
