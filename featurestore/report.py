@@ -164,7 +164,8 @@ def compare_runs(paths: Sequence[Path], config: CompareConfig | None = None) -> 
     records = [load_run(Path(p)) for p in paths]
     notes: list[str] = []
     same_test = _check_same_test_set(records, allow=config.allow_different_test, notes=notes)
-    rows = [_run_row(r, config) for r in records]
+    seeds = {int(r.config.get("seed", 0)) for r in records}
+    rows = [_run_row(r, config, with_seed=len(seeds) > 1) for r in records]
     ref = records[0]
     y_ref, _, groups_ref = _test_arrays(ref)
     baseline = majority_baseline(
@@ -231,15 +232,17 @@ def _check_same_test_set(records: list[RunRecord], *, allow: bool, notes: list[s
     return True
 
 
-def _run_label(config: dict[str, Any]) -> str:
+def _run_label(config: dict[str, Any], *, with_seed: bool) -> str:
+    """`resnet50 frozen/linear`, `densenet121 finetune/freeze=layer2`, `+ s1` with seeds."""
     mode = config["mode"]
     extra = f"/{config['head']}" if mode == "frozen" else ""
     if mode == "finetune" and config.get("freeze", "none") != "none":
         extra = f"/freeze={config['freeze']}"
-    return f"{config['model']} {mode}{extra} s{config.get('seed', 0)}"
+    seed = f" s{config.get('seed', 0)}" if with_seed else ""
+    return f"{config['model']} {mode}{extra}{seed}"
 
 
-def _run_row(record: RunRecord, config: CompareConfig) -> RunRow:
+def _run_row(record: RunRecord, config: CompareConfig, *, with_seed: bool) -> RunRow:
     cfg, met = record.config, record.metrics
     y, p, groups = _test_arrays(record)
     threshold = float(met["threshold"]["value"])
@@ -266,7 +269,7 @@ def _run_row(record: RunRecord, config: CompareConfig) -> RunRow:
     store = cfg.get("store") or {}
     return RunRow(
         name=record.name,
-        label=_run_label(cfg),
+        label=_run_label(cfg, with_seed=with_seed),
         model=str(cfg["model"]),
         mode=str(cfg["mode"]),
         head=str(cfg.get("head", "")),
@@ -301,7 +304,7 @@ def _seed_groups(rows: list[RunRow]) -> list[SeedGroup]:
     """Mean and standard deviation across seeds for configurations run more than once."""
     groups: dict[str, list[RunRow]] = {}
     for row in rows:
-        groups.setdefault(row.label.rsplit(" s", 1)[0], []).append(row)
+        groups.setdefault(row.label.rsplit(" s", 1)[0], []).append(row)  # label less seed
     out = []
     for label, members in groups.items():
         if len(members) < 2:

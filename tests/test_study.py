@@ -1,0 +1,52 @@
+"""The demo study end to end on tiny data: runs, report, random-init banner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from featurestore.errors import XrayError
+from featurestore.study import StudyConfig, resolve_study_weights
+
+
+def test_study_config_validation() -> None:
+    with pytest.raises(XrayError, match="seeds"):
+        StudyConfig(seeds=0)
+    with pytest.raises(XrayError, match="image-size"):
+        StudyConfig(image_size=8)
+    assert StudyConfig().full_size().image_size == 224
+
+
+def test_auto_weights_fall_back_to_random_init_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    assert resolve_study_weights(("resnet50",), "auto") == "none"
+    assert resolve_study_weights(("resnet50",), "imagenet") == "imagenet"
+
+
+@pytest.mark.slow
+def test_demo_cli_runs_the_whole_study(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    args = ["demo", "--data", str(tiny_data), "--model", "resnet18", "--image-size", "32"]
+    args += ["--head-epochs", "3", "--finetune-epochs", "1", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    modes = sorted(r["mode"] for r in doc["runs"])
+    assert modes == ["finetune", "frozen"]
+    assert len(doc["pairs"]) == 1
+    assert any("randomly initialised" in n for n in doc["notes"])
+    report = Path(doc["report"])
+    assert report.is_file() and (report.parent / "roc.png").is_file()
+    # The study's runs live in their own folder under runs/, the store under cache/.
+    runs = [p for p in (tmp_path / "runs").glob("study-*/*") if not p.name.startswith(".")]
+    assert len(runs) == 2
+    assert list((tmp_path / "cache").rglob("resnet18-none-32px.h5"))
