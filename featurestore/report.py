@@ -279,13 +279,21 @@ def _run_row(record: RunRecord, config: CompareConfig, *, with_seed: bool) -> Ru
         best_epoch=int(met["best_epoch"]),
         epochs_run=int(met["epochs_run"]),
         stopped_early=bool(met.get("stopped_early", False)),
-        seconds_per_epoch=float(met["seconds_per_epoch"]),
+        seconds_per_epoch=_seconds_per_epoch(record),
         extraction_seconds=_optional_float(
             cfg.get("extraction_seconds", store.get("extraction_seconds"))
         ),
         threshold=threshold,
         metrics=metrics,
     )
+
+
+def _seconds_per_epoch(record: RunRecord) -> float:
+    """From timing.json, else the mean of history.csv's per-epoch seconds."""
+    if "seconds_per_epoch" in record.timing:
+        return float(record.timing["seconds_per_epoch"])
+    seconds = record.history.get("seconds")
+    return float(np.mean(seconds)) if seconds is not None and seconds.size else float("nan")
 
 
 def _optional_float(value: Any) -> float | None:

@@ -74,6 +74,7 @@ def write_run(
         _write_json(tmp / "config.json", config)
         write_history(tmp / "history.csv", result.history)
         _write_json(tmp / "metrics.json", result.metrics_json())
+        _write_json(tmp / "timing.json", result.timing_json())
         write_predictions(tmp / "predictions.csv", result)
         torch.save(state_dict if state_dict is not None else result.best_state, tmp / "best.pt")
         if plots:
@@ -145,6 +146,8 @@ class RunRecord:
     """Column -> (epochs,) array; `epoch` is int64, the rest float64."""
     predictions: dict[str, np.ndarray]
     """Column -> (rows,): split/key/patient str, label/prediction int64, probability float64."""
+    timing: dict[str, Any]
+    """timing.json (seconds per epoch); empty for runs written before it existed."""
 
     @property
     def name(self) -> str:
@@ -184,9 +187,11 @@ def load_run(path: Path) -> RunRecord:
         metrics = json.loads((path / "metrics.json").read_text())
         history = _read_history(path / "history.csv")
         predictions = _read_predictions(path / "predictions.csv")
+        timing_file = path / "timing.json"
+        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     except (ValueError, KeyError) as exc:
         raise XrayError(f"{path} holds a malformed run file: {exc}") from None
-    return RunRecord(path, config, metrics, history, predictions)
+    return RunRecord(path, config, metrics, history, predictions, timing)
 
 
 def _read_history(path: Path) -> dict[str, np.ndarray]:

@@ -146,13 +146,16 @@ class FitResult:
     test: dict[str, Any]
     predictions: dict[str, SplitPredictions] = field(default_factory=dict)
 
+    def timing_json(self) -> dict[str, Any]:
+        """timing.json: wall-clock figures, kept apart so metrics.json repeats exactly."""
+        return {"seconds_per_epoch": self.seconds_per_epoch, "epochs_run": self.epochs_run}
+
     def metrics_json(self) -> dict[str, Any]:
-        """The metrics.json document of the run-folder contract."""
+        """The metrics.json document of the run-folder contract (no timings: repeatable)."""
         return {
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
             "stopped_early": self.stopped_early,
-            "seconds_per_epoch": self.seconds_per_epoch,
             "threshold": self.threshold,
             "val": self.val,
             "test": self.test,

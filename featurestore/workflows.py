@@ -5,11 +5,14 @@ from __future__ import annotations
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from featurestore.data import SPLITS
 from featurestore.errors import XrayError
 from featurestore.trainer import TrainConfig
 
@@ -71,6 +74,16 @@ def _summary(path: Path, model: str, mode: str, head: str, result: FitResult) ->
         seconds_per_epoch=result.seconds_per_epoch,
         test=result.test,
     )
+
+
+def class_counts(
+    class_names: Sequence[str], labels: dict[str, np.ndarray]
+) -> dict[str, dict[str, int]]:
+    """Images per split and class (config.json; compare's majority baseline uses train's)."""
+    return {
+        split: {name: int(np.sum(y == i)) for i, name in enumerate(class_names)}
+        for split, y in labels.items()
+    }
 
 
 def _run_config(
@@ -252,6 +265,9 @@ def fit_head_on_store(
         dataset_fingerprint=store.attrs.get("dataset_fingerprint"),
         store={"path": str(store.path), **store.attrs},
         extraction_seconds=store.attrs.get("extraction_seconds"),
+        class_counts=class_counts(
+            store.class_names, {s: store.split(s).labels for s in store.counts}
+        ),
         checkpoint="best.pt: standardize.{mean,std} then head.* over backbone features",
         **extra,
     )
@@ -348,6 +364,10 @@ def finetune(
         positive_index=manifest.positive_index,
         dataset_fingerprint=fingerprint,
         dataset_root=str(manifest.root),
+        class_counts=class_counts(
+            manifest.class_names,
+            {s: np.array([r.label for r in manifest.split(s)]) for s in SPLITS},
+        ),
         carve=manifest.carve.as_dict() if manifest.carve else None,
         weights=weights,
         weights_id=loaded.weights_id,

@@ -70,10 +70,11 @@ def write_fake_run(
         "best_epoch": 3,
         "epochs_run": 6,
         "stopped_early": True,
-        "seconds_per_epoch": 0.01 if mode == "frozen" else 40.0,
         "threshold": {"policy": "youden", "value": threshold},
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
+    timing = {"seconds_per_epoch": 0.01 if mode == "frozen" else 40.0, "epochs_run": 6}
+    (run / "timing.json").write_text(json.dumps(timing))
     with (run / "history.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(HISTORY_COLUMNS)

@@ -70,6 +70,7 @@ def test_run_folder_has_the_contract_contents(tmp_path: Path, trained) -> None: 
         "config.json",
         "history.csv",
         "metrics.json",
+        "timing.json",
         "predictions.csv",
         "best.pt",
         "plots/curves.png",
@@ -82,8 +83,10 @@ def test_run_folder_has_the_contract_contents(tmp_path: Path, trained) -> None: 
         assert next(csv.reader(fh)) == list(PREDICTION_COLUMNS)
     metrics = json.loads((path / "metrics.json").read_text())
     assert set(metrics) == {
-        "best_epoch", "epochs_run", "stopped_early", "seconds_per_epoch", "threshold", "val", "test"
+        "best_epoch", "epochs_run", "stopped_early", "threshold", "val", "test"
     }  # fmt: skip
+    timing = json.loads((path / "timing.json").read_text())
+    assert set(timing) == {"seconds_per_epoch", "epochs_run"}
     assert set(metrics["test"]) == {"at_0.5", "at_threshold"}
     assert metrics["threshold"]["policy"] == "youden"
     state = torch.load(path / "best.pt", weights_only=True)
