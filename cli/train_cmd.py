@@ -20,6 +20,7 @@ from cli.common import (
 )
 
 if TYPE_CHECKING:
+    from featurestore.trainer import TrainConfig
     from featurestore.workflows import RunSummary
 
 METRIC_COLUMNS = (
@@ -99,6 +100,9 @@ def fit_head(
         "balanced", "--class-weight", help="balanced or none (loss weights from train labels)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation and shuffling."),
+    seeds: int = typer.Option(
+        1, "--seeds", help="Repeat with seeds seed..seed+N-1 (compare reports mean and spread)."
+    ),
     device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -127,11 +131,13 @@ def fit_head(
         seed=seed,
         device=device,  # type: ignore[arg-type]
     )
+    summaries = []
     with make_progress(err_console, transient=True) as progress:
-        summaries = fit_heads(
-            model=model, store=store, data=data, cache_dir=cache, runs_dir=runs, head=head,
-            config=config, progress=progress, console=err_console, notice=_notice,
-        )  # fmt: skip
+        for cfg in seeded(config, seeds):
+            summaries += fit_heads(
+                model=model, store=store, data=data, cache_dir=cache, runs_dir=runs, head=head,
+                config=cfg, progress=progress, console=err_console, notice=_notice,
+            )  # fmt: skip
     _report(summaries, as_json=as_json)
 
 
@@ -158,6 +164,9 @@ def finetune(
     monitor: str = typer.Option("val_auc", "--monitor", help="val_auc, val_f1 or val_loss."),
     class_weight: str = typer.Option("balanced", "--class-weight", help="balanced or none."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, shuffling, augmentation."),
+    seeds: int = typer.Option(
+        1, "--seeds", help="Repeat with seeds seed..seed+N-1 (compare reports mean and spread)."
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the interrupted run with the same settings."
     ),
@@ -193,13 +202,26 @@ def finetune(
         device=device,  # type: ignore[arg-type]
     )
     path = resolve_data(data)
+    summaries = []
     with make_progress(err_console, transient=True) as progress:
-        summary = run_finetune(
-            data=path, model=model, weights=weights, freeze=freeze, image_size=image_size,
-            augment=augment, hflip=hflip, workers=workers, runs_dir=runs, config=config,
-            resume=resume, progress=progress, console=err_console, notice=_notice,
-        )  # fmt: skip
-    _report([summary], as_json=as_json)
+        for cfg in seeded(config, seeds):
+            summaries.append(run_finetune(
+                data=path, model=model, weights=weights, freeze=freeze, image_size=image_size,
+                augment=augment, hflip=hflip, workers=workers, runs_dir=runs, config=cfg,
+                resume=resume, progress=progress, console=err_console, notice=_notice,
+            ))  # fmt: skip
+    _report(summaries, as_json=as_json)
+
+
+def seeded(config: TrainConfig, seeds: int) -> list[TrainConfig]:
+    """The config repeated with seeds seed, seed+1, ... (`--seeds N`)."""
+    from dataclasses import replace
+
+    from featurestore.errors import XrayError
+
+    if seeds < 1:
+        raise XrayError(f"--seeds must be at least 1, got {seeds}")
+    return [replace(config, seed=config.seed + i) for i in range(seeds)]
 
 
 def register(app: typer.Typer) -> None:

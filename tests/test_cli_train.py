@@ -81,6 +81,17 @@ def test_fit_head_json(store_env, tmp_path: Path) -> None:  # type: ignore[no-un
     assert Path(doc["runs"][0]).name.endswith("-resnet18-frozen-s3")
 
 
+def test_fit_head_seeds_repeat_the_run(store_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = runner.invoke(
+        app,
+        ["fit-head", "--store", str(store_env["store"]), "--runs", str(tmp_path), "--epochs",
+         "2", "--seed", "5", "--seeds", "2", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    seeds = sorted(load_run(Path(p)).config["seed"] for p in json.loads(result.stdout)["runs"])
+    assert seeds == [5, 6]
+
+
 def test_fit_head_refuses_a_stale_store(store_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     victim = next((store_env["data"] / "test" / "PNEUMONIA").glob("*.jpeg"))
     original = victim.read_bytes()
