@@ -10,13 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from featurestore.bootstrap import BootMetric, bootstrap_interval
 from featurestore.errors import XrayError
 from featurestore.runs import RunRecord, load_run
 from featurestore.stats import (
-    BootMetric,
     DeLongResult,
     McNemarResult,
-    bootstrap_interval,
     delong_roc_test,
     majority_baseline,
     mcnemar,

@@ -1,4 +1,4 @@
-"""Tests for featurestore.stats against hand computations and slow reference implementations."""
+"""featurestore.bootstrap and featurestore.stats vs hand computations and slow references."""
 
 from __future__ import annotations
 
@@ -10,20 +10,17 @@ from scipy import stats as sps
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from featurestore import stats
-from featurestore.errors import XrayError
-from featurestore.metrics import binary_metrics
-from featurestore.stats import (
+from featurestore import bootstrap
+from featurestore.bootstrap import (
     BOOT_METRICS,
     BootMetric,
     bootstrap_ci,
     bootstrap_interval,
-    delong_ci,
-    delong_roc_test,
-    majority_baseline,
-    mcnemar,
     paired_bootstrap,
 )
+from featurestore.errors import XrayError
+from featurestore.metrics import binary_metrics
+from featurestore.stats import delong_ci, delong_roc_test, majority_baseline, mcnemar
 
 
 def make_scores(n: int, *, seed: int = 0, signal: float = 0.3, decimals: int = 1):
@@ -93,7 +90,7 @@ def test_blocked_resampling_gives_the_same_interval(monkeypatch: pytest.MonkeyPa
     whole = [
         bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=500) for g in (None, groups)
     ]
-    monkeypatch.setattr(stats, "_CHUNK_CELLS", 1000)  # blocks of 10 resamples
+    monkeypatch.setattr(bootstrap, "_CHUNK_CELLS", 1000)  # blocks of 10 resamples
     blocked = [
         bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=500) for g in (None, groups)
     ]
