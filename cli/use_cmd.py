@@ -1,9 +1,151 @@
-"""CLI commands (placeholder until implemented)."""
+"""`xray predict` and `xray explain`: use a trained run on new radiographs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from cli.common import JsonOption, console, emit_table, err_console, user_errors
+
+RunOption = typer.Option(
+    ..., "--run", help="Run folder written by `xray fit-head` or `xray finetune`."
+)
+WeightsOption = typer.Option(
+    None,
+    "--weights",
+    help="Frozen runs extracted with a weights file only: that file (its sha256 is checked).",
+    show_default=False,
+)
+DeviceOption = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add `predict` and `explain` to the app."""
+    app.command("predict")(predict)
+    app.command("explain")(explain)
+
+
+@user_errors
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders (recursive)."),
+    run: Path = RunOption,
+    csv_path: Path = typer.Option(
+        None,
+        "--csv",
+        help="Also write path,probability,prediction,error to this CSV.",
+        show_default=False,
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    weights: Path = WeightsOption,
+    device: str = DeviceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Probability of the positive class and the predicted class for new images.
+
+    The class is taken at the run's validation-chosen threshold. Frozen runs rebuild the
+    backbone from the feature store's provenance; fine-tune runs load the whole model.
+    Unreadable files are listed with their error; the exit code is then 1.
+
+    Examples:
+
+        xray predict --run runs/20261128-101500-resnet50-frozen-s0 scan1.jpeg scan2.png
+
+        xray predict --run runs/20261128-102000-resnet50-finetune-s0 data/new --csv preds.csv
+    """
+    from featurestore.predict import (
+        count_predictions,
+        expand_inputs,
+        load_predictor,
+        write_predictions_csv,
+    )
+    from featurestore.progress import make_progress
+
+    paths = expand_inputs(images)
+    predictor = load_predictor(run, weights=weights, device=device)
+    with make_progress(err_console, transient=True) as progress:
+        rows = predictor.predict(
+            paths, batch_size=batch_size, progress=progress if len(paths) > batch_size else None
+        )
+    if csv_path is not None:
+        write_predictions_csv(csv_path, rows)
+    counts = count_predictions(rows, predictor.class_names)
+    failed = counts["unreadable"]
+    emit_table(
+        f"{predictor.run.name}: P({predictor.class_names[predictor.positive_index]}), "
+        f"class at threshold {predictor.threshold:.3f}",
+        ["path", "probability", "prediction", "error"],
+        [[r.path, r.probability, r.prediction, r.error] for r in rows],
+        as_json=as_json,
+        extra={
+            "run": str(predictor.run.path),
+            "threshold": predictor.threshold,
+            "counts": counts,
+            "failed": failed,
+            "csv": str(csv_path) if csv_path else None,
+        },
+    )
+    if not as_json:
+        summary = ", ".join(f"{name} {n}" for name, n in counts.items())
+        console.print(f"{len(rows)} images: {summary}", highlight=False)
+        if csv_path is not None:
+            console.print(f"csv: [bold]{csv_path}[/]")
+    if failed:
+        err_console.print(f"[yellow]{failed} file(s) could not be read[/]", highlight=False)
+        raise typer.Exit(1)
+
+
+@user_errors
+def explain(
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders (recursive)."),
+    run: Path = RunOption,
+    out: Path = typer.Option(..., "--out", help="Folder for the heatmap PNGs and contact sheet."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward/backward pass."),
+    weights: Path = WeightsOption,
+    device: str = DeviceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Grad-CAM heatmaps: where the run's model looks for the positive class.
+
+    One PNG per image at the image's own size (the radiograph in gray, heat in colour;
+    margins the center crop removed get no heat) plus contact_sheet.png. Frozen runs are
+    explained as backbone + head, one model. Exit code 1 when some files could not be read.
+
+    Examples:
+
+        xray explain --run runs/20261128-102000-resnet50-finetune-s0 scan1.jpeg --out heat/
+
+        xray explain --run runs/20261128-101500-densenet121-frozen-s0 data/new --out heat/ --json
+    """
+    from featurestore.explain import explain_run
+    from featurestore.predict import expand_inputs
+    from featurestore.progress import make_progress
+
+    paths = expand_inputs(images)
+    with make_progress(err_console, transient=True) as progress:
+        result = explain_run(
+            run,
+            paths,
+            out,
+            weights=weights,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    rows = result.rows
+    emit_table(
+        f"Grad-CAM heatmaps in {out}",
+        ["path", "probability", "prediction", "heatmap", "error"],
+        [[r.path, r.probability, r.prediction, r.heatmap, r.error] for r in rows],
+        as_json=as_json,
+        extra={
+            "contact_sheet": str(result.contact_sheet) if result.contact_sheet else None,
+            "peaks": {r.path: r.peak for r in rows if r.peak is not None},
+        },
+    )
+    failed = sum(r.error is not None for r in rows)
+    if not as_json and result.contact_sheet is not None:
+        console.print(f"contact sheet: [bold]{result.contact_sheet}[/]")
+    if failed:
+        err_console.print(f"[yellow]{failed} file(s) could not be read[/]", highlight=False)
+        raise typer.Exit(1)
