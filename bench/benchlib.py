@@ -84,6 +84,8 @@ def radiograph_dataset(
     takes ~0.3 s per image. Long sides are spread evenly over [min_side, max_side], aspect
     0.75-0.95 like chest films.
     """
+    if n < 6:
+        raise ValueError(f"need at least 6 images so every split gets one, got {n}")
     tag = hashlib.sha256(f"v1-{n}-{min_side}-{max_side}-{seed}".encode()).hexdigest()[:12]
     root = Path(tempfile.gettempdir()) / "xray-bench" / f"radiographs-{n}-{tag}"
     if (root / "DONE").is_file():

@@ -1,0 +1,65 @@
+"""Smoke tests: every bench script runs with --quick and prints its table and one JSON line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+# The figures each bench's JSON line must carry (values are timings: not asserted on).
+EXPECTED = {
+    "startup": ["commands", "python_floor_s", "meets_target"],
+    "extract": ["models", "decode_images_per_s_per_core", "memory", "best_ratio"],
+    "head": ["results", "meets_target", "frozen_epoch_is_estimate"],
+    "finetune": ["first_epoch_ratio", "later_epoch_ratio", "bare_contiguous_images_per_s"],
+}
+
+
+def run_quick(name: str) -> tuple[dict, str]:
+    """Run bench/<name>.py --quick; return its JSON record and whole stdout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    return json.loads(last), proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bench_quick_prints_table_and_json(name: str) -> None:
+    record, stdout = run_quick(name)
+    assert record["bench"] == name
+    assert record["cores"] >= 1 and record["torch"] and record["torch_threads"] >= 1
+    for key in EXPECTED[name]:
+        assert key in record, f"{name}: {key} missing from {sorted(record)}"
+    assert "┃" in stdout  # the rich table came before the JSON line
+
+
+def test_interleave_alternates_order_and_dataset_refuses_too_few_images() -> None:
+    """The shared helpers: measurement order alternates per round; tiny datasets refused."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import benchlib
+    finally:
+        sys.path.remove(str(BENCH))
+    calls: list[str] = []
+    got = benchlib.interleave(
+        {"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3
+    )
+    assert calls == ["a", "b", "b", "a", "a", "b"]  # order alternates every round
+    assert got == {"a": [1.0] * 3, "b": [2.0] * 3}
+    assert benchlib.median([3.0, 1.0, 2.0]) == 2.0
+    with pytest.raises(ValueError):
+        benchlib.radiograph_dataset(0)
