@@ -88,15 +88,25 @@ def extract(
     Idempotent and resumable: an up-to-date store is reused at once, an interrupted one resumes,
     a store whose dataset or weights changed is rebuilt (saying why).
 
-    Example: `xray extract --model densenet121 --data data/chest_xray`
+    Under torchrun each process extracts a shard of the images into the same store; rank 0
+    assembles it and alone prints (see docs/scaling.md).
+
+    Examples:
+
+    * `xray extract --model densenet121 --data data/chest_xray`
+    * `torchrun --standalone --nproc-per-node 4 $(which xray) extract --model resnet50`
     """
+    from featurestore import distributed
     from featurestore.data import load_manifest
     from featurestore.extract import extract_features
     from featurestore.progress import make_progress
 
-    manifest = load_manifest(resolve_data(data))
     notice = lambda msg: err_console.print(f"[cyan]{msg}[/]", highlight=False)  # noqa: E731
-    with make_progress(err_console) as progress:
+    with distributed.process_group(device) as launch, make_progress(err_console) as progress:
+        if launch is not None and launch.rank != 0:
+            err_console.quiet = True  # rank 0 speaks for all: every rank's errors reach it
+        # Rank 0 alone may generate the default dataset; the others then read it.
+        manifest = load_manifest(distributed.on_main(lambda: resolve_data(data)))
         result = extract_features(
             manifest,
             model=model,
@@ -111,6 +121,8 @@ def extract(
             progress=progress,
             notice=notice,
         )
+    if launch is not None and launch.rank != 0:
+        return
     if result.status == "reused":
         notice(f"reusing up-to-date store {result.path}")
     if result.skipped:

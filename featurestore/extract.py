@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from featurestore import backbones, store
+from featurestore import backbones, distributed, store
 from featurestore.errors import XrayError
 
 if TYPE_CHECKING:
@@ -26,8 +27,10 @@ DTYPES = ("float16", "float32")
 
 
 def default_workers() -> int:
-    """Decoding workers: one core stays with the model, at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """Decoding workers: one core stays with the model, at most 8 (per torchrun process)."""
+    # torchrun starts LOCAL_WORLD_SIZE processes per node: they share its cores.
+    share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(8, (os.cpu_count() or 1) // share - 1))
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,10 @@ def extract_features(
         "preprocessing": pre.as_dict(),
         "image_size": image_size,
         "dtype": dtype,
-        "dataset_fingerprint": dataset_fingerprint(manifest, progress=progress),
+        # Hashing every file is rank 0's job; torchrun's other ranks get the result.
+        "dataset_fingerprint": distributed.on_main(
+            lambda: dataset_fingerprint(manifest, progress=progress)
+        ),
         "class_names": list(manifest.class_names),
         "positive_index": manifest.positive_index,
         "carve": manifest.carve.as_dict() if manifest.carve else None,
@@ -157,40 +163,53 @@ def extract_features(
             skipped,
         )
 
-    with store.store_lock(path):
-        status, reason, reusable = _settle_existing(path, partial, provenance, chunk_size, say)
+    records = {s: manifest.split(s) for s in store.SPLIT_NAMES}
+    plan = [
+        _Chunk(s, a, min(a + chunk_size, len(records[s])))
+        for s in store.SPLIT_NAMES
+        for a in range(0, len(records[s]), chunk_size)
+    ]
+    with contextlib.ExitStack() as held:
+
+        def settle() -> tuple[Status, str, store.FeatureStore | None, list[_Chunk]]:
+            # Under torchrun only rank 0 holds the lock and touches the partial folder's
+            # provenance; the other ranks wait for its verdict (on_main broadcasts it).
+            held.enter_context(store.store_lock(path))
+            status, reason, reusable = _settle_existing(path, partial, provenance, chunk_size, say)
+            if reusable is not None:
+                return status, reason, reusable, []
+            pending = [c for c in plan if not partial.done(c.split, c.start)]
+            if status == "built" and len(pending) < len(plan):
+                status = "resumed"
+                reason = f"{len(plan) - len(pending)} of {len(plan)} chunks already done"
+                say(f"{path}: resuming, {reason}")
+            return status, reason, None, pending
+
+        status, reason, reusable, pending = distributed.on_main(settle)
         if reusable is not None:
             return result("reused", reason, reusable.counts, reusable.attrs["skipped"], None)
 
-        records = {s: manifest.split(s) for s in store.SPLIT_NAMES}
-        plan = [
-            _Chunk(s, a, min(a + chunk_size, len(records[s])))
-            for s in store.SPLIT_NAMES
-            for a in range(0, len(records[s]), chunk_size)
-        ]
-        pending = [c for c in plan if not partial.done(c.split, c.start)]
-        if status == "built" and len(pending) < len(plan):
-            status = "resumed"
-            reason = f"{len(plan) - len(pending)} of {len(plan)} chunks already done"
-            say(f"{path}: resuming, {reason}")
+        # Each rank computes its own chunks (pending chunk i -> rank i % world) into the shared
+        # partial folder; chunk files are per (split, start), so no two ranks write one file.
+        mine = distributed.shard_items(pending)
+        world = distributed.world_size()
 
-        rate = None
-        loaded_sha = None
-        if pending:
+        def compute() -> tuple[float | None, str | None]:
+            if not mine:
+                return None, None
             import torch
 
-            # Seeded so random init ("none") gives the same trunk every run; the caller's RNG
-            # state is left as it was.
+            # Seeded so random init ("none") gives the same trunk every run (and on every
+            # rank); the caller's RNG state is left as it was.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 loaded = backbones.load_backbone(model, weights)
-            loaded_sha = loaded.weights_sha256
             rate = _run_chunks(
                 loaded.trunk,
                 manifest,
                 pre,
                 records,
-                pending,
+                mine,
                 partial,
                 device=torch_device,
                 batch_size=batch_size,
@@ -199,27 +218,41 @@ def extract_features(
                 dim=spec.feature_dim,
                 skip_bad=skip_bad,
                 progress=progress,
-                label=f"extract {model}",
+                label=f"extract {model}" + (f" (1 of {world} shards)" if world > 1 else ""),
             )
-        if loaded_sha is None and weights == "imagenet":
-            hub_file = backbones.hub_checkpoint_dir() / spec.weights_file
-            loaded_sha = backbones.file_sha256(hub_file) if hub_file.is_file() else None
-        attrs = {
-            **provenance,
-            "weights_sha256": weights_sha or loaded_sha,
-            "dataset_root": str(Path(manifest.root).resolve()),
-            "dataset_name": path.parent.name,
-            "versions": _versions(),
-        }
-        starts = {s: [c.start for c in plan if c.split == s] for s in store.SPLIT_NAMES}
-        counts, skipped, _ = partial.assemble(
-            attrs,
-            starts,
-            records,
-            feature_dim=spec.feature_dim,
-            dtype=dtype,
-            chunk_rows=chunk_size,
-        )
+            return rate, loaded.weights_sha256
+
+        computing = time.perf_counter()
+        rate, loaded_sha = distributed.everywhere(compute)  # every rank is done after this
+        if world > 1 and pending:
+            images = sum(c.stop - c.start for c in pending)
+            rate = images / max(time.perf_counter() - computing, 1e-9)
+
+        def assemble() -> tuple[dict[str, int], list[str]]:
+            sha = loaded_sha
+            if sha is None and weights == "imagenet":
+                hub_file = backbones.hub_checkpoint_dir() / spec.weights_file
+                sha = backbones.file_sha256(hub_file) if hub_file.is_file() else None
+            attrs = {
+                **provenance,
+                "weights_sha256": weights_sha or sha,
+                "dataset_root": str(Path(manifest.root).resolve()),
+                "dataset_name": path.parent.name,
+                "versions": _versions(),
+            }
+            starts = {s: [c.start for c in plan if c.split == s] for s in store.SPLIT_NAMES}
+            counts, skipped, _ = partial.assemble(
+                attrs,
+                starts,
+                records,
+                feature_dim=spec.feature_dim,
+                dtype=dtype,
+                chunk_rows=chunk_size,
+            )
+            return counts, skipped
+
+        # Rank 0 joins every rank's chunks into the one store, exactly as a single process does.
+        counts, skipped = distributed.on_main(assemble)
         return result(status, reason, counts, skipped, rate)
 
 
