@@ -130,9 +130,12 @@ def open_store(path: Path, *, expect_fingerprint: str | None = None) -> FeatureS
             "run `xray extract` again"
         )
     with _open_h5(path) as fh:
-        counts: dict[str, int] = {
-            s: int(fh[s]["features"].shape[0]) for s in SPLIT_NAMES if s in fh
-        }
+        try:
+            counts: dict[str, int] = {
+                s: int(fh[s]["features"].shape[0]) for s in SPLIT_NAMES if s in fh
+            }
+        except (OSError, KeyError) as exc:  # a split group without its features dataset
+            raise _corrupt(path, exc) from None
     return FeatureStore(path, attrs, counts)
 
 
