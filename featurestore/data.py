@@ -424,7 +424,23 @@ def load_manifest(
         raise XrayError(f"dataset {path} does not exist: pass --data with a folder, .csv or .npz")
     else:
         raise XrayError(f"{path}: unsupported dataset (use a folder, a .csv manifest or a .npz)")
+    check_labels_in_train(manifest, path)
     return carve_validation(manifest, fraction=val_fraction, min_val=val_min, seed=seed)
+
+
+def check_labels_in_train(m: Manifest, path: Path) -> None:
+    """Refuse a class seen in val/test but never in train (a typo or an unknown label)."""
+    if not m.split("train"):
+        return  # an evaluation-only dataset: there is no training set to compare against
+    in_train = {r.label for r in m.split("train")}
+    for label, name in enumerate(m.class_names):
+        if label in in_train:
+            continue
+        where = sorted({r.split for r in m.records if r.label == label}, key=SPLITS.index)
+        raise XrayError(
+            f"{path}: label {name!r} appears in {'/'.join(where)} but never in train, so no "
+            f"model can learn it; fix the label or add train images of it"
+        )
 
 
 def resolve_data_dir(data: Path | None, *, env: str | None, notice: Callable[[str], None]) -> Path:
