@@ -354,6 +354,11 @@ def carve_validation(
     from sklearn.model_selection import StratifiedGroupKFold
 
     y = np.array([r.label for r in rest])  # (N,)
+    if np.all(np.bincount(y) < n_splits):  # StratifiedGroupKFold needs one class that large
+        raise XrayError(
+            f"cannot carve a {fraction:.0%} validation set: no class has {n_splits} train images "
+            f"outside val; add a val split with >= {min_val} images"
+        )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # "least populated class has fewer members than n_splits": fine, we pick the best fold.
