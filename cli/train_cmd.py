@@ -158,7 +158,9 @@ def finetune(
     hflip: bool = typer.Option(False, "--hflip", help="Also flip train images horizontally."),
     epochs: int = typer.Option(10, "--epochs", help="Maximum epochs."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate of the head (AdamW)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Training batch size."),
+    batch_size: int = typer.Option(
+        32, "--batch-size", help="Training batch size (per process under torchrun)."
+    ),
     workers: int = typer.Option(2, "--workers", help="Image decoding processes."),
     patience: int = typer.Option(3, "--patience", help="Early-stopping patience, in epochs."),
     monitor: str = typer.Option("val_auc", "--monitor", help="val_auc, val_f1 or val_loss."),
@@ -177,15 +179,18 @@ def finetune(
     """Fine-tune a backbone end to end on streamed images, through the same trainer.
 
     A checkpoint is written after every epoch; after an interruption, the same command with
-    `--resume` continues where it stopped. AMP and channels_last are used on CUDA.
+    `--resume` continues where it stopped. AMP and channels_last are used on CUDA. Under
+    torchrun it trains with DDP (NCCL on GPUs, gloo on CPUs); rank 0 alone writes and prints.
 
     Examples:
 
     * `xray finetune`
     * `xray finetune --model densenet121 --freeze layer3 --epochs 20`
     * `xray finetune --model resnet18 --weights none --image-size 64 --resume`
+    * `torchrun --standalone --nproc-per-node 4 $(which xray) finetune --model resnet50`
     """
     from cli.common import resolve_data
+    from featurestore import distributed
     from featurestore.progress import make_progress
     from featurestore.trainer import TrainConfig
     from featurestore.workflows import finetune as run_finetune
@@ -201,16 +206,22 @@ def finetune(
         backbone_lr_mult=backbone_lr_mult,
         device=device,  # type: ignore[arg-type]
     )
-    path = resolve_data(data)
     summaries = []
-    with make_progress(err_console, transient=True) as progress:
+    with (
+        distributed.process_group(device) as launch,
+        make_progress(err_console, transient=True) as progress,
+    ):
+        if launch is not None and launch.rank != 0:
+            err_console.quiet = True  # rank 0 speaks for all: every rank's errors reach it
+        path = distributed.on_main(lambda: resolve_data(data))  # rank 0 may generate it
         for cfg in seeded(config, seeds):
             summaries.append(run_finetune(
                 data=path, model=model, weights=weights, freeze=freeze, image_size=image_size,
                 augment=augment, hflip=hflip, workers=workers, runs_dir=runs, config=cfg,
                 resume=resume, progress=progress, console=err_console, notice=_notice,
             ))  # fmt: skip
-    _report(summaries, as_json=as_json)
+    if launch is None or launch.rank == 0:
+        _report(summaries, as_json=as_json)
 
 
 def seeded(config: TrainConfig, seeds: int) -> list[TrainConfig]:

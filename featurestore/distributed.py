@@ -334,10 +334,10 @@ def wrap_ddp(model: nn.Module) -> nn.Module:
     if not active():
         return model
     device = next(model.parameters()).device
-    ids = [device.index if device.index is not None else torch.cuda.current_device()]
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=ids if device.type == "cuda" else None
-    )
+    if device.type != "cuda":
+        return torch.nn.parallel.DistributedDataParallel(model)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[index])
 
 
 def _device() -> torch.device:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from featurestore import distributed
 from featurestore.data import SPLITS, Split
 from featurestore.errors import XrayError
 
@@ -253,7 +254,11 @@ def seed_worker(worker_id: int) -> None:
 
 
 class ImageSource:
-    """Images decoded and preprocessed by DataLoader workers; augmentation on train only."""
+    """Images decoded and preprocessed by DataLoader workers; augmentation on train only.
+
+    Under torchrun (a process group of several ranks when it is built) each rank streams its
+    shard: train through a seeded DistributedSampler, evaluation splits as `eval_positions`.
+    """
 
     streaming = True
     """Epochs take a while: the trainer shows a bar with throughput over batches."""
@@ -284,6 +289,7 @@ class ImageSource:
         self.augment = radiograph_augmentation(hflip=hflip) if augment else None
         self.pin_memory = pin_memory
         self._records = {s: manifest.split(s) for s in SPLITS}
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         for split in ("train", "val"):
             if not self._records[split]:
                 raise XrayError(f"the dataset has no {split} images: check {manifest.root}")
@@ -292,24 +298,49 @@ class ImageSource:
         self, split: Split, *, shuffle: bool, epoch: int = 0
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """(x (B, 3, S, S), y (B,)) batches; train batches augmented when shuffled."""
+        from torch.utils.data import DistributedSampler, Subset
+
         records = self._records[split]
         train = split == "train" and shuffle
-        dataset = _ImageDataset(
+        dataset: torch.utils.data.Dataset[tuple[Tensor, int]] = _ImageDataset(
             self.manifest, records, self.preprocessing, self.augment if train else None
         )
+        sampler: DistributedSampler[int] | None = None
+        n = len(records)
+        if self.world > 1 and shuffle:
+            # Every rank draws the same seeded permutation and takes its ceil(N / world) slice
+            # (padded with repeats so all ranks step together).
+            sampler = DistributedSampler(
+                dataset, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed
+            )
+            sampler.set_epoch(epoch)
+            n = len(sampler)
+        elif self.world > 1:
+            positions = self.eval_positions(split)
+            dataset, n = Subset(dataset, positions.tolist()), len(positions)
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.workers,
-            # Seeds the shuffle and every worker's torch seed: augmentation repeats per epoch.
-            generator=epoch_generator(self.seed, epoch),
+            # Seeds the shuffle and every worker's torch seed: augmentation repeats per epoch
+            # (and differs between ranks).
+            generator=epoch_generator(self.seed, epoch * self.world + self.rank),
             worker_init_fn=seed_worker,
-            drop_last=train and drop_lonely_last(len(records), self.batch_size),
+            drop_last=train and drop_lonely_last(n, self.batch_size),
             pin_memory=self.pin_memory,
             persistent_workers=False,
         )
         yield from loader
+
+    def eval_positions(self, split: Split) -> np.ndarray:
+        """Positions in `records(split)` of this rank's unshuffled batches (all, outside torchrun).
+
+        Strided (rank, rank + world, ...) without padding: gathered by position, every image
+        of a split is scored exactly once.
+        """
+        return np.arange(len(self._records[split]))[self.rank :: self.world]
 
     def records(self, split: Split) -> tuple[list[str], list[str], np.ndarray]:
         """(keys, groups, labels) in `batches(shuffle=False)` order (manifest order)."""

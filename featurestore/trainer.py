@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from featurestore import checkpoints
+from featurestore import checkpoints, distributed
 from featurestore.checkpoints import LoopState
 from featurestore.errors import XrayError
 
@@ -231,7 +231,11 @@ def make_scheduler(
 def predict(
     model: nn.Module, source: Source, split: Split, *, amp_dtype: torch.dtype | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Class probabilities (N, C), labels (N,) and the mean unweighted cross-entropy."""
+    """Class probabilities (N, C), labels (N,) and the mean unweighted cross-entropy.
+
+    Under torchrun a source with `eval_positions` scores one shard per rank; the shards are
+    gathered by position, so every rank gets the whole split in records() order, each image once.
+    """
     model.eval()
     device = next(model.parameters()).device
     probs: list[Tensor] = []
@@ -244,10 +248,17 @@ def predict(
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         probs.append(logits.softmax(1).cpu())
         labels.append(y.cpu())
-    if not labels:
+    # A rank's shard may be empty (fewer images than ranks): (0, C) and (0,) then.
+    p = torch.cat(probs).double().numpy() if probs else np.zeros((0, len(source.class_names)))
+    y_all = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64)
+    positions = getattr(source, "eval_positions", None)
+    if positions is not None and distributed.active():
+        idx, n = positions(split), len(source.records(split)[2])
+        p = distributed.gather_by_index(p, idx, n)  # (N, C)
+        y_all = distributed.gather_by_index(y_all, idx, n)  # (N,)
+        loss_sum = distributed.all_reduce_sum([loss_sum])[0]
+    if not len(y_all):
         raise XrayError(f"the {split} split is empty: nothing to evaluate")
-    p = torch.cat(probs).double().numpy()
-    y_all = torch.cat(labels).numpy()
     return p, y_all, loss_sum / len(y_all)
 
 
@@ -324,7 +335,11 @@ def fit(
             f"xray trains binary classifiers; the dataset has {len(source.class_names)} classes"
         )
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
+    # Under torchrun the seed is offset by rank so augmentation differs between ranks (DDP
+    # starts every rank from rank 0's weights); a single process seeds exactly `config.seed`.
+    torch.manual_seed(config.seed + distributed.rank())
+    if not distributed.is_main():
+        progress, console = None, None  # rank 0 reports for every rank
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -334,13 +349,18 @@ def fit(
         weight=class_weights(y_train, len(source.class_names), config.class_weight).to(device)
     )
     batch_size = int(getattr(source, "batch_size", config.batch_size))
-    steps_per_epoch = max(1, len(y_train) // batch_size + (len(y_train) % batch_size > 1))
+    # Images this rank trains on per epoch: a DistributedSampler gives each ceil(N / world).
+    n_train = -(-len(y_train) // distributed.world_size())
+    steps_per_epoch = max(1, n_train // batch_size + (n_train % batch_size > 1))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     loop = LoopState()
     if resume_from is not None:
         loop = checkpoints.resume(resume_from, config, model, optimizer, scheduler, scaler)
+    # DDP averages gradients over ranks in backward; `model` itself stays unwrapped for
+    # evaluation and state dicts (no `module.` prefix), sharing the same parameters.
+    trained = distributed.wrap_ddp(model)
     out = console or (progress.console if progress is not None else None)
     streaming = bool(getattr(source, "streaming", False))
     overall = None
@@ -348,7 +368,7 @@ def fit(
         overall = progress.add_task(
             "training", total=config.epochs, completed=loop.epoch, unit="epoch"
         )
-    ckpt_path = run_dir / "last.pt" if run_dir is not None else None
+    ckpt_path = run_dir / "last.pt" if run_dir is not None and distributed.is_main() else None
 
     while loop.epoch < config.epochs and loop.bad_epochs < config.patience:
         epoch = loop.epoch + 1
@@ -357,10 +377,10 @@ def fit(
         if progress is not None and streaming:
             bar = (
                 progress,
-                progress.add_task(f"epoch {epoch}/{config.epochs}", total=len(y_train), unit="img"),
+                progress.add_task(f"epoch {epoch}/{config.epochs}", total=n_train, unit="img"),
             )
         train_row = _train_one_epoch(
-            model,
+            trained,
             source,
             epoch,
             criterion,
@@ -371,6 +391,7 @@ def fit(
             amp_dtype,
             bar=bar,
         )
+        distributed.sync_buffers(model)  # every rank evaluates rank 0's BatchNorm statistics
         val_p, val_y, val_loss = predict(model, source, "val", amp_dtype=amp_dtype)
         val = _summary(val_p, val_y, source.positive_index)
         row = {
@@ -386,6 +407,8 @@ def fit(
         loop.epoch = epoch
         score = _score(row, config.monitor)
         improved = loop.best_state is None or score > loop.best_score + config.min_delta
+        # Rank 0 decides for all, so every rank stops at the same epoch (no collective hangs).
+        improved, score = distributed.broadcast_object((improved, score))
         if improved:
             loop.best_state, loop.best_score, loop.best_epoch = _clone_state(model), score, epoch
             loop.bad_epochs = 0
@@ -464,8 +487,10 @@ def _train_one_epoch(
         labels.append(y.cpu())
         if bar is not None:
             bar[0].advance(bar[1], len(y))
-    p = torch.cat(probs).double().numpy()
-    y_all = torch.cat(labels).numpy()
+    # The history describes the whole epoch: gather every rank's running predictions.
+    p = np.concatenate(distributed.all_gather_arrays(torch.cat(probs).double().numpy()))
+    y_all = np.concatenate(distributed.all_gather_arrays(torch.cat(labels).numpy()))
+    loss_sum = distributed.all_reduce_sum([loss_sum])[0]
     s = _summary(p, y_all, source.positive_index)
     return {
         "lr": lr_sum / len(probs),  # mean over the epoch's steps

@@ -295,9 +295,14 @@ def finetune(
     console: Console | None = None,
     notice: Notice | None = None,
 ) -> RunSummary:
-    """Fine-tune backbone + linear head on streamed images; resumable from runs/.inprogress."""
+    """Fine-tune backbone + linear head on streamed images; resumable from runs/.inprogress.
+
+    Under torchrun (a process group set up by the caller) it trains with DDP, `batch_size`
+    per rank; rank 0 alone writes the checkpoint and the run folder, whose path every rank gets.
+    """
     import torch
 
+    from featurestore import distributed
     from featurestore.backbones import load_backbone, preprocessing_for
     from featurestore.data import dataset_fingerprint, load_manifest
     from featurestore.heads import TrunkHead, apply_freeze, build_head
@@ -308,7 +313,7 @@ def finetune(
     config = config or TrainConfig(epochs=10, batch_size=32, patience=3, backbone_lr_mult=0.1)
     say = notice or (lambda _msg: None)
     manifest = load_manifest(data)
-    fingerprint = dataset_fingerprint(manifest, progress=progress)
+    fingerprint = distributed.on_main(lambda: dataset_fingerprint(manifest, progress=progress))
     torch.manual_seed(config.seed)  # random-init trunks and the head repeat per seed
     loaded = load_backbone(model, weights)
     pre = preprocessing_for(model, weights, image_size)
@@ -336,15 +341,22 @@ def finetune(
     }
     work = inprogress_dir(runs_dir, model, "finetune", settings)
     checkpoint = work / "last.pt"
-    if resume and not checkpoint.is_file():
-        raise XrayError(
-            f"nothing to resume: no interrupted run with these settings in {work.parent}; "
-            "run again without --resume"
-        )
-    if not resume and work.exists():
-        say(f"starting over: an interrupted run with these settings was in {work} (see --resume)")
-        shutil.rmtree(work)
-    if console is not None:
+
+    def settle_work() -> None:  # rank 0 only: one process owns runs/.inprogress
+        if resume and not checkpoint.is_file():
+            raise XrayError(
+                f"nothing to resume: no interrupted run with these settings in {work.parent}; "
+                "run again without --resume"
+            )
+        if not resume and work.exists():
+            say(
+                f"starting over: an interrupted run with these settings was in {work} "
+                "(see --resume)"
+            )
+            shutil.rmtree(work)
+
+    distributed.on_main(settle_work)
+    if console is not None and distributed.is_main():
         verb = "resuming" if resume else "fine-tuning"
         console.print(
             f"[bold]{model}[/] {verb} ({loaded.weights_id}, freeze {freeze}, "
@@ -379,8 +391,14 @@ def finetune(
         hflip=hflip,
         workers=workers,
         resumed=resume,
+        world_size=distributed.world_size(),
         checkpoint="best.pt: trunk.* (backbone) then head.*",
     )
-    path = write_run(runs_dir, model=model, mode="finetune", config=doc, result=result)
-    shutil.rmtree(work, ignore_errors=True)
+
+    def write() -> Path:
+        path = write_run(runs_dir, model=model, mode="finetune", config=doc, result=result)
+        shutil.rmtree(work, ignore_errors=True)
+        return path
+
+    path = distributed.on_main(write)  # one run folder, written by rank 0
     return _summary(path, model, "finetune", "linear", result)
