@@ -281,7 +281,8 @@ def _settle_existing(
             diff = f"existing store unreadable ({exc})"
         status, reason = "rebuilt", f"{diff}: rebuilding"
         say(f"{path}: {reason}")
-        path.unlink()
+        # The old store stays until the new one replaces it (os.replace in assemble): a
+        # rebuild that fails (bad image, full disk, kill) leaves it as it was.
     # Chunk boundaries must match to reuse finished chunks, so the chunk size is provenance too.
     partial_provenance = {**provenance, "chunk_size": chunk_size}
     if partial.exists():
