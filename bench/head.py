@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -166,6 +167,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2, help="timed backbone batches per round")
     parser.add_argument("--head", default="linear", help="linear or mlp")
     args = parser.parse_args()
+    env = environment()
+    work = Path(tempfile.mkdtemp(prefix="xray-bench-head-"))
+    try:
+        run_all(args, work, env)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_all(args: argparse.Namespace, work: Path, env: dict[str, Any]) -> None:
+    """Build the stores, measure each side by side, print the figures."""
     if args.quick:
         rows = {"train": 300, "val": 60, "test": 60}
         dims, size, batch, n_batches, rounds = [32], 64, 4, 1, 1
@@ -176,8 +187,6 @@ def main() -> None:
         dims, size, batch, n_batches, rounds = [1024, 2048], 224, 32, args.batches, args.rounds
         backbone_for = dict(BACKBONE_OF_DIM)
         epochs = 100  # TrainConfig's default: early stopping decides
-    env = environment()
-    work = Path(tempfile.mkdtemp(prefix="xray-bench-head-"))
     results: list[dict[str, Any]] = []
     for dim in dims:
         path = write_store(work / "cache" / "bench" / f"d{dim}.h5", rows, dim)
@@ -189,15 +198,35 @@ def main() -> None:
             fits.append(fit)
             return fit["seconds_per_epoch"]
 
+        def head_epoch_one_thread(path: Path = path) -> float:
+            # The same call with torch on one thread: the head's ops are tiny, and on a
+            # shared 2-core machine OpenMP regions wait for a descheduled second thread.
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return fit_head_in_process(path, work / "runs", args.head, epochs)[
+                    "seconds_per_epoch"
+                ]
+            finally:
+                torch.set_num_threads(threads)
+
         def backbone_epoch(model: str = model) -> float:
             per_image = frozen_backbone_seconds_per_image(model, size, batch, n_batches)
             return per_image * rows["train"]
 
         got = interleave(
-            {"head epoch": head_epoch, "frozen-backbone epoch": backbone_epoch}, rounds
+            {
+                "head epoch": head_epoch,
+                "frozen-backbone epoch": backbone_epoch,
+                "head epoch 1 thread": head_epoch_one_thread,
+            },
+            rounds,
         )
         cli = fit_head_cli(path, work / "runs", epochs)
         head_s, backbone_s = median(got["head epoch"]), median(got["frozen-backbone epoch"])
+        head1_s = median(got["head epoch 1 thread"])
         results.append(
             {
                 "feature_dim": dim,
@@ -207,6 +236,8 @@ def main() -> None:
                 "head_epoch_s": round(head_s, 5),
                 "frozen_backbone_epoch_s_estimated": round(backbone_s, 1),
                 "ratio": round(backbone_s / head_s, 1),
+                "head_epoch_1_thread_s": round(head1_s, 5),
+                "ratio_1_thread_head": round(backbone_s / head1_s, 1),
                 "fit_head_in_process_s": round(median([f["seconds"] for f in fits]), 2),
                 "fit_head_epochs_run": int(median([f["epochs_run"] for f in fits])),
                 "fit_head_cli_s": round(cli, 2),
@@ -223,6 +254,8 @@ def main() -> None:
                 r["frozen_backbone_epoch_s_estimated"],
                 r["ratio"],
                 "yes" if ok else "NO",
+                r["head_epoch_1_thread_s"],
+                r["ratio_1_thread_head"],
                 r["fit_head_in_process_s"],
                 r["fit_head_epochs_run"],
                 r["fit_head_cli_s"],
@@ -250,6 +283,8 @@ def main() -> None:
             "frozen epoch s (est.)",
             "ratio",
             f">= {TARGET_RATIO:.0f}x",
+            "head epoch s, 1 thread",
+            "ratio, 1 thread",
             "fit-head s",
             "epochs",
             "xray fit-head s",
