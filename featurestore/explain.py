@@ -38,7 +38,8 @@ class ExplainRow:
     probability: float | None
     prediction: str | None
     peak: tuple[int, int] | None
-    """(x, y) of the heat's maximum in original image pixels."""
+    """(x, y) of the heat's maximum in original image pixels; None when the map is all zero
+    (nothing in the image raises the positive logit) or on error."""
     error: str | None = None
 
 
@@ -204,8 +205,9 @@ def explain_images(
                 target = out_dir / names[i]
                 picture.save(target)
                 y, xx = np.unravel_index(int(np.argmax(heat)), heat.shape)
+                peak = (int(xx), int(y)) if heat.max() > 0 else None
                 label = predictor.classify(p)
-                results[i] = ExplainRow(str(paths[i]), str(target), p, label, (int(xx), int(y)))
+                results[i] = ExplainRow(str(paths[i]), str(target), p, label, peak)
                 picture.thumbnail((320, 320))
                 title = titles[i] if titles is not None else Path(paths[i]).name
                 thumbs.append((picture, f"{title}\n{label} p={p:.2f}"))
@@ -225,14 +227,13 @@ def write_contact_sheet(tiles: Sequence[tuple[Image.Image, str]], path: Path) ->
 
     cols = min(4, len(tiles))
     rows = math.ceil(len(tiles) / cols)
-    fig = Figure(figsize=(3.2 * cols, 3.5 * rows))
+    fig = Figure(figsize=(3.2 * cols, 3.5 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (image, title) in zip(axes.flat, tiles, strict=False):
         ax.imshow(np.asarray(image))
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
 
