@@ -53,6 +53,12 @@ def compare(
         "--allow-different-test",
         help="Compare runs evaluated on different test sets (paired tests skipped).",
     ),
+    explain: int = typer.Option(
+        0,
+        "--explain",
+        help="Add Grad-CAM heatmaps of N test images per class and run to the report "
+        "(needs the runs' test images). 0: none.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Compare runs: one table with bootstrap 95% intervals, paired tests, a report.
@@ -67,6 +73,8 @@ def compare(
         xray compare runs/20261128-101500-resnet50-frozen runs/20261128-102000-resnet50-finetune
 
         xray compare --resample images --bootstrap 5000 --out reports/study --json
+
+        xray compare --explain 2
     """
     from featurestore.report import CompareConfig, compare_runs
     from featurestore.report_write import write_report
@@ -85,7 +93,17 @@ def compare(
     )
     cmp = compare_runs(paths, config)
     out_dir = out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    report = write_report(cmp, out_dir)
+    if explain < 0:
+        from featurestore.errors import XrayError
+
+        raise XrayError(f"--explain must be 0 or more, got {explain}")
+    if explain:
+        from featurestore.progress import make_progress
+
+        with make_progress(err_console, transient=True) as progress:
+            report = write_report(cmp, out_dir, explain=explain, progress=progress)
+    else:
+        report = write_report(cmp, out_dir)
     render_comparison(cmp, as_json=as_json, report=report)
 
 

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,30 @@ METRIC_TITLES = {
 THRESHOLD_TITLES = {"at_0.5": "threshold 0.5", "at_threshold": "validation-chosen threshold"}
 
 
-def write_report(cmp: Comparison, out_dir: Path) -> Path:
-    """Write every report file into out_dir (via a temporary folder); returns report.md."""
+def write_report(
+    cmp: Comparison,
+    out_dir: Path,
+    *,
+    explain: int = 0,
+    device: str = "auto",
+    progress: Any = None,
+) -> Path:
+    """Write every report file into out_dir (via a temporary folder); returns report.md.
+
+    `explain` > 0 adds "What the model looks at": Grad-CAM of that many test images per class
+    and run (images in out_dir/explain/).
+    """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    extra: list[str] = []
+    if explain > 0:
+        from featurestore.explain import report_section
+
+        extra = report_section(
+            cmp.records, tmp / "explain", n=explain, device=device, progress=progress
+        )
     _write_table_csv(cmp, tmp / "table.csv")
     (tmp / "comparison.json").write_text(json.dumps(_finite(cmp.as_dict()), indent=2))
     plots = {
@@ -40,7 +59,7 @@ def write_report(cmp: Comparison, out_dir: Path) -> Path:
         "metrics.png": _plot_intervals(cmp, tmp / "metrics.png"),
         "confusion.png": _plot_confusions(cmp, tmp / "confusion.png"),
     }
-    markdown = render_markdown(cmp, [name for name, ok in plots.items() if ok])
+    markdown = render_markdown(cmp, [name for name, ok in plots.items() if ok], extra=extra)
     (tmp / "report.md").write_text(markdown)
     (tmp / "report.html").write_text(_render_html(cmp, tmp))
     if out_dir.exists():
@@ -186,8 +205,8 @@ def _markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def render_markdown(cmp: Comparison, plots: list[str]) -> str:
-    """The report as GitHub-flavoured Markdown."""
+def render_markdown(cmp: Comparison, plots: list[str], *, extra: Sequence[str] = ()) -> str:
+    """The report as GitHub-flavoured Markdown (`extra`: more lines before the run list)."""
     ts = cmp.test_set
     unit = cmp.config.resample
     out = ["# xray comparison", ""]
@@ -263,6 +282,7 @@ def render_markdown(cmp: Comparison, plots: list[str]) -> str:
         out += ["## Plots", ""]
         out += [f"![{name}]({name})" for name in plots]
         out += [""]
+    out += list(extra)
     out += ["Run folders: " + ", ".join(f"`{r.name}`" for r in cmp.rows), ""]
     return "\n".join(out)
 
