@@ -20,6 +20,18 @@ WeightsOption = typer.Option(
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 
 
+def short_paths(paths: list[str]) -> tuple[list[str], str | None]:
+    """Paths relative to their common folder (for narrow tables), and that folder."""
+    import os
+
+    if len(paths) < 2:
+        return paths, None
+    base = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    if base == os.path.sep:
+        return paths, None
+    return [os.path.relpath(os.path.abspath(p), base) for p in paths], base
+
+
 def register(app: typer.Typer) -> None:
     """Add `predict` and `explain` to the app."""
     app.command("predict")(predict)
@@ -71,11 +83,15 @@ def predict(
         write_predictions_csv(csv_path, rows)
     counts = count_predictions(rows, predictor.class_names)
     failed = counts["unreadable"]
+    shown, base = short_paths([r.path for r in rows]) if not as_json else ([], None)
     emit_table(
         f"{predictor.run.name}: P({predictor.class_names[predictor.positive_index]}), "
-        f"class at threshold {predictor.threshold:.3f}",
+        f"class at threshold {predictor.threshold:.3f}" + (f"\npaths in {base}" if base else ""),
         ["path", "probability", "prediction", "error"],
-        [[r.path, r.probability, r.prediction, r.error] for r in rows],
+        [
+            [shown[i] if shown else r.path, r.probability, r.prediction, r.error]
+            for i, r in enumerate(rows)
+        ],
         as_json=as_json,
         extra={
             "run": str(predictor.run.path),
@@ -133,10 +149,20 @@ def explain(
             progress=progress,
         )
     rows = result.rows
+    shown, base = short_paths([r.path for r in rows]) if not as_json else ([], None)
     emit_table(
-        f"Grad-CAM heatmaps in {out}",
+        f"Grad-CAM heatmaps in {out}" + (f"\nimages in {base}" if base else ""),
         ["path", "probability", "prediction", "heatmap", "error"],
-        [[r.path, r.probability, r.prediction, r.heatmap, r.error] for r in rows],
+        [
+            [
+                shown[i] if shown else r.path,
+                r.probability,
+                r.prediction,
+                Path(r.heatmap).name if r.heatmap and not as_json else r.heatmap,
+                r.error,
+            ]
+            for i, r in enumerate(rows)
+        ],
         as_json=as_json,
         extra={
             "contact_sheet": str(result.contact_sheet) if result.contact_sheet else None,
