@@ -24,7 +24,7 @@ def models(as_json: bool = JsonOption) -> None:
     Example: `xray models --json`
     """
     from featurestore.backbones import describe_models
-    from featurestore.backbones import hub_checkpoint_dir as hub_dir
+    from featurestore.weights import hub_checkpoint_dir as hub_dir
 
     infos = describe_models()
     if as_json:

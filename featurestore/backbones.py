@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pickle
-import re
-import urllib.error
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -15,6 +11,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from featurestore.errors import XrayError
+from featurestore.weights import (
+    file_sha256,
+    hub_checkpoint_dir,
+    load_imagenet,
+    load_state_file,
+    weights_path,
+)
 
 if TYPE_CHECKING:  # torch is imported where a backbone is actually built (fast CLI start)
     import torch
@@ -199,13 +202,6 @@ def _register_builtins() -> None:
             register(spec)
 
 
-def hub_checkpoint_dir() -> Path:
-    """Where torchvision looks for downloaded weights (`$TORCH_HOME/hub/checkpoints`)."""
-    import torch.hub
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
 def imagenet_available(name: str) -> bool:
     """Whether the ImageNet weights file of `name` is already in the torch hub cache."""
     return (hub_checkpoint_dir() / get_spec(name).weights_file).is_file()
@@ -253,7 +249,7 @@ def weights_identity(name: str, weights: str) -> tuple[str, str | None]:
         return spec.default_weights.name, None
     if weights == "none":
         return "none", None
-    path = _weights_path(weights)
+    path = weights_path(weights)
     return f"file:{path.name}", file_sha256(path)
 
 
@@ -271,34 +267,15 @@ def load_backbone(name: str, weights: str = "imagenet") -> LoadedBackbone:
     """Build the trunk of `name`: ImageNet weights, random init ("none") or a state dict file."""
     spec = get_spec(name)
     if weights == "imagenet":
-        model = _load_imagenet(spec)
+        model = load_imagenet(spec)
         sha = file_sha256(hub_checkpoint_dir() / spec.weights_file)
         return LoadedBackbone(spec, _to_trunk(spec, model), spec.default_weights.name, sha)
     if weights == "none":
         # Random init: the caller seeds torch so "none" is reproducible.
         return LoadedBackbone(spec, _to_trunk(spec, spec.builder(weights=None)), "none", None)
-    path = _weights_path(weights)
-    trunk = _load_file(spec, path)
+    path = weights_path(weights)
+    trunk = _to_trunk(spec, load_state_file(spec, path))
     return LoadedBackbone(spec, trunk, f"file:{path.name}", file_sha256(path))
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _weights_path(weights: str) -> Path:
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise XrayError(
-            f"weights {weights!r} not found: pass --weights imagenet, --weights none "
-            "or the path of a state dict file"
-        )
-    return path
 
 
 def _to_trunk(spec: BackboneSpec, model: nn.Module) -> nn.Module:
@@ -309,114 +286,6 @@ def _to_trunk(spec: BackboneSpec, model: nn.Module) -> nn.Module:
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, child, nn.Identity())
     return model
-
-
-def _load_imagenet(spec: BackboneSpec) -> nn.Module:
-    weights = spec.default_weights
-    target = hub_checkpoint_dir() / spec.weights_file
-    if not target.is_file():
-        _download(spec, target)
-    try:
-        return spec.builder(weights=weights)
-    except OSError as exc:  # present but unreadable (permissions, I/O error)
-        raise XrayError(
-            f"cannot read the cached ImageNet weights {target} ({exc}): delete the file "
-            "and run again, or pass --weights none / --weights PATH"
-        ) from None
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        # A partial or tampered file in the cache fails torch.load or the hash check.
-        raise XrayError(
-            f"cached ImageNet weights {target} are corrupt ({str(exc).splitlines()[0]}): "
-            "delete the file and run again"
-        ) from None
-
-
-def _download(spec: BackboneSpec, target: Path) -> None:
-    """Fetch the ImageNet checkpoint into the hub cache; offline: one line saying what to do."""
-    import torch.hub
-
-    url = spec.default_weights.url
-    # torchvision checks the sha256 prefix embedded in the file name (resnet50-11ad3fa6.pth).
-    match = re.search(r"-([a-f0-9]+)\.", spec.weights_file)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(target), match.group(1) if match else None)
-    except (urllib.error.URLError, OSError, ConnectionError, TimeoutError, RuntimeError):
-        raise XrayError(
-            f"ImageNet weights for {spec.name} are not available offline: put {spec.weights_file} "
-            f"(from {url}) in {target.parent}, or pass --weights none (random init) "
-            "or --weights PATH (a state dict)"
-        ) from None
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """torch.load with weights_only=True; unwrap {"state_dict"|"model": ...}; strip `module.`."""
-    import torch
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise XrayError(
-            f"refusing to load {path}: it is not a plain state dict (weights_only=True: {first})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise XrayError(f"cannot read weights file {path}: {first}") from None
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise XrayError(
-            f"{path} does not hold a state dict (a mapping of parameter names to tensors, "
-            "optionally under 'state_dict' or 'model')"
-        )
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def _load_file(spec: BackboneSpec, path: Path) -> nn.Module:
-    """Load a full-model or trunk state dict strictly, except a classifier of another shape."""
-    state = _read_state_dict(path)
-    model = spec.builder(weights=None)
-    expected = model.state_dict()
-    head = spec.head + "."
-    # A classifier trained for other classes (e.g. 2 instead of 1000) is dropped with the head.
-    state = {
-        k: v
-        for k, v in state.items()
-        if not (k.startswith(head) and k in expected and v.shape != expected[k].shape)
-    }
-    wrong_shape = [
-        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
-        for k, v in state.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    missing = [k for k in expected if k not in state and not k.startswith(head)]
-    unexpected = [k for k in state if k not in expected]
-    problems = []
-    if wrong_shape:
-        problems.append(f"{len(wrong_shape)} of another shape ({_some(wrong_shape)})")
-    if missing:
-        problems.append(f"{len(missing)} missing ({_some(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({_some(unexpected)})")
-    if problems:
-        raise XrayError(
-            f"{path.name} does not fit {spec.name}: keys "
-            + "; ".join(problems)
-            + f"; pass a {spec.name} state dict"
-        )
-    model.load_state_dict(state, strict=False)  # only the dropped classifier may be absent
-    return _to_trunk(spec, model)
-
-
-def _some(items: list[str], n: int = 3) -> str:
-    shown = ", ".join(items[:n])
-    return shown + (", ..." if len(items) > n else "")
 
 
 @dataclass(frozen=True)

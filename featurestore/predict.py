@@ -265,8 +265,9 @@ def _frozen_parts(
     run: RunRecord, state: dict[str, Tensor], weights: Path | None, *, n_classes: int
 ) -> tuple[nn.Module, RunHead, Preprocessing]:
     """The store's backbone (rebuilt from provenance) and best.pt's standardisation + head."""
-    from featurestore.backbones import file_sha256, load_backbone
+    from featurestore.backbones import load_backbone
     from featurestore.heads import build_head, export_head
+    from featurestore.weights import file_sha256
 
     store = run.config.get("store")
     if not isinstance(store, dict) or "weights_id" not in store:

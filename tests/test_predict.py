@@ -160,7 +160,8 @@ def test_run_from_elsewhere_is_refused(frozen16: Path, finetuned: Path, tmp_path
 
 
 def test_frozen_run_on_a_weights_file_needs_that_file(frozen16: Path, tmp_path: Path) -> None:
-    from featurestore.backbones import file_sha256, load_backbone
+    from featurestore.backbones import load_backbone
+    from featurestore.weights import file_sha256
 
     torch.manual_seed(0)
     weights = tmp_path / "cxr.pt"
