@@ -273,9 +273,9 @@ def all_gather_arrays(array: np.ndarray) -> list[np.ndarray]:
     import torch
     import torch.distributed as dist
 
-    arr = np.ascontiguousarray(array)
-    if arr.ndim == 0:
+    if np.ndim(array) == 0:
         raise ValueError("all_gather_arrays needs arrays of at least one dimension")
+    arr = np.ascontiguousarray(array)
     if not active():
         return [arr]
     metas = all_gather_object((arr.shape, arr.dtype.str))
