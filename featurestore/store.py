@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featurestore.errors import XrayError
+from featurestore.errors import XrayError, disk_errors
 
 if TYPE_CHECKING:  # numpy and h5py are imported where a store is actually touched
     import numpy as np
@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # numpy and h5py are imported where a store is actually touch
 
 FORMAT_VERSION = 1
 SPLIT_NAMES: tuple[Split, ...] = ("train", "val", "test")
+KEPT = " (finished chunks are kept)"
 
 # Attributes stored as JSON strings (HDF5 attributes hold scalars and strings only).
 JSON_ATTRS = ("preprocessing", "class_names", "carve", "skipped", "versions")
@@ -271,7 +272,8 @@ class PartialStore:
             skipped=np.asarray(list(skipped), dtype=str),
             seconds=np.float64(seconds),
         )
-        _write_atomic(self.chunk_path(split, start), buf.getvalue())
+        with disk_errors(self.chunk_path(split, start), kept=KEPT):
+            _write_atomic(self.chunk_path(split, start), buf.getvalue())
 
     def read_chunk(self, split: str, start: int) -> dict[str, np.ndarray]:
         import numpy as np
@@ -308,7 +310,7 @@ class PartialStore:
         skipped: list[str] = []
         seconds = 0.0
         text = h5py.string_dtype()
-        with h5py.File(tmp, "w") as fh:
+        with disk_errors(self.store, kept=KEPT), _removed_on_error(tmp), h5py.File(tmp, "w") as fh:
             for split in SPLIT_NAMES:
                 group = fh.create_group(split)
                 rows = (max(1, chunk_rows),)
@@ -351,11 +353,21 @@ class PartialStore:
                 fh.attrs[key] = "" if value is None else value
             fh.attrs["complete"] = True
             fh.flush()
-        _fsync(tmp)
+        with disk_errors(self.store, kept=KEPT), _removed_on_error(tmp):
+            _fsync(tmp)
         os.replace(tmp, self.store)
         _fsync_dir(self.store.parent)
         self.discard()
         return counts, skipped, seconds
+
+
+@contextlib.contextmanager
+def _removed_on_error(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager
@@ -385,11 +397,12 @@ def _change(before: Any, after: Any) -> str:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with _removed_on_error(tmp):
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
 
 def _fsync(path: Path) -> None:
