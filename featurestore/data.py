@@ -84,6 +84,8 @@ class Manifest:
     carve: CarveInfo | None = None
     name: str = field(default="")
     """Short dataset name used in cache paths (the folder or file stem)."""
+    source: Path | None = None
+    """What it was read from: the folder, the .csv file or the .npz file (for re-reading)."""
 
     def split(self, split: Split) -> list[Record]:
         """Records of one split, in manifest order."""
@@ -202,7 +204,12 @@ def read_folder(root: Path) -> Manifest:
     ]
     resolved = root.resolve()
     return Manifest(
-        resolved, "folder", scan.class_names, _sorted_records(records), name=resolved.name
+        resolved,
+        "folder",
+        scan.class_names,
+        _sorted_records(records),
+        name=resolved.name,
+        source=resolved,
     )
 
 
@@ -251,7 +258,9 @@ def read_csv(path: Path) -> Manifest:
         Record(key, class_names.index(label), split, patient, split)
         for key, label, split, patient in parsed
     ]
-    return Manifest(root, "csv", class_names, _sorted_records(records), name=path.stem)
+    return Manifest(
+        root, "csv", class_names, _sorted_records(records), name=path.stem, source=path.resolve()
+    )
 
 
 def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -321,7 +330,9 @@ def read_npz(path: Path) -> Manifest:
         for i, y in enumerate(values)
     ]
     resolved = path.resolve()
-    return Manifest(resolved, "npz", class_names, _sorted_records(records), name=path.stem)
+    return Manifest(
+        resolved, "npz", class_names, _sorted_records(records), name=path.stem, source=resolved
+    )
 
 
 def carve_validation(

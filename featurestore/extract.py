@@ -237,6 +237,10 @@ def extract_features(
                 **provenance,
                 "weights_sha256": weights_sha or sha,
                 "dataset_root": str(Path(manifest.root).resolve()),
+                # What to re-read to check freshness when it is not dataset_root: a CSV file.
+                "dataset_path": (
+                    str(manifest.source) if manifest.source not in (None, manifest.root) else None
+                ),
                 "dataset_name": path.parent.name,
                 "versions": _versions(),
             }
