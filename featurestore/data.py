@@ -277,7 +277,13 @@ def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                         header = np.lib.format.read_array_header_1_0(member)
                     else:
                         header = np.lib.format.read_array_header_2_0(member)
-                shapes[info.filename.removesuffix(".npy")] = tuple(header[0])
+                name = info.filename.removesuffix(".npy")
+                if header[2].hasobject:  # loading it would unpickle: code from a data file
+                    raise XrayError(
+                        f"{path}: array {name} holds Python objects (pickled data), which xray "
+                        "never loads; save plain numeric arrays"
+                    )
+                shapes[name] = tuple(header[0])
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise XrayError(f"{path} is not a readable .npz archive ({exc})") from None
     return shapes
