@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -16,8 +20,6 @@ from featurestore.data import SPLITS, Split
 from featurestore.errors import XrayError
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from featurestore.backbones import Preprocessing
     from featurestore.data import Manifest, Record
     from featurestore.store import FeatureStore
@@ -218,8 +220,103 @@ def radiograph_augmentation(*, hflip: bool = False) -> Any:
     return T.Compose(steps)
 
 
-class _ImageDataset(torch.utils.data.Dataset[tuple[Tensor, int]]):
-    """Decodes one record per item: PIL (reduced-scale decode) -> augment -> preprocess."""
+class DecodedCache:
+    """Decoded-and-resized uint8 images in one append-only temp file, shared by loader workers.
+
+    The main process appends each image the loader hands back (`put`); workers read entries
+    through a read-only memory map of the file, so the cache is shared through the page cache
+    by any number of workers under any start method (fork, spawn, forkserver), and being
+    file-backed it is never lost to memory pressure, only slower. Pickled, it carries the file
+    path and a snapshot of the index: workers see what was cached before their epoch began.
+    Grayscale images (all three channels equal, as radiographs are) are stored as (H, W),
+    a third of (H, W, 3).
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget = int(budget_bytes)
+        self.used = 0
+        self.entries: dict[str, tuple[int, int, int, int]] = {}
+        """key -> (byte offset, height, width, channels 1 or 3)."""
+        self.path: str | None = None
+        self._owner = os.getpid()
+        self._file: Any = None
+        self._map: np.ndarray | None = None
+        self._finalizer: weakref.finalize[Any, DecodedCache] | None = None
+
+    def has_room(self) -> bool:
+        """Whether another image may still fit under the budget."""
+        return self.used < self.budget
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The cached pixels of `key` (a fresh (H, W) or (H, W, 3) uint8 array), or None."""
+        entry = self.entries.get(key)
+        if entry is None or self.path is None:
+            return None
+        offset, h, w, c = entry
+        end = offset + h * w * c
+        if self._map is None or len(self._map) < end:
+            # Mapped lazily in each process, and again when the file has grown past the map.
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        flat = np.array(self._map[offset:end])  # a copy: PIL may keep a reference
+        return flat.reshape((h, w) if c == 1 else (h, w, 3))
+
+    def put(self, key: str, pixels: np.ndarray) -> bool:
+        """Append an image's pixels (main process); False when over budget or on a write error."""
+        if key in self.entries:
+            return True
+        gray = pixels.ndim == 3 and bool(
+            (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all()
+        )
+        data = np.ascontiguousarray(pixels[..., 0] if gray else pixels, dtype=np.uint8)
+        if self.used + data.nbytes > self.budget:
+            self.budget = self.used  # full: workers stop shipping pixels back
+            return False
+        try:
+            if self._file is None:
+                folder = tempfile.mkdtemp(prefix="xray-imagecache-")
+                self.path = os.path.join(folder, "pixels.u8")
+                # Unbuffered: each write is in the file before a later map reads it.
+                self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (closed by finalizer)
+                self._finalizer = weakref.finalize(
+                    self, _remove_cache, self._file, folder, self._owner
+                )
+            self._file.write(data.tobytes())
+        except OSError:
+            self.budget = self.used  # a full or read-only temp dir: keep decoding instead
+            return False
+        h, w = data.shape[:2]
+        self.entries[key] = (self.used, h, w, 1 if data.ndim == 2 else 3)
+        self.used += data.nbytes
+        return True
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget,
+            "used": self.used,
+            "entries": dict(self.entries),
+            "path": self.path,
+            "_owner": self._owner,
+            "_file": None,
+            "_map": None,
+            "_finalizer": None,
+        }
+
+
+def _remove_cache(file: Any, folder: str, owner: int) -> None:
+    """Close and delete a cache file; only in the process that made it (never a forked worker)."""
+    if os.getpid() != owner:
+        return
+    file.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+ImageItem = tuple[Tensor, int, str, "np.ndarray | None"]
+"""(x (3, S, S), label, key, freshly decoded pixels to cache or None)."""
+
+
+class _ImageDataset(torch.utils.data.Dataset[ImageItem]):
+    """One record per item: cached pixels, or PIL reduced-scale decode + resize to the
+    preprocessing's short side; then augment -> preprocess (whose resize is then a no-op)."""
 
     def __init__(
         self,
@@ -227,22 +324,54 @@ class _ImageDataset(torch.utils.data.Dataset[tuple[Tensor, int]]):
         records: list[Record],
         preprocessing: Preprocessing,
         augment: Any | None,
+        cache: DecodedCache | None = None,
     ):
+        from torchvision import transforms as T
+
         self.manifest = manifest
         self.records = records
         self.preprocessing = preprocessing
         self.augment = augment
+        self.cache = cache
         self.min_size = int(getattr(preprocessing, "resize", 0)) or None
+        # The preprocessing's own first step, so cached and fresh images are the same pixels.
+        self.resize = (
+            T.Resize(self.min_size, interpolation=T.InterpolationMode(preprocessing.interpolation))
+            if self.min_size
+            else None
+        )
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def __getitem__(self, i: int) -> ImageItem:
+        """(x (3, S, S), label, key, resized pixels to cache or None when cached or no room)."""
+        from PIL import Image
+
         rec = self.records[i]
-        image: Image.Image = self.manifest.open_image(rec.key, min_size=self.min_size)
+        fresh: np.ndarray | None = None
+        pixels = self.cache.get(rec.key) if self.cache is not None else None
+        if pixels is not None:
+            image = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB").convert("RGB")
+        else:
+            image = self.manifest.open_image(rec.key, min_size=self.min_size)
+            if self.resize is not None:
+                image = self.resize(image)  # short side = preprocessing.resize, uint8 RGB
+            if self.cache is not None and self.cache.has_room():
+                fresh = np.asarray(image)  # (H, W, 3) uint8, for the main process to keep
         if self.augment is not None:
             image = self.augment(image)
-        return self.preprocessing(image), rec.label  # (3, S, S), int
+        return self.preprocessing(image), rec.label, rec.key, fresh
+
+
+def collate_images(
+    items: list[ImageItem],
+) -> tuple[Tensor, Tensor, list[tuple[str, np.ndarray]]]:
+    """Stack (x (B, 3, S, S), y (B,)) and pass along the freshly decoded pixels to cache."""
+    from torch.utils.data import default_collate
+
+    x, y = default_collate([(item[0], item[1]) for item in items])
+    return x, y, [(item[2], item[3]) for item in items if item[3] is not None]
 
 
 def seed_worker(worker_id: int) -> None:
@@ -253,8 +382,17 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+DEFAULT_CACHE_MB = 1024.0
+"""Decoded-image cache budget: Kermany at 224 px (5,856 images, short side 232) needs ~450 MB."""
+
+
 class ImageSource:
     """Images decoded and preprocessed by DataLoader workers; augmentation on train only.
+
+    The first pass over each image decodes it (draft mode) and resizes it to the
+    preprocessing's short side; those uint8 pixels go into a `DecodedCache` (up to `cache_mb`),
+    so later epochs and evaluation passes decode nothing. Augmentation and cropping apply on
+    top every time, drawing the same random numbers cached or not: same seed, same batches.
 
     Under torchrun (a process group of several ranks when it is built) each rank streams its
     shard: train through a seeded DistributedSampler, evaluation splits as `eval_positions`.
@@ -274,11 +412,14 @@ class ImageSource:
         augment: bool = True,
         hflip: bool = False,
         pin_memory: bool = False,
+        cache_mb: float = DEFAULT_CACHE_MB,
     ):
         if batch_size < 1:
             raise XrayError(f"--batch-size must be at least 1, got {batch_size}")
         if workers < 0:
             raise XrayError(f"--workers must be 0 or more, got {workers}")
+        if not cache_mb >= 0:
+            raise XrayError(f"the image cache budget must be 0 MB or more, got {cache_mb}")
         self.manifest = manifest
         self.preprocessing = preprocessing
         self.class_names = tuple(manifest.class_names)
@@ -288,6 +429,7 @@ class ImageSource:
         self.seed = seed
         self.augment = radiograph_augmentation(hflip=hflip) if augment else None
         self.pin_memory = pin_memory
+        self.cache = DecodedCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
         self._records = {s: manifest.split(s) for s in SPLITS}
         self.rank, self.world = distributed.rank(), distributed.world_size()
         for split in ("train", "val"):
@@ -302,8 +444,8 @@ class ImageSource:
 
         records = self._records[split]
         train = split == "train" and shuffle
-        dataset: torch.utils.data.Dataset[tuple[Tensor, int]] = _ImageDataset(
-            self.manifest, records, self.preprocessing, self.augment if train else None
+        dataset: torch.utils.data.Dataset[ImageItem] = _ImageDataset(
+            self.manifest, records, self.preprocessing, self.augment if train else None, self.cache
         )
         sampler: DistributedSampler[int] | None = None
         n = len(records)
@@ -331,8 +473,13 @@ class ImageSource:
             drop_last=train and drop_lonely_last(n, self.batch_size),
             pin_memory=self.pin_memory,
             persistent_workers=False,
+            collate_fn=collate_images,
         )
-        yield from loader
+        for x, y, fresh in loader:
+            if self.cache is not None:
+                for key, pixels in fresh:
+                    self.cache.put(key, pixels)
+            yield x, y
 
     def eval_positions(self, split: Split) -> np.ndarray:
         """Positions in `records(split)` of this rank's unshuffled batches (all, outside torchrun).

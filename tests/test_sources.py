@@ -184,3 +184,127 @@ def test_image_source_refuses_bad_options(image_source: ImageSource) -> None:
         ImageSource(image_source.manifest, image_source.preprocessing, workers=-1)
     with pytest.raises(XrayError, match="--batch-size"):
         ImageSource(image_source.manifest, image_source.preprocessing, batch_size=0)
+
+
+def _source(data: Path, **options: object) -> ImageSource:
+    from featurestore.backbones import preprocessing_for
+    from featurestore.data import load_manifest
+
+    manifest = load_manifest(data)
+    pre = preprocessing_for("resnet18", "none", 32)
+    settings: dict = {"batch_size": 4, "workers": 0, "seed": 0, **options}
+    return ImageSource(manifest, pre, **settings)
+
+
+def _epochs(src: ImageSource, split: str, epochs: tuple[int, ...]) -> list[torch.Tensor]:
+    shuffle = split == "train"
+    return [
+        torch.cat([x for x, _ in src.batches(split, shuffle=shuffle, epoch=e)])  # type: ignore[arg-type]
+        for e in epochs
+    ]
+
+
+def test_cache_decodes_each_image_once(tiny_data_ro: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from featurestore.data import Manifest
+
+    decoded: list[str] = []
+    real_open = Manifest.open_image
+
+    def counting(self: Manifest, key: str, **kw: object) -> object:
+        decoded.append(key)
+        return real_open(self, key, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Manifest, "open_image", counting)
+    src = _source(tiny_data_ro)
+    n_train, n_val = (len(src.records(s)[0]) for s in ("train", "val"))
+    _epochs(src, "train", (1,))
+    assert sorted(decoded) == sorted(src.records("train")[0])  # each image once
+    _epochs(src, "val", (1,))
+    assert len(decoded) == n_train + n_val
+    decoded.clear()
+    _epochs(src, "train", (2, 3))
+    _epochs(src, "val", (2,))
+    assert decoded == []  # later epochs and evaluation passes decode nothing
+    assert src.cache is not None
+    # Grayscale JPEGs are kept as (H, W) uint8 at the preprocessing's short side (37 for 32).
+    pixels = src.cache.get(src.records("train")[0][0])
+    assert pixels is not None and pixels.dtype == np.uint8 and pixels.ndim == 2
+    assert min(pixels.shape) == src.preprocessing.resize
+
+
+def test_cached_batches_equal_uncached_without_augmentation(tiny_data_ro: Path) -> None:
+    cached = _source(tiny_data_ro, augment=False)
+    plain = _source(tiny_data_ro, augment=False, cache_mb=0)
+    assert plain.cache is None
+    for split in ("train", "test"):
+        a, b = _epochs(cached, split, (1, 2)), _epochs(plain, split, (1, 2))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    n = len(cached.records("train")[0]) + len(cached.records("test")[0])
+    assert cached.cache is not None and len(cached.cache.entries) == n
+
+
+def test_cache_shared_with_workers_keeps_augmented_batches(
+    tiny_data_ro: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a loader worker (another process) epoch 2 decodes nothing, and augmented batches
+    are the same tensors as without the cache: augmentation draws the same random numbers."""
+    from featurestore.data import Manifest
+
+    log = tmp_path / "decoded.txt"
+    real_open = Manifest.open_image
+
+    def logging_open(self: Manifest, key: str, **kw: object) -> object:
+        with log.open("a") as f:  # workers are other processes: count through a file
+            f.write(key + "\n")
+        return real_open(self, key, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Manifest, "open_image", logging_open)
+    cached = _source(tiny_data_ro, workers=1)
+    first = _epochs(cached, "train", (1,))[0]
+    assert sorted(log.read_text().splitlines()) == sorted(cached.records("train")[0])
+    log.unlink()
+    second = _epochs(cached, "train", (2,))[0]
+    assert not log.exists()  # no decode at all in epoch 2
+    plain = _source(tiny_data_ro, workers=1, cache_mb=0)
+    again = _epochs(plain, "train", (1, 2))
+    assert torch.equal(first, again[0]) and torch.equal(second, again[1])
+
+
+def test_cache_over_budget_or_unwritable_falls_back_to_decoding(
+    tiny_data_ro: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = _epochs(_source(tiny_data_ro, augment=False, cache_mb=0), "train", (1, 2))
+    # Room for three 37x37 grayscale images: the rest is decoded every epoch, same tensors.
+    small = _source(tiny_data_ro, augment=False, cache_mb=3.5 * 37 * 37 / 2**20)
+    assert all(
+        torch.equal(a, b) for a, b in zip(_epochs(small, "train", (1, 2)), plain, strict=True)
+    )
+    assert small.cache is not None and len(small.cache.entries) == 3
+
+    def full_disk(*args: object, **kw: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("featurestore.sources.tempfile.mkdtemp", full_disk)
+    broken = _source(tiny_data_ro, augment=False)
+    assert all(
+        torch.equal(a, b) for a, b in zip(_epochs(broken, "train", (1, 2)), plain, strict=True)
+    )
+    assert broken.cache is not None and broken.cache.entries == {}
+
+
+def test_cache_file_is_removed_with_its_source(tiny_data_ro: Path) -> None:
+    import gc
+
+    src = _source(tiny_data_ro, augment=False)
+    _epochs(src, "val", (1,))
+    assert src.cache is not None and src.cache.path is not None
+    folder = Path(src.cache.path).parent
+    assert folder.is_dir()
+    del src
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_cache_budget_must_not_be_negative(tiny_data_ro: Path) -> None:
+    with pytest.raises(XrayError, match="cache budget"):
+        _source(tiny_data_ro, cache_mb=-1)
