@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from featurestore.errors import XrayError
+from featurestore.errors import XrayError, disk_errors
 
 if TYPE_CHECKING:
     from featurestore.trainer import TrainConfig
@@ -37,7 +37,12 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file, then rename: a kill never leaves a torn checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
+    try:
+        with disk_errors(path, kept=" with --resume (the last complete checkpoint is kept)"):
+            torch.save(payload, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -31,3 +31,12 @@ def disk_errors(path: Path, *, kept: str = "") -> Iterator[None]:
             f"disk full while writing {path} (No space left on device): free space in "
             f"{Path(path).parent} and run the same command again{kept}"
         ) from None
+    except RuntimeError as exc:
+        # torch.save's zip writer turns ENOSPC into RuntimeError("[enforce fail at
+        # inline_container.cc:672] . unexpected pos 576 vs 534"), seen on a full tmpfs.
+        if "inline_container" not in str(exc) and "PytorchStreamWriter" not in str(exc):
+            raise
+        raise XrayError(
+            f"could not write {path} (torch.save failed mid-write; is the disk full?): "
+            f"free space in {Path(path).parent} and run the same command again{kept}"
+        ) from None

@@ -32,13 +32,13 @@ def decode_image(
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     if isinstance(source, bytes):
         if not source:
-            raise ImageDecodeError(f"{label}: empty file (0 bytes); remove or replace it")
+            raise ImageDecodeError(f"{label}: empty file (0 bytes)")
         stream: io.BytesIO | Path = io.BytesIO(source)
     else:
         stream = Path(source)
         try:
             if stream.stat().st_size == 0:
-                raise ImageDecodeError(f"{label}: empty file (0 bytes); remove or replace it")
+                raise ImageDecodeError(f"{label}: empty file (0 bytes)")
         except FileNotFoundError:
             raise ImageDecodeError(f"{label}: file not found") from None
     try:

@@ -353,3 +353,24 @@ def test_full_disk_while_writing_a_run_is_one_line_and_leaves_nothing(
     )
     assert "disk full while writing" in _one_error_line(result)
     assert list(runs.iterdir()) == []
+
+
+def test_full_disk_in_torch_save_is_one_line_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save reports ENOSPC as a RuntimeError from its zip writer (seen on a full tmpfs)."""
+    from featurestore.checkpoints import save_checkpoint
+    from featurestore.errors import XrayError
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": torch.tensor(1)})
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(XrayError, match="is the disk full"):
+        save_checkpoint(path, {"epoch": torch.tensor(2)})
+    monkeypatch.undo()
+    assert int(torch.load(path, weights_only=True)["epoch"]) == 1  # the previous one is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no torn temporary file
