@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from featurestore import backbones, distributed, store
+from featurestore import backbones, distributed, library_versions, store
 from featurestore.errors import XrayError
 
 if TYPE_CHECKING:
@@ -242,7 +241,7 @@ def extract_features(
                     str(manifest.source) if manifest.source not in (None, manifest.root) else None
                 ),
                 "dataset_name": path.parent.name,
-                "versions": _versions(),
+                "versions": library_versions(),
             }
             starts = {s: [c.start for c in plan if c.split == s] for s in store.SPLIT_NAMES}
             counts, skipped, _ = partial.assemble(
@@ -402,23 +401,3 @@ def _run_chunks(
                 chunk_began = time.perf_counter()
     elapsed = time.perf_counter() - began
     return len(items) / elapsed if elapsed > 0 else 0.0
-
-
-def _versions() -> dict[str, str]:
-    import h5py
-    import numpy
-    import PIL
-    import torch
-    import torchvision
-
-    import featurestore
-
-    return {
-        "xray": featurestore.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-        "h5py": h5py.__version__,
-        "pillow": PIL.__version__,
-    }

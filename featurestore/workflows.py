@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featurestore import library_versions
 from featurestore.data import SPLITS
 from featurestore.errors import XrayError
 from featurestore.trainer import TrainConfig
@@ -43,25 +43,6 @@ class RunSummary:
     seconds_per_epoch: float
     test: dict[str, Any]
     """{"at_0.5": {...}, "at_threshold": {...}} as in metrics.json."""
-
-
-def versions() -> dict[str, str]:
-    """Versions of the software that trained a run (recorded in config.json)."""
-    import numpy
-    import sklearn
-    import torch
-    import torchvision
-
-    import featurestore
-
-    return {
-        "xray": featurestore.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-        "scikit-learn": sklearn.__version__,
-    }
 
 
 def _summary(path: Path, model: str, mode: str, head: str, result: FitResult) -> RunSummary:
@@ -103,7 +84,7 @@ def _run_config(
         "model": backbone,
         "head": head,
         "seed": config.seed,
-        "versions": versions(),
+        "versions": library_versions(),
         "class_names": names,
         "positive_index": pos,
         "positive_class": names[pos],
