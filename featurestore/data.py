@@ -109,7 +109,7 @@ class Manifest:
         return decode_image(self.root / key, min_size=min_size)
 
 
-IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".dcm", ".dicom"})
 SYNTHETIC_DIR = Path("data/synthetic")
 KERMANY_DIR = Path("data/chest_xray")
 
@@ -186,7 +186,7 @@ def read_folder(root: Path) -> Manifest:
     for split in scan.splits:
         if not any(s == split for s, _, _ in scan.files):
             raise XrayError(
-                f"{root / split} holds no images (.jpeg/.jpg/.png in CLASS/ folders): "
+                f"{root / split} holds no images (.jpeg/.jpg/.png/.dcm in CLASS/ folders): "
                 "add images or remove the folder"
             )
     for name in scan.class_names:

@@ -30,6 +30,8 @@ def decode_image(
     for bytes input. The whole image is always decoded, so truncated files are detected.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    if is_dicom(source):
+        return decode_dicom(source, label=label)
     if isinstance(source, bytes):
         if not source:
             raise ImageDecodeError(f"{label}: empty file (0 bytes)")
@@ -60,6 +62,54 @@ def decode_image(
         raise ImageDecodeError(f"{label}: not an image Pillow can read") from None
     except _DECODE_FAILURES as exc:
         raise ImageDecodeError(f"{label}: unreadable or truncated image ({exc})") from None
+
+
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+
+
+def is_dicom(source: Path | str | bytes) -> bool:
+    """A .dcm/.dicom path, or bytes with the DICOM preamble's `DICM` magic at offset 128."""
+    if isinstance(source, bytes):
+        return source[128:132] == b"DICM"
+    return Path(source).suffix.lower() in DICOM_SUFFIXES
+
+
+def dicom_available() -> bool:
+    """Whether pydicom (the `dicom` extra) is installed."""
+    from importlib.util import find_spec
+
+    return find_spec("pydicom") is not None
+
+
+def decode_dicom(source: Path | str | bytes, *, label: str) -> Image.Image:
+    """A DICOM radiograph to RGB: modality and VOI LUTs applied, MONOCHROME1 inverted."""
+    if not dicom_available():
+        raise ImageDecodeError(
+            f"{label}: DICOM needs pydicom: pip install 'xray[dicom]' (or pip install pydicom)"
+        )
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    stream = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+    try:
+        with warnings.catch_warnings():  # pydicom warns on every odd tag of a broken file
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(stream)
+            pixels = ds.pixel_array
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{label}: file not found") from None
+    except (InvalidDicomError, AttributeError, ValueError, OSError, EOFError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageDecodeError(f"{label}: unreadable DICOM ({first})") from None
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]  # a radiograph is one frame; take the first of a series
+    if pixels.ndim == 2:
+        # Stored values -> Hounsfield/attenuation (modality) -> display window (VOI).
+        pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
+        if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+            pixels = pixels.max() - pixels  # MONOCHROME1 shows low values white
+    return image_from_array(np.asarray(pixels))
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

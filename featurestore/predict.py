@@ -163,7 +163,7 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         if not found:
-            raise XrayError(f"folder {path} holds no images (.jpeg/.jpg/.png)")
+            raise XrayError(f"folder {path} holds no images (.jpeg/.jpg/.png/.dcm)")
         out.extend(found)
     if not out:
         raise XrayError("no images given: pass image files or folders")

@@ -199,3 +199,70 @@ def test_realsample_rgb_and_l_files(realsample: Path) -> None:
     assert small.mode == "RGB"
     assert min(small.size) >= 224
     assert small.size[0] < full[0]  # decoded at reduced scale
+
+
+# --- DICOM (the `dicom` extra) -----------------------------------------------------------------
+
+
+def _dicom_sample(tmp_path: Path, *, photometric: str | None = None) -> tuple[Path, np.ndarray]:
+    """pydicom's own CT_small.dcm (int16 MONOCHROME2), optionally relabelled, and its pixels."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    if photometric:
+        ds.PhotometricInterpretation = photometric
+    path = tmp_path / "scan.dcm"
+    ds.save_as(path)
+    return path, ds.pixel_array
+
+
+def test_dicom_decodes_to_rgb_with_the_image_size(tmp_path: Path) -> None:
+    path, pixels = _dicom_sample(tmp_path)
+    im = decode_image(path)
+    assert im.mode == "RGB" and im.size == (pixels.shape[1], pixels.shape[0])
+    gray = np.asarray(im)[:, :, 0].astype(float)
+    # Brighter stored values stay brighter (MONOCHROME2): rank correlation close to 1.
+    assert np.corrcoef(gray.ravel(), pixels.ravel())[0, 1] > 0.95
+    assert decode_image(path.read_bytes(), name="scan").size == im.size  # magic-sniffed bytes
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
+    path, pixels = _dicom_sample(tmp_path, photometric="MONOCHROME1")
+    gray = np.asarray(decode_image(path))[:, :, 0].astype(float)
+    assert np.corrcoef(gray.ravel(), pixels.ravel())[0, 1] < -0.95
+
+
+def test_corrupt_dicom_is_one_clear_error(tmp_path: Path) -> None:
+    pytest.importorskip("pydicom")
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00garbage")
+    with pytest.raises(ImageDecodeError, match=r"bad\.dcm: unreadable DICOM"):
+        decode_image(bad)
+
+
+def test_dicom_without_pydicom_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featurestore import images
+
+    monkeypatch.setattr(images, "dicom_available", lambda: False)
+    (tmp_path / "x.dcm").write_bytes(b"\x00" * 200)
+    with pytest.raises(ImageDecodeError, match=r"pip install 'xray\[dicom\]'"):
+        decode_image(tmp_path / "x.dcm")
+
+
+def test_a_folder_of_dicom_files_is_a_dataset(tmp_path: Path) -> None:
+    from featurestore.data import load_manifest
+
+    path, _ = _dicom_sample(tmp_path)
+    root = tmp_path / "dcm"
+    for split in ("train", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(12 if split == "train" else 2):
+                (folder / f"{cls[0]}{split}{i}.dcm").write_bytes(path.read_bytes())
+    manifest = load_manifest(root, val_min=0)
+    assert len(manifest.records) == 2 * 12 + 2 * 2
+    assert manifest.open_image(manifest.records[0].key).mode == "RGB"
