@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featurestore.data import SPLITS, Split, load_manifest, patient_id, scan_folder
+from featurestore.data import SPLITS, Split, load_manifest, patient_id
 from featurestore.errors import XrayError
+from featurestore.readers import scan_folder
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -137,7 +138,7 @@ def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAud
     kind, root, class_names, splits, items = _items(path)
     npz = None
     if kind == "npz":
-        from featurestore.data import read_npz
+        from featurestore.readers import read_npz
 
         npz = read_npz(path)
 

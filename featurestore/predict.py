@@ -147,7 +147,7 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
 
     A path that does not exist stays in the list: predicting it reports "file not found".
     """
-    from featurestore.data import IMAGE_SUFFIXES
+    from featurestore.readers import IMAGE_SUFFIXES
 
     out: list[Path] = []
     for item in inputs:

@@ -24,13 +24,11 @@ from featurestore.data import (
     dataset_fingerprint,
     load_manifest,
     patient_id,
-    read_csv,
-    read_folder,
-    read_npz,
     resolve_data_dir,
 )
 from featurestore.errors import XrayError
 from featurestore.progress import make_progress
+from featurestore.readers import read_csv, read_folder, read_npz
 
 
 def counts(m: Manifest, *, given: bool = False) -> Counter[tuple[str, str]]:
