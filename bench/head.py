@@ -33,7 +33,7 @@ BACKBONE_OF_DIM = {2048: "resnet50", 1024: "densenet121"}
 
 def write_store(path: Path, rows: dict[str, int], dim: int, *, seed: int = 0) -> Path:
     """A complete feature store of random float16 features (weakly informative), via the writer."""
-    from featurestore import store
+    from featurestore import store, store_write
     from featurestore.data import Record
 
     rng = np.random.default_rng(seed)
@@ -53,7 +53,7 @@ def write_store(path: Path, rows: dict[str, int], dim: int, *, seed: int = 0) ->
         "dataset_root": "",  # no dataset to check freshness against
         "versions": {},
     }
-    partial = store.PartialStore(path)
+    partial = store_write.PartialStore(path)
     partial.start(attrs)
     records: dict[str, list[Record]] = {}
     plan: dict[str, list[int]] = {}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from featurestore import backbones, distributed, library_versions, store
+from featurestore import backbones, distributed, library_versions, store, store_write
 from featurestore.errors import XrayError
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def extract_features(
         "positive_index": manifest.positive_index,
         "carve": manifest.carve.as_dict() if manifest.carve else None,
     }
-    partial = store.PartialStore(path)
+    partial = store_write.PartialStore(path)
 
     def result(
         status: Status, reason: str, counts: dict[str, int], skipped: list[str], rate: float | None
@@ -173,7 +173,7 @@ def extract_features(
         def settle() -> tuple[Status, str, store.FeatureStore | None, list[_Chunk]]:
             # Under torchrun only rank 0 holds the lock and touches the partial folder's
             # provenance; the other ranks wait for its verdict (on_main broadcasts it).
-            held.enter_context(store.store_lock(path))
+            held.enter_context(store_write.store_lock(path))
             status, reason, reusable = _settle_existing(path, partial, provenance, chunk_size, say)
             if reusable is not None:
                 return status, reason, reusable, []
@@ -261,7 +261,7 @@ def extract_features(
 
 def _settle_existing(
     path: Path,
-    partial: store.PartialStore,
+    partial: store_write.PartialStore,
     provenance: dict[str, Any],
     chunk_size: int,
     say: Callable[[str], None],
@@ -323,7 +323,7 @@ def _run_chunks(
     pre: Preprocessing,
     records: dict[Split, list[Record]],
     pending: list[_Chunk],
-    partial: store.PartialStore,
+    partial: store_write.PartialStore,
     *,
     device: torch.device,
     batch_size: int,

@@ -21,7 +21,8 @@ from featurestore import backbones
 from featurestore.data import Manifest, dataset_fingerprint, load_manifest
 from featurestore.errors import XrayError
 from featurestore.extract import ExtractResult, extract_features
-from featurestore.store import PartialStore, open_store, store_lock, store_path
+from featurestore.store import open_store, store_path
+from featurestore.store_write import PartialStore, store_lock
 
 torch.set_num_threads(1)
 
@@ -226,16 +227,16 @@ KILL_SCRIPT = textwrap.dedent(
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from featurestore import store
+    from featurestore import store_write
     from featurestore.data import load_manifest
     from featurestore.extract import extract_features
 
     # Slow the writer down so the test can kill the process part-way, at an arbitrary point.
-    write = store.PartialStore.write_chunk
+    write = store_write.PartialStore.write_chunk
     def slow_write(self, *args, **kwargs):
         write(self, *args, **kwargs)
         time.sleep(0.25)
-    store.PartialStore.write_chunk = slow_write
+    store_write.PartialStore.write_chunk = slow_write
     extract_features(load_manifest(Path(sys.argv[1])), cache_dir=Path(sys.argv[2]),
                      model="resnet18", weights="none", image_size=32, workers=0,
                      batch_size=4, chunk_size=4)

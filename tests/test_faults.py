@@ -25,7 +25,8 @@ from featurestore import store
 from featurestore.data import load_manifest
 from featurestore.extract import ExtractResult, extract_features
 from featurestore.runs import list_runs
-from featurestore.store import PartialStore, store_path
+from featurestore.store import store_path
+from featurestore.store_write import PartialStore
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -54,18 +55,18 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from featurestore import store
+    from featurestore import store_write
     from featurestore.data import load_manifest
     from featurestore.extract import extract_features
 
     data, cache, pause, gate = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-    write = store.PartialStore.write_chunk
+    write = store_write.PartialStore.write_chunk
     def paced_write(self, *args, **kwargs):
         write(self, *args, **kwargs)
         time.sleep(pause)
         while gate and not Path(gate).exists():  # held until the test opens the gate
             time.sleep(0.02)
-    store.PartialStore.write_chunk = paced_write
+    store_write.PartialStore.write_chunk = paced_write
     extract_features(load_manifest(data), cache_dir=cache, model="resnet18", weights="none",
                      image_size=32, workers=0, batch_size=4, chunk_size=4)
     """

@@ -14,14 +14,13 @@ from featurestore.data import Record
 from featurestore.errors import XrayError
 from featurestore.store import (
     FORMAT_VERSION,
-    PartialStore,
     find_stores,
     open_store,
     provenance_difference,
     read_attrs,
-    store_lock,
     store_path,
 )
+from featurestore.store_write import PartialStore, store_lock
 
 D = 6
 
