@@ -85,8 +85,8 @@ def write_store(path: Path, rows: dict[str, int], dim: int, *, seed: int = 0) ->
 
 def fit_head_in_process(path: Path, runs: Path, head: str, epochs: int) -> dict[str, float]:
     """Whole `fit_heads` on one store (reads it, trains, writes the run folder)."""
+    from featurestore.frozen import fit_heads
     from featurestore.trainer import TrainConfig
-    from featurestore.workflows import fit_heads
 
     with Timer() as t:
         (summary,) = fit_heads(

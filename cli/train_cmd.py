@@ -20,8 +20,8 @@ from cli.common import (
 )
 
 if TYPE_CHECKING:
+    from featurestore.run_record import RunSummary
     from featurestore.trainer import TrainConfig
-    from featurestore.workflows import RunSummary
 
 METRIC_COLUMNS = (
     "accuracy",
@@ -117,9 +117,9 @@ def fit_head(
     * `xray fit-head --model resnet50 --head mlp --seed 1`
     * `xray fit-head --store cache/chest_xray/densenet121-imagenet-224px.h5 --json`
     """
+    from featurestore.frozen import fit_heads
     from featurestore.progress import make_progress
     from featurestore.trainer import TrainConfig
-    from featurestore.workflows import fit_heads
 
     config = TrainConfig(
         epochs=epochs,
@@ -191,9 +191,9 @@ def finetune(
     """
     from cli.common import resolve_data
     from featurestore import distributed
+    from featurestore.finetune import finetune as run_finetune
     from featurestore.progress import make_progress
     from featurestore.trainer import TrainConfig
-    from featurestore.workflows import finetune as run_finetune
 
     config = TrainConfig(
         epochs=epochs,

@@ -96,10 +96,11 @@ def run_study(
     """Extract + fit a head and fine-tune each model, then compare the runs into one report."""
     from featurestore.data import load_manifest
     from featurestore.extract import extract_features
+    from featurestore.finetune import finetune
+    from featurestore.frozen import fit_heads
     from featurestore.report import CompareConfig, compare_runs
     from featurestore.report_write import write_report
     from featurestore.trainer import TrainConfig
-    from featurestore.workflows import finetune, fit_heads
 
     say = notice or (lambda _msg: None)
     weights = resolve_study_weights(config.models, config.weights)

@@ -28,7 +28,7 @@ NAMES = [s.name for s in list_specs()]
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(dataset, fine-tuned resnet18 run at 32 px)."""
-    from featurestore.workflows import finetune
+    from featurestore.finetune import finetune
 
     root = tmp_path_factory.mktemp("explain")
     data = write_tiny_dataset(root / "chest_xray")
@@ -131,7 +131,7 @@ def test_explain_real_radiographs_at_full_size(
 def test_frozen_run_is_explained_as_backbone_plus_head(tmp_path: Path) -> None:
     from featurestore.data import load_manifest
     from featurestore.extract import extract_features
-    from featurestore.workflows import fit_heads
+    from featurestore.frozen import fit_heads
 
     data = write_tiny_dataset(tmp_path / "chest_xray")
     extract_features(

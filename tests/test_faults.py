@@ -288,7 +288,7 @@ KILL_IN_WRITE_RUN = textwrap.dedent(
     torch.set_num_threads(1)
     from featurestore import plots
     from featurestore.trainer import TrainConfig
-    from featurestore.workflows import fit_heads
+    from featurestore.frozen import fit_heads
 
     signal_file = Path(sys.argv[3])
     def stuck(*args, **kwargs):  # every other file of the run is written by now

@@ -30,7 +30,7 @@ def frozen_run(
     """extract (resnet18, random init) + fit-head on `data`; returns the run folder."""
     from featurestore.data import load_manifest
     from featurestore.extract import extract_features
-    from featurestore.workflows import fit_heads
+    from featurestore.frozen import fit_heads
 
     extract_features(
         load_manifest(data), model="resnet18", weights="none", cache_dir=root / "cache",
@@ -55,7 +55,7 @@ def frozen16(tiny: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def finetuned(tiny: Path) -> Path:
-    from featurestore.workflows import finetune
+    from featurestore.finetune import finetune
 
     return finetune(
         data=tiny, model="resnet18", weights="none", image_size=32,

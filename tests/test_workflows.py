@@ -13,9 +13,10 @@ from conftest import write_tiny_dataset
 
 from featurestore import checkpoints
 from featurestore.errors import XrayError
+from featurestore.finetune import finetune
+from featurestore.frozen import fit_heads
 from featurestore.runs import load_run
 from featurestore.trainer import TrainConfig
-from featurestore.workflows import finetune, fit_heads
 
 torch.set_num_threads(1)
 HEAD = TrainConfig(epochs=4, lr=0.05, batch_size=16, patience=4, device="cpu")

@@ -1,20 +1,15 @@
-"""One library function per training command: `fit_heads` (frozen mode) and `finetune`."""
+"""Frozen mode (`xray fit-head`): a head trained on each selected feature store, one run each."""
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from featurestore import library_versions
-from featurestore.data import SPLITS
 from featurestore.errors import XrayError
+from featurestore.run_record import Notice, RunSummary, class_counts, run_config, summarize
 from featurestore.trainer import TrainConfig
 
 if TYPE_CHECKING:
@@ -24,74 +19,6 @@ if TYPE_CHECKING:
 
     from featurestore.sources import FeatureSource
     from featurestore.store import FeatureStore
-    from featurestore.trainer import FitResult
-
-Notice = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What a training command reports: where the run is and its test metrics."""
-
-    path: Path
-    model: str
-    mode: str
-    head: str
-    threshold: float
-    best_epoch: int
-    epochs_run: int
-    seconds_per_epoch: float
-    test: dict[str, Any]
-    """{"at_0.5": {...}, "at_threshold": {...}} as in metrics.json."""
-
-
-def _summary(path: Path, model: str, mode: str, head: str, result: FitResult) -> RunSummary:
-    return RunSummary(
-        path=path,
-        model=model,
-        mode=mode,
-        head=head,
-        threshold=float(result.threshold["value"]),
-        best_epoch=result.best_epoch,
-        epochs_run=result.epochs_run,
-        seconds_per_epoch=result.seconds_per_epoch,
-        test=result.test,
-    )
-
-
-def class_counts(
-    class_names: Sequence[str], labels: dict[str, np.ndarray]
-) -> dict[str, dict[str, int]]:
-    """Images per split and class (config.json; compare's majority baseline uses train's)."""
-    return {
-        split: {name: int(np.sum(y == i)) for i, name in enumerate(class_names)}
-        for split, y in labels.items()
-    }
-
-
-def _run_config(
-    config: TrainConfig, model: nn.Module, *, mode: str, backbone: str, head: str, **extra: Any
-) -> dict[str, Any]:
-    """config.json: the resolved TrainConfig plus what identifies the run."""
-    from featurestore.heads import count_params
-
-    trainable, total = count_params(model)
-    names = list(extra.pop("class_names"))
-    pos = int(extra.pop("positive_index"))
-    return {
-        **asdict(config),
-        "mode": mode,
-        "model": backbone,
-        "head": head,
-        "seed": config.seed,
-        "versions": library_versions(),
-        "class_names": names,
-        "positive_index": pos,
-        "positive_class": names[pos],
-        "trainable_params": trainable,
-        "total_params": total,
-        **extra,
-    }
 
 
 def select_stores(
@@ -276,7 +203,7 @@ def _fit_head(
         net = build_head(head, source.feature_dim, len(source.class_names))
         result = fit(net, source, config, run_dir=None, progress=progress, console=console)
     exported = export_head(net.cpu(), source.mean, source.std)
-    doc = _run_config(
+    doc = run_config(
         config,
         net,
         mode="frozen",
@@ -297,130 +224,4 @@ def _fit_head(
         runs_dir, model=store.backbone, mode="frozen", config=doc, result=result,
         state_dict=exported.state_dict(),
     )  # fmt: skip
-    return _summary(path, store.backbone, "frozen", head, result)
-
-
-def finetune(
-    *,
-    data: Path,
-    model: str = "resnet50",
-    weights: str = "imagenet",
-    freeze: str = "none",
-    image_size: int = 224,
-    augment: bool = True,
-    hflip: bool = False,
-    workers: int = 0,
-    runs_dir: Path = Path("runs"),
-    config: TrainConfig | None = None,
-    resume: bool = False,
-    progress: Progress | None = None,
-    console: Console | None = None,
-    notice: Notice | None = None,
-) -> RunSummary:
-    """Fine-tune backbone + linear head on streamed images; resumable from runs/.inprogress.
-
-    Under torchrun (a process group set up by the caller) it trains with DDP, `batch_size`
-    per rank; rank 0 alone writes the checkpoint and the run folder, whose path every rank gets.
-    """
-    import torch
-
-    from featurestore import distributed
-    from featurestore.backbones import load_backbone, preprocessing_for
-    from featurestore.data import dataset_fingerprint, load_manifest
-    from featurestore.heads import TrunkHead, apply_freeze, build_head
-    from featurestore.runs import inprogress_dir, write_run
-    from featurestore.sources import ImageSource
-    from featurestore.trainer import fit, resolve_device
-
-    config = config or TrainConfig(epochs=10, batch_size=32, patience=3, backbone_lr_mult=0.1)
-    say = notice or (lambda _msg: None)
-    manifest = load_manifest(data)
-    fingerprint = distributed.on_main(lambda: dataset_fingerprint(manifest, progress=progress))
-    torch.manual_seed(config.seed)  # random-init trunks and the head repeat per seed
-    loaded = load_backbone(model, weights)
-    pre = preprocessing_for(model, weights, image_size)
-    net = TrunkHead(loaded.trunk, build_head("linear", loaded.spec.feature_dim, 2))
-    apply_freeze(net, loaded.spec.stages, freeze)
-    source = ImageSource(
-        manifest,
-        pre,
-        batch_size=config.batch_size,
-        workers=workers,
-        seed=config.seed,
-        augment=augment,
-        hflip=hflip,
-        pin_memory=resolve_device(config.device).type == "cuda",
-    )
-    settings = {
-        **{k: v for k, v in asdict(config).items() if k != "device"},
-        "weights_id": loaded.weights_id,
-        "weights_sha256": loaded.weights_sha256,
-        "freeze": freeze,
-        "preprocessing": pre.as_dict(),
-        "augment": augment,
-        "hflip": hflip,
-        "dataset_fingerprint": fingerprint,
-    }
-    work = inprogress_dir(runs_dir, model, "finetune", settings)
-    checkpoint = work / "last.pt"
-
-    def settle_work() -> None:  # rank 0 only: one process owns runs/.inprogress
-        if resume and not checkpoint.is_file():
-            raise XrayError(
-                f"nothing to resume: no interrupted run with these settings in {work.parent}; "
-                "run again without --resume"
-            )
-        if not resume and work.exists():
-            say(
-                f"starting over: an interrupted run with these settings was in {work} "
-                "(see --resume)"
-            )
-            shutil.rmtree(work)
-
-    distributed.on_main(settle_work)
-    if console is not None and distributed.is_main():
-        verb = "resuming" if resume else "fine-tuning"
-        console.print(
-            f"[bold]{model}[/] {verb} ({loaded.weights_id}, freeze {freeze}, "
-            f"{image_size}px) on {manifest.root}"
-        )
-    result = fit(
-        net, source, config, run_dir=work, progress=progress, console=console,
-        resume_from=checkpoint if resume else None,
-    )  # fmt: skip
-    doc = _run_config(
-        config,
-        net,
-        mode="finetune",
-        backbone=model,
-        head="linear",
-        class_names=manifest.class_names,
-        positive_index=manifest.positive_index,
-        dataset_fingerprint=fingerprint,
-        dataset_root=str(manifest.root),
-        class_counts=class_counts(
-            manifest.class_names,
-            {s: np.array([r.label for r in manifest.split(s)]) for s in SPLITS},
-        ),
-        carve=manifest.carve.as_dict() if manifest.carve else None,
-        weights=weights,
-        weights_id=loaded.weights_id,
-        weights_sha256=loaded.weights_sha256,
-        freeze=freeze,
-        image_size=image_size,
-        preprocessing=pre.as_dict(),
-        augment=augment,
-        hflip=hflip,
-        workers=workers,
-        resumed=resume,
-        world_size=distributed.world_size(),
-        checkpoint="best.pt: trunk.* (backbone) then head.*",
-    )
-
-    def write() -> Path:
-        path = write_run(runs_dir, model=model, mode="finetune", config=doc, result=result)
-        shutil.rmtree(work, ignore_errors=True)
-        return path
-
-    path = distributed.on_main(write)  # one run folder, written by rank 0
-    return _summary(path, model, "finetune", "linear", result)
+    return summarize(path, store.backbone, "frozen", head, result)
