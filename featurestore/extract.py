@@ -5,21 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from featurestore import backbones, distributed, library_versions, store, store_write
 from featurestore.errors import XrayError
+from featurestore.extract_loop import Chunk, run_chunks
 
 if TYPE_CHECKING:
     import torch
     from rich.progress import Progress
-    from torch import nn
 
-    from featurestore.backbones import Preprocessing
-    from featurestore.data import Manifest, Record, Split
+    from featurestore.data import Manifest
 
 Status = Literal["reused", "resumed", "built", "rebuilt"]
 DTYPES = ("float16", "float32")
@@ -51,42 +50,6 @@ class ExtractResult:
     """Throughput of the images computed by this call (None when none were)."""
     skipped: list[str]
     """Keys of unreadable images left out (--skip-bad)."""
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    split: Split
-    start: int
-    stop: int
-
-
-class _ImageDataset:
-    """Item i -> (i, (3, crop, crop) tensor or None, error or None); never raises on bad files."""
-
-    def __init__(self, manifest: Manifest, keys: Sequence[str], pre: Preprocessing) -> None:
-        self.manifest, self.keys, self.pre = manifest, list(keys), pre
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            image = self.manifest.open_image(self.keys[i], min_size=self.pre.resize)
-        except XrayError as exc:  # ImageDecodeError: reported by the main process
-            return i, None, str(exc)
-        return i, self.pre(image), None
-
-
-def _collate(
-    items: list[tuple[int, torch.Tensor | None, str | None]],
-) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    """Stack the good images (B, 3, H, W); bad ones come back as (item, error) pairs."""
-    import torch
-
-    good = [(i, x) for i, x, _ in items if x is not None]
-    errors = [(i, err) for i, x, err in items if x is None and err is not None]
-    batch = torch.stack([x for _, x in good]) if good else None
-    return [i for i, _ in good], batch, errors
 
 
 def extract_features(
@@ -164,13 +127,13 @@ def extract_features(
 
     records = {s: manifest.split(s) for s in store.SPLIT_NAMES}
     plan = [
-        _Chunk(s, a, min(a + chunk_size, len(records[s])))
+        Chunk(s, a, min(a + chunk_size, len(records[s])))
         for s in store.SPLIT_NAMES
         for a in range(0, len(records[s]), chunk_size)
     ]
     with contextlib.ExitStack() as held:
 
-        def settle() -> tuple[Status, str, store.FeatureStore | None, list[_Chunk]]:
+        def settle() -> tuple[Status, str, store.FeatureStore | None, list[Chunk]]:
             # Under torchrun only rank 0 holds the lock and touches the partial folder's
             # provenance; the other ranks wait for its verdict (on_main broadcasts it).
             held.enter_context(store_write.store_lock(path))
@@ -203,7 +166,7 @@ def extract_features(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 loaded = backbones.load_backbone(model, weights)
-            rate = _run_chunks(
+            rate = run_chunks(
                 loaded.trunk,
                 manifest,
                 pre,
@@ -315,89 +278,3 @@ def _resolve_device(device: str) -> torch.device:
             "--device cuda was asked for but no CUDA GPU is available: use --device cpu"
         )
     return torch.device(device)
-
-
-def _run_chunks(
-    trunk: nn.Module,
-    manifest: Manifest,
-    pre: Preprocessing,
-    records: dict[Split, list[Record]],
-    pending: list[_Chunk],
-    partial: store_write.PartialStore,
-    *,
-    device: torch.device,
-    batch_size: int,
-    workers: int,
-    dtype: str,
-    dim: int,
-    skip_bad: bool,
-    progress: Progress | None,
-    label: str,
-) -> float:
-    """Compute and persist every pending chunk; returns images per second."""
-    import numpy as np
-    import torch
-    from torch.utils.data import DataLoader
-
-    # One flat item list over all pending chunks, in manifest order; batches never cross a
-    # chunk boundary, so each chunk is computed from the same batches whether resumed or not.
-    items: list[tuple[int, int]] = []  # (chunk number, row in split)
-    batches: list[list[int]] = []
-    ends_chunk: list[bool] = []  # per batch: is it the last batch of its chunk?
-    for n, chunk in enumerate(pending):
-        first = len(items)
-        items.extend((n, row) for row in range(chunk.start, chunk.stop))
-        starts = range(first, len(items), batch_size)
-        batches.extend(list(range(a, min(a + batch_size, len(items)))) for a in starts)
-        ends_chunk.extend(a + batch_size >= len(items) for a in starts)
-    keys = [records[pending[n].split][row].key for n, row in items]
-    cuda = device.type == "cuda"
-    loader: DataLoader[Any] = DataLoader(
-        _ImageDataset(manifest, keys, pre),  # type: ignore[arg-type]
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=cuda,
-    )
-    trunk.eval().to(device).to(memory_format=torch.channels_last)
-    task = progress.add_task(label, total=len(items), unit="img") if progress else None
-    # The chunk in flight: feature blocks (B, D), their rows in the split, skipped keys.
-    feats: list[np.ndarray] = []
-    rows: list[int] = []
-    bad: list[str] = []
-    current = 0
-    began = chunk_began = time.perf_counter()
-    with torch.inference_mode():
-        # The loader yields batches in batch_sampler order, so ends_chunk lines up with them.
-        for (positions, batch, errors), last_of_chunk in zip(loader, ends_chunk, strict=True):
-            for i, err in errors:
-                if not skip_bad:
-                    raise XrayError(
-                        f"{err}; fix or remove it, or pass --skip-bad to leave bad images out "
-                        "(finished chunks are kept)"
-                    )
-                bad.append(keys[i])
-            if batch is not None:
-                x = batch.to(device, non_blocking=True, memory_format=torch.channels_last)
-                with torch.autocast(device.type, enabled=cuda):
-                    out = trunk(x)  # (B, D)
-                feats.append(out.float().cpu().numpy().astype(dtype))
-                rows.extend(items[i][1] for i in positions)
-            if progress is not None and task is not None:
-                progress.advance(task, len(positions) + len(errors))
-            if last_of_chunk:
-                chunk = pending[current]
-                partial.write_chunk(
-                    chunk.split,
-                    chunk.start,
-                    features=np.concatenate(feats) if feats else np.zeros((0, dim), dtype),
-                    labels=np.array([records[chunk.split][r].label for r in rows], np.int64),
-                    indices=np.array(rows, np.int64),
-                    skipped=bad,
-                    seconds=time.perf_counter() - chunk_began,
-                )
-                feats, rows, bad = [], [], []
-                current += 1
-                chunk_began = time.perf_counter()
-    elapsed = time.perf_counter() - began
-    return len(items) / elapsed if elapsed > 0 else 0.0
