@@ -246,8 +246,9 @@ def test_cached_batches_equal_uncached_without_augmentation(tiny_data_ro: Path) 
 def test_cache_shared_with_workers_keeps_augmented_batches(
     tiny_data_ro: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With a loader worker (another process) epoch 2 decodes nothing, and augmented batches
-    are the same tensors as without the cache: augmentation draws the same random numbers."""
+    """A loader worker (another process) reads the cache: epoch 2 decodes nothing. Augmented
+    batches are the same tensors without the cache and with no workers: augmentation is
+    seeded per (seed, epoch, image), not by the worker that happens to load it."""
     from featurestore.data import Manifest
 
     log = tmp_path / "decoded.txt"
@@ -259,13 +260,13 @@ def test_cache_shared_with_workers_keeps_augmented_batches(
         return real_open(self, key, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Manifest, "open_image", logging_open)
-    cached = _source(tiny_data_ro, workers=1)
+    cached = _source(tiny_data_ro, workers=1, cached_in_main=False)
     first = _epochs(cached, "train", (1,))[0]
     assert sorted(log.read_text().splitlines()) == sorted(cached.records("train")[0])
     log.unlink()
     second = _epochs(cached, "train", (2,))[0]
     assert not log.exists()  # no decode at all in epoch 2
-    plain = _source(tiny_data_ro, workers=1, cache_mb=0)
+    plain = _source(tiny_data_ro, workers=0, cache_mb=0)
     again = _epochs(plain, "train", (1, 2))
     assert torch.equal(first, again[0]) and torch.equal(second, again[1])
 
