@@ -17,7 +17,7 @@ EXPECTED = {
     "startup": ["commands", "python_floor_s", "meets_target"],
     "extract": ["models", "decode_images_per_s_per_core", "memory", "best_ratio"],
     "head": ["results", "meets_target", "frozen_epoch_is_estimate"],
-    "finetune": ["first_epoch_ratio", "later_epoch_ratio", "bare_contiguous_images_per_s"],
+    "finetune": ["first_epoch_ratio", "later_epoch_ratio", "loader_profile", "cached_images"],
 }
 
 
@@ -45,6 +45,8 @@ def test_bench_quick_prints_table_and_json(name: str) -> None:
     for key in EXPECTED[name]:
         assert key in record, f"{name}: {key} missing from {sorted(record)}"
     assert "┃" in stdout  # the rich table came before the JSON line
+    if name == "finetune":
+        assert record["cached_images"] == 10  # every image of the quick set went into the cache
 
 
 def test_interleave_alternates_order_and_dataset_refuses_too_few_images() -> None:
