@@ -274,9 +274,17 @@ class DecodedCache:
         try:
             if self._file is None:
                 folder = tempfile.mkdtemp(prefix="xray-imagecache-")
-                self.path = os.path.join(folder, "pixels.u8")
+                named = os.path.join(folder, "pixels.u8")
                 # Unbuffered: each write is in the file before a later map reads it.
-                self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (closed by finalizer)
+                self._file = open(named, "ab", buffering=0)  # noqa: SIM115 (closed by finalizer)
+                self.path = named
+                by_fd = f"/proc/{os.getpid()}/fd/{self._file.fileno()}"
+                if os.path.exists(by_fd):
+                    # Linux: readers open it through this process's descriptor, so the name can
+                    # go now and even a SIGKILLed run leaves nothing in the temp dir.
+                    os.unlink(named)
+                    os.rmdir(folder)
+                    self.path = by_fd
                 self._finalizer = weakref.finalize(
                     self, _remove_cache, self._file, folder, self._owner
                 )
@@ -303,7 +311,7 @@ class DecodedCache:
 
 
 def _remove_cache(file: Any, folder: str, owner: int) -> None:
-    """Close and delete a cache file; only in the process that made it (never a forked worker)."""
+    """Close and delete a cache file (if still named); only in the process that made it."""
     if os.getpid() != owner:
         return
     file.close()
