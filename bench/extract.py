@@ -270,7 +270,7 @@ def main() -> None:
             args.batch_size,
         )
         data = radiograph_dataset(n)
-        workers = [int(w) for w in (args.workers or f"0,{default_workers()},2").split(",")]
+        workers = [int(w) for w in (args.workers or "0,1,2").split(",")]
         workers = sorted(set(workers))
     files = image_files(data)
     env = environment()

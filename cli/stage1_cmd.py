@@ -70,7 +70,8 @@ def extract(
     workers: int | None = typer.Option(
         None,
         "--workers",
-        help="Decoding processes (default: CPU cores - 1, at most 8).",
+        help="Decoding processes (default: 0 on CPU, where torch threads use every core; "
+        "CPU cores - 1, at most 8, on a GPU).",
         show_default=False,
     ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
