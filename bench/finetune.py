@@ -148,7 +148,8 @@ def bare_rate(
     from featurestore.backbones import load_backbone, preprocessing_for
     from featurestore.data import load_manifest
     from featurestore.heads import TrunkHead, build_head
-    from featurestore.trainer import TrainConfig, make_optimizer
+    from featurestore.optim import make_optimizer
+    from featurestore.trainer import TrainConfig
 
     manifest = load_manifest(data, val_min=0)
     pre = preprocessing_for(model, "none", size)
@@ -189,8 +190,8 @@ def main() -> None:
     """Measure, print the table and the JSON line."""
     import torch
 
+    from featurestore.devices import channels_last_for
     from featurestore.sources import DEFAULT_CACHE_MB
-    from featurestore.trainer import channels_last_for
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="resnet18, 64 px, 10 small images")

@@ -175,8 +175,8 @@ def load_predictor(
 ) -> Predictor:
     """Rebuild a run's exact model: frozen (store's backbone + best.pt head) or fine-tune."""
     from featurestore.backbones import get_spec
+    from featurestore.devices import resolve_device
     from featurestore.runs import load_run
-    from featurestore.trainer import resolve_device
 
     run = load_run(Path(run_dir))
     cfg = run.config

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from featurestore import checkpoints, distributed
+from featurestore import checkpoints, devices, distributed
 from featurestore.checkpoints import LoopState
 from featurestore.errors import XrayError
+from featurestore.optim import class_weights, make_optimizer, make_scheduler
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -162,71 +163,6 @@ class FitResult:
         }
 
 
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> cuda when available else cpu; "cuda" without a GPU is a user error."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise XrayError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def class_weights(labels: np.ndarray, n_classes: int, policy: str) -> Tensor:
-    """Cross-entropy weights (C,): balanced n / (C * n_c), or ones."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    if (counts == 0).any():
-        empty = [str(i) for i in np.flatnonzero(counts == 0)]
-        raise XrayError(f"the train split has no images of class index {', '.join(empty)}")
-    if policy == "none":
-        return torch.ones(n_classes)
-    return torch.tensor(len(labels) / (n_classes * counts), dtype=torch.float32)
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with head / backbone (`trunk.*`) groups, no weight decay on biases and norms."""
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        part = "backbone" if name.startswith("trunk.") else "head"
-        # 1-D parameters are biases and norm scales: decaying them only hurts.
-        groups.setdefault((part, param.ndim > 1), []).append(param)
-    if not groups:
-        raise XrayError("the model has no trainable parameters: choose a lighter --freeze")
-    param_groups = []
-    for part in ("head", "backbone"):
-        mult = config.backbone_lr_mult if part == "backbone" else 1.0
-        for decay in (True, False):
-            if (part, decay) in groups:
-                param_groups.append(
-                    {
-                        "name": f"{part}{'' if decay else '_no_decay'}",
-                        "params": groups[(part, decay)],
-                        "lr": config.lr * mult,
-                        "weight_decay": config.weight_decay if decay else 0.0,
-                    }
-                )
-    return torch.optim.AdamW(param_groups, lr=config.lr)
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step linear warmup then cosine decay to 0 at the last step (or constant)."""
-    warmup = round(config.warmup_epochs * steps_per_epoch)
-    total = config.epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if config.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 @torch.inference_mode()
 def predict(
     model: nn.Module, source: Source, split: Split, *, amp_dtype: torch.dtype | None = None
@@ -242,7 +178,7 @@ def predict(
     labels: list[Tensor] = []
     loss_sum = 0.0
     for x, y in source.batches(split, shuffle=False):
-        x, y = _to_device(x, y, device)
+        x, y = devices.to_device(x, y, device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
             logits = model(x).float()  # (B, C)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -268,22 +204,6 @@ def evaluate(
     """P(positive) (N,), labels (N,) and mean cross-entropy of one split, in records() order."""
     p, y, loss = predict(model, source, split)
     return p[:, source.positive_index], y, loss
-
-
-def channels_last_for(device: torch.device) -> bool:
-    """Whether conv models and their 4-D inputs run channels_last (NHWC) on this device.
-
-    CUDA and CPU: on this project's 2-core CPU it measured resnet50 fwd+bwd at 224 px +5%
-    (best of 6 rounds), densenet121 +14%, and inference +8-13% for both; never slower.
-    """
-    return device.type in ("cuda", "cpu")
-
-
-def _to_device(x: Tensor, y: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
-    x = x.to(device, non_blocking=True)
-    if x.ndim == 4 and channels_last_for(device):
-        x = x.contiguous(memory_format=torch.channels_last)  # (B, 3, H, W) NHWC in memory
-    return x, y.to(device, non_blocking=True)
 
 
 def _summary(probs: np.ndarray, labels: np.ndarray, positive_index: int) -> dict[str, float]:
@@ -324,6 +244,58 @@ def format_epoch(row: dict[str, float], epochs: int) -> str:
     )
 
 
+def train_one_epoch(
+    model: nn.Module,
+    source: Source,
+    epoch: int,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    config: TrainConfig,
+    amp_dtype: torch.dtype | None,
+    *,
+    bar: tuple[Progress, TaskID] | None,
+) -> dict[str, float]:
+    """One pass over train; returns loss/acc/F1 of the epoch's running predictions."""
+    model.train()
+    device = next(model.parameters()).device
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    loss_sum, lr_sum, probs, labels = 0.0, 0.0, [], []
+    for x, y in source.batches("train", shuffle=True, epoch=epoch):
+        x, y = devices.to_device(x, y, device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
+            logits = model(x).float()  # (B, C)
+        loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, config.grad_clip)
+        lr_sum += float(optimizer.param_groups[0]["lr"])  # head lr used by this step
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        # History reports the unweighted cross-entropy so train and val losses compare.
+        detached = logits.detach()
+        loss_sum += float(F.cross_entropy(detached, y, reduction="sum"))
+        probs.append(detached.softmax(1).cpu())
+        labels.append(y.cpu())
+        if bar is not None:
+            bar[0].advance(bar[1], len(y))
+    # The history describes the whole epoch: gather every rank's running predictions.
+    p = np.concatenate(distributed.all_gather_arrays(torch.cat(probs).double().numpy()))
+    y_all = np.concatenate(distributed.all_gather_arrays(torch.cat(labels).numpy()))
+    loss_sum = distributed.all_reduce_sum([loss_sum])[0]
+    s = _summary(p, y_all, source.positive_index)
+    return {
+        "lr": lr_sum / len(probs),  # mean over the epoch's steps
+        "train_loss": loss_sum / len(y_all),
+        "train_acc": s["acc"],
+        "train_f1": s["f1"],
+    }
+
+
 def fit(
     model: nn.Module,
     source: Source,
@@ -343,16 +315,16 @@ def fit(
         raise XrayError(
             f"xray trains binary classifiers; the dataset has {len(source.class_names)} classes"
         )
-    device = resolve_device(config.device)
+    device = devices.resolve_device(config.device)
     # Under torchrun the seed is offset by rank so augmentation differs between ranks (DDP
     # starts every rank from rank 0's weights); a single process seeds exactly `config.seed`.
     torch.manual_seed(config.seed + distributed.rank())
     if not distributed.is_main():
         progress, console = None, None  # rank 0 reports for every rank
     model.to(device)
-    if channels_last_for(device):
+    if devices.channels_last_for(device):
         model.to(memory_format=torch.channels_last)  # 4-D conv weights NHWC; others unchanged
-    amp_dtype = _amp_dtype(config, device)
+    amp_dtype = devices.amp_dtype(config.amp, device)
     _, _, y_train = source.records("train")
     criterion = nn.CrossEntropyLoss(
         weight=class_weights(y_train, len(source.class_names), config.class_weight).to(device)
@@ -388,7 +360,7 @@ def fit(
                 progress,
                 progress.add_task(f"epoch {epoch}/{config.epochs}", total=n_train, unit="img"),
             )
-        train_row = _train_one_epoch(
+        train_row = train_one_epoch(
             trained,
             source,
             epoch,
@@ -448,65 +420,6 @@ def fit(
         stopped_early=loop.epoch < config.epochs,
         seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0,
     )
-
-
-def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype on CUDA (bfloat16 when supported, else float16), None elsewhere."""
-    if not config.amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _train_one_epoch(
-    model: nn.Module,
-    source: Source,
-    epoch: int,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    config: TrainConfig,
-    amp_dtype: torch.dtype | None,
-    *,
-    bar: tuple[Progress, TaskID] | None,
-) -> dict[str, float]:
-    """One pass over train; returns loss/acc/F1 of the epoch's running predictions."""
-    model.train()
-    device = next(model.parameters()).device
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    loss_sum, lr_sum, probs, labels = 0.0, 0.0, [], []
-    for x, y in source.batches("train", shuffle=True, epoch=epoch):
-        x, y = _to_device(x, y, device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
-            logits = model(x).float()  # (B, C)
-        loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(params, config.grad_clip)
-        lr_sum += float(optimizer.param_groups[0]["lr"])  # head lr used by this step
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        # History reports the unweighted cross-entropy so train and val losses compare.
-        detached = logits.detach()
-        loss_sum += float(F.cross_entropy(detached, y, reduction="sum"))
-        probs.append(detached.softmax(1).cpu())
-        labels.append(y.cpu())
-        if bar is not None:
-            bar[0].advance(bar[1], len(y))
-    # The history describes the whole epoch: gather every rank's running predictions.
-    p = np.concatenate(distributed.all_gather_arrays(torch.cat(probs).double().numpy()))
-    y_all = np.concatenate(distributed.all_gather_arrays(torch.cat(labels).numpy()))
-    loss_sum = distributed.all_reduce_sum([loss_sum])[0]
-    s = _summary(p, y_all, source.positive_index)
-    return {
-        "lr": lr_sum / len(probs),  # mean over the epoch's steps
-        "train_loss": loss_sum / len(y_all),
-        "train_acc": s["acc"],
-        "train_f1": s["f1"],
-    }
 
 
 def conclude(

@@ -15,15 +15,9 @@ from torch import nn
 from featurestore import checkpoints, trainer
 from featurestore.errors import XrayError
 from featurestore.heads import TrunkHead, build_head
+from featurestore.optim import class_weights, make_optimizer, make_scheduler
 from featurestore.sources import FeatureSource
-from featurestore.trainer import (
-    TrainConfig,
-    class_weights,
-    evaluate,
-    fit,
-    make_optimizer,
-    make_scheduler,
-)
+from featurestore.trainer import TrainConfig, evaluate, fit
 
 torch.set_num_threads(1)
 
