@@ -74,7 +74,7 @@ def real_path(
     from featurestore.backbones import load_backbone, preprocessing_for
     from featurestore.data import load_manifest
     from featurestore.heads import TrunkHead, apply_freeze, build_head
-    from featurestore.sources import ImageSource
+    from featurestore.image_source import ImageSource
     from featurestore.trainer import TrainConfig, fit
 
     manifest = load_manifest(data, val_min=0)
@@ -120,7 +120,7 @@ def loader_profile(data: Path, model: str, size: int, batch: int) -> dict[str, f
 
     from featurestore.backbones import preprocessing_for
     from featurestore.data import load_manifest
-    from featurestore.sources import ImageSource
+    from featurestore.image_source import ImageSource
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a loader worker
@@ -191,7 +191,7 @@ def main() -> None:
     import torch
 
     from featurestore.devices import channels_last_for
-    from featurestore.sources import DEFAULT_CACHE_MB
+    from featurestore.image_source import DEFAULT_CACHE_MB
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="resnet18, 64 px, 10 small images")

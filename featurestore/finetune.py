@@ -48,8 +48,8 @@ def finetune(
     from featurestore.data import dataset_fingerprint, load_manifest
     from featurestore.devices import resolve_device
     from featurestore.heads import TrunkHead, apply_freeze, build_head
+    from featurestore.image_source import ImageSource
     from featurestore.runs import inprogress_dir, write_run
-    from featurestore.sources import ImageSource
     from featurestore.trainer import fit
 
     config = config or TrainConfig(epochs=10, batch_size=32, patience=3, backbone_lr_mult=0.1)

@@ -10,12 +10,8 @@ import pytest
 import torch
 
 from featurestore.errors import XrayError
-from featurestore.sources import (
-    FeatureSource,
-    FeatureSplit,
-    ImageSource,
-    radiograph_augmentation,
-)
+from featurestore.image_source import ImageSource, radiograph_augmentation
+from featurestore.sources import FeatureSource, FeatureSplit
 
 torch.set_num_threads(1)
 
@@ -285,7 +281,7 @@ def test_cache_over_budget_or_unwritable_falls_back_to_decoding(
     def full_disk(*args: object, **kw: object) -> str:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("featurestore.sources.tempfile.mkdtemp", full_disk)
+    monkeypatch.setattr("featurestore.image_cache.tempfile.mkdtemp", full_disk)
     broken = _source(tiny_data_ro, augment=False)
     assert all(
         torch.equal(a, b) for a, b in zip(_epochs(broken, "train", (1, 2)), plain, strict=True)
