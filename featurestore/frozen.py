@@ -173,9 +173,10 @@ def _fit_head(
     console: Console | None,
 ) -> RunSummary:
 
+    from featurestore.evaluation import conclude
     from featurestore.heads import build_head, export_head, fit_logreg
     from featurestore.runs import write_run
-    from featurestore.trainer import conclude, fit
+    from featurestore.trainer import fit
 
     if console is not None:
         console.print(

@@ -11,7 +11,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from featurestore.trainer import FitResult
+    from featurestore.evaluation import FitResult
 
 
 def _pyplot() -> Any:

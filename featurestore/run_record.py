@@ -14,7 +14,8 @@ from featurestore import library_versions
 if TYPE_CHECKING:
     from torch import nn
 
-    from featurestore.trainer import FitResult, TrainConfig
+    from featurestore.evaluation import FitResult
+    from featurestore.trainer import TrainConfig
 
 Notice = Callable[[str], None]
 

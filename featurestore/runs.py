@@ -18,7 +18,7 @@ from featurestore.errors import XrayError, disk_errors
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from featurestore.trainer import FitResult
+    from featurestore.evaluation import FitResult
 
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "best.pt")
 PLOT_FILES = ("curves.png", "confusion.png", "roc.png")

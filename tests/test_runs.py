@@ -22,6 +22,7 @@ from sklearn.metrics import (
 
 from featurestore import plots
 from featurestore.errors import XrayError
+from featurestore.evaluation import FitResult
 from featurestore.heads import build_head
 from featurestore.runs import (
     PREDICTION_COLUMNS,
@@ -32,7 +33,7 @@ from featurestore.runs import (
     write_run,
 )
 from featurestore.sources import FeatureSource
-from featurestore.trainer import HISTORY_COLUMNS, FitResult, TrainConfig, fit
+from featurestore.trainer import HISTORY_COLUMNS, TrainConfig, fit
 
 torch.set_num_threads(1)
 WHEN = datetime(2024, 5, 17, 9, 30, 5)

@@ -14,10 +14,11 @@ from torch import nn
 
 from featurestore import checkpoints, trainer
 from featurestore.errors import XrayError
+from featurestore.evaluation import evaluate
 from featurestore.heads import TrunkHead, build_head
 from featurestore.optim import class_weights, make_optimizer, make_scheduler
 from featurestore.sources import FeatureSource
-from featurestore.trainer import TrainConfig, evaluate, fit
+from featurestore.trainer import TrainConfig, fit
 
 torch.set_num_threads(1)
 
