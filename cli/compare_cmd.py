@@ -239,9 +239,12 @@ def demo(
 
         xray demo --model resnet18 --seeds 3 --json
     """
+    from featurestore.backbones import get_spec
     from featurestore.progress import make_progress
     from featurestore.study import StudyConfig, run_study
 
+    for name in models:
+        get_spec(name)  # an unknown name fails before any data is read or generated
     base = StudyConfig(models=tuple(models), weights=weights, seeds=seeds, workers=workers)
     base = base.full_size() if full else base
     config = replace_some(

@@ -98,10 +98,12 @@ def extract(
     * `torchrun --standalone --nproc-per-node 4 $(which xray) extract --model resnet50`
     """
     from featurestore import distributed
+    from featurestore.backbones import get_spec
     from featurestore.data import load_manifest
     from featurestore.extract import extract_features
     from featurestore.progress import make_progress
 
+    get_spec(model)  # an unknown name fails before any data is read or generated
     notice = lambda msg: err_console.print(f"[cyan]{msg}[/]", highlight=False)  # noqa: E731
     with distributed.process_group(device) as launch, make_progress(err_console) as progress:
         if launch is not None and launch.rank != 0:

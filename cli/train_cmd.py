@@ -191,10 +191,12 @@ def finetune(
     """
     from cli.common import resolve_data
     from featurestore import distributed
+    from featurestore.backbones import get_spec
     from featurestore.finetune import finetune as run_finetune
     from featurestore.progress import make_progress
     from featurestore.trainer import TrainConfig
 
+    get_spec(model)  # an unknown name fails before any data is read or generated
     config = TrainConfig(
         epochs=epochs,
         lr=lr,

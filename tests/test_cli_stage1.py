@@ -108,3 +108,13 @@ def test_extract_user_errors(tiny_data_ro: Path, tmp_path: Path) -> None:
 def test_extract_help_has_an_example() -> None:
     result = runner.invoke(app, ["extract", "--help"])
     assert result.exit_code == 0 and "xray extract --model" in result.stdout
+
+
+def test_unknown_model_fails_before_generating_default_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("XRAY_DATA", raising=False)
+    result = runner.invoke(app, ["extract", "--model", "vgg16"])
+    assert result.exit_code == 2 and "unknown backbone 'vgg16'" in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing written for a command that cannot run
