@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,33 @@ def tiny_data(tmp_path: Path) -> Path:
 def tiny_data_ro(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A session-wide tiny dataset; do not modify it."""
     return write_tiny_dataset(tmp_path_factory.mktemp("ro") / "chest_xray")
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub cache and no network: every download fails as it does offline."""
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url: str, *args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def extract_tiny_store(root: Path, *, dtype: str = "float16") -> dict[str, Path]:
+    """A tiny dataset under root and its resnet18 (random init, 32 px) feature store."""
+    import torch
+
+    from featurestore.data import load_manifest
+    from featurestore.extract import extract_features
+
+    data = write_tiny_dataset(root / "chest_xray")
+    torch.manual_seed(0)
+    result = extract_features(
+        load_manifest(data), model="resnet18", weights="none", cache_dir=root / "cache",
+        image_size=32, workers=0, dtype=dtype,
+    )  # fmt: skip
+    return {"root": root, "data": data, "cache": root / "cache", "store": result.path}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,6 @@ from featurestore.backbones import (
 from featurestore.errors import XrayError
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture
-def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty torch hub cache and no network: every download fails like it does offline."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url: str, *args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("network is unreachable")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 @pytest.mark.parametrize("spec", list_specs(), ids=lambda s: s.name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -18,19 +17,7 @@ runner = CliRunner()
 EXTRACT = ["extract", "--model", "resnet18", "--weights", "none", "--image-size", "32"]
 
 
-@pytest.fixture
-def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Empty torch hub cache, and every download fails as it does without a network."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url: str, *args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("network is unreachable")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return tmp_path / "torch" / "hub" / "checkpoints"
-
-
-def test_models_json_lists_the_registry(offline: Path) -> None:
+def test_models_json_lists_the_registry(offline_hub: Path) -> None:
     result = runner.invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
@@ -39,12 +26,12 @@ def test_models_json_lists_the_registry(offline: Path) -> None:
     assert rows["resnet50"]["features"] == 2048 and rows["resnet50"]["weights"] == "IMAGENET1K_V2"
     assert rows["densenet121"]["parameters"] == 6953856  # trunk only, counted without download
     assert all(r["offline"] is False for r in rows.values())
-    assert doc["hub"] == str(offline)
+    assert doc["hub"] == str(offline_hub)
 
 
-def test_models_table_shows_offline_weights(offline: Path) -> None:
-    offline.mkdir(parents=True)
-    (offline / "resnet18-f37072fd.pth").write_bytes(b"x")
+def test_models_table_shows_offline_weights(offline_hub: Path) -> None:
+    offline_hub.mkdir(parents=True)
+    (offline_hub / "resnet18-f37072fd.pth").write_bytes(b"x")
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0, result.output
     line = next(ln for ln in result.stdout.splitlines() if "resnet18" in ln)
@@ -69,7 +56,7 @@ def test_extract_builds_then_reuses(tiny_data_ro: Path, tmp_path: Path) -> None:
 
 
 def test_extract_offline_imagenet_is_one_line_exit_2(
-    offline: Path, tiny_data_ro: Path, tmp_path: Path
+    offline_hub: Path, tiny_data_ro: Path, tmp_path: Path
 ) -> None:
     result = runner.invoke(
         app,
@@ -92,7 +79,7 @@ def test_extract_offline_imagenet_is_one_line_exit_2(
     assert len(errors) == 1 and "Traceback" not in result.output
     assert "densenet121-a639ec97.pth" in errors[0] and "--weights none" in errors[0]
     # Rich may wrap the path on narrow terminals: compare without whitespace.
-    assert str(offline) in "".join(result.stderr.split())
+    assert str(offline_hub) in "".join(result.stderr.split())
 
 
 def test_extract_user_errors(tiny_data_ro: Path, tmp_path: Path) -> None:

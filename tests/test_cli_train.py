@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_tiny_dataset
+from conftest import extract_tiny_store, write_tiny_dataset
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -27,17 +27,7 @@ TINY_TUNE = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "
 @pytest.fixture(scope="module")
 def store_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny dataset and its resnet18 (random init, 32 px) feature store."""
-    from featurestore.data import load_manifest
-    from featurestore.extract import extract_features
-
-    root = tmp_path_factory.mktemp("cli_train")
-    data = write_tiny_dataset(root / "chest_xray")
-    torch.manual_seed(0)
-    result = extract_features(
-        load_manifest(data), model="resnet18", weights="none", cache_dir=root / "cache",
-        image_size=32, workers=0,
-    )  # fmt: skip
-    return {"data": data, "cache": root / "cache", "store": result.path}
+    return extract_tiny_store(tmp_path_factory.mktemp("cli_train"))
 
 
 @pytest.mark.parametrize("command", ["fit-head", "finetune"])

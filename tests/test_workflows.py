@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_dataset
+from conftest import extract_tiny_store, write_tiny_dataset
 
 from featurestore import checkpoints
 from featurestore.errors import XrayError
@@ -25,18 +25,8 @@ TUNE = TrainConfig(epochs=1, lr=1e-3, batch_size=8, patience=2, device="cpu", ba
 
 @pytest.fixture(scope="module")
 def frozen_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny dataset and its resnet18 (random init, 32 px) feature store."""
-    from featurestore.data import load_manifest
-    from featurestore.extract import extract_features
-
-    root = tmp_path_factory.mktemp("frozen")
-    data = write_tiny_dataset(root / "chest_xray")
-    torch.manual_seed(0)
-    result = extract_features(
-        load_manifest(data), model="resnet18", weights="none", cache_dir=root / "cache",
-        image_size=32, workers=0, dtype="float32",
-    )  # fmt: skip
-    return {"root": root, "data": data, "cache": root / "cache", "store": result.path}
+    """A tiny dataset and its resnet18 (random init, 32 px, float32) feature store."""
+    return extract_tiny_store(tmp_path_factory.mktemp("frozen"), dtype="float32")
 
 
 def read_metrics(path: Path) -> dict:
