@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featurestore.data import SPLITS
 from featurestore.errors import XrayError
 from featurestore.run_record import Notice, RunSummary, class_counts, run_config, summarize
 from featurestore.trainer import TrainConfig
@@ -172,7 +173,6 @@ def _fit_head(
     progress: Progress | None,
     console: Console | None,
 ) -> RunSummary:
-
     from featurestore.evaluation import conclude
     from featurestore.heads import build_head, export_head, fit_logreg
     from featurestore.runs import write_run
@@ -215,9 +215,8 @@ def _fit_head(
         dataset_fingerprint=store.attrs.get("dataset_fingerprint"),
         store={"path": str(store.path), **store.attrs},
         extraction_seconds=store.attrs.get("extraction_seconds"),
-        class_counts=class_counts(
-            store.class_names, {s: store.split(s).labels for s in store.counts}
-        ),
+        # Labels already in memory: re-reading the store would load every feature again.
+        class_counts=class_counts(store.class_names, {s: source.records(s)[2] for s in SPLITS}),
         checkpoint="best.pt: standardize.{mean,std} then head.* over backbone features",
         **extra,
     )
