@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
+    from featurestore.data import Manifest
+
 
 def finetune(
     *,
@@ -35,11 +37,15 @@ def finetune(
     progress: Progress | None = None,
     console: Console | None = None,
     notice: Notice | None = None,
+    manifest: Manifest | None = None,
+    fingerprint: str | None = None,
 ) -> RunSummary:
     """Fine-tune backbone + linear head on streamed images; resumable from runs/.inprogress.
 
-    Under torchrun (a process group set up by the caller) it trains with DDP, `batch_size`
-    per rank; rank 0 alone writes the checkpoint and the run folder, whose path every rank gets.
+    A caller that already read `data` (the study) passes its `manifest` and `fingerprint`,
+    so the dataset is not listed and hashed again. Under torchrun (a process group set up by
+    the caller) it trains with DDP, `batch_size` per rank; rank 0 alone writes the checkpoint
+    and the run folder, whose path every rank gets.
     """
     import torch
 
@@ -54,8 +60,9 @@ def finetune(
 
     config = config or TrainConfig(epochs=10, batch_size=32, patience=3, backbone_lr_mult=0.1)
     say = notice or (lambda _msg: None)
-    manifest = load_manifest(data)
-    fingerprint = distributed.on_main(lambda: dataset_fingerprint(manifest, progress=progress))
+    manifest = manifest or load_manifest(data)
+    if fingerprint is None:
+        fingerprint = distributed.on_main(lambda: dataset_fingerprint(manifest, progress=progress))
     torch.manual_seed(config.seed)  # random-init trunks and the head repeat per seed
     loaded = load_backbone(model, weights)
     pre = preprocessing_for(model, weights, image_size)

@@ -97,9 +97,10 @@ def run_study(
     from featurestore.data import load_manifest
     from featurestore.extract import extract_features
     from featurestore.finetune import finetune
-    from featurestore.frozen import fit_heads
+    from featurestore.frozen import fit_head_on_store
     from featurestore.report import CompareConfig, compare_runs
     from featurestore.report_write import write_report
+    from featurestore.store import open_store
     from featurestore.trainer import TrainConfig
 
     say = notice or (lambda _msg: None)
@@ -128,19 +129,19 @@ def run_study(
             notice=say,
         )
         say(f"{model}: store {result.path} ({result.status})")
+        # extract_features just checked the store against this manifest: no second hashing.
+        store = open_store(result.path)
         for seed in range(config.seeds):
             head_cfg = TrainConfig(epochs=config.head_epochs, seed=seed)
-            summaries = fit_heads(
-                store=result.path,
-                data=data,
-                runs_dir=study_runs,
+            summary = fit_head_on_store(
+                store,
                 head=config.head,
                 config=head_cfg,
+                runs_dir=study_runs,
                 progress=progress,
                 console=console,
-                notice=say,
             )
-            run_paths += [s.path for s in summaries]
+            run_paths.append(summary.path)
             ft_cfg = TrainConfig(
                 epochs=config.finetune_epochs,
                 batch_size=config.finetune_batch_size,
@@ -159,6 +160,8 @@ def run_study(
                 progress=progress,
                 console=console,
                 notice=say,
+                manifest=manifest,
+                fingerprint=str(store.attrs["dataset_fingerprint"]),
             )
             run_paths.append(summary.path)
     comparison = compare_runs(run_paths, CompareConfig(n_boot=config.n_boot))
