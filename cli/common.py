@@ -54,15 +54,16 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def notice(msg: str) -> None:
+    """A progress note on stderr (stdout stays clean for tables and --json)."""
+    err_console.print(f"[cyan]{msg}[/]", highlight=False)
+
+
 def resolve_data(data: Path | None) -> Path:
     """Apply the --data default chain; generates the synthetic set on first use."""
     from featurestore.data import resolve_data_dir
 
-    return resolve_data_dir(
-        data,
-        env=os.environ.get("XRAY_DATA"),
-        notice=lambda msg: err_console.print(f"[cyan]{msg}[/]", highlight=False),
-    )
+    return resolve_data_dir(data, env=os.environ.get("XRAY_DATA"), notice=notice)
 
 
 def emit_table(

@@ -16,6 +16,7 @@ from cli.common import (
     console,
     emit_table,
     err_console,
+    notice,
     resolve_data,
     user_errors,
 )
@@ -259,7 +260,7 @@ def demo(
             runs_dir=runs_dir,
             progress=progress,
             console=err_console,
-            notice=lambda msg: progress.console.print(f"[cyan]{msg}[/]", highlight=False),
+            notice=notice,
         )
     if result.random_init and not as_json:
         err_console.print(

@@ -12,6 +12,7 @@ from cli.common import (
     JsonOption,
     emit_table,
     err_console,
+    notice,
     resolve_data,
     user_errors,
 )
@@ -104,7 +105,6 @@ def extract(
     from featurestore.progress import make_progress
 
     get_spec(model)  # an unknown name fails before any data is read or generated
-    notice = lambda msg: err_console.print(f"[cyan]{msg}[/]", highlight=False)  # noqa: E731
     with distributed.process_group(device) as launch, make_progress(err_console) as progress:
         if launch is not None and launch.rank != 0:
             err_console.quiet = True  # rank 0 speaks for all: every rank's errors reach it

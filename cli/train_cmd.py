@@ -16,6 +16,7 @@ from cli.common import (
     console,
     emit_table,
     err_console,
+    notice,
     user_errors,
 )
 
@@ -33,10 +34,6 @@ METRIC_COLUMNS = (
     "pr_auc",
     "loss",
 )
-
-
-def _notice(msg: str) -> None:
-    err_console.print(f"[cyan]{msg}[/]", highlight=False)
 
 
 def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
@@ -136,7 +133,7 @@ def fit_head(
         for cfg in seeded(config, seeds):
             summaries += fit_heads(
                 model=model, store=store, data=data, cache_dir=cache, runs_dir=runs, head=head,
-                config=cfg, progress=progress, console=err_console, notice=_notice,
+                config=cfg, progress=progress, console=err_console, notice=notice,
             )  # fmt: skip
     _report(summaries, as_json=as_json)
 
@@ -220,7 +217,7 @@ def finetune(
             summaries.append(run_finetune(
                 data=path, model=model, weights=weights, freeze=freeze, image_size=image_size,
                 augment=augment, hflip=hflip, workers=workers, runs_dir=runs, config=cfg,
-                resume=resume, progress=progress, console=err_console, notice=_notice,
+                resume=resume, progress=progress, console=err_console, notice=notice,
             ))  # fmt: skip
     if launch is None or launch.rank == 0:
         _report(summaries, as_json=as_json)
