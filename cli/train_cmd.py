@@ -128,13 +128,11 @@ def fit_head(
         seed=seed,
         device=device,  # type: ignore[arg-type]
     )
-    summaries = []
     with make_progress(err_console, transient=True) as progress:
-        for cfg in seeded(config, seeds):
-            summaries += fit_heads(
-                model=model, store=store, data=data, cache_dir=cache, runs_dir=runs, head=head,
-                config=cfg, progress=progress, console=err_console, notice=notice,
-            )  # fmt: skip
+        summaries = fit_heads(
+            model=model, store=store, data=data, cache_dir=cache, runs_dir=runs, head=head,
+            config=config, progress=progress, console=err_console, notice=notice, seeds=seeds,
+        )  # fmt: skip
     _report(summaries, as_json=as_json)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,12 +101,19 @@ def fit_heads(
     progress: Progress | None = None,
     console: Console | None = None,
     notice: Notice | None = None,
+    seeds: int = 1,
 ) -> list[RunSummary]:
-    """Train a head on each selected feature store (all complete ones by default); one run each."""
+    """Train a head on each selected feature store (all complete ones by default); one run each.
+
+    With `seeds` > 1 each store gets runs with seeds config.seed, config.seed + 1, ...; the
+    stores are checked against their datasets once, not once per seed.
+    """
     from featurestore.heads import HEAD_KINDS
 
     config = config or TrainConfig()
     say = notice or (lambda _msg: None)
+    if seeds < 1:
+        raise XrayError(f"--seeds must be at least 1, got {seeds}")
     if head not in HEAD_KINDS:
         raise XrayError(f"unknown --head {head!r}; choose one of: {', '.join(HEAD_KINDS)}")
     paths = select_stores(cache_dir=cache_dir, model=model, store=store, data=data)
@@ -116,8 +124,9 @@ def fit_heads(
         for p in paths
     ]
     return [
-        fit_head_on_store(s, head=head, config=config, runs_dir=runs_dir, progress=progress,
-                          console=console)
+        fit_head_on_store(s, head=head, config=replace(config, seed=config.seed + i),
+                          runs_dir=runs_dir, progress=progress, console=console)
+        for i in range(seeds)
         for s in stores
     ]  # fmt: skip
 
