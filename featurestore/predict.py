@@ -78,11 +78,6 @@ class Predictor:
         """`frozen` or `finetune`."""
         return str(self.run.config["mode"])
 
-    @property
-    def model_name(self) -> str:
-        """The backbone's registry name."""
-        return str(self.run.config["model"])
-
     def prepare(self, x: Tensor) -> Tensor:
         """Move a batch (B, 3, S, S) to the device in the memory layout training used."""
         x = x.to(self.device)
