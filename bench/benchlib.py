@@ -50,7 +50,7 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 def radiograph_jpeg(rng: np.random.Generator, height: int, width: int, *, pneumonia: bool) -> bytes:
     """One full-size radiograph-like grayscale JPEG (quality 95).
 
-    The phantom is drawn at 1/4 scale by `featurestore.synth.render_radiograph` (drawing it at
+    The phantom is drawn at 1/4 scale by `featurestore.data.synth.render_radiograph` (drawing it at
     full size takes seconds), upscaled bicubically, and given film-grain noise so the JPEG
     carries real entropy: ~0.2 bytes/pixel, a little more than the real Kermany files
     (~0.09 at their quality), so decoding here is not cheaper than on the real data.
@@ -59,7 +59,7 @@ def radiograph_jpeg(rng: np.random.Generator, height: int, width: int, *, pneumo
 
     from PIL import Image
 
-    from featurestore.synth import render_radiograph
+    from featurestore.data import render_radiograph
 
     small, _ = render_radiograph(
         rng, max(16, height // 4), max(16, width // 4), pneumonia=pneumonia

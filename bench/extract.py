@@ -38,7 +38,7 @@ def decode_rates(files: list[Path], min_size: int, pre: Any, rounds: int) -> dic
     """Images/s on one core: full decode, draft-mode decode, and draft decode + preprocessing."""
     import torch
 
-    from featurestore.images import decode_image
+    from featurestore.data import decode_image
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per core: a loader worker runs with one thread too
@@ -92,9 +92,9 @@ def bench_model(
     """Interleave forward-only and extract (per worker count) over the same images."""
     import torch
 
-    from featurestore.backbones import load_backbone, preprocessing_for
     from featurestore.data import load_manifest
-    from featurestore.extract import extract_features
+    from featurestore.models import load_backbone, preprocessing_for
+    from featurestore.store import extract_features
 
     manifest = load_manifest(data, val_min=0)
     pre = preprocessing_for(model, "none", image_size)
@@ -167,7 +167,7 @@ def bench_model(
 def memory_child(data: str, model: str, image_size: int, workers: int) -> None:
     """Child process: extract `data` and print its peak RSS (self and loader workers)."""
     from featurestore.data import load_manifest
-    from featurestore.extract import extract_features
+    from featurestore.store import extract_features
 
     with tempfile.TemporaryDirectory(prefix="xray-bench-mem-") as cache:
         manifest = load_manifest(Path(data), val_min=0)
@@ -239,7 +239,7 @@ def main() -> None:
     """Measure, print the table and the JSON line."""
     import torch
 
-    from featurestore.extract import default_workers
+    from featurestore.store import default_workers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="resnet18, 64 px, 6 small images")

@@ -71,11 +71,15 @@ def real_path(
     """Train with ImageSource + fit; training images/s per epoch."""
     import torch
 
-    from featurestore.backbones import load_backbone, preprocessing_for
     from featurestore.data import load_manifest
-    from featurestore.heads import TrunkHead, apply_freeze, build_head
-    from featurestore.image_source import ImageSource
-    from featurestore.trainer import TrainConfig, fit
+    from featurestore.models import (
+        TrunkHead,
+        apply_freeze,
+        build_head,
+        load_backbone,
+        preprocessing_for,
+    )
+    from featurestore.train import ImageSource, TrainConfig, fit
 
     manifest = load_manifest(data, val_min=0)
     torch.manual_seed(0)
@@ -118,9 +122,9 @@ def loader_profile(data: Path, model: str, size: int, batch: int) -> dict[str, f
     """Milliseconds per training image of the source alone on one thread: decode vs cached."""
     import torch
 
-    from featurestore.backbones import preprocessing_for
     from featurestore.data import load_manifest
-    from featurestore.image_source import ImageSource
+    from featurestore.models import preprocessing_for
+    from featurestore.train import ImageSource
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a loader worker
@@ -145,11 +149,9 @@ def bare_rate(
     import torch
     from torch import nn
 
-    from featurestore.backbones import load_backbone, preprocessing_for
     from featurestore.data import load_manifest
-    from featurestore.heads import TrunkHead, build_head
-    from featurestore.optim import make_optimizer
-    from featurestore.trainer import TrainConfig
+    from featurestore.models import TrunkHead, build_head, load_backbone, preprocessing_for
+    from featurestore.train import TrainConfig, make_optimizer
 
     manifest = load_manifest(data, val_min=0)
     pre = preprocessing_for(model, "none", size)
@@ -191,7 +193,7 @@ def main() -> None:
     import torch
 
     from featurestore.devices import channels_last_for
-    from featurestore.image_source import DEFAULT_CACHE_MB
+    from featurestore.train import DEFAULT_CACHE_MB
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="resnet18, 64 px, 10 small images")

@@ -33,8 +33,9 @@ BACKBONE_OF_DIM = {2048: "resnet50", 1024: "densenet121"}
 
 def write_store(path: Path, rows: dict[str, int], dim: int, *, seed: int = 0) -> Path:
     """A complete feature store of random float16 features (weakly informative), via the writer."""
-    from featurestore import store, store_write
     from featurestore.data import Record
+    from featurestore.store import read as store
+    from featurestore.store import write as store_write
 
     rng = np.random.default_rng(seed)
     backbone = BACKBONE_OF_DIM.get(dim, "resnet50")
@@ -85,8 +86,7 @@ def write_store(path: Path, rows: dict[str, int], dim: int, *, seed: int = 0) ->
 
 def fit_head_in_process(path: Path, runs: Path, head: str, epochs: int) -> dict[str, float]:
     """Whole `fit_heads` on one store (reads it, trains, writes the run folder)."""
-    from featurestore.frozen import fit_heads
-    from featurestore.trainer import TrainConfig
+    from featurestore.train import TrainConfig, fit_heads
 
     with Timer() as t:
         (summary,) = fit_heads(
@@ -102,7 +102,7 @@ def fit_head_in_process(path: Path, runs: Path, head: str, epochs: int) -> dict[
 def fit_head_cli(path: Path, runs: Path, epochs: int) -> float:
     """Wall seconds of `xray fit-head --store PATH` as a user runs it (fresh process)."""
     exe = Path(sys.executable).with_name("xray")
-    argv = [str(exe)] if exe.is_file() else [sys.executable, "-m", "cli.main"]
+    argv = [str(exe)] if exe.is_file() else [sys.executable, "-m", "featurestore.cli"]
     began = time.perf_counter()
     subprocess.run(
         [
@@ -130,7 +130,7 @@ def frozen_backbone_seconds_per_image(
     import torch
     from torch import nn
 
-    from featurestore.backbones import load_backbone
+    from featurestore.models import load_backbone
 
     torch.manual_seed(0)
     loaded = load_backbone(model, "none")

@@ -23,7 +23,7 @@ HEAVY = ("torch", "torchvision", "h5py", "sklearn", "matplotlib")
 _PROBE = """
 import sys
 sys.argv = ["xray", *sys.argv[1:]]
-from cli.main import main
+from featurestore.cli.main import main
 try:
     main()
 except SystemExit:
@@ -34,12 +34,12 @@ sys.stderr.write("HEAVY=" + ",".join(heavy) + "\\n")
 
 
 def xray_executable() -> list[str]:
-    """The installed console script beside this interpreter, else `python -m cli.main`."""
+    """The installed console script beside this interpreter, else `python -m featurestore.cli`."""
     script = Path(sys.executable).with_name("xray")
     if script.is_file():
         return [str(script)]
     found = shutil.which("xray")
-    return [found] if found else [sys.executable, "-m", "cli.main"]
+    return [found] if found else [sys.executable, "-m", "featurestore.cli"]
 
 
 def time_once(argv: list[str]) -> float:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.common import (
+from .common import (
     CacheOption,
     DataOption,
     JsonOption,
@@ -22,7 +22,7 @@ from cli.common import (
 )
 
 if TYPE_CHECKING:
-    from featurestore.report import Comparison, Interval
+    from featurestore.compare import Comparison, Interval
     from featurestore.study import StudyConfig
 
 
@@ -77,8 +77,7 @@ def compare(
 
         xray compare --explain 2
     """
-    from featurestore.report import CompareConfig, compare_runs
-    from featurestore.report_write import write_report
+    from featurestore.compare import CompareConfig, compare_runs, write_report
     from featurestore.runs import list_runs
 
     paths = list(runs) if runs else list_runs(runs_dir)
@@ -124,15 +123,14 @@ def _fmt_value(value: float | None) -> str:
 
 def render_comparison(cmp: Comparison, *, as_json: bool, report: Path) -> None:
     """The comparison as rich tables (or one JSON document) and the report's path."""
-    from featurestore.report import TABLE_METRICS
-    from featurestore.report_write import METRIC_TITLES, fmt_p
+    from featurestore.compare import METRIC_TITLES, TABLE_METRICS, fmt_p
 
     if as_json:
         import json
 
-        from featurestore.report_write import _finite
+        from featurestore.compare import json_safe
 
-        doc = _finite(cmp.as_dict())
+        doc = json_safe(cmp.as_dict())
         doc["report"] = str(report)
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
@@ -240,7 +238,7 @@ def demo(
 
         xray demo --model resnet18 --seeds 3 --json
     """
-    from featurestore.backbones import get_spec
+    from featurestore.models import get_spec
     from featurestore.progress import make_progress
     from featurestore.study import StudyConfig, run_study
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.common import (
+from .common import (
     DataOption,
     JsonOption,
     console,
@@ -18,7 +18,7 @@ from cli.common import (
 )
 
 if TYPE_CHECKING:
-    from featurestore.check import DatasetAudit
+    from featurestore.data import DatasetAudit
 
 data_app = typer.Typer(
     help="Datasets: audit one for leakage and bad files, or write the built-in synthetic one.",
@@ -60,9 +60,10 @@ def check(
     * `xray data check --data ../shared/realsample --strict`
     * `xray data check --data manifest.csv --json > audit.json`
     """
-    from cli.common import resolve_data
-    from featurestore.check import audit_dataset
+    from featurestore.data import audit_dataset
     from featurestore.progress import make_progress
+
+    from .common import resolve_data
 
     path = resolve_data(data)
     with make_progress(err_console, transient=True) as progress:
@@ -145,11 +146,11 @@ def synth(
     * `xray data synth --out data/synth-s1 --seed 1 --patients 300`
     * `xray data synth --overwrite --json`
     """
+    from featurestore.data import synth
     from featurestore.progress import make_progress
-    from featurestore.synth import generate_synthetic
 
     with make_progress(err_console, transient=True) as progress:
-        summary = generate_synthetic(
+        summary = synth.generate_synthetic(
             out, seed=seed, patients=patients, overwrite=overwrite, progress=progress
         )
     classes = sorted({c for per_class in summary.counts.values() for c in per_class})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import (
+from .common import (
     CacheOption,
     DataOption,
     JsonOption,
@@ -24,8 +24,8 @@ def models(as_json: bool = JsonOption) -> None:
 
     Example: `xray models --json`
     """
-    from featurestore.backbones import describe_models
-    from featurestore.weights import hub_checkpoint_dir as hub_dir
+    from featurestore.models import describe_models
+    from featurestore.models import hub_checkpoint_dir as hub_dir
 
     infos = describe_models()
     if as_json:
@@ -99,10 +99,10 @@ def extract(
     * `torchrun --standalone --nproc-per-node 4 $(which xray) extract --model resnet50`
     """
     from featurestore import distributed
-    from featurestore.backbones import get_spec
     from featurestore.data import load_manifest
-    from featurestore.extract import extract_features
+    from featurestore.models import get_spec
     from featurestore.progress import make_progress
+    from featurestore.store import extract_features
 
     get_spec(model)  # an unknown name fails before any data is read or generated
     with distributed.process_group(device) as launch, make_progress(err_console) as progress:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.common import (
+from .common import (
     CacheOption,
     DataOption,
     JsonOption,
@@ -21,8 +21,8 @@ from cli.common import (
 )
 
 if TYPE_CHECKING:
-    from featurestore.run_record import RunSummary
-    from featurestore.trainer import TrainConfig
+    from featurestore.runs import RunSummary
+    from featurestore.train import TrainConfig
 
 METRIC_COLUMNS = (
     "accuracy",
@@ -114,9 +114,8 @@ def fit_head(
     * `xray fit-head --model resnet50 --head mlp --seed 1`
     * `xray fit-head --store cache/chest_xray/densenet121-imagenet-224px.h5 --json`
     """
-    from featurestore.frozen import fit_heads
     from featurestore.progress import make_progress
-    from featurestore.trainer import TrainConfig
+    from featurestore.train import TrainConfig, fit_heads
 
     config = TrainConfig(
         epochs=epochs,
@@ -184,12 +183,13 @@ def finetune(
     * `xray finetune --model resnet18 --weights none --image-size 64 --resume`
     * `torchrun --standalone --nproc-per-node 4 $(which xray) finetune --model resnet50`
     """
-    from cli.common import resolve_data
     from featurestore import distributed
-    from featurestore.backbones import get_spec
-    from featurestore.finetune import finetune as run_finetune
+    from featurestore.models import get_spec
     from featurestore.progress import make_progress
-    from featurestore.trainer import TrainConfig
+    from featurestore.train import TrainConfig
+    from featurestore.train import finetune as run_finetune
+
+    from .common import resolve_data
 
     get_spec(model)  # an unknown name fails before any data is read or generated
     config = TrainConfig(

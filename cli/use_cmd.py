@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import JsonOption, console, emit_table, err_console, user_errors
+from .common import JsonOption, console, emit_table, err_console, user_errors
 
 RunOption = typer.Option(
     ..., "--run", help="Run folder written by `xray fit-head` or `xray finetune`."
@@ -65,13 +65,13 @@ def predict(
 
         xray predict --run runs/20261128-102000-resnet50-finetune-s0 data/new --csv preds.csv
     """
-    from featurestore.predict import (
+    from featurestore.progress import make_progress
+    from featurestore.use import (
         count_predictions,
         expand_inputs,
         load_predictor,
         write_predictions_csv,
     )
-    from featurestore.progress import make_progress
 
     paths = expand_inputs(images)
     predictor = load_predictor(run, weights=weights, device=device)
@@ -133,9 +133,8 @@ def explain(
 
         xray explain --run runs/20261128-101500-densenet121-frozen-s0 data/new --out heat/ --json
     """
-    from featurestore.explain import explain_run
-    from featurestore.predict import expand_inputs
     from featurestore.progress import make_progress
+    from featurestore.use import expand_inputs, explain_run
 
     paths = expand_inputs(images)
     with make_progress(err_console, transient=True) as progress:

@@ -11,7 +11,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from featurestore.evaluation import FitResult
+    from featurestore.train import FitResult
 
 
 def _pyplot() -> Any:

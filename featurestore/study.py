@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from featurestore.report import Comparison
+    from featurestore.compare import Comparison
 
 Notice = Callable[[str], None]
 
@@ -75,7 +75,7 @@ class StudyResult:
 
 def resolve_study_weights(models: tuple[str, ...], weights: str) -> str:
     """ "auto" -> "imagenet" when every model's ImageNet file is cached offline, else "none"."""
-    from featurestore.backbones import imagenet_available
+    from featurestore.models import imagenet_available
 
     if weights != "auto":
         return weights
@@ -94,14 +94,10 @@ def run_study(
     notice: Notice | None = None,
 ) -> StudyResult:
     """Extract + fit a head and fine-tune each model, then compare the runs into one report."""
+    from featurestore.compare import CompareConfig, compare_runs, write_report
     from featurestore.data import load_manifest
-    from featurestore.extract import extract_features
-    from featurestore.finetune import finetune
-    from featurestore.frozen import fit_head_on_store
-    from featurestore.report import CompareConfig, compare_runs
-    from featurestore.report_write import write_report
-    from featurestore.store import open_store
-    from featurestore.trainer import TrainConfig
+    from featurestore.store import extract_features, open_store
+    from featurestore.train import TrainConfig, finetune, fit_head_on_store
 
     say = notice or (lambda _msg: None)
     weights = resolve_study_weights(config.models, config.weights)

@@ -90,7 +90,7 @@ def extract_tiny_store(root: Path, *, dtype: str = "float16") -> dict[str, Path]
     import torch
 
     from featurestore.data import load_manifest
-    from featurestore.extract import extract_features
+    from featurestore.store import extract_features
 
     data = write_tiny_dataset(root / "chest_xray")
     torch.manual_seed(0)

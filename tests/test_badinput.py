@@ -18,21 +18,22 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_tiny_dataset
+from featurestore.cli.main import app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner, Result
 
-from cli.main import app
 from featurestore.data import (
     SPLITS,
+    ImageDecodeError,
     Manifest,
     carve_validation,
     dataset_fingerprint,
+    decode_image,
     load_manifest,
 )
 from featurestore.errors import XrayError
-from featurestore.images import ImageDecodeError, decode_image
 
 torch.set_num_threads(1)
 runner = CliRunner()

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_tiny_dataset
+from featurestore.cli.main import app
 from typer.testing import CliRunner
-
-from cli.main import app
 
 torch.set_num_threads(1)
 runner = CliRunner()

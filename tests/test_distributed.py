@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import write_tiny_dataset
+from featurestore.cli.main import app
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cli.main import app
 from featurestore import distributed
 from featurestore.errors import XrayError
 
@@ -241,7 +241,7 @@ EXTRACT = ["extract", "--model", "resnet18", "--weights", "none", "--image-size"
 def single_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny dataset extracted by one process (the reference)."""
     from featurestore.data import load_manifest
-    from featurestore.extract import extract_features
+    from featurestore.store import extract_features
 
     root = tmp_path_factory.mktemp("single")
     data = write_tiny_dataset(root / "chest_xray")

@@ -18,15 +18,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from featurestore.cli.main import app
 from typer.testing import CliRunner
 
-from cli.main import app
-from featurestore import store
 from featurestore.data import load_manifest
-from featurestore.extract import ExtractResult, extract_features
 from featurestore.runs import list_runs
-from featurestore.store import store_path
-from featurestore.store_write import PartialStore
+from featurestore.store import ExtractResult, PartialStore, extract_features, store_path
+from featurestore.store import read as store
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -55,9 +53,9 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from featurestore import store_write
+    from featurestore.store import write as store_write
     from featurestore.data import load_manifest
-    from featurestore.extract import extract_features
+    from featurestore.store import extract_features
 
     data, cache, pause, gate = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     write = store_write.PartialStore.write_chunk
@@ -287,8 +285,8 @@ KILL_IN_WRITE_RUN = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from featurestore import plots
-    from featurestore.trainer import TrainConfig
-    from featurestore.frozen import fit_heads
+    from featurestore.train import TrainConfig
+    from featurestore.train import fit_heads
 
     signal_file = Path(sys.argv[3])
     def stuck(*args, **kwargs):  # every other file of the run is written by now
@@ -360,8 +358,8 @@ def test_full_disk_in_torch_save_is_one_line_and_keeps_the_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """torch.save reports ENOSPC as a RuntimeError from its zip writer (seen on a full tmpfs)."""
-    from featurestore.checkpoints import save_checkpoint
     from featurestore.errors import XrayError
+    from featurestore.train import save_checkpoint
 
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"epoch": torch.tensor(1)})

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_tiny_dataset
+from featurestore.cli.main import app
 from typer.testing import CliRunner, Result
 
-from cli.main import app
 from featurestore.errors import XrayError
 
 torch.set_num_threads(1)
@@ -201,7 +201,7 @@ def test_resume_checkpoint_with_code_is_refused(
 
 
 def test_resume_refuses_code_directly(tmp_path: Path) -> None:
-    from featurestore.checkpoints import resume
+    from featurestore.train import resume
 
     marker = tmp_path / "marker"
     path = malicious_file(tmp_path / "last.pt", marker, legacy=True)

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from featurestore.cli.main import app
 from typer.testing import CliRunner
 
-from cli.main import app
 from featurestore.errors import XrayError
 from featurestore.study import StudyConfig, resolve_study_weights
 

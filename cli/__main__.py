@@ -1,0 +1,5 @@
+"""`python -m featurestore.cli`: the same as the `xray` console script."""
+
+from .main import main
+
+main()

@@ -1,0 +1,266 @@
+"""Dataset audit for `xray data check`: counts, patients, leakage, duplicates, unreadable files."""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from featurestore.data.load import load_manifest
+from featurestore.data.manifest import SPLITS, Split, patient_id
+from featurestore.errors import XrayError
+from featurestore.data.readers import scan_folder
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+SIZE_SHORTCUT_RATIO = 1.25
+"""Median width or height of two classes differing by more than this is a learnable shortcut."""
+AUDIT_DECODE_SIZE = 64
+"""Decode at reduced JPEG scale: enough to prove the whole file decodes, much faster."""
+
+
+@dataclass(frozen=True)
+class SizeRange:
+    """Image size spread of one class, in pixels as stored (before EXIF rotation)."""
+
+    images: int
+    width_min: int
+    width_median: float
+    width_max: int
+    height_min: int
+    height_median: float
+    height_max: int
+
+
+@dataclass(frozen=True)
+class DuplicateSet:
+    """Byte-identical files (same sha256)."""
+
+    sha256: str
+    keys: tuple[str, ...]
+    splits: tuple[Split, ...]
+    """Distinct splits the copies are in, train/val/test order."""
+
+    @property
+    def cross_split(self) -> bool:
+        """True when the copies sit in more than one split (leakage)."""
+        return len(self.splits) > 1
+
+
+@dataclass(frozen=True)
+class DatasetAudit:
+    """Everything `xray data check` reports about a dataset, on its splits as given."""
+
+    root: str
+    kind: str
+    class_names: tuple[str, ...]
+    splits: tuple[Split, ...]
+    """Splits present on disk."""
+    counts: dict[str, dict[str, int]]
+    """split -> class -> images."""
+    patients: dict[str, int]
+    """split -> distinct patients."""
+    shared_patients: dict[str, tuple[Split, ...]]
+    """patient -> splits, for patients found in more than one split."""
+    duplicates: tuple[DuplicateSet, ...]
+    unreadable: dict[str, str]
+    """key -> why it cannot be decoded."""
+    sizes: dict[str, SizeRange]
+    """class -> size spread of its readable images."""
+    missing_classes: dict[str, tuple[str, ...]]
+    """split -> classes with no image in that split."""
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def leakage(self) -> bool:
+        """Patients or byte-identical files shared between splits."""
+        return bool(self.shared_patients) or any(d.cross_split for d in self.duplicates)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for `--json`)."""
+        doc = asdict(self)
+        doc["class_names"] = list(self.class_names)
+        doc["splits"] = list(self.splits)
+        doc["shared_patients"] = {p: list(s) for p, s in self.shared_patients.items()}
+        doc["duplicates"] = [
+            {
+                "sha256": d.sha256,
+                "keys": list(d.keys),
+                "splits": list(d.splits),
+                "cross_split": d.cross_split,
+            }
+            for d in self.duplicates
+        ]
+        doc["missing_classes"] = {s: list(c) for s, c in self.missing_classes.items()}
+        doc["warnings"] = list(self.warnings)
+        doc["leakage"] = self.leakage
+        return doc
+
+
+@dataclass(frozen=True)
+class _Item:
+    key: str
+    split: Split
+    class_name: str
+    group: str
+
+
+def _items(path: Path) -> tuple[str, Path, tuple[str, ...], tuple[Split, ...], list[_Item]]:
+    """(kind, root, classes, splits, items) without the strict checks of the readers."""
+    if path.is_dir():
+        scan = scan_folder(path)
+        items = [
+            _Item(p.relative_to(path).as_posix(), s, c, patient_id(p.name))
+            for s, c, p in scan.files
+        ]
+        return "folder", path, scan.class_names, scan.splits, items
+    # CSV and npz: their readers' errors are structural (bad header, missing file), not
+    # something to report; read without carving so splits stay as given.
+    manifest = load_manifest(path, val_min=0)
+    items = [
+        _Item(r.key, r.source_split, manifest.class_names[r.label], r.group)
+        for r in manifest.records
+    ]
+    splits = tuple(s for s in SPLITS if any(i.split == s for i in items))
+    return manifest.kind, manifest.root, manifest.class_names, splits, items
+
+
+def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAudit:
+    """Audit a dataset (folder, .csv or .npz) on its splits as given; never fails on bad files."""
+    from featurestore.data.images import ImageDecodeError, decode_image
+
+    path = Path(path)
+    if not path.exists():
+        raise XrayError(f"dataset {path} does not exist: pass --data with a folder, .csv or .npz")
+    kind, root, class_names, splits, items = _items(path)
+    npz = None
+    if kind == "npz":
+        from featurestore.data.readers import read_npz
+
+        npz = read_npz(path)
+
+    by_digest: dict[str, list[_Item]] = defaultdict(list)
+    unreadable: dict[str, str] = {}
+    dims: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    task = None
+    if progress is not None:
+        task = progress.add_task("checking images", total=len(items), unit="img")
+    for item in items:
+        try:
+            if npz is not None:
+                image = npz.open_image(item.key)
+                payload = image.tobytes()
+                size = image.size
+            else:
+                payload = (root / item.key).read_bytes()
+                decode_image(payload, min_size=AUDIT_DECODE_SIZE, name=item.key)
+                size = _stored_size(payload)
+            by_digest[hashlib.sha256(payload).hexdigest()].append(item)
+            dims[item.class_name].append(size)
+        except (ImageDecodeError, OSError) as exc:
+            unreadable[item.key] = str(exc).removeprefix(f"{item.key}: ")
+        if task is not None and progress is not None:
+            progress.advance(task)
+
+    counts: dict[str, dict[str, int]] = {s: dict.fromkeys(class_names, 0) for s in splits}
+    groups: dict[str, set[str]] = {s: set() for s in splits}
+    for item in items:
+        counts[item.split][item.class_name] += 1
+        groups[item.split].add(item.group)
+    splits_of: dict[str, set[Split]] = defaultdict(set)
+    for item in items:
+        splits_of[item.group].add(item.split)
+    shared = {
+        g: tuple(s for s in SPLITS if s in found)
+        for g, found in sorted(splits_of.items())
+        if len(found) > 1
+    }
+    duplicates = tuple(
+        DuplicateSet(
+            sha256=digest,
+            keys=tuple(sorted(i.key for i in copies)),
+            splits=tuple(s for s in SPLITS if any(i.split == s for i in copies)),
+        )
+        for digest, copies in sorted(by_digest.items())
+        if len(copies) > 1
+    )
+    sizes = {c: _size_range(dims[c]) for c in class_names if dims[c]}
+    missing: dict[str, tuple[str, ...]] = {
+        s: tuple(c for c in class_names if counts[s][c] == 0)
+        for s in splits
+        if any(counts[s][c] == 0 for c in class_names)
+    }
+    audit = DatasetAudit(
+        root=str(root),
+        kind=kind,
+        class_names=class_names,
+        splits=splits,
+        counts=counts,
+        patients={s: len(g) for s, g in groups.items()},
+        shared_patients=shared,
+        duplicates=duplicates,
+        unreadable=unreadable,
+        sizes=sizes,
+        missing_classes=missing,
+    )
+    return replace(audit, warnings=_warnings(audit))
+
+
+def _stored_size(payload: bytes) -> tuple[int, int]:
+    """Width and height from the image header (cheap: no pixel decoding)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(payload)) as im:
+        return im.size
+
+
+def _size_range(dims: list[tuple[int, int]]) -> SizeRange:
+    widths, heights = [w for w, _ in dims], [h for _, h in dims]
+    return SizeRange(
+        images=len(dims),
+        width_min=min(widths),
+        width_median=float(statistics.median(widths)),
+        width_max=max(widths),
+        height_min=min(heights),
+        height_median=float(statistics.median(heights)),
+        height_max=max(heights),
+    )
+
+
+def _warnings(audit: DatasetAudit) -> tuple[str, ...]:
+    """Human lines for everything a careful user should look at."""
+    lines: list[str] = []
+    absent = [s for s in SPLITS if s not in audit.splits]
+    if absent:
+        lines.append(f"split(s) missing: {', '.join(absent)}")
+    empty = [c for c in audit.class_names if all(audit.counts[s][c] == 0 for s in audit.splits)]
+    lines += [f"class {c!r} has no images in any split (empty class folder?)" for c in empty]
+    for split, classes in audit.missing_classes.items():
+        absent_here = [c for c in classes if c not in empty]
+        if absent_here:
+            lines.append(f"{split} has no images of class(es) {', '.join(absent_here)}")
+    if audit.shared_patients:
+        lines.append(f"{len(audit.shared_patients)} patient(s) appear in more than one split")
+    crossing = sum(d.cross_split for d in audit.duplicates)
+    if crossing:
+        lines.append(f"{crossing} set(s) of byte-identical files cross splits (leakage)")
+    if audit.unreadable:
+        lines.append(f"{len(audit.unreadable)} unreadable file(s)")
+    medians = {c: (r.width_median, r.height_median) for c, r in audit.sizes.items()}
+    if len(medians) > 1:
+        for axis, name in ((0, "width"), (1, "height")):
+            values = {c: m[axis] for c, m in medians.items()}
+            small, large = min(values, key=values.__getitem__), max(values, key=values.__getitem__)
+            if values[small] > 0 and values[large] / values[small] > SIZE_SHORTCUT_RATIO:
+                lines.append(
+                    f"median image {name} differs by class ({large} {values[large]:.0f}px vs "
+                    f"{small} {values[small]:.0f}px): a shortcut a model can "
+                    "learn through resolution and aspect ratio even after resizing"
+                )
+    return tuple(lines)

@@ -1,0 +1,66 @@
+"""Opening a dataset: `--data` resolved to a folder, CSV or npz, read, checked and carved."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from featurestore.data.manifest import (
+    KERMANY_DIR,
+    SPLITS,
+    SYNTHETIC_DIR,
+    Manifest,
+    carve_validation,
+)
+from featurestore.data.readers import read_csv, read_folder, read_npz
+from featurestore.data import synth
+from featurestore.errors import XrayError
+
+
+def load_manifest(
+    path: Path, *, val_min: int = 100, val_fraction: float = 0.1, seed: int = 0
+) -> Manifest:
+    """Read a folder, .csv or .npz dataset, then carve a validation set when val is too small."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = read_folder(path)
+    elif path.suffix.lower() == ".csv":
+        manifest = read_csv(path)
+    elif path.suffix.lower() == ".npz":
+        manifest = read_npz(path)
+    elif not path.exists():
+        raise XrayError(f"dataset {path} does not exist: pass --data with a folder, .csv or .npz")
+    else:
+        raise XrayError(f"{path}: unsupported dataset (use a folder, a .csv manifest or a .npz)")
+    check_labels_in_train(manifest, path)
+    return carve_validation(manifest, fraction=val_fraction, min_val=val_min, seed=seed)
+
+
+def check_labels_in_train(m: Manifest, path: Path) -> None:
+    """Refuse a class seen in val/test but never in train (a typo or an unknown label)."""
+    if not m.split("train"):
+        return  # an evaluation-only dataset: there is no training set to compare against
+    in_train = {r.label for r in m.split("train")}
+    for label, name in enumerate(m.class_names):
+        if label in in_train:
+            continue
+        where = sorted({r.split for r in m.records if r.label == label}, key=SPLITS.index)
+        raise XrayError(
+            f"{path}: label {name!r} appears in {'/'.join(where)} but never in train, so no "
+            f"model can learn it; fix the label or add train images of it"
+        )
+
+
+def resolve_data_dir(data: Path | None, *, env: str | None, notice: Callable[[str], None]) -> Path:
+    """--data, else $XRAY_DATA, else data/chest_xray if present, else data/synthetic (generated)."""
+    for given, origin in ((data, "--data"), (Path(env) if env else None, "$XRAY_DATA")):
+        if given is not None:
+            if not given.exists():
+                raise XrayError(f"{origin} {given} does not exist")
+            return given
+    if KERMANY_DIR.exists():
+        return KERMANY_DIR
+    if not (SYNTHETIC_DIR / "train").is_dir():
+        notice(f"no dataset given: generating the built-in synthetic dataset in {SYNTHETIC_DIR}")
+        synth.generate_synthetic(SYNTHETIC_DIR)
+    return SYNTHETIC_DIR

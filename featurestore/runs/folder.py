@@ -1,0 +1,236 @@
+"""Run folders: written atomically (temporary name, then rename), read back as RunRecord."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from featurestore.errors import XrayError, disk_errors
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from featurestore.train import FitResult
+
+RUN_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "best.pt")
+PLOT_FILES = ("curves.png", "confusion.png", "roc.png")
+PREDICTION_COLUMNS = ("split", "key", "patient", "label", "probability", "prediction")
+INPROGRESS = ".inprogress"
+
+# The columns of history.csv, one row per epoch.
+HISTORY_COLUMNS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "train_f1",
+    "val_loss",
+    "val_acc",
+    "val_f1",
+    "val_auc",
+    "seconds",
+)
+
+
+def run_name(model: str, mode: str, seed: int, *, when: datetime | None = None) -> str:
+    """`<YYYYmmdd-HHMMSS>-<model>-<mode>-s<seed>`."""
+    stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{model}-{mode}-s{seed}"
+
+
+def config_hash(payload: dict[str, Any]) -> str:
+    """Short stable hash of a JSON-able settings dict (names the in-progress folder)."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def inprogress_dir(runs_dir: Path, model: str, mode: str, settings: dict[str, Any]) -> Path:
+    """Stable folder of an a training's last.pt: `runs/.inprogress/<model>-<mode>-<hash>`."""
+    return runs_dir / INPROGRESS / f"{model}-{mode}-{config_hash(settings)}"
+
+
+def write_run(
+    runs_dir: Path,
+    *,
+    model: str,
+    mode: str,
+    config: dict[str, Any],
+    result: FitResult,
+    state_dict: dict[str, Tensor] | None = None,
+    plots: bool = True,
+    when: datetime | None = None,
+) -> Path:
+    """Write a complete run folder under `.<name>.tmp`, then rename it; returns the final path.
+
+    `config` is the resolved config.json document (it must hold `seed`); `state_dict` defaults to
+    the best state of `result`.
+    """
+    import torch
+
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    name = run_name(model, mode, int(config.get("seed", 0)), when=when)
+    final = runs_dir / name
+    n = 2
+    while final.exists() or (runs_dir / f".{final.name}.tmp").exists():
+        final = runs_dir / f"{name}-{n}"
+        n += 1
+    tmp = runs_dir / f".{final.name}.tmp"
+    tmp.mkdir()
+    try:
+        # A full disk is the user's to fix: one line, and no half-written folder left behind.
+        with disk_errors(tmp):
+            _write_json(tmp / "config.json", config)
+            write_history(tmp / "history.csv", result.history)
+            _write_json(tmp / "metrics.json", result.metrics_json())
+            _write_json(tmp / "timing.json", result.timing_json())
+            write_predictions(tmp / "predictions.csv", result)
+            torch.save(state_dict if state_dict is not None else result.best_state, tmp / "best.pt")
+            if plots:
+                from featurestore.plots import write_plots
+
+                write_plots(
+                    tmp / "plots",
+                    result,
+                    class_names=config["class_names"],
+                    positive_index=int(config["positive_index"]),
+                )
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(json.dumps(doc, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    """history.csv: one row per epoch with the contract's columns."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(HISTORY_COLUMNS)
+        for row in history:
+            writer.writerow(
+                [int(row["epoch"])] + [repr(float(row[c])) for c in HISTORY_COLUMNS[1:]]
+            )
+
+
+def write_predictions(path: Path, result: FitResult) -> None:
+    """predictions.csv: val then test rows; probabilities at full float precision."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(PREDICTION_COLUMNS)
+        for split in ("val", "test"):
+            sp = result.predictions[split]
+            for key, group, label, prob, pred in zip(
+                sp.keys, sp.groups, sp.labels, sp.probabilities, sp.predictions, strict=True
+            ):
+                writer.writerow([split, key, group, int(label), repr(float(prob)), int(pred)])
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run folder read back."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    history: dict[str, np.ndarray]
+    """Column -> (epochs,) array; `epoch` is int64, the rest float64."""
+    predictions: dict[str, np.ndarray]
+    """Column -> (rows,): split/key/patient str, label/prediction int64, probability float64."""
+    timing: dict[str, Any]
+    """timing.json (seconds per epoch); empty for runs written before it existed."""
+
+    @property
+    def name(self) -> str:
+        """The folder's name."""
+        return self.path.name
+
+    def split_predictions(self, split: str) -> dict[str, np.ndarray]:
+        """The predictions columns restricted to one split ("val" or "test")."""
+        mask = self.predictions["split"] == split
+        return {k: v[mask] for k, v in self.predictions.items()}
+
+
+def is_complete_run(path: Path) -> bool:
+    """A visible folder holding every file of the contract."""
+    return (
+        path.is_dir()
+        and not path.name.startswith(".")
+        and all((path / f).is_file() for f in RUN_FILES)
+    )
+
+
+def load_run(path: Path) -> RunRecord:
+    """Read a run folder; XrayError when it is missing, half-written or malformed."""
+    path = Path(path)
+    if not path.is_dir():
+        raise XrayError(f"run folder {path} does not exist")
+    if path.name.startswith(".") and path.name.endswith(".tmp"):
+        raise XrayError(f"{path} is a run still being written (or abandoned); pick a finished run")
+    missing = [f for f in RUN_FILES if not (path / f).is_file()]
+    if missing:
+        raise XrayError(
+            f"{path} is not a complete run folder (missing {', '.join(missing)}); "
+            "rerun the training that made it"
+        )
+    try:
+        config = json.loads((path / "config.json").read_text())
+        metrics = json.loads((path / "metrics.json").read_text())
+        history = _read_history(path / "history.csv")
+        predictions = _read_predictions(path / "predictions.csv")
+        timing_file = path / "timing.json"
+        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    except (ValueError, KeyError) as exc:
+        raise XrayError(f"{path} holds a malformed run file: {exc}") from None
+    return RunRecord(path, config, metrics, history, predictions, timing)
+
+
+def _read_history(path: Path) -> dict[str, np.ndarray]:
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = {c: np.array([float(r[c]) for r in rows], dtype=np.float64) for c in HISTORY_COLUMNS}
+    out["epoch"] = out["epoch"].astype(np.int64)
+    return out
+
+
+def _read_predictions(path: Path) -> dict[str, np.ndarray]:
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {
+        "split": np.array([r["split"] for r in rows], dtype=str),
+        "key": np.array([r["key"] for r in rows], dtype=str),
+        "patient": np.array([r["patient"] for r in rows], dtype=str),
+        "label": np.array([int(r["label"]) for r in rows], dtype=np.int64),
+        "probability": np.array([float(r["probability"]) for r in rows], dtype=np.float64),
+        "prediction": np.array([int(r["prediction"]) for r in rows], dtype=np.int64),
+    }
+
+
+def list_runs(runs_dir: Path) -> list[Path]:
+    """Complete run folders in `runs_dir`, oldest first (names start with the time)."""
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p for p in runs_dir.iterdir() if is_complete_run(p))

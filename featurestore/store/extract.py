@@ -1,0 +1,292 @@
+"""Stage 1: run a frozen backbone once per image of a manifest into an HDF5 feature store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from featurestore import distributed, library_versions
+from featurestore.errors import XrayError
+from featurestore.models import backbones
+from featurestore.store import read as store
+from featurestore.store import write as store_write
+from featurestore.store.extract_loop import Chunk, run_chunks
+
+if TYPE_CHECKING:
+    import torch
+    from rich.progress import Progress
+
+    from featurestore.data import Manifest
+
+Status = Literal["reused", "resumed", "built", "rebuilt"]
+DTYPES = ("float16", "float32")
+
+
+def default_workers(device_type: str = "cpu") -> int:
+    """Decoding workers: none on CPU; on a GPU all cores but one, at most 8 per process.
+
+    On CPU the forward pass already uses every core through torch's threads, and a draft-mode
+    decode costs ~2-4% of a ResNet-50/DenseNet-121 forward: decoding in the main process
+    between batches measured 0.95/0.94 of forward-only throughput on 2 cores, while one forked
+    worker beside the torch threads measured 0.86/0.61 (bench/README.md). On a GPU the cores
+    are free for decoding, which then must overlap the forward pass.
+    """
+    if device_type != "cuda":
+        return 0
+    # torchrun starts LOCAL_WORLD_SIZE processes per node: they share its cores.
+    share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(8, (os.cpu_count() or 1) // share - 1))
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What `extract_features` did and what the store holds."""
+
+    path: Path
+    status: Status
+    reason: str
+    """Why the store was reused, resumed, built or rebuilt, in words."""
+    backbone: str
+    weights_id: str
+    counts: dict[str, int]
+    """Rows per split in the store."""
+    feature_dim: int
+    seconds: float
+    """Wall time of this call."""
+    images_per_second: float | None
+    """Throughput of the images computed by this call (None when none were)."""
+    skipped: list[str]
+    """Keys of unreadable images left out (--skip-bad)."""
+
+
+def extract_features(
+    manifest: Manifest,
+    *,
+    model: str,
+    weights: str = "imagenet",
+    cache_dir: Path,
+    image_size: int = 224,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "auto",
+    dtype: str = "float16",
+    skip_bad: bool = False,
+    progress: Progress | None = None,
+    chunk_size: int = 256,
+    notice: Callable[[str], None] | None = None,
+) -> ExtractResult:
+    """Extract (or reuse, or resume) the store of `model` x `weights` x preprocessing x dataset."""
+    from featurestore.data import dataset_fingerprint
+
+    began = time.perf_counter()
+    say = notice or (lambda _msg: None)
+    if dtype not in DTYPES:
+        raise XrayError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if batch_size < 1 or chunk_size < 1:
+        raise XrayError("--batch-size and the chunk size must be at least 1")
+    torch_device = _resolve_device(device)
+    workers = default_workers(torch_device.type) if workers is None else workers
+    if workers < 0:
+        raise XrayError(f"--workers must be 0 or more, got {workers}")
+    spec = backbones.get_spec(model)
+    pre = backbones.preprocessing_for(model, weights, image_size)
+    weights_id, weights_sha = backbones.weights_identity(model, weights)
+    path = store.store_path(
+        cache_dir,
+        manifest.name or manifest.root.stem,
+        model,
+        backbones.weights_tag(weights_id, weights_sha),
+        image_size,
+    )
+    provenance: dict[str, Any] = {
+        "format_version": store.FORMAT_VERSION,
+        "backbone": model,
+        "weights_id": weights_id,
+        "weights_sha256": weights_sha,
+        "preprocessing": pre.as_dict(),
+        "image_size": image_size,
+        "dtype": dtype,
+        # Hashing every file is rank 0's job; torchrun's other ranks get the result.
+        "dataset_fingerprint": distributed.on_main(
+            lambda: dataset_fingerprint(manifest, progress=progress)
+        ),
+        "class_names": list(manifest.class_names),
+        "positive_index": manifest.positive_index,
+        "carve": manifest.carve.as_dict() if manifest.carve else None,
+    }
+    partial = store_write.PartialStore(path)
+
+    def result(
+        status: Status, reason: str, counts: dict[str, int], skipped: list[str], rate: float | None
+    ) -> ExtractResult:
+        return ExtractResult(
+            path,
+            status,
+            reason,
+            model,
+            weights_id,
+            counts,
+            spec.feature_dim,
+            round(time.perf_counter() - began, 3),
+            rate,
+            skipped,
+        )
+
+    records = {s: manifest.split(s) for s in store.SPLIT_NAMES}
+    plan = [
+        Chunk(s, a, min(a + chunk_size, len(records[s])))
+        for s in store.SPLIT_NAMES
+        for a in range(0, len(records[s]), chunk_size)
+    ]
+    with contextlib.ExitStack() as held:
+
+        def settle() -> tuple[Status, str, store.FeatureStore | None, list[Chunk]]:
+            # Under torchrun only rank 0 holds the lock and touches the partial folder's
+            # provenance; the other ranks wait for its verdict (on_main broadcasts it).
+            held.enter_context(store_write.store_lock(path))
+            status, reason, reusable = _settle_existing(path, partial, provenance, chunk_size, say)
+            if reusable is not None:
+                return status, reason, reusable, []
+            pending = [c for c in plan if not partial.done(c.split, c.start)]
+            if status == "built" and len(pending) < len(plan):
+                status = "resumed"
+                reason = f"{len(plan) - len(pending)} of {len(plan)} chunks already done"
+                say(f"{path}: resuming, {reason}")
+            return status, reason, None, pending
+
+        status, reason, reusable, pending = distributed.on_main(settle)
+        if reusable is not None:
+            return result("reused", reason, reusable.counts, reusable.attrs["skipped"], None)
+
+        # Each rank computes its own chunks (pending chunk i -> rank i % world) into the shared
+        # partial folder; chunk files are per (split, start), so no two ranks write one file.
+        mine = distributed.shard_items(pending)
+        world = distributed.world_size()
+
+        def compute() -> tuple[float | None, str | None]:
+            if not mine:
+                return None, None
+            import torch
+
+            # Seeded so random init ("none") gives the same trunk every run (and on every
+            # rank); the caller's RNG state is left as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                loaded = backbones.load_backbone(model, weights)
+            rate = run_chunks(
+                loaded.trunk,
+                manifest,
+                pre,
+                records,
+                mine,
+                partial,
+                device=torch_device,
+                batch_size=batch_size,
+                workers=workers,
+                dtype=dtype,
+                dim=spec.feature_dim,
+                skip_bad=skip_bad,
+                progress=progress,
+                label=f"extract {model}" + (f" (1 of {world} shards)" if world > 1 else ""),
+            )
+            return rate, loaded.weights_sha256
+
+        computing = time.perf_counter()
+        rate, loaded_sha = distributed.everywhere(compute)  # every rank is done after this
+        if world > 1 and pending:
+            images = sum(c.stop - c.start for c in pending)
+            rate = images / max(time.perf_counter() - computing, 1e-9)
+
+        def assemble() -> tuple[dict[str, int], list[str]]:
+            sha = loaded_sha
+            if sha is None and weights == "imagenet":
+                hub_file = backbones.hub_checkpoint_dir() / spec.weights_file
+                sha = backbones.file_sha256(hub_file) if hub_file.is_file() else None
+            attrs = {
+                **provenance,
+                "weights_sha256": weights_sha or sha,
+                "dataset_root": str(Path(manifest.root).resolve()),
+                # What to re-read to check freshness when it is not dataset_root: a CSV file.
+                "dataset_path": (
+                    str(manifest.source) if manifest.source not in (None, manifest.root) else None
+                ),
+                "dataset_name": path.parent.name,
+                "versions": library_versions(),
+            }
+            starts = {s: [c.start for c in plan if c.split == s] for s in store.SPLIT_NAMES}
+            counts, skipped, _ = partial.assemble(
+                attrs,
+                starts,
+                records,
+                feature_dim=spec.feature_dim,
+                dtype=dtype,
+                chunk_rows=chunk_size,
+            )
+            return counts, skipped
+
+        # Rank 0 joins every rank's chunks into the one store, exactly as a single process does.
+        counts, skipped = distributed.on_main(assemble)
+        return result(status, reason, counts, skipped, rate)
+
+
+def _settle_existing(
+    path: Path,
+    partial: store_write.PartialStore,
+    provenance: dict[str, Any],
+    chunk_size: int,
+    say: Callable[[str], None],
+) -> tuple[Status, str, store.FeatureStore | None]:
+    """Reuse an up-to-date store, or discard what no longer matches; start the partial folder.
+
+    Returns (status so far, reason, the store when it can be reused as is).
+    """
+    status: Status = "built"
+    reason = "no store yet"
+    if path.exists():
+        try:
+            old = store.read_attrs(path)
+            diff = store.provenance_difference(old, provenance)
+            if diff is None and old.get("complete"):
+                partial.discard()  # leftover of a kill between the rename and the cleanup
+                return "reused", "up to date", store.open_store(path)
+            diff = diff or "store incomplete"
+        except XrayError as exc:
+            diff = f"existing store unreadable ({exc})"
+        status, reason = "rebuilt", f"{diff}: rebuilding"
+        say(f"{path}: {reason}")
+        # The old store stays until the new one replaces it (os.replace in assemble): a
+        # rebuild that fails (bad image, full disk, kill) leaves it as it was.
+    # Chunk boundaries must match to reuse finished chunks, so the chunk size is provenance too.
+    partial_provenance = {**provenance, "chunk_size": chunk_size}
+    if partial.exists():
+        old_partial = partial.provenance()
+        diff = (
+            "unreadable progress"
+            if old_partial is None
+            else store.provenance_difference(old_partial, partial_provenance)
+        )
+        if diff is not None:
+            status, reason = "rebuilt", f"{diff}: rebuilding"
+            say(f"{path}: discarding partial extraction, {reason}")
+            partial.discard()
+    partial.start(partial_provenance)
+    return status, reason, None
+
+
+def _resolve_device(device: str) -> torch.device:
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise XrayError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise XrayError(
+            "--device cuda was asked for but no CUDA GPU is available: use --device cpu"
+        )
+    return torch.device(device)

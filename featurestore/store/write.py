@@ -1,0 +1,223 @@
+"""Crash-safe feature store writer: per-chunk progress files, assembly into HDF5, writer lock."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from featurestore.errors import XrayError, disk_errors
+from featurestore.store.read import JSON_ATTRS, SPLIT_NAMES
+
+if TYPE_CHECKING:  # numpy and h5py are imported where a store is actually written
+    import numpy as np
+
+    from featurestore.data import Record, Split
+
+KEPT = " (finished chunks are kept)"
+
+
+@contextlib.contextmanager
+def store_lock(path: Path) -> Iterator[None]:
+    """Exclusive non-blocking lock on `<store>.lock`: a second writer fails at once."""
+    lock_path = Path(f"{path}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise XrayError(
+                f"another extraction is writing {path} (lock {lock_path} is held): "
+                "wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class PartialStore:
+    """Progress of an extraction: finished chunk files in `<store>.partial/`.
+
+    Each chunk `<split>-<start:08d>.npz` is written under a temporary name, fsynced and renamed,
+    so a kill at any moment loses at most the chunk in flight. `assemble` then streams the
+    chunks into `<store>.tmp` and renames it: a finished store is never half-written.
+    """
+
+    def __init__(self, store: Path) -> None:
+        self.store = Path(store)
+        self.folder = Path(f"{store}.partial")
+
+    def provenance(self) -> dict[str, Any] | None:
+        """The provenance this partial extraction was started with; None when there is none."""
+        try:
+            return dict(json.loads((self.folder / "provenance.json").read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def exists(self) -> bool:
+        return self.folder.exists()
+
+    def start(self, provenance: Mapping[str, Any]) -> None:
+        """Create the folder and record the provenance the chunks will be computed from."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.folder / "provenance.json", json.dumps(provenance, indent=2).encode())
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def chunk_path(self, split: str, start: int) -> Path:
+        return self.folder / f"{split}-{start:08d}.npz"
+
+    def done(self, split: str, start: int) -> bool:
+        return self.chunk_path(split, start).is_file()
+
+    def write_chunk(
+        self,
+        split: str,
+        start: int,
+        *,
+        features: np.ndarray,
+        labels: np.ndarray,
+        indices: np.ndarray,
+        skipped: Sequence[str],
+        seconds: float,
+    ) -> None:
+        """Persist one finished chunk atomically (features (n, D), labels/indices (n,))."""
+        import io
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            features=features,
+            labels=labels.astype(np.int64),
+            indices=indices.astype(np.int64),
+            skipped=np.asarray(list(skipped), dtype=str),
+            seconds=np.float64(seconds),
+        )
+        with disk_errors(self.chunk_path(split, start), kept=KEPT):
+            _write_atomic(self.chunk_path(split, start), buf.getvalue())
+
+    def read_chunk(self, split: str, start: int) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        try:
+            with np.load(self.chunk_path(split, start), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise XrayError(
+                f"progress file {self.chunk_path(split, start)} is unreadable ({exc}): "
+                f"delete {self.folder} and run again"
+            ) from None
+
+    def assemble(
+        self,
+        attrs: Mapping[str, Any],
+        plan: Mapping[Split, Sequence[int]],
+        records: Mapping[Split, Sequence[Record]],
+        *,
+        feature_dim: int,
+        dtype: str,
+        chunk_rows: int,
+    ) -> tuple[dict[str, int], list[str], float]:
+        """Stream the chunks (plan: split -> chunk starts) into the final HDF5 store.
+
+        Returns (rows per split, skipped keys, summed extraction seconds).
+        """
+        import h5py
+        import numpy as np
+
+        tmp = Path(f"{self.store}.tmp")
+        tmp.unlink(missing_ok=True)
+        counts: dict[str, int] = {}
+        skipped: list[str] = []
+        seconds = 0.0
+        text = h5py.string_dtype()
+        with disk_errors(self.store, kept=KEPT), _removed_on_error(tmp), h5py.File(tmp, "w") as fh:
+            for split in SPLIT_NAMES:
+                group = fh.create_group(split)
+                rows = (max(1, chunk_rows),)
+                feats = group.create_dataset(
+                    "features",
+                    (0, feature_dim),
+                    dtype=dtype,
+                    maxshape=(None, feature_dim),
+                    chunks=(rows[0], feature_dim),
+                )
+                cols = {
+                    name: group.create_dataset(name, (0,), dtype=dt, maxshape=(None,), chunks=rows)
+                    for name, dt in (("labels", "int64"), ("keys", text), ("groups", text))
+                }
+                n = 0
+                for start in plan.get(split, ()):
+                    chunk = self.read_chunk(split, start)
+                    idx = chunk["indices"]
+                    m = len(idx)
+                    for ds in (feats, *cols.values()):
+                        ds.resize(n + m, axis=0)
+                    feats[n : n + m] = chunk["features"]
+                    cols["labels"][n : n + m] = chunk["labels"]
+                    recs = [records[split][i] for i in idx]
+                    cols["keys"][n : n + m] = np.array([r.key for r in recs], dtype=object)
+                    cols["groups"][n : n + m] = np.array([r.group for r in recs], dtype=object)
+                    n += m
+                    skipped.extend(str(k) for k in chunk["skipped"])
+                    seconds += float(chunk["seconds"])
+                counts[split] = n
+            final = {
+                **attrs,
+                "skipped": skipped,
+                "extraction_seconds": round(seconds, 3),
+                "feature_dim": feature_dim,
+            }
+            for key, value in final.items():
+                if key in JSON_ATTRS:
+                    value = json.dumps(value)
+                fh.attrs[key] = "" if value is None else value
+            fh.attrs["complete"] = True
+            fh.flush()
+        with disk_errors(self.store, kept=KEPT), _removed_on_error(tmp):
+            _fsync(tmp)
+        os.replace(tmp, self.store)
+        _fsync_dir(self.store.parent)
+        self.discard()
+        return counts, skipped, seconds
+
+
+@contextlib.contextmanager
+def _removed_on_error(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with _removed_on_error(tmp):
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,98 @@
+"""Stage 2, training: batch sources (cached features or streamed images), the one trainer
+(`fit`), evaluation on val/test, checkpoints, and the two modes that drive it: frozen
+(`fit_heads`, behind `xray fit-head`) and fine-tune (`finetune`).
+"""
+
+from __future__ import annotations
+
+from featurestore.train.checkpoints import (
+    CHECKPOINT_FORMAT,
+    LoopState,
+    resume,
+    save_checkpoint,
+)
+from featurestore.train.evaluation import (
+    FitResult,
+    SplitPredictions,
+    conclude,
+    evaluate,
+    predict,
+)
+from featurestore.train.finetune import (
+    finetune,
+)
+from featurestore.train.frozen import (
+    fit_head_on_store,
+    fit_heads,
+    one_thread_on_cpu,
+    open_checked_store,
+    select_stores,
+)
+from featurestore.train.image_cache import (
+    DecodedCache,
+)
+from featurestore.train.image_source import (
+    DEFAULT_CACHE_MB,
+    ImageItem,
+    ImageSource,
+    collate_images,
+    radiograph_augmentation,
+    seed_worker,
+)
+from featurestore.train.loop import (
+    MONITORS,
+    TrainConfig,
+    fit,
+    format_epoch,
+    train_one_epoch,
+)
+from featurestore.train.optim import (
+    class_weights,
+    make_optimizer,
+    make_scheduler,
+)
+from featurestore.train.sources import (
+    FeatureSource,
+    FeatureSplit,
+    Source,
+    drop_lonely_last,
+    epoch_generator,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DEFAULT_CACHE_MB",
+    "MONITORS",
+    "DecodedCache",
+    "FeatureSource",
+    "FeatureSplit",
+    "FitResult",
+    "ImageItem",
+    "ImageSource",
+    "LoopState",
+    "Source",
+    "SplitPredictions",
+    "TrainConfig",
+    "class_weights",
+    "collate_images",
+    "conclude",
+    "drop_lonely_last",
+    "epoch_generator",
+    "evaluate",
+    "finetune",
+    "fit",
+    "fit_head_on_store",
+    "fit_heads",
+    "format_epoch",
+    "make_optimizer",
+    "make_scheduler",
+    "one_thread_on_cpu",
+    "open_checked_store",
+    "predict",
+    "radiograph_augmentation",
+    "resume",
+    "save_checkpoint",
+    "seed_worker",
+    "select_stores",
+    "train_one_epoch",
+]

@@ -1,0 +1,151 @@
+"""Scoring a trained model: per-split predictions, the threshold chosen on val, test once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from featurestore import devices, distributed
+from featurestore.errors import XrayError
+
+if TYPE_CHECKING:
+    from featurestore.data import Split
+    from featurestore.train.loop import TrainConfig
+    from featurestore.train.sources import Source
+
+
+@dataclass
+class SplitPredictions:
+    """Per-image outputs of one split, in `source.records(split)` order."""
+
+    keys: list[str]
+    groups: list[str]
+    labels: np.ndarray
+    """(N,) int64 class indices."""
+    probabilities: np.ndarray
+    """(N,) float64 P(positive class)."""
+    predictions: np.ndarray
+    """(N,) int64 class indices at the validation-chosen threshold."""
+
+
+@dataclass
+class FitResult:
+    """What a training produced: best weights, history, metrics, per-image predictions."""
+
+    best_state: dict[str, Tensor]
+    history: list[dict[str, float]]
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    seconds_per_epoch: float
+    threshold: dict[str, Any]
+    """{"policy": str, "value": float}, chosen on validation."""
+    val: dict[str, Any]
+    test: dict[str, Any]
+    predictions: dict[str, SplitPredictions] = field(default_factory=dict)
+
+    def timing_json(self) -> dict[str, Any]:
+        """timing.json: wall-clock figures, kept apart so metrics.json repeats exactly."""
+        return {"seconds_per_epoch": self.seconds_per_epoch, "epochs_run": self.epochs_run}
+
+    def metrics_json(self) -> dict[str, Any]:
+        """The metrics.json document of the run-folder contract (no timings: repeatable)."""
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.stopped_early,
+            "threshold": self.threshold,
+            "val": self.val,
+            "test": self.test,
+        }
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, source: Source, split: Split, *, amp_dtype: torch.dtype | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Class probabilities (N, C), labels (N,) and the mean unweighted cross-entropy.
+
+    Under torchrun a source with `eval_positions` scores one shard per rank; the shards are
+    gathered by position, so every rank gets the whole split in records() order, each image once.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    probs: list[Tensor] = []
+    labels: list[Tensor] = []
+    loss_sum = 0.0
+    for x, y in source.batches(split, shuffle=False):
+        x, y = devices.to_device(x, y, device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
+            logits = model(x).float()  # (B, C)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        probs.append(logits.softmax(1).cpu())
+        labels.append(y.cpu())
+    # A rank's shard may be empty (fewer images than ranks): (0, C) and (0,) then.
+    p = torch.cat(probs).double().numpy() if probs else np.zeros((0, len(source.class_names)))
+    y_all = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64)
+    positions = getattr(source, "eval_positions", None)
+    if positions is not None and distributed.active():
+        idx, n = positions(split), len(source.records(split)[2])
+        p = distributed.gather_by_index(p, idx, n)  # (N, C)
+        y_all = distributed.gather_by_index(y_all, idx, n)  # (N,)
+        loss_sum = distributed.all_reduce_sum([loss_sum])[0]
+    if not len(y_all):
+        raise XrayError(f"the {split} split is empty: nothing to evaluate")
+    return p, y_all, loss_sum / len(y_all)
+
+
+def evaluate(
+    model: nn.Module, source: Source, split: Split
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """P(positive) (N,), labels (N,) and mean cross-entropy of one split, in records() order."""
+    p, y, loss = predict(model, source, split)
+    return p[:, source.positive_index], y, loss
+
+
+def conclude(
+    model: nn.Module,
+    source: Source,
+    config: TrainConfig,
+    *,
+    best_state: dict[str, Tensor],
+    history: list[dict[str, float]],
+    best_epoch: int,
+    stopped_early: bool,
+    seconds_per_epoch: float,
+) -> FitResult:
+    """Score the restored best model: threshold chosen on val, then val and test metrics once."""
+    from featurestore.compare import choose_threshold, evaluate_split
+
+    pos = source.positive_index
+    common = {"class_names": source.class_names, "positive_index": pos}
+    p_val, y_val, loss_val = evaluate(model, source, "val")
+    # The threshold sees validation only; test is evaluated after it is fixed, exactly once.
+    threshold = choose_threshold(y_val, p_val, policy=config.threshold_policy, positive_index=pos)
+    val = evaluate_split(y_val, p_val, threshold=threshold, loss=loss_val, **common)  # type: ignore[arg-type]
+    p_test, y_test, loss_test = evaluate(model, source, "test")
+    test = evaluate_split(y_test, p_test, threshold=threshold, loss=loss_test, **common)  # type: ignore[arg-type]
+    predictions = {}
+    for split, p, y in (("val", p_val, y_val), ("test", p_test, y_test)):
+        keys, groups, labels = source.records(split)  # type: ignore[arg-type]
+        if not np.array_equal(labels, y):
+            raise RuntimeError(f"{split}: records() order differs from batches(shuffle=False)")
+        pred = np.where(p >= threshold, pos, 1 - pos).astype(np.int64)
+        predictions[split] = SplitPredictions(keys, groups, labels, p, pred)
+    return FitResult(
+        best_state=best_state,
+        history=history,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        stopped_early=stopped_early,
+        seconds_per_epoch=seconds_per_epoch,
+        threshold={"policy": config.threshold_policy, "value": float(threshold)},
+        val=val,
+        test=test,
+        predictions=predictions,
+    )

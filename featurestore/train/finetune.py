@@ -1,0 +1,158 @@
+"""Fine-tune mode (`xray finetune`): backbone + linear head trained on streamed images."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from featurestore.data import SPLITS
+from featurestore.errors import XrayError
+from featurestore.runs import Notice, RunSummary, class_counts, run_config, summarize
+from featurestore.train.loop import TrainConfig
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from featurestore.data import Manifest
+
+
+def finetune(
+    *,
+    data: Path,
+    model: str = "resnet50",
+    weights: str = "imagenet",
+    freeze: str = "none",
+    image_size: int = 224,
+    augment: bool = True,
+    hflip: bool = False,
+    workers: int = 0,
+    runs_dir: Path = Path("runs"),
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    console: Console | None = None,
+    notice: Notice | None = None,
+    manifest: Manifest | None = None,
+    fingerprint: str | None = None,
+) -> RunSummary:
+    """Fine-tune backbone + linear head on streamed images; resumable from runs/.inprogress.
+
+    A caller that already read `data` (the study) passes its `manifest` and `fingerprint`,
+    so the dataset is not listed and hashed again. Under torchrun (a process group set up by
+    the caller) it trains with DDP, `batch_size` per rank; rank 0 alone writes the checkpoint
+    and the run folder, whose path every rank gets.
+    """
+    import torch
+
+    from featurestore import distributed
+    from featurestore.data import dataset_fingerprint, load_manifest
+    from featurestore.devices import resolve_device
+    from featurestore.models import (
+        TrunkHead,
+        apply_freeze,
+        build_head,
+        load_backbone,
+        preprocessing_for,
+    )
+    from featurestore.runs import inprogress_dir, write_run
+    from featurestore.train.image_source import ImageSource
+    from featurestore.train.loop import fit
+
+    config = config or TrainConfig(epochs=10, batch_size=32, patience=3, backbone_lr_mult=0.1)
+    say = notice or (lambda _msg: None)
+    manifest = manifest or load_manifest(data)
+    if fingerprint is None:
+        fingerprint = distributed.on_main(lambda: dataset_fingerprint(manifest, progress=progress))
+    torch.manual_seed(config.seed)  # random-init trunks and the head repeat per seed
+    loaded = load_backbone(model, weights)
+    pre = preprocessing_for(model, weights, image_size)
+    net = TrunkHead(loaded.trunk, build_head("linear", loaded.spec.feature_dim, 2))
+    apply_freeze(net, loaded.spec.stages, freeze)
+    source = ImageSource(
+        manifest,
+        pre,
+        batch_size=config.batch_size,
+        workers=workers,
+        seed=config.seed,
+        augment=augment,
+        hflip=hflip,
+        pin_memory=resolve_device(config.device).type == "cuda",
+    )
+    settings = {
+        **{k: v for k, v in asdict(config).items() if k != "device"},
+        "weights_id": loaded.weights_id,
+        "weights_sha256": loaded.weights_sha256,
+        "freeze": freeze,
+        "preprocessing": pre.as_dict(),
+        "augment": augment,
+        "hflip": hflip,
+        "dataset_fingerprint": fingerprint,
+    }
+    work = inprogress_dir(runs_dir, model, "finetune", settings)
+    checkpoint = work / "last.pt"
+
+    def settle_work() -> None:  # rank 0 only: one process owns runs/.inprogress
+        if resume and not checkpoint.is_file():
+            raise XrayError(
+                f"nothing to resume: no interrupted run with these settings in {work.parent}; "
+                "run again without --resume"
+            )
+        if not resume and work.exists():
+            say(
+                f"starting over: an interrupted run with these settings was in {work} "
+                "(see --resume)"
+            )
+            shutil.rmtree(work)
+
+    distributed.on_main(settle_work)
+    if console is not None and distributed.is_main():
+        verb = "resuming" if resume else "fine-tuning"
+        console.print(
+            f"[bold]{model}[/] {verb} ({loaded.weights_id}, freeze {freeze}, "
+            f"{image_size}px) on {manifest.root}"
+        )
+    result = fit(
+        net, source, config, run_dir=work, progress=progress, console=console,
+        resume_from=checkpoint if resume else None,
+    )  # fmt: skip
+    doc = run_config(
+        config,
+        net,
+        mode="finetune",
+        backbone=model,
+        head="linear",
+        class_names=manifest.class_names,
+        positive_index=manifest.positive_index,
+        dataset_fingerprint=fingerprint,
+        dataset_root=str(manifest.root),
+        class_counts=class_counts(
+            manifest.class_names,
+            {s: np.array([r.label for r in manifest.split(s)]) for s in SPLITS},
+        ),
+        carve=manifest.carve.as_dict() if manifest.carve else None,
+        weights=weights,
+        weights_id=loaded.weights_id,
+        weights_sha256=loaded.weights_sha256,
+        freeze=freeze,
+        image_size=image_size,
+        preprocessing=pre.as_dict(),
+        augment=augment,
+        hflip=hflip,
+        workers=workers,
+        resumed=resume,
+        world_size=distributed.world_size(),
+        checkpoint="best.pt: trunk.* (backbone) then head.*",
+    )
+
+    def write() -> Path:
+        path = write_run(runs_dir, model=model, mode="finetune", config=doc, result=result)
+        shutil.rmtree(work, ignore_errors=True)
+        return path
+
+    path = distributed.on_main(write)  # one run folder, written by rank 0
+    return summarize(path, model, "finetune", "linear", result)

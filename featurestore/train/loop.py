@@ -1,0 +1,322 @@
+"""One training loop for heads on cached features and for backbones fine-tuned on images."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from featurestore import devices, distributed
+from featurestore.errors import XrayError
+from featurestore.train import checkpoints
+from featurestore.train.checkpoints import LoopState
+from featurestore.train.evaluation import FitResult, conclude, predict
+from featurestore.train.optim import class_weights, make_optimizer, make_scheduler
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+    from featurestore.train.sources import Source
+
+MONITORS = ("val_auc", "val_f1", "val_loss")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides how a model is trained (written to config.json as is)."""
+
+    epochs: int = 100
+    """Maximum number of epochs; early stopping may end sooner."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate of the head (reached after warmup)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay; never applied to biases and normalisation weights."""
+    warmup_epochs: float = 1.0
+    """Linear warmup from ~0 to `lr`, in epochs (fractions allowed), stepped per batch."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """After warmup: cosine decay to 0 at the last epoch, or a constant rate."""
+    patience: int = 10
+    """Stop after this many epochs without improvement of `monitor`."""
+    monitor: Literal["val_auc", "val_f1", "val_loss"] = "val_auc"
+    """Validation metric that picks the best epoch and drives early stopping."""
+    min_delta: float = 0.0
+    """Smallest change of `monitor` that counts as an improvement."""
+    class_weight: Literal["balanced", "none"] = "balanced"
+    """"balanced": cross-entropy weights n / (C * n_c) from the train labels."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    seed: int = 0
+    """Seeds initialisation, shuffling, augmentation and dropout."""
+    batch_size: int = 256
+    """Training batch size (the source batches with it)."""
+    backbone_lr_mult: float = 1.0
+    """Backbone (`trunk.*`) parameters train at lr * this factor."""
+    threshold_policy: str = "youden"
+    """How the decision threshold is chosen on validation: youden, f1 or fixed (0.5)."""
+    amp: bool = True
+    """Mixed precision on CUDA (bfloat16 where supported); ignored on CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """"auto" uses CUDA when available."""
+
+    def __post_init__(self) -> None:
+        from featurestore.compare import THRESHOLD_POLICIES
+
+        checks: list[tuple[bool, str]] = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_epochs >= 0, f"warmup epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.schedule in ("cosine", "constant"), f"unknown schedule {self.schedule!r}"),
+            (self.patience >= 1, f"--patience must be at least 1, got {self.patience}"),
+            (
+                self.monitor in MONITORS,
+                f"unknown --monitor {self.monitor!r}; choose one of: {', '.join(MONITORS)}",
+            ),
+            (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
+            (
+                self.class_weight in ("balanced", "none"),
+                f"--class-weight must be balanced or none, got {self.class_weight!r}",
+            ),
+            (self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (
+                self.backbone_lr_mult >= 0,
+                f"--backbone-lr-mult must be >= 0, got {self.backbone_lr_mult}",
+            ),
+            (
+                self.threshold_policy in THRESHOLD_POLICIES,
+                f"unknown threshold policy {self.threshold_policy!r}; "
+                f"choose one of: {', '.join(THRESHOLD_POLICIES)}",
+            ),
+            (
+                self.device in ("auto", "cpu", "cuda"),
+                f"--device must be auto, cpu or cuda, got {self.device!r}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise XrayError(message)
+
+
+def _summary(probs: np.ndarray, labels: np.ndarray, positive_index: int) -> dict[str, float]:
+    """Accuracy, macro F1 and AUC of the argmax predictions, for the history and the monitor."""
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    pred = probs.argmax(1)
+    y_pos = labels == positive_index
+    auc = (
+        float(roc_auc_score(y_pos, probs[:, positive_index]))
+        if 0 < y_pos.sum() < len(y_pos)
+        else math.nan
+    )
+    return {
+        "acc": float(accuracy_score(labels, pred)),
+        "f1": float(f1_score(labels, pred, average="macro", zero_division=0)),
+        "auc": auc,
+    }
+
+
+def _score(row: dict[str, float], monitor: str) -> float:
+    """Larger is better; NaN (e.g. AUC of a one-class split) never improves."""
+    value = -row["val_loss"] if monitor == "val_loss" else row[monitor]
+    return -math.inf if math.isnan(value) else value
+
+
+def _clone_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def format_epoch(row: dict[str, float], epochs: int) -> str:
+    """The per-epoch line: `epoch 3/20  train loss 0.41 acc 0.83 ... | val ... | 0.6 s/epoch`."""
+    return (
+        f"epoch {int(row['epoch'])}/{epochs}  "
+        f"train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} f1 {row['train_f1']:.3f} | "
+        f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} f1 {row['val_f1']:.3f} "
+        f"auc {row['val_auc']:.3f} | {row['seconds']:.2f} s/epoch"
+    )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    source: Source,
+    epoch: int,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    config: TrainConfig,
+    amp_dtype: torch.dtype | None,
+    *,
+    bar: tuple[Progress, TaskID] | None,
+) -> dict[str, float]:
+    """One pass over train; returns loss/acc/F1 of the epoch's running predictions."""
+    model.train()
+    device = next(model.parameters()).device
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    loss_sum, lr_sum, probs, labels = 0.0, 0.0, [], []
+    for x, y in source.batches("train", shuffle=True, epoch=epoch):
+        x, y = devices.to_device(x, y, device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
+            logits = model(x).float()  # (B, C)
+        loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, config.grad_clip)
+        lr_sum += float(optimizer.param_groups[0]["lr"])  # head lr used by this step
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        # History reports the unweighted cross-entropy so train and val losses compare.
+        detached = logits.detach()
+        loss_sum += float(F.cross_entropy(detached, y, reduction="sum"))
+        probs.append(detached.softmax(1).cpu())
+        labels.append(y.cpu())
+        if bar is not None:
+            bar[0].advance(bar[1], len(y))
+    # The history describes the whole epoch: gather every rank's running predictions.
+    p = np.concatenate(distributed.all_gather_arrays(torch.cat(probs).double().numpy()))
+    y_all = np.concatenate(distributed.all_gather_arrays(torch.cat(labels).numpy()))
+    loss_sum = distributed.all_reduce_sum([loss_sum])[0]
+    s = _summary(p, y_all, source.positive_index)
+    return {
+        "lr": lr_sum / len(probs),  # mean over the epoch's steps
+        "train_loss": loss_sum / len(y_all),
+        "train_acc": s["acc"],
+        "train_f1": s["f1"],
+    }
+
+
+def fit(
+    model: nn.Module,
+    source: Source,
+    config: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    progress: Progress | None = None,
+    resume_from: Path | None = None,
+    console: Console | None = None,
+) -> FitResult:
+    """Train `model` on `source`: AdamW, warmup+cosine, early stopping, best weights restored.
+
+    Writes `run_dir/last.pt` after every epoch (when run_dir is given) so `resume_from` can
+    continue an interrupted run exactly. The threshold is chosen on val; test is scored once.
+    """
+    if len(source.class_names) != 2:
+        raise XrayError(
+            f"xray trains binary classifiers; the dataset has {len(source.class_names)} classes"
+        )
+    device = devices.resolve_device(config.device)
+    # Under torchrun the seed is offset by rank so augmentation differs between ranks (DDP
+    # starts every rank from rank 0's weights); a single process seeds exactly `config.seed`.
+    torch.manual_seed(config.seed + distributed.rank())
+    if not distributed.is_main():
+        progress, console = None, None  # rank 0 reports for every rank
+    model.to(device)
+    if devices.channels_last_for(device):
+        model.to(memory_format=torch.channels_last)  # 4-D conv weights NHWC; others unchanged
+    amp_dtype = devices.amp_dtype(config.amp, device)
+    _, _, y_train = source.records("train")
+    criterion = nn.CrossEntropyLoss(
+        weight=class_weights(y_train, len(source.class_names), config.class_weight).to(device)
+    )
+    batch_size = int(getattr(source, "batch_size", config.batch_size))
+    # Images this rank trains on per epoch: a DistributedSampler gives each ceil(N / world).
+    n_train = -(-len(y_train) // distributed.world_size())
+    steps_per_epoch = max(1, n_train // batch_size + (n_train % batch_size > 1))
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    loop = LoopState()
+    if resume_from is not None:
+        loop = checkpoints.resume(resume_from, config, model, optimizer, scheduler, scaler)
+    # DDP averages gradients over ranks in backward; `model` itself stays unwrapped for
+    # evaluation and state dicts (no `module.` prefix), sharing the same parameters.
+    trained = distributed.wrap_ddp(model)
+    out = console or (progress.console if progress is not None else None)
+    streaming = bool(getattr(source, "streaming", False))
+    overall = None
+    if progress is not None and not streaming:
+        overall = progress.add_task(
+            "training", total=config.epochs, completed=loop.epoch, unit="epoch"
+        )
+    ckpt_path = run_dir / "last.pt" if run_dir is not None and distributed.is_main() else None
+
+    while loop.epoch < config.epochs and loop.bad_epochs < config.patience:
+        epoch = loop.epoch + 1
+        start = time.perf_counter()
+        bar = None
+        if progress is not None and streaming:
+            bar = (
+                progress,
+                progress.add_task(f"epoch {epoch}/{config.epochs}", total=n_train, unit="img"),
+            )
+        train_row = train_one_epoch(
+            trained,
+            source,
+            epoch,
+            criterion,
+            optimizer,
+            scheduler,
+            scaler,
+            config,
+            amp_dtype,
+            bar=bar,
+        )
+        distributed.sync_buffers(model)  # every rank evaluates rank 0's BatchNorm statistics
+        val_p, val_y, val_loss = predict(model, source, "val", amp_dtype=amp_dtype)
+        val = _summary(val_p, val_y, source.positive_index)
+        row = {
+            "epoch": float(epoch),
+            **train_row,
+            "val_loss": val_loss,
+            "val_acc": val["acc"],
+            "val_f1": val["f1"],
+            "val_auc": val["auc"],
+            "seconds": time.perf_counter() - start,
+        }
+        loop.history.append(row)
+        loop.epoch = epoch
+        score = _score(row, config.monitor)
+        improved = loop.best_state is None or score > loop.best_score + config.min_delta
+        # Rank 0 decides for all, so every rank stops at the same epoch (no collective hangs).
+        improved, score = distributed.broadcast_object((improved, score))
+        if improved:
+            loop.best_state, loop.best_score, loop.best_epoch = _clone_state(model), score, epoch
+            loop.bad_epochs = 0
+        else:
+            loop.bad_epochs += 1
+        if bar is not None:
+            bar[0].remove_task(bar[1])
+        if overall is not None:
+            progress.update(overall, completed=epoch)  # type: ignore[union-attr]
+        if out is not None:
+            out.print(format_epoch(row, config.epochs) + ("  [green]best[/]" if improved else ""))
+        if ckpt_path is not None:
+            payload = loop.checkpoint(config, model, optimizer, scheduler, scaler)
+            checkpoints.save_checkpoint(ckpt_path, payload)
+    if overall is not None:
+        progress.remove_task(overall)  # type: ignore[union-attr]
+
+    assert loop.best_state is not None
+    model.load_state_dict(loop.best_state)
+    seconds = [r["seconds"] for r in loop.history]
+    return conclude(
+        model,
+        source,
+        config,
+        best_state=loop.best_state,
+        history=loop.history,
+        best_epoch=loop.best_epoch,
+        stopped_early=loop.epoch < config.epochs,
+        seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0,
+    )

@@ -1,0 +1,334 @@
+"""Grad-CAM for a run's model: heatmaps on the last convolutional stage, overlaid on radiographs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from featurestore.errors import XrayError
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from rich.progress import Progress
+
+    from featurestore.models import Preprocessing
+    from featurestore.runs import RunRecord
+    from featurestore.use.predict import Predictor
+
+CONTACT_SHEET = "contact_sheet.png"
+OVERLAY_ALPHA = 0.55
+"""Colour weight where the heat is 1; cold regions show the radiograph unchanged."""
+
+
+@dataclass(frozen=True)
+class ExplainRow:
+    """One image explained: where its overlay is and what the model said, or an error."""
+
+    path: str
+    heatmap: str | None
+    """The overlay PNG (the original image's size); None on error."""
+    probability: float | None
+    prediction: str | None
+    peak: tuple[int, int] | None
+    """(x, y) of the heat's maximum in original image pixels; None when the map is all zero
+    (nothing in the image raises the positive logit) or on error."""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    """Every image's row and the contact sheet (None when no image could be explained)."""
+
+    rows: list[ExplainRow]
+    contact_sheet: Path | None
+
+
+def cam_stages(
+    trunk: nn.Module, family: str
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """Split a registry trunk at its last convolutional stage: (x -> A, A -> pooled features).
+
+    A is (N, C, h, w). The two halves reproduce the trunk's own forward exactly. DenseNet's
+    forward applies an in-place ReLU to `features`' output; here that ReLU is taken out of
+    place, so A is the post-ReLU map the pooling sees and its gradient is not overwritten.
+    """
+    t: Any = trunk
+    if family == "resnet":
+
+        def acts(x: Tensor) -> Tensor:
+            x = t.maxpool(t.relu(t.bn1(t.conv1(x))))
+            return t.layer4(t.layer3(t.layer2(t.layer1(x))))  # (N, C, h, w)
+
+        return acts, lambda a: t.fc(torch.flatten(t.avgpool(a), 1))
+    if family == "densenet":
+        return (
+            lambda x: F.relu(t.features(x)),  # after norm5, not in place
+            lambda a: t.classifier(torch.flatten(F.adaptive_avg_pool2d(a, (1, 1)), 1)),
+        )
+    if family == "efficientnet":
+        return t.features, lambda a: t.classifier(torch.flatten(t.avgpool(a), 1))
+    if family == "convnext":
+        return t.features, lambda a: t.classifier(t.avgpool(a))
+    raise XrayError(f"Grad-CAM does not know the {family!r} family")
+
+
+def grad_cam(
+    activations: Callable[[Tensor], Tensor],
+    classify: Callable[[Tensor], Tensor],
+    x: Tensor,
+    *,
+    target: int,
+) -> tuple[Tensor, Tensor]:
+    """Grad-CAM of class `target`: (cams (N, h, w) >= 0, logits (N, C)), both detached.
+
+    cam = ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of d logit_target / d A_k.
+    Samples do not interact in eval mode, so one backward of the summed logits serves the batch.
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)  # a graph even when every weight is frozen
+        a = activations(x)  # (N, C, h, w)
+        logits = classify(a)  # (N, K)
+        (grads,) = torch.autograd.grad(logits[:, target].sum(), a)  # (N, C, h, w)
+    alpha = grads.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
+    cams = F.relu((alpha * a).sum(1))  # (N, h, w)
+    return cams.detach().float(), logits.detach().float()
+
+
+def predictor_cam(predictor: Predictor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Grad-CAM of the positive class through a run's trunk + head as one model."""
+    acts, pool = cam_stages(predictor.trunk, predictor.family)
+    x = predictor.prepare(x)
+    return grad_cam(
+        acts, lambda a: predictor.head(pool(a).float()), x, target=predictor.positive_index
+    )
+
+
+def cam_to_image(
+    cam: np.ndarray, pre: Preprocessing, decoded: tuple[int, int], original: tuple[int, int]
+) -> np.ndarray:
+    """A (h, w) map over the network input -> (H, W) heat in [0, 1] over the original image.
+
+    Undoes the preprocessing: the map covers the center crop of the image resized to short
+    side `pre.resize` (`decoded` = (W, H) fed to it); the cropped-away margin gets zero heat.
+    `original` = (W, H) of the full-resolution image (a reduced-scale JPEG decode has the
+    same field of view).
+    """
+    w, h = decoded
+    # torchvision Resize(int): the short side becomes `resize`, the long one int(resize * ratio).
+    if w <= h:
+        new_w, new_h = pre.resize, int(pre.resize * h / w)
+    else:
+        new_w, new_h = int(pre.resize * w / h), pre.resize
+    top = round((new_h - pre.crop) / 2.0)  # CenterCrop's own rounding
+    left = round((new_w - pre.crop) / 2.0)
+    canvas = torch.zeros(1, 1, new_h, new_w)
+    up = F.interpolate(
+        torch.from_numpy(np.asarray(cam, np.float32))[None, None],
+        size=(pre.crop, pre.crop),
+        mode="bilinear",
+        align_corners=False,
+    )  # (1, 1, crop, crop)
+    canvas[..., top : top + pre.crop, left : left + pre.crop] = up
+    heat = F.interpolate(canvas, size=(original[1], original[0]), mode="bilinear")[0, 0]
+    peak = float(heat.max())
+    return (heat / peak if peak > 0 else heat).clamp_(0, 1).numpy()
+
+
+def overlay(image: Image.Image, heat: np.ndarray, *, cmap: str = "jet") -> Image.Image:
+    """The radiograph in gray with the heat (H, W) in colour on top, the image's own size."""
+    import matplotlib
+    from PIL import Image as PILImage
+
+    gray = np.asarray(image.convert("L"), np.float32)[..., None] / 255.0  # (H, W, 1)
+    color = matplotlib.colormaps[cmap](heat)[..., :3].astype(np.float32)  # (H, W, 3)
+    alpha = OVERLAY_ALPHA * heat[..., None]
+    blended = gray * (1.0 - alpha) + color * alpha
+    return PILImage.fromarray(np.clip(blended * 255 + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    """`<stem>.png`, with `-2`, `-3` added when stems repeat."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        stem = Path(p).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png")
+    return names
+
+
+def explain_images(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    batch_size: int = 8,
+    titles: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> ExplainResult:
+    """Write one overlay PNG per image (its original size) and a contact sheet into out_dir."""
+    from featurestore.data import decode_image
+
+    if batch_size < 1:
+        raise XrayError(f"--batch-size must be at least 1, got {batch_size}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = _unique_names(paths)
+    rows: list[ExplainRow] = []
+    thumbs: list[tuple[Image.Image, str]] = []
+    task = progress.add_task("explain", total=len(paths), unit="img") if progress else None
+    for start in range(0, len(paths), batch_size):
+        batch: list[tuple[int, Image.Image, Image.Image]] = []  # (index, model input, full)
+        errors: dict[int, str] = {}
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                small = predictor.load_image(Path(paths[i]))
+                batch.append((i, small, decode_image(Path(paths[i]))))
+            except XrayError as exc:
+                errors[i] = str(exc)
+        results: dict[int, ExplainRow] = {}
+        if batch:
+            x = torch.stack([predictor.preprocessing(small) for _, small, _ in batch])
+            cams, logits = predictor_cam(predictor, x)  # (B, h, w), (B, C)
+            p_pos = logits.softmax(1)[:, predictor.positive_index].double().tolist()
+            for (i, small, full), cam, p in zip(batch, cams.cpu().numpy(), p_pos, strict=True):
+                heat = cam_to_image(cam, predictor.preprocessing, small.size, full.size)
+                picture = overlay(full, heat)
+                target = out_dir / names[i]
+                picture.save(target)
+                y, xx = np.unravel_index(int(np.argmax(heat)), heat.shape)
+                peak = (int(xx), int(y)) if heat.max() > 0 else None
+                label = predictor.classify(p)
+                results[i] = ExplainRow(str(paths[i]), str(target), p, label, peak)
+                picture.thumbnail((320, 320))
+                title = titles[i] if titles is not None else Path(paths[i]).name
+                thumbs.append((picture, f"{title}\n{label} p={p:.2f}"))
+        for i in range(start, min(start + batch_size, len(paths))):
+            rows.append(
+                results.get(i) or ExplainRow(str(paths[i]), None, None, None, None, errors[i])
+            )
+        if progress is not None and task is not None:
+            progress.advance(task, min(batch_size, len(paths) - start))
+    sheet = write_contact_sheet(thumbs, out_dir / CONTACT_SHEET) if thumbs else None
+    return ExplainResult(rows, sheet)
+
+
+def write_contact_sheet(tiles: Sequence[tuple[Image.Image, str]], path: Path) -> Path:
+    """A grid of titled overlays (at most 4 per row) in one PNG."""
+    from matplotlib.figure import Figure  # no pyplot: headless, no global figure state
+
+    cols = min(4, len(tiles))
+    rows = math.ceil(len(tiles) / cols)
+    fig = Figure(figsize=(3.2 * cols, 3.5 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, title) in zip(axes.flat, tiles, strict=False):
+        ax.imshow(np.asarray(image))
+        ax.set_title(title, fontsize=8)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def explain_run(
+    run_dir: Path,
+    paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    weights: Path | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> ExplainResult:
+    """`xray explain`: load the run's model, then explain_images."""
+    from featurestore.use.predict import load_predictor
+
+    predictor = load_predictor(run_dir, weights=weights, device=device)
+    return explain_images(predictor, paths, out_dir, batch_size=batch_size, progress=progress)
+
+
+def pick_test_images(record: RunRecord, n: int) -> list[tuple[str, int, int, float]]:
+    """Up to n test images per true class, wrong and correct when both exist, most confident first.
+
+    Returns (key, label, prediction, probability) rows.
+    """
+    test = record.split_predictions("test")
+    threshold = float(record.metrics["threshold"]["value"])
+    confidence = np.abs(test["probability"] - threshold)
+    picked: list[tuple[str, int, int, float]] = []
+    for label in sorted(set(test["label"].tolist())):
+        rows = [i for i in np.argsort(-confidence, kind="stable") if test["label"][i] == label]
+        wrong = [i for i in rows if test["prediction"][i] != label]
+        right = [i for i in rows if test["prediction"][i] == label]
+        n_wrong = min(len(wrong), n // 2)
+        n_right = min(len(right), n - n_wrong)
+        n_wrong = min(len(wrong), n - n_right)
+        for i in right[:n_right] + wrong[:n_wrong]:
+            picked.append(
+                (str(test["key"][i]), int(test["label"][i]), int(test["prediction"][i]),
+                 float(test["probability"][i]))
+            )  # fmt: skip
+    return picked
+
+
+def report_section(
+    records: Sequence[RunRecord],
+    out_dir: Path,
+    *,
+    n: int,
+    folder_name: str = "explain",
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> list[str]:
+    """Markdown lines of "What the model looks at": heatmaps of n test images per class per run.
+
+    Images go to out_dir/<run name>/; links are relative to out_dir's parent (the report).
+    A run whose images or weights cannot be found gets a line saying so instead.
+    """
+    from featurestore.use.predict import load_predictor
+
+    lines = ["## What the model looks at", ""]
+    lines += [
+        f"Grad-CAM of the positive-class logit on the last convolutional stage, for up to {n} "
+        "test images per true class (correct and wrong when both exist, most confident first).",
+        "",
+    ]
+    for record in records:
+        lines += [f"### {record.name}", ""]
+        cfg = record.config
+        store = cfg.get("store") if isinstance(cfg.get("store"), dict) else {}
+        root = Path(str(cfg.get("dataset_root") or (store or {}).get("dataset_root") or ""))
+        picked = pick_test_images(record, n)
+        missing = [k for k, *_ in picked if not (root / k).is_file()]
+        if not str(root) or missing:
+            lines += [f"Test images not found under `{root}`: no heatmaps.", ""]
+            continue
+        try:
+            predictor = load_predictor(record.path, device=device)
+        except XrayError as exc:
+            lines += [f"Model not rebuilt ({exc}): no heatmaps.", ""]
+            continue
+        names = list(cfg["class_names"])
+        titles = [f"true {names[y]}" for _, y, _, _ in picked]
+        result = explain_images(
+            predictor, [root / k for k, *_ in picked], out_dir / record.name,
+            titles=titles, progress=progress,
+        )  # fmt: skip
+        rel = f"{folder_name}/{record.name}"
+        if result.contact_sheet is not None:
+            lines += [f"![{record.name}]({rel}/{CONTACT_SHEET})", ""]
+        lines += ["| image | true | predicted | P(positive) | heatmap |", "|---|---|---|---|---|"]
+        for (key, y, pred, prob), row in zip(picked, result.rows, strict=True):
+            link = f"[png]({rel}/{Path(row.heatmap).name})" if row.heatmap else row.error or "-"
+            mark = "" if pred == y else " (wrong)"
+            lines.append(f"| `{key}` | {names[y]} | {names[pred]}{mark} | {prob:.3f} | {link} |")
+        lines.append("")
+    return lines

@@ -1,0 +1,351 @@
+"""Use a trained run: rebuild its exact model from the run folder and score new images."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from featurestore.errors import XrayError
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from rich.progress import Progress
+
+    from featurestore.models import Preprocessing
+    from featurestore.runs import RunRecord
+
+MODES = ("frozen", "finetune")
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One input file's result: P(positive) and the class at the run's threshold, or an error."""
+
+    path: str
+    probability: float | None
+    """P(positive class); None when the file could not be read."""
+    prediction: str | None
+    """Class name at the run's validation-chosen threshold; None on error."""
+    error: str | None = None
+    """Why the file could not be read (one line); None when it was scored."""
+
+
+class RunHead(nn.Module):
+    """What follows the trunk in a run: (N, D) pooled features -> (N, C) logits.
+
+    Frozen runs first round the features to the store's dtype (the head was trained on float16
+    features by default), then standardise and apply the head as saved in best.pt.
+    """
+
+    def __init__(self, head: nn.Module, *, feature_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.head = head
+        self.feature_dtype = feature_dtype
+
+    def forward(self, features: Tensor) -> Tensor:
+        if self.feature_dtype is not None:
+            features = features.to(self.feature_dtype).float()  # the store's rounding
+        return self.head(features)
+
+
+@dataclass
+class Predictor:
+    """A run's model rebuilt for inference: trunk, head, preprocessing, threshold."""
+
+    run: RunRecord
+    trunk: nn.Module
+    """(N, 3, S, S) -> (N, D), eval mode, on `device`."""
+    head: RunHead
+    """(N, D) -> (N, C) logits, eval mode, on `device`."""
+    preprocessing: Preprocessing
+    class_names: tuple[str, ...]
+    positive_index: int
+    threshold: float
+    device: torch.device
+    family: str
+    """Backbone family (`resnet`, `densenet`, ...), for Grad-CAM's target layer."""
+    mirror_extract: bool
+    """Frozen runs: run the trunk the way `extract` did (channels_last, autocast on CUDA)."""
+
+    @property
+    def mode(self) -> str:
+        """`frozen` or `finetune`."""
+        return str(self.run.config["mode"])
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Move a batch (B, 3, S, S) to the device in the memory layout training used."""
+        x = x.to(self.device)
+        if self.mirror_extract or self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def logits(self, x: Tensor) -> Tensor:
+        """(B, 3, S, S) preprocessed images -> (B, C) float32 logits."""
+        x = self.prepare(x)
+        amp = self.mirror_extract and self.device.type == "cuda"
+        with torch.autocast(self.device.type, enabled=amp):
+            features = self.trunk(x).float()  # (B, D)
+        return self.head(features).float()
+
+    def classify(self, p_pos: float) -> str:
+        """The class name at the run's threshold (argmax-free: binary runs only)."""
+        pos = self.positive_index
+        return self.class_names[pos if p_pos >= self.threshold else 1 - pos]
+
+    def load_image(self, path: Path) -> Image.Image:
+        """Decode a file the way training did (reduced-scale JPEG decode down to the resize)."""
+        from featurestore.data import decode_image
+
+        return decode_image(path, min_size=self.preprocessing.resize)
+
+    def predict(
+        self,
+        paths: Sequence[Path],
+        *,
+        batch_size: int = 32,
+        progress: Progress | None = None,
+    ) -> list[PredictionRow]:
+        """One row per file, in input order; unreadable files become rows with an error."""
+        if batch_size < 1:
+            raise XrayError(f"--batch-size must be at least 1, got {batch_size}")
+        rows: list[PredictionRow | None] = [None] * len(paths)
+        task = progress.add_task("predict", total=len(paths), unit="img") if progress else None
+        for start in range(0, len(paths), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(paths))))
+            good: list[int] = []
+            tensors: list[Tensor] = []
+            for i in chunk:
+                try:
+                    tensors.append(self.preprocessing(self.load_image(Path(paths[i]))))
+                    good.append(i)
+                except XrayError as exc:  # ImageDecodeError: one line naming the file
+                    rows[i] = PredictionRow(str(paths[i]), None, None, str(exc))
+            if tensors:
+                with torch.inference_mode():
+                    probs = self.logits(torch.stack(tensors)).softmax(1)  # (B, C) float32
+                p_pos = probs[:, self.positive_index].double().cpu().tolist()
+                for i, p in zip(good, p_pos, strict=True):
+                    rows[i] = PredictionRow(str(paths[i]), p, self.classify(p))
+            if progress is not None and task is not None:
+                progress.advance(task, len(chunk))
+        return [r for r in rows if r is not None]
+
+
+def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
+    """Files as given; folders replaced by their images (recursive, sorted, hidden ignored).
+
+    A path that does not exist stays in the list: predicting it reports "file not found".
+    """
+    from featurestore.data import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = sorted(
+            p
+            for p in path.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        if not found:
+            raise XrayError(f"folder {path} holds no images (.jpeg/.jpg/.png/.dcm)")
+        out.extend(found)
+    if not out:
+        raise XrayError("no images given: pass image files or folders")
+    return out
+
+
+def load_predictor(
+    run_dir: Path, *, weights: Path | None = None, device: str = "auto"
+) -> Predictor:
+    """Rebuild a run's exact model: frozen (store's backbone + best.pt head) or fine-tune."""
+    from featurestore.devices import resolve_device
+    from featurestore.models import get_spec
+    from featurestore.runs import load_run
+
+    run = load_run(Path(run_dir))
+    cfg = run.config
+    mode, name = cfg.get("mode"), cfg.get("model")
+    if mode not in MODES or not isinstance(name, str):
+        raise XrayError(
+            f"{run.path} is not a run of this xray (mode {mode!r}, model {name!r}): "
+            "pass a folder written by `xray fit-head` or `xray finetune`"
+        )
+    spec = get_spec(name)
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise XrayError(f"--device must be auto, cpu or cuda, got {device!r}")
+    torch_device = resolve_device(device)
+    try:
+        class_names = tuple(str(c) for c in cfg["class_names"])
+        positive_index = class_names.index(str(cfg["positive_class"]))
+        threshold = float(run.metrics["threshold"]["value"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise XrayError(f"{run.path} lacks what a run records ({exc}): retrain it") from None
+    if len(class_names) != 2 or not math.isfinite(threshold):
+        raise XrayError(f"{run.path}: predict supports binary runs with a finite threshold")
+    if mode == "finetune" and weights is not None:
+        raise XrayError(
+            "--weights is only for frozen runs extracted with a weights file: "
+            f"{run.name} is a fine-tune run whose best.pt holds the whole model"
+        )
+    state = _read_best(run.path / "best.pt")
+    # Building modules draws random inits (overwritten by best.pt): keep the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        if mode == "frozen":
+            trunk, head, pre = _frozen_parts(run, state, weights, n_classes=len(class_names))
+        else:
+            trunk, head, pre = _finetune_parts(run, state, n_classes=len(class_names))
+    trunk.eval().to(torch_device)
+    head.eval().to(torch_device)
+    mirror = mode == "frozen"
+    if mirror or torch_device.type == "cuda":
+        trunk.to(memory_format=torch.channels_last)
+    return Predictor(
+        run, trunk, head, pre, class_names, positive_index, threshold, torch_device,
+        spec.family, mirror,
+    )  # fmt: skip
+
+
+def _read_best(path: Path) -> dict[str, Tensor]:
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise XrayError(f"cannot read {path} as a state dict ({first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise XrayError(f"{path} does not hold a state dict")
+    return state
+
+
+def _load_strict(module: nn.Module, state: dict[str, Tensor], run: RunRecord, what: str) -> None:
+    """load_state_dict(strict=True), turning a mismatch into one line."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise XrayError(
+            f"best.pt of {run.name} does not fit a {run.config.get('model')} {what} ({first}); "
+            "the run folder was not written by this xray or was altered"
+        ) from None
+
+
+def _preprocessing(doc: Any, run: RunRecord) -> Preprocessing:
+    from featurestore.models import Preprocessing
+
+    try:
+        return Preprocessing(
+            mean=tuple(float(v) for v in doc["mean"]),
+            std=tuple(float(v) for v in doc["std"]),
+            resize=int(doc["resize"]),
+            crop=int(doc["crop"]),
+            interpolation=str(doc["interpolation"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise XrayError(f"{run.path}: no usable preprocessing recorded ({exc})") from None
+
+
+def _frozen_parts(
+    run: RunRecord, state: dict[str, Tensor], weights: Path | None, *, n_classes: int
+) -> tuple[nn.Module, RunHead, Preprocessing]:
+    """The store's backbone (rebuilt from provenance) and best.pt's standardisation + head."""
+    from featurestore.models import build_head, export_head, file_sha256, load_backbone
+
+    store = run.config.get("store")
+    if not isinstance(store, dict) or "weights_id" not in store:
+        raise XrayError(f"{run.path}: a frozen run without store provenance in config.json")
+    name = str(run.config["model"])
+    weights_id = str(store["weights_id"])
+    recorded_sha = store.get("weights_sha256")
+    if weights is not None and not weights_id.startswith("file:"):
+        raise XrayError(f"--weights is not needed: {run.name}'s backbone used weights {weights_id}")
+    if weights_id == "none":
+        # extract_features builds random-init trunks under torch.manual_seed(0): same trunk.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            loaded = load_backbone(name, "none")
+    elif weights_id.startswith("file:"):
+        if weights is None:
+            raise XrayError(
+                f"{run.name}'s backbone weights came from the file {weights_id[5:]}: "
+                "pass it with --weights PATH"
+            )
+        if not Path(weights).is_file():
+            raise XrayError(f"--weights {weights} not found")
+        sha = file_sha256(Path(weights))
+        if recorded_sha and sha != recorded_sha:
+            raise XrayError(
+                f"--weights {weights} is not the file the run's features came from "
+                f"(sha256 {sha[:12]}... != recorded {str(recorded_sha)[:12]}...)"
+            )
+        loaded = load_backbone(name, str(weights))
+    else:
+        loaded = load_backbone(name, "imagenet")
+        if loaded.weights_id != weights_id or (
+            recorded_sha and loaded.weights_sha256 and loaded.weights_sha256 != recorded_sha
+        ):
+            raise XrayError(
+                f"{run.name} used ImageNet weights {weights_id} (sha256 {recorded_sha}), but "
+                f"this torchvision gives {loaded.weights_id} ({loaded.weights_sha256})"
+            )
+    dim = loaded.spec.feature_dim
+    kind = str(run.config.get("head", "linear"))
+    if kind == "mlp" and "head.net.0.weight" in state:
+        hidden = int(state["head.net.0.weight"].shape[0])
+        head = build_head("mlp", dim, n_classes, hidden=hidden)
+    elif kind in ("linear", "logreg", "mlp"):
+        head = build_head(kind, dim, n_classes)
+    else:
+        raise XrayError(f"{run.path}: unknown head {kind!r}")
+    exported = export_head(head, torch.zeros(dim), torch.ones(dim))
+    _load_strict(exported, state, run, f"frozen {kind} head")
+    dtype = torch.float16 if str(store.get("dtype", "float32")) == "float16" else None
+    pre = _preprocessing(store.get("preprocessing"), run)
+    return loaded.trunk, RunHead(exported, feature_dtype=dtype), pre
+
+
+def _finetune_parts(
+    run: RunRecord, state: dict[str, Tensor], *, n_classes: int
+) -> tuple[nn.Module, RunHead, Preprocessing]:
+    """Trunk + linear head, both from best.pt (`trunk.*`, `head.*`)."""
+    from featurestore.models import TrunkHead, build_head, load_backbone
+
+    name = str(run.config["model"])
+    loaded = load_backbone(name, "none")  # random init, overwritten by best.pt below
+    net = TrunkHead(loaded.trunk, build_head("linear", loaded.spec.feature_dim, n_classes))
+    _load_strict(net, state, run, "fine-tune model")
+    pre = _preprocessing(run.config.get("preprocessing"), run)
+    return net.trunk, RunHead(net.head), pre
+
+
+def count_predictions(rows: Sequence[PredictionRow], class_names: Sequence[str]) -> dict[str, int]:
+    """Images per predicted class, plus `unreadable`."""
+    counts = {c: 0 for c in class_names}
+    counts["unreadable"] = 0
+    for row in rows:
+        counts[row.prediction if row.prediction is not None else "unreadable"] += 1
+    return counts
+
+
+def write_predictions_csv(path: Path, rows: Sequence[PredictionRow]) -> None:
+    """`path,probability,prediction,error`; probabilities at full precision."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "probability", "prediction", "error"])
+        for r in rows:
+            prob = "" if r.probability is None else repr(r.probability)
+            writer.writerow([r.path, prob, r.prediction or "", r.error or ""])

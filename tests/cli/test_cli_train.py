@@ -1,0 +1,187 @@
+"""`xray fit-head` and `xray finetune` through the Typer app (and one real SIGKILL + --resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import extract_tiny_store, write_tiny_dataset
+from featurestore.cli.main import app
+from typer.testing import CliRunner
+
+from featurestore.runs import load_run
+
+runner = CliRunner()
+torch.set_num_threads(1)
+TINY_TUNE = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--workers", "0",
+             "--batch-size", "8", "--device", "cpu"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def store_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny dataset and its resnet18 (random init, 32 px) feature store."""
+    return extract_tiny_store(tmp_path_factory.mktemp("cli_train"))
+
+
+@pytest.mark.parametrize("command", ["fit-head", "finetune"])
+def test_help_has_examples(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Examples" in result.stdout and f"xray {command}" in result.stdout
+
+
+def test_fit_head_prints_test_metrics_and_the_run_folder(store_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    args = [
+        "fit-head",
+        "--cache",
+        str(store_env["cache"]),
+        "--runs",
+        str(tmp_path),
+        "--epochs",
+        "3",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "test metrics" in result.stdout and "accuracy" in result.stdout
+    assert "run folder:" in result.stdout
+    assert "epoch 1/3  train loss" in result.stderr
+    (run,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert load_run(run).config["head"] == "linear"
+
+
+def test_fit_head_json(store_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = runner.invoke(
+        app,
+        ["fit-head", "--store", str(store_env["store"]), "--runs", str(tmp_path), "--head",
+         "mlp", "--epochs", "2", "--seed", "3", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [r["at"] for r in doc["rows"]] == ["at_0.5", "at_threshold"]
+    assert doc["rows"][0]["metrics"]["n"] == 8
+    run = load_run(Path(doc["runs"][0]))
+    assert run.config["seed"] == 3 and run.config["head"] == "mlp"
+    assert Path(doc["runs"][0]).name.endswith("-resnet18-frozen-s3")
+
+
+def test_fit_head_seeds_repeat_the_run(store_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = runner.invoke(
+        app,
+        ["fit-head", "--store", str(store_env["store"]), "--runs", str(tmp_path), "--epochs",
+         "2", "--seed", "5", "--seeds", "2", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    seeds = sorted(load_run(Path(p)).config["seed"] for p in json.loads(result.stdout)["runs"])
+    assert seeds == [5, 6]
+
+
+def test_fit_head_refuses_a_stale_store(store_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    victim = next((store_env["data"] / "test" / "PNEUMONIA").glob("*.jpeg"))
+    original = victim.read_bytes()
+    victim.write_bytes(original + b"\0")
+    try:
+        result = runner.invoke(
+            app,
+            ["fit-head", "--data", str(store_env["data"]), "--cache", str(store_env["cache"]),
+             "--runs", str(tmp_path)],
+        )  # fmt: skip
+    finally:
+        victim.write_bytes(original)
+    assert result.exit_code == 2
+    assert "error:" in result.stderr and "no longer matches the dataset" in result.stderr
+    assert "xray extract" in result.stderr and "Traceback" not in result.output
+
+
+def test_fit_head_refuses_an_incomplete_store(tmp_path: Path) -> None:
+    import h5py
+
+    path = tmp_path / "half.h5"
+    with h5py.File(path, "w") as fh:
+        fh.attrs["format_version"] = 1
+        fh.attrs["complete"] = False
+    result = runner.invoke(app, ["fit-head", "--store", str(path), "--runs", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "incomplete" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--monitor", "val_acc"], "unknown --monitor"),
+        (["--class-weight", "inverse"], "--class-weight"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+    ],
+)
+def test_fit_head_refuses_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["fit-head", "--cache", str(tmp_path), *args])
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_fit_head_with_an_empty_cache_says_what_to_do(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["fit-head", "--cache", str(tmp_path), "--runs", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "run `xray extract --model resnet50` first" in result.stderr
+
+
+def test_finetune_refuses_an_unknown_stage(tiny_data_ro: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["finetune", "--data", str(tiny_data_ro), "--runs", str(tmp_path), "--freeze", "layer9",
+         *TINY_TUNE],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "conv1, layer1, layer2, layer3, layer4" in result.stderr
+
+
+@pytest.mark.slow
+def test_finetune_json_with_a_partial_freeze(tiny_data_ro: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["finetune", "--data", str(tiny_data_ro), "--runs", str(tmp_path), "--epochs", "1",
+         "--freeze", "layer2", "--no-augment", "--json", *TINY_TUNE],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    run = load_run(Path(doc["runs"][0]))
+    assert run.config["freeze"] == "layer2" and run.config["augment"] is False
+    assert 0 < run.config["trainable_params"] < run.config["total_params"]
+    assert run.config["mode"] == "finetune" and run.config["backbone_lr_mult"] == 0.1
+
+
+@pytest.mark.slow
+def test_finetune_killed_with_sigkill_resumes(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "chest_xray")
+    runs = tmp_path / "runs"
+    args = ["finetune", "--data", str(data), "--runs", str(runs), "--epochs", "4", *TINY_TUNE]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    code = "from featurestore.cli.main import main; main()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not list(runs.glob(".inprogress/*/last.pt")):
+            assert proc.poll() is None, "finetune ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)  # mid-run: after epoch 1's checkpoint
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not list(runs.glob("2*"))  # no run folder from the killed process
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    (path,) = list(runs.glob("2*"))
+    run = load_run(path)
+    assert run.config["resumed"] is True
+    assert run.history["epoch"].tolist()[0] == 1 and len(run.history["epoch"]) >= 2
+    assert not list(runs.glob(".inprogress/*"))

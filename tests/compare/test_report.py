@@ -1,0 +1,224 @@
+"""compare_runs and the report: intervals, paired tests, refusals, files, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from featurestore.cli.main import app
+from typer.testing import CliRunner
+
+from featurestore.compare import CompareConfig, compare_runs, mcnemar, write_report
+from featurestore.errors import XrayError
+from featurestore.runs import HISTORY_COLUMNS, RUN_FILES
+
+CLASSES = ["NORMAL", "PNEUMONIA"]
+
+
+def make_test_set(n_patients: int = 40, seed: int = 0) -> tuple[list[str], list[str], np.ndarray]:
+    """Keys, patients (2 images each) and labels of a fake test split."""
+    rng = np.random.default_rng(seed)
+    keys, groups, labels = [], [], []
+    for i in range(n_patients):
+        y = int(rng.random() < 0.6)
+        for j in range(2):
+            keys.append(f"test/{CLASSES[y]}/p{i}_{j}.jpeg")
+            groups.append(f"p{i}")
+            labels.append(y)
+    return keys, groups, np.array(labels)
+
+
+def write_fake_run(
+    root: Path,
+    name: str,
+    *,
+    model: str,
+    mode: str,
+    skill: float,
+    seed: int = 0,
+    test: tuple[list[str], list[str], np.ndarray] | None = None,
+    threshold: float = 0.5,
+) -> Path:
+    """A run folder of the contract with predictions of a given skill (noise added to labels)."""
+    keys, groups, labels = test or make_test_set()
+    rng = np.random.default_rng(hash((name, seed)) % 2**32)
+    probs = 1 / (1 + np.exp(-(skill * (labels - 0.5) * 4 + rng.normal(0, 1, labels.size))))
+    run = root / name
+    run.mkdir(parents=True)
+    config = {
+        "mode": mode,
+        "model": model,
+        "head": "linear",
+        "seed": seed,
+        "class_names": CLASSES,
+        "positive_index": 1,
+        "positive_class": "PNEUMONIA",
+        "trainable_params": 2050 if mode == "frozen" else 23_000_000,
+        "weights_id": "none",
+        "class_counts": {"train": {"NORMAL": 30, "PNEUMONIA": 90}},
+    }
+    if mode == "frozen":
+        config["extraction_seconds"] = 12.5
+    (run / "config.json").write_text(json.dumps(config))
+    metrics = {
+        "best_epoch": 3,
+        "epochs_run": 6,
+        "stopped_early": True,
+        "threshold": {"policy": "youden", "value": threshold},
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    timing = {"seconds_per_epoch": 0.01 if mode == "frozen" else 40.0, "epochs_run": 6}
+    (run / "timing.json").write_text(json.dumps(timing))
+    with (run / "history.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(HISTORY_COLUMNS)
+        for epoch in range(1, 7):
+            w.writerow([epoch] + [0.5] * (len(HISTORY_COLUMNS) - 1))
+    with (run / "predictions.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["split", "key", "patient", "label", "probability", "prediction"])
+        for k, g, y, p in zip(keys, groups, labels, probs, strict=True):
+            w.writerow(["test", k, g, int(y), repr(float(p)), int(p >= threshold)])
+        w.writerow(["val", "train/NORMAL/v.jpeg", "v", 0, "0.2", 0])
+    (run / "best.pt").write_bytes(b"")
+    assert all((run / f).exists() for f in RUN_FILES)
+    return run
+
+
+@pytest.fixture
+def four_runs(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "runs"
+    return [
+        write_fake_run(root, "r50-ft", model="resnet50", mode="finetune", skill=1.6),
+        write_fake_run(root, "d121-ft", model="densenet121", mode="finetune", skill=1.2),
+        write_fake_run(root, "r50-fz", model="resnet50", mode="frozen", skill=1.0),
+        write_fake_run(root, "d121-fz", model="densenet121", mode="frozen", skill=0.2),
+    ]
+
+
+def test_compare_table_has_intervals_and_pairs(four_runs: list[Path]) -> None:
+    cmp = compare_runs(four_runs, CompareConfig(n_boot=300))
+    assert len(cmp.rows) == 4
+    assert len(cmp.pairs) == 6  # every pair of 4 runs
+    for row in cmp.rows:
+        for t in ("at_0.5", "at_threshold"):
+            for iv in row.metrics[t].values():
+                assert iv.lo <= iv.estimate <= iv.hi
+    best = max(cmp.rows, key=lambda r: r.metrics["at_0.5"]["roc_auc"].estimate)
+    assert best.model == "resnet50" and best.mode == "finetune"
+    assert cmp.test_set == {"images": 80, "positives": cmp.test_set["positives"], "patients": 40}
+    # The majority rule predicts the train majority (PNEUMONIA) everywhere: AUC 0.5.
+    assert cmp.baseline["majority_class"] == "PNEUMONIA"
+    assert cmp.baseline["roc_auc"] == 0.5
+    assert any("randomly initialised" in n for n in cmp.notes)
+
+
+def test_accuracy_interval_recomputed_from_predictions(four_runs: list[Path]) -> None:
+    """The point estimate equals accuracy recomputed by hand from predictions.csv."""
+    cmp = compare_runs(four_runs[:1], CompareConfig(n_boot=200))
+    with (four_runs[0] / "predictions.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
+    acc = np.mean([(float(r["probability"]) >= 0.5) == (r["label"] == "1") for r in rows])
+    assert cmp.rows[0].metrics["at_0.5"]["accuracy"].estimate == pytest.approx(acc)
+
+
+def test_mcnemar_pair_matches_hand_count(four_runs: list[Path]) -> None:
+    cmp = compare_runs(four_runs[:2], CompareConfig(n_boot=200))
+    pair = cmp.pairs[0]
+
+    def correct(run: Path) -> dict[str, bool]:
+        with (run / "predictions.csv").open() as fh:
+            return {
+                r["key"]: (float(r["probability"]) >= 0.5) == (r["label"] == "1")
+                for r in csv.DictReader(fh)
+                if r["split"] == "test"
+            }
+
+    ca, cb = correct(four_runs[0]), correct(four_runs[1])
+    b = sum(ca[k] and not cb[k] for k in ca)
+    c = sum(cb[k] and not ca[k] for k in ca)
+    assert (pair.mcnemar.b, pair.mcnemar.c) == (b, c)
+    keys = sorted(ca)
+    ref = mcnemar(np.array([ca[k] for k in keys]), np.array([cb[k] for k in keys]))
+    assert pair.mcnemar.p_value == pytest.approx(ref.p_value)
+
+
+def test_different_test_sets_refused_unless_allowed(tmp_path: Path) -> None:
+    a = write_fake_run(tmp_path, "a", model="resnet50", mode="frozen", skill=1.0)
+    other = make_test_set(n_patients=30, seed=5)
+    b = write_fake_run(tmp_path, "b", model="resnet50", mode="frozen", skill=1.0, test=other)
+    with pytest.raises(XrayError, match="different test sets"):
+        compare_runs([a, b], CompareConfig(n_boot=200))
+    cmp = compare_runs([a, b], CompareConfig(n_boot=200, allow_different_test=True))
+    assert cmp.pairs == []
+    assert any("paired tests skipped" in n for n in cmp.notes)
+
+
+def test_seed_groups_report_mean_and_spread(tmp_path: Path) -> None:
+    runs = [
+        write_fake_run(tmp_path, f"s{s}", model="resnet18", mode="frozen", skill=1.0, seed=s)
+        for s in range(3)
+    ]
+    cmp = compare_runs(runs, CompareConfig(n_boot=200))
+    assert len(cmp.seed_groups) == 1
+    group = cmp.seed_groups[0]
+    assert group.seeds == (0, 1, 2)
+    aucs = [r.metrics["at_threshold"]["roc_auc"].estimate for r in cmp.rows]
+    assert group.mean["roc_auc"] == pytest.approx(np.mean(aucs))
+    assert group.std["roc_auc"] == pytest.approx(np.std(aucs, ddof=1))
+
+
+def test_patient_bootstrap_is_not_narrower_than_image_bootstrap(four_runs: list[Path]) -> None:
+    by_patient = compare_runs(four_runs[:1], CompareConfig(n_boot=1000, resample="patients"))
+    by_image = compare_runs(four_runs[:1], CompareConfig(n_boot=1000, resample="images"))
+    # Two images per patient with identical labels: clustering widens (or keeps) the interval.
+    iv_p = by_patient.rows[0].metrics["at_0.5"]["roc_auc"]
+    iv_i = by_image.rows[0].metrics["at_0.5"]["roc_auc"]
+    assert iv_p.hi - iv_p.lo >= 0.8 * (iv_i.hi - iv_i.lo)
+
+
+def test_write_report_files(four_runs: list[Path], tmp_path: Path) -> None:
+    cmp = compare_runs(four_runs, CompareConfig(n_boot=200))
+    report = write_report(cmp, tmp_path / "report")
+    folder = report.parent
+    for name in ("report.md", "report.html", "table.csv", "comparison.json", "roc.png"):
+        assert (folder / name).is_file(), name
+    text = report.read_text()
+    assert "McNemar" in text and "majority class" in text and "![roc.png](roc.png)" in text
+    with (folder / "table.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 8  # 4 runs x 2 thresholds
+    json.loads((folder / "comparison.json").read_text())
+    assert "data:image/png;base64," in (folder / "report.html").read_text()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_cli_compare(four_runs: list[Path], tmp_path: Path) -> None:
+    runs_dir = four_runs[0].parent
+    out = tmp_path / "rep"
+    args = ["compare", "--runs", str(runs_dir), "--out", str(out), "--bootstrap", "200"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert len(doc["runs"]) == 4 and len(doc["pairs"]) == 6
+    assert (out / "report.md").is_file()
+    plain = CliRunner().invoke(app, args)
+    assert plain.exit_code == 0 and "Paired tests" in plain.stdout
+
+
+def test_cli_compare_without_runs_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["compare", "--runs", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert "no complete run folders" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_compare_refuses_incomplete_run(four_runs: list[Path], tmp_path: Path) -> None:
+    (four_runs[1] / "metrics.json").unlink()
+    result = CliRunner().invoke(
+        app, ["compare", str(four_runs[0]), str(four_runs[1]), "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2
+    assert "not a complete run folder" in result.stderr

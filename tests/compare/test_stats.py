@@ -1,0 +1,355 @@
+"""featurestore.compare bootstrap and stats vs hand computations and slow references."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from featurestore.compare import (
+    BOOT_METRICS,
+    BootMetric,
+    binary_metrics,
+    bootstrap,
+    bootstrap_ci,
+    bootstrap_interval,
+    delong_ci,
+    delong_roc_test,
+    majority_baseline,
+    mcnemar,
+    paired_bootstrap,
+)
+from featurestore.errors import XrayError
+
+
+def make_scores(n: int, *, seed: int = 0, signal: float = 0.3, decimals: int = 1):
+    """Labels (~60% positive) and informative probabilities, rounded so that ties occur."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.6).astype(int)
+    p = np.clip(signal * y + rng.random(n) * (1 - signal), 0, 1).round(decimals)
+    return y, p
+
+
+# ---------------------------------------------------------------- vectorised bootstrap metrics
+
+
+@pytest.mark.parametrize("name", BOOT_METRICS)
+@pytest.mark.parametrize("threshold", [0.5, 0.35])
+def test_boot_metric_equals_binary_metrics(name: str, threshold: float) -> None:
+    y, p = make_scores(80)
+    expected = binary_metrics(y, p, threshold=threshold)[name]
+    assert BootMetric(name, threshold)(y, p) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", BOOT_METRICS)
+def test_weighted_rows_equal_explicit_resamples(name: str) -> None:
+    y, p = make_scores(30, seed=1)
+    rng = np.random.default_rng(2)
+    w = rng.multinomial(30, np.full(30, 1 / 30), size=5).astype(float)  # (5, 30) counts
+    w[4] = 0.0
+    w[4, y == 1] = 2.0  # a resample holding positives only
+    got = BootMetric(name).weighted(y.astype(float), p, w)
+    for b in range(len(w)):
+        take = np.repeat(np.arange(30), w[b].astype(int))
+        value = binary_metrics(y[take], p[take])[name]
+        if value is None:
+            assert np.isnan(got[b]), (name, b)
+        elif name == "specificity" and b == 4:
+            assert np.isnan(got[b])  # undefined without negatives: skipped, not scored 0
+        else:
+            assert got[b] == pytest.approx(value, abs=1e-12), (name, b)
+
+
+def test_unknown_boot_metric_lists_names() -> None:
+    with pytest.raises(XrayError, match="accuracy"):
+        BootMetric("kappa")
+
+
+# ---------------------------------------------------------------- bootstrap intervals
+
+
+def test_vectorised_bootstrap_equals_sklearn_loop() -> None:
+    y, p = make_scores(120, seed=3)
+    groups = np.repeat(np.arange(40), 3)
+    for g in (None, groups):
+        fast = bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=200, seed=7)
+        slow = bootstrap_ci(roc_auc_score, y, p, groups=g, n_boot=200, seed=7)
+        assert fast == pytest.approx(slow, abs=1e-12)
+        acc = BootMetric("accuracy")
+        fast = bootstrap_ci(acc, y, p, groups=g, n_boot=200, seed=7)
+        slow = bootstrap_ci(
+            lambda t, s: accuracy_score(t, s >= 0.5), y, p, groups=g, n_boot=200, seed=7
+        )
+        assert fast == pytest.approx(slow, abs=1e-12)
+
+
+def test_blocked_resampling_gives_the_same_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    y, p = make_scores(100, seed=12, decimals=3)
+    groups = np.repeat(np.arange(25), 4)
+    whole = [
+        bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=500) for g in (None, groups)
+    ]
+    monkeypatch.setattr(bootstrap, "_CHUNK_CELLS", 1000)  # blocks of 10 resamples
+    blocked = [
+        bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=500) for g in (None, groups)
+    ]
+    assert blocked == whole
+
+
+def test_interval_contains_estimate_repeats_with_seed_and_varies_without() -> None:
+    y, p = make_scores(600, seed=4, decimals=3)
+    metric = BootMetric("roc_auc")
+    est, lo, hi = bootstrap_ci(metric, y, p)
+    assert est == pytest.approx(roc_auc_score(y, p))
+    assert lo < est < hi
+    assert bootstrap_ci(metric, y, p) == (est, lo, hi)
+    assert bootstrap_ci(metric, y, p, seed=1) != (est, lo, hi)
+    narrower = bootstrap_ci(metric, y, p, alpha=0.5)
+    assert lo < narrower[1] < narrower[2] < hi
+
+
+def test_interval_narrows_with_more_data() -> None:
+    metric = BootMetric("accuracy")
+    widths = []
+    for n in (100, 1600):
+        y, p = make_scores(n, seed=5)
+        _, lo, hi = bootstrap_ci(metric, y, p, n_boot=500)
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2  # ~ 1/sqrt(n): a factor 4 expected
+
+
+def test_cluster_bootstrap_is_wider_on_clustered_data() -> None:
+    # 40 patients x 10 images; each patient's images share label and prediction, so the
+    # effective sample is 40, not 400.
+    rng = np.random.default_rng(6)
+    patient_y = (rng.random(40) < 0.5).astype(int)
+    patient_p = np.clip(0.25 * patient_y + 0.75 * rng.random(40), 0, 1)
+    y, p = np.repeat(patient_y, 10), np.repeat(patient_p, 10)
+    groups = np.repeat([f"person{i}" for i in range(40)], 10)
+    for name in ("accuracy", "roc_auc"):
+        by_image = bootstrap_interval(BootMetric(name), y, p, n_boot=1000)
+        by_patient = bootstrap_interval(BootMetric(name), y, p, groups=groups, n_boot=1000)
+        assert by_image.unit == "images" and by_patient.unit == "patients"
+        assert by_patient.estimate == by_image.estimate
+        assert by_patient.hi - by_patient.lo > 2 * (by_image.hi - by_image.lo)  # ~sqrt(10)
+
+
+def test_undefined_resamples_are_skipped_and_counted() -> None:
+    y = np.array([0, 1, 1, 1, 1, 1])
+    p = np.array([0.2, 0.6, 0.7, 0.4, 0.9, 0.8])
+    auc = bootstrap_interval(BootMetric("roc_auc"), y, p, n_boot=2000)
+    # P(the single negative is never drawn) = (5/6)^6 = 0.335.
+    assert 0.29 * 2000 < auc.n_skipped < 0.38 * 2000
+    assert auc.lo <= auc.estimate <= auc.hi
+    assert bootstrap_interval(BootMetric("accuracy"), y, p).n_skipped == 0
+    # sklearn's scorer warns and returns NaN on one class: skipped the same way.
+    fast = bootstrap_interval(BootMetric("roc_auc"), y, p, n_boot=300, seed=1)
+    with pytest.warns(UndefinedMetricWarning):
+        slow = bootstrap_interval(roc_auc_score, y, p, n_boot=300, seed=1)
+    assert slow.n_skipped == fast.n_skipped > 0
+    json.dumps(auc.as_dict(), allow_nan=False)
+
+
+def test_bootstrap_unhappy_paths() -> None:
+    y, p = make_scores(20)
+    with pytest.raises(XrayError, match="one class"):
+        bootstrap_ci(BootMetric("roc_auc"), np.ones(5, int), np.linspace(0, 1, 5))
+    with pytest.raises(XrayError, match="one class"), pytest.warns(UndefinedMetricWarning):
+        bootstrap_ci(roc_auc_score, np.ones(5, int), np.linspace(0, 1, 5))
+    with pytest.raises(ValueError, match="one entry per image"):
+        bootstrap_ci(BootMetric("accuracy"), y, p, groups=np.arange(3))
+    with pytest.raises(ValueError, match="1 for the positive class"):
+        bootstrap_ci(BootMetric("accuracy"), y + 1, p)
+    with pytest.raises(ValueError, match="alpha"):
+        bootstrap_ci(BootMetric("accuracy"), y, p, alpha=1.5)
+    with pytest.raises(XrayError, match="NaN"):
+        bootstrap_ci(BootMetric("accuracy"), y, np.full(20, np.nan))
+
+
+# ---------------------------------------------------------------- paired bootstrap
+
+
+def test_paired_bootstrap_identical_predictors() -> None:
+    y, p = make_scores(100)
+    r = paired_bootstrap(BootMetric("roc_auc"), y, p, p, n_boot=300)
+    assert (r.diff, r.lo, r.hi, r.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_paired_bootstrap_detects_a_better_model_and_is_antisymmetric() -> None:
+    y, good = make_scores(300, seed=8, signal=0.5, decimals=3)
+    _, weak = make_scores(300, seed=9, signal=0.0, decimals=3)  # noise: AUC ~ 0.5
+    metric = BootMetric("roc_auc")
+    ab = paired_bootstrap(metric, y, good, weak, n_boot=1000)
+    assert ab.diff == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, weak))
+    assert 0 < ab.lo < ab.diff < ab.hi
+    assert ab.p_value == pytest.approx(2 / 1001)  # no resample reaches 0: the floor
+    ba = paired_bootstrap(metric, y, weak, good, n_boot=1000)
+    assert ba.diff == pytest.approx(-ab.diff)
+    assert (ba.lo, ba.hi) == pytest.approx((-ab.hi, -ab.lo))
+    assert ba.p_value == ab.p_value
+
+
+def test_paired_bootstrap_generic_callable_and_groups() -> None:
+    y, a = make_scores(90, seed=13, signal=0.4)
+    _, b = make_scores(90, seed=14, signal=0.1)
+    groups = np.repeat(np.arange(30), 3)
+    fast = paired_bootstrap(BootMetric("roc_auc"), y, a, b, groups=groups, n_boot=100)
+    slow = paired_bootstrap(roc_auc_score, y, a, b, groups=groups, n_boot=100)
+    assert fast.unit == "patients"
+    assert (slow.diff, slow.lo, slow.hi, slow.p_value) == pytest.approx(
+        (fast.diff, fast.lo, fast.hi, fast.p_value), abs=1e-12
+    )
+
+
+def test_paired_bootstrap_p_value_matches_interval() -> None:
+    y, a = make_scores(200, seed=10, signal=0.3)
+    _, b = make_scores(200, seed=11, signal=0.25)
+    r = paired_bootstrap(BootMetric("accuracy"), y, a, b, n_boot=1000, seed=3)
+    assert (r.p_value < 0.05) == (not r.lo <= 0 <= r.hi) or abs(r.p_value - 0.05) < 0.01
+    assert 0 < r.p_value <= 1
+
+
+# ---------------------------------------------------------------- McNemar
+
+
+def correctness(b: int, c: int, both: int = 5, neither: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Paired correctness vectors with b (only A right) and c (only B right) discordant pairs."""
+    a = np.r_[np.ones(both + b, bool), np.zeros(c + neither, bool)]
+    bb = np.r_[np.ones(both, bool), np.zeros(b, bool), np.ones(c, bool), np.zeros(neither, bool)]
+    return a, bb
+
+
+def test_mcnemar_exact_hand_computation() -> None:
+    r = mcnemar(*correctness(10, 2))
+    assert (r.b, r.c, r.method) == (10, 2, "exact")
+    # 2 * P(X <= 2), X ~ Bin(12, 1/2) = 2 * (1 + 12 + 66) / 4096 = 158 / 4096.
+    assert r.p_value == pytest.approx(158 / 4096)
+    assert r.p_value == pytest.approx(0.0386, abs=1e-4)
+    assert mcnemar(*correctness(2, 10)).p_value == pytest.approx(158 / 4096)
+
+
+def test_mcnemar_chi_square_textbook_case() -> None:
+    # Agresti (2002), Categorical Data Analysis, Table 10.1: approval ratings b=150, c=86.
+    r = mcnemar(*correctness(150, 86))
+    assert r.method == "chi2-cc"
+    assert r.statistic == pytest.approx((64 - 1) ** 2 / 236)  # 16.818
+    assert r.statistic == pytest.approx(16.818, abs=1e-3)
+    assert r.p_value == pytest.approx(sps.chi2.sf(16.818, 1), rel=1e-3)
+    assert r.p_value < 1e-4
+
+
+def test_mcnemar_switches_method_at_25_and_handles_no_discordance() -> None:
+    assert mcnemar(*correctness(12, 12)).method == "exact"
+    assert mcnemar(*correctness(13, 12)).method == "chi2-cc"
+    assert mcnemar(*correctness(13, 12)).p_value == pytest.approx(1.0)  # (|1| - 1)^2 = 0
+    r = mcnemar(*correctness(0, 0))
+    assert (r.b, r.c, r.p_value) == (0, 0, 1.0)
+    json.dumps(r.as_dict(), allow_nan=False)
+
+
+def test_mcnemar_unhappy_paths() -> None:
+    with pytest.raises(ValueError, match="boolean"):
+        mcnemar(np.array([1, 0]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="equal length"):
+        mcnemar(np.ones(3, bool), np.ones(4, bool))
+
+
+# ---------------------------------------------------------------- DeLong
+
+
+def slow_delong(y: np.ndarray, scores: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong et al. (1988) by definition: O(m n) kernel psi, structural components, covariance."""
+    v10s, v01s, aucs = [], [], []
+    for s in scores:
+        x, z = s[y == 1], s[y == 0]
+        psi = (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])  # (m, n)
+        aucs.append(psi.mean())
+        v10s.append(psi.mean(axis=1))  # (m,)
+        v01s.append(psi.mean(axis=0))  # (n,)
+    m, n = len(v10s[0]), len(v01s[0])
+    return np.array(aucs), np.cov(np.array(v10s)) / m + np.cov(np.array(v01s)) / n
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_delong_matches_slow_reference_with_ties(seed: int) -> None:
+    y, a = make_scores(150, seed=seed, signal=0.3, decimals=1)
+    rng = np.random.default_rng(100 + seed)
+    b = np.clip(a + rng.normal(0, 0.15, a.size), 0, 1).round(1)  # correlated with a
+    aucs, cov = slow_delong(y, [a, b])
+    r = delong_roc_test(y, a, b)
+    assert (r.auc_a, r.auc_b) == pytest.approx(tuple(aucs), abs=1e-12)
+    assert (r.var_a, r.var_b, r.cov) == pytest.approx((cov[0, 0], cov[1, 1], cov[0, 1]))
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    assert r.z == pytest.approx((aucs[0] - aucs[1]) / np.sqrt(var))
+    assert r.p_value == pytest.approx(2 * sps.norm.sf(abs(r.z)))
+    assert r.auc_a == pytest.approx(roc_auc_score(y, a))
+
+
+def test_delong_identical_predictors() -> None:
+    y, p = make_scores(60)
+    r = delong_roc_test(y, p, p)
+    assert r.z is None and r.p_value == 1.0 and r.diff == 0.0
+    json.dumps(r.as_dict(), allow_nan=False)
+
+
+def test_delong_known_aucs() -> None:
+    y = np.array([1, 1, 1, 0, 0, 0])
+    perfect = np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    # Positives 0.9, 0.4, 0.6 vs negatives 0.5, 0.7, 0.1: pairs won 3 + 1 + 2 = 6 of 9.
+    partial = np.array([0.9, 0.4, 0.6, 0.5, 0.7, 0.1])
+    r = delong_roc_test(y, perfect, partial)
+    assert (r.auc_a, r.auc_b) == pytest.approx((1.0, 6 / 9))
+    assert r.var_a == 0.0  # a perfect separator has no spread in its components
+    assert r.z is not None and r.z > 0
+
+
+def test_delong_published_hanley_mcneil_example() -> None:
+    # Hanley & McNeil (1982), Radiology 143:29, Table 1: CT ratings 1..5 of 58 normal and
+    # 51 abnormal patients; published trapezoidal area 0.893, standard error ~0.032.
+    normal = np.repeat([1, 2, 3, 4, 5], [33, 6, 6, 11, 2])
+    abnormal = np.repeat([1, 2, 3, 4, 5], [3, 2, 2, 11, 33])
+    y = np.r_[np.zeros(58, int), np.ones(51, int)]
+    s = np.r_[normal, abnormal].astype(float)
+    auc, lo, hi = delong_ci(y, s)
+    assert auc == pytest.approx(0.893, abs=5e-4)
+    se = (hi - lo) / (2 * sps.norm.ppf(0.975))
+    assert se == pytest.approx(0.032, abs=0.002)
+    _, cov = slow_delong(y, [s, s])
+    assert se == pytest.approx(np.sqrt(cov[0, 0]))
+
+
+def test_delong_ci_clips_and_rejects_one_class() -> None:
+    y = np.array([1, 1, 0, 0])
+    assert delong_ci(y, np.array([0.9, 0.8, 0.2, 0.1])) == (1.0, 1.0, 1.0)
+    with pytest.raises(XrayError, match="one class"):
+        delong_ci(np.ones(4, int), np.linspace(0, 1, 4))
+    with pytest.raises(XrayError, match="one class"):
+        delong_roc_test(np.zeros(4, int), np.linspace(0, 1, 4), np.linspace(0, 1, 4))
+
+
+# ---------------------------------------------------------------- majority baseline
+
+
+def test_majority_baseline_positive_majority() -> None:
+    train = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+    test = np.array([0, 0, 1, 1, 1])
+    m = majority_baseline(train, test)
+    assert m["majority_class"] == "PNEUMONIA"
+    assert m["prior_positive"] == pytest.approx(0.7)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert (m["sensitivity"], m["specificity"]) == (1.0, 0.0)
+    assert m["roc_auc"] == 0.5
+    assert m["confusion_matrix"] == [[0, 2], [0, 3]]
+    json.dumps(m, allow_nan=False)
+
+
+def test_majority_baseline_negative_majority_and_empty_train() -> None:
+    m = majority_baseline(np.array([0, 0, 0, 1]), np.array([0, 1, 1, 1]))
+    assert m["majority_class"] == "NORMAL"
+    assert (m["accuracy"], m["sensitivity"], m["specificity"]) == (0.25, 0.0, 1.0)
+    with pytest.raises(XrayError, match="training labels are empty"):
+        majority_baseline(np.array([], int), np.array([0, 1]))

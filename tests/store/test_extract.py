@@ -1,0 +1,291 @@
+"""extract_features: build, reuse, rebuild with a reason, resume after a crash, bad images, lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from featurestore.data import Manifest, dataset_fingerprint, load_manifest
+from featurestore.errors import XrayError
+from featurestore.models import backbones
+from featurestore.store import (
+    ExtractResult,
+    PartialStore,
+    extract_features,
+    open_store,
+    store_lock,
+    store_path,
+)
+
+torch.set_num_threads(1)
+
+FAST: dict[str, Any] = {
+    "model": "resnet18",
+    "weights": "none",
+    "image_size": 32,
+    "workers": 0,
+    "batch_size": 4,
+    "chunk_size": 4,
+}
+
+
+def _extract(m: Manifest, cache: Path, **kw: Any) -> ExtractResult:
+    return extract_features(m, cache_dir=cache, **{**FAST, **kw})
+
+
+def _rows(path: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
+    store = open_store(path)
+    return {s: (store.split(s).features, store.split(s).keys) for s in store.counts}
+
+
+def _assert_same_rows(a: Path, b: Path) -> None:
+    rows_a, rows_b = _rows(a), _rows(b)
+    assert rows_a.keys() == rows_b.keys()
+    for split in rows_a:
+        np.testing.assert_array_equal(rows_a[split][0], rows_b[split][0])
+        assert rows_a[split][1] == rows_b[split][1]
+
+
+def _corrupt(path: Path) -> bytes:
+    """Truncate a JPEG mid-stream; returns the original bytes."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return data
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data_ro: Path, tmp_path_factory: pytest.TempPathFactory) -> ExtractResult:
+    """One uninterrupted extraction of the tiny dataset (same content as `tiny_data`)."""
+    return _extract(load_manifest(tiny_data_ro), tmp_path_factory.mktemp("ref_cache"))
+
+
+def test_build_writes_the_documented_store(tiny_data_ro: Path, reference: ExtractResult) -> None:
+    m = load_manifest(tiny_data_ro)
+    assert reference.status == "built" and reference.skipped == []
+    assert reference.path.name == "resnet18-none-32px.h5"
+    assert reference.path.parent.name == m.name == "chest_xray"
+    assert reference.counts == {s: len(m.split(s)) for s in ("train", "val", "test")}
+    assert reference.feature_dim == 512 and (reference.images_per_second or 0) > 0
+    store = open_store(reference.path, expect_fingerprint=dataset_fingerprint(m))
+    attrs = store.attrs
+    assert attrs["carve"] == m.carve.as_dict()  # type: ignore[union-attr]
+    assert attrs["weights_id"] == "none" and attrs["dtype"] == "float16"
+    assert attrs["preprocessing"] == backbones.preprocessing_for("resnet18", "none", 32).as_dict()
+    assert attrs["dataset_root"] == str(tiny_data_ro.resolve())
+    assert set(attrs["versions"]) >= {"torch", "torchvision", "h5py", "xray"}
+    assert attrs["extraction_seconds"] > 0
+    for split in ("train", "val", "test"):
+        arrays = store.split(split)
+        records = m.split(split)
+        assert arrays.keys == [r.key for r in records]  # manifest order, deterministic rows
+        assert arrays.groups == [r.group for r in records]
+        assert arrays.labels.tolist() == [r.label for r in records]
+        assert arrays.features.shape == (len(records), 512)
+        assert np.isfinite(arrays.features).all() and arrays.features.std() > 0
+    with h5py.File(reference.path, "r") as fh:
+        assert fh["train/features"].dtype == np.float16
+
+
+def test_reuse_runs_no_model(
+    tiny_data_ro: Path, reference: ExtractResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an up-to-date store must be reused without building a backbone")
+
+    monkeypatch.setattr(backbones, "load_backbone", no_model)
+    before = reference.path.stat().st_mtime_ns
+    again = _extract(load_manifest(tiny_data_ro), reference.path.parents[1])
+    assert again.status == "reused" and again.images_per_second is None
+    assert again.counts == reference.counts
+    assert reference.path.stat().st_mtime_ns == before
+
+
+def test_rows_do_not_depend_on_workers(
+    tiny_data_ro: Path, reference: ExtractResult, tmp_path: Path
+) -> None:
+    # The random init is seeded, and a worker process decodes exactly what the main one does.
+    other = _extract(load_manifest(tiny_data_ro), tmp_path, workers=1)
+    _assert_same_rows(other.path, reference.path)
+
+
+def test_changed_image_rebuilds_with_the_reason(tiny_data: Path, tmp_path: Path) -> None:
+    first = _extract(load_manifest(tiny_data), tmp_path)
+    image = tiny_data / load_manifest(tiny_data).split("test")[0].key
+    image.write_bytes(image.read_bytes() + b"\0")  # one modified file
+    changed = load_manifest(tiny_data)
+    with pytest.raises(XrayError, match=r"no longer matches the dataset \(fingerprint"):
+        open_store(first.path, expect_fingerprint=dataset_fingerprint(changed))
+    notices: list[str] = []
+    second = _extract(changed, tmp_path, notice=notices.append)
+    assert second.status == "rebuilt"
+    assert second.reason.startswith("dataset changed (fingerprint ")
+    assert second.reason.endswith(": rebuilding")
+    assert any("dataset changed" in n for n in notices)
+    open_store(second.path, expect_fingerprint=dataset_fingerprint(changed))
+
+
+def test_other_dtype_rebuilds(tiny_data_ro: Path, tmp_path: Path) -> None:
+    m = load_manifest(tiny_data_ro)
+    _extract(m, tmp_path)
+    wide = _extract(m, tmp_path, dtype="float32")
+    assert (wide.status, wide.reason) == (
+        "rebuilt",
+        "dtype changed (float16 -> float32): rebuilding",
+    )
+    with h5py.File(wide.path, "r") as fh:
+        assert fh["train/features"].dtype == np.float32
+
+
+def test_bad_image_stops_keeping_progress_then_skip_bad_resumes(
+    tiny_data: Path, tmp_path: Path, reference: ExtractResult
+) -> None:
+    m = load_manifest(tiny_data)
+    bad_key = m.split("test")[-1].key
+    _corrupt(tiny_data / bad_key)
+    broken = load_manifest(tiny_data)
+    with pytest.raises(XrayError, match=rf"{bad_key}.*--skip-bad"):
+        _extract(broken, tmp_path)
+    path = store_path(tmp_path, "chest_xray", "resnet18", "none", 32)
+    assert not path.exists()
+    done = sorted(p.name for p in PartialStore(path).folder.glob("*.npz"))
+    assert "train-00000000.npz" in done and "test-00000004.npz" not in done
+    notices: list[str] = []
+    resumed = _extract(broken, tmp_path, skip_bad=True, notice=notices.append)
+    assert resumed.status == "resumed" and resumed.reason.startswith(f"{len(done)} of ")
+    assert any("resuming" in n for n in notices)
+    assert resumed.skipped == [bad_key] and not PartialStore(path).exists()
+    # Finished chunks were kept, not recomputed: rows equal an uninterrupted run's.
+    ref, got = _rows(reference.path), _rows(resumed.path)
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(got[split][0], ref[split][0])
+    keep = [i for i, k in enumerate(ref["test"][1]) if k != bad_key]
+    np.testing.assert_array_equal(got["test"][0], ref["test"][0][keep])
+
+
+def test_partial_with_other_settings_is_discarded(tiny_data: Path, tmp_path: Path) -> None:
+    _corrupt(tiny_data / load_manifest(tiny_data).split("test")[-1].key)
+    broken = load_manifest(tiny_data)
+    with pytest.raises(XrayError):
+        _extract(broken, tmp_path)
+    again = _extract(broken, tmp_path, chunk_size=8, skip_bad=True)
+    assert (again.status, again.reason) == ("rebuilt", "chunk size changed (4 -> 8): rebuilding")
+
+
+def test_skip_bad_leaves_the_file_out(tiny_data: Path, tmp_path: Path) -> None:
+    m = load_manifest(tiny_data)
+    bad_key = m.split("train")[5].key
+    _corrupt(tiny_data / bad_key)
+    broken = load_manifest(tiny_data)
+    result = _extract(broken, tmp_path, skip_bad=True, workers=1)
+    assert result.skipped == [bad_key]
+    assert result.counts["train"] == len(m.split("train")) - 1
+    store = open_store(result.path)
+    assert store.attrs["skipped"] == [bad_key]
+    train = store.split("train")
+    assert bad_key not in train.keys and len(train.keys) == train.features.shape[0]
+    assert train.labels.tolist() == [r.label for r in m.split("train") if r.key != bad_key]
+
+
+def test_second_concurrent_extraction_is_refused(tiny_data_ro: Path, tmp_path: Path) -> None:
+    path = store_path(tmp_path, "chest_xray", "resnet18", "none", 32)
+    with store_lock(path), pytest.raises(XrayError, match="another extraction is writing"):
+        _extract(load_manifest(tiny_data_ro), tmp_path)
+
+
+def test_unreadable_existing_store_is_rebuilt(tiny_data_ro: Path, tmp_path: Path) -> None:
+    path = store_path(tmp_path, "chest_xray", "resnet18", "none", 32)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a file")
+    result = _extract(load_manifest(tiny_data_ro), tmp_path)
+    assert result.status == "rebuilt" and result.reason.startswith("existing store unreadable")
+    open_store(result.path)
+
+
+def test_option_validation(tiny_data_ro: Path, tmp_path: Path) -> None:
+    m = load_manifest(tiny_data_ro)
+    with pytest.raises(XrayError, match="--dtype"):
+        _extract(m, tmp_path, dtype="int8")
+    with pytest.raises(XrayError, match="--batch-size"):
+        _extract(m, tmp_path, batch_size=0)
+    with pytest.raises(XrayError, match="--device"):
+        _extract(m, tmp_path, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(XrayError, match="no CUDA GPU"):
+            _extract(m, tmp_path, device="cuda")
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    from featurestore.store import write as store_write
+    from featurestore.data import load_manifest
+    from featurestore.store import extract_features
+
+    # Slow the writer down so the test can kill the process part-way, at an arbitrary point.
+    write = store_write.PartialStore.write_chunk
+    def slow_write(self, *args, **kwargs):
+        write(self, *args, **kwargs)
+        time.sleep(0.25)
+    store_write.PartialStore.write_chunk = slow_write
+    extract_features(load_manifest(Path(sys.argv[1])), cache_dir=Path(sys.argv[2]),
+                     model="resnet18", weights="none", image_size=32, workers=0,
+                     batch_size=4, chunk_size=4)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_extraction_then_resume_gives_identical_rows(
+    tiny_data_ro: Path, tmp_path: Path, reference: ExtractResult
+) -> None:
+    cache = tmp_path / "cache"
+    path = store_path(cache, "chest_xray", "resnet18", "none", 32)
+    partial = PartialStore(path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(tiny_data_ro), str(cache)], env=env
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(partial.folder.glob("*.npz"))) < 3:
+            assert proc.poll() is None, "extraction finished before it could be killed"
+            assert time.monotonic() < deadline, "no chunk written within 120 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not path.exists()  # a killed extraction never leaves a store behind
+    finished = len(list(partial.folder.glob("*.npz")))
+    resumed = _extract(load_manifest(tiny_data_ro), cache)
+    assert resumed.status == "resumed"
+    assert resumed.reason.startswith(f"{finished} of ")
+    _assert_same_rows(resumed.path, reference.path)
+
+
+def test_real_radiographs_extract_into_a_plain_hdf5_store(realsample: Path, tmp_path: Path) -> None:
+    m = load_manifest(realsample)
+    result = _extract(m, tmp_path, image_size=64, batch_size=8, chunk_size=16)
+    assert result.path == tmp_path / "realsample" / "resnet18-none-64px.h5"
+    assert sum(result.counts.values()) == len(m.records) == 54 and result.counts["val"] > 0
+    with h5py.File(result.path, "r") as fh:  # readable by any HDF5 tool, layout as documented
+        assert set(fh) == {"train", "val", "test"}
+        assert set(fh["val"]) == {"features", "labels", "keys", "groups"}
+        assert fh["test/features"].shape == (result.counts["test"], 512)
+        assert json.loads(fh.attrs["carve"]) == m.carve.as_dict()  # type: ignore[union-attr]
+        assert bool(fh.attrs["complete"])

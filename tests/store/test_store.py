@@ -1,0 +1,232 @@
+"""HDF5 feature store: chunked writer, assembly, reader refusals, find_stores, lock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+from featurestore.data import Record
+from featurestore.errors import XrayError
+from featurestore.store import (
+    FORMAT_VERSION,
+    PartialStore,
+    find_stores,
+    open_store,
+    provenance_difference,
+    read_attrs,
+    store_lock,
+    store_path,
+)
+
+D = 6
+
+
+def _records(split: str, n: int) -> list[Record]:
+    return [
+        Record(f"{split}/C{i % 2}/img{i:03d}.png", i % 2, split, f"p{i // 2}", split)  # type: ignore[arg-type]
+        for i in range(n)
+    ]
+
+
+def _provenance(**changes: Any) -> dict[str, Any]:
+    base = {
+        "format_version": FORMAT_VERSION,
+        "backbone": "resnet18",
+        "weights_id": "none",
+        "weights_sha256": None,
+        "preprocessing": {"resize": 37, "crop": 32},
+        "image_size": 32,
+        "dtype": "float16",
+        "dataset_fingerprint": "ab" * 32,
+        "class_names": ["NORMAL", "PNEUMONIA"],
+        "positive_index": 1,
+        "carve": {"seed": 0, "fraction": 0.1},
+    }
+    return {**base, **changes}
+
+
+def _build(path: Path, *, counts: dict[str, int] | None = None, chunk: int = 4) -> np.ndarray:
+    """Write a store through PartialStore chunk by chunk; returns the train features written."""
+    counts = counts or {"train": 10, "val": 3, "test": 0}
+    records = {s: _records(s, n) for s, n in counts.items()}
+    partial = PartialStore(path)
+    partial.start({**_provenance(), "chunk_size": chunk})
+    rng = np.random.default_rng(0)
+    written = {}
+    for split, recs in records.items():
+        feats = rng.normal(size=(len(recs), D)).astype(np.float16)
+        written[split] = feats
+        for start in range(0, len(recs), chunk):
+            stop = min(start + chunk, len(recs))
+            partial.write_chunk(
+                split,  # type: ignore[arg-type]
+                start,
+                features=feats[start:stop],
+                labels=np.array([r.label for r in recs[start:stop]]),
+                indices=np.arange(start, stop),
+                skipped=["train/bad.png"] if (split, start) == ("train", 4) else [],
+                seconds=0.5,
+            )
+    plan = {s: list(range(0, len(r), chunk)) for s, r in records.items()}
+    attrs = {**_provenance(), "dataset_root": "/data", "versions": {"torch": "x"}}
+    partial.assemble(attrs, plan, records, feature_dim=D, dtype="float16", chunk_rows=chunk)  # type: ignore[arg-type]
+    return written["train"]
+
+
+def test_store_path_naming(tmp_path: Path) -> None:
+    assert store_path(tmp_path, "chest_xray", "densenet121", "imagenet", 224) == (
+        tmp_path / "chest_xray" / "densenet121-imagenet-224px.h5"
+    )
+
+
+def test_roundtrip_layout_and_attrs(tmp_path: Path) -> None:
+    path = tmp_path / "ds" / "resnet18-none-32px.h5"
+    path.parent.mkdir()
+    train = _build(path)
+    assert not Path(f"{path}.partial").exists() and not Path(f"{path}.tmp").exists()
+    # Plain h5py sees the documented layout: chunked along N, resizable, float16.
+    with h5py.File(path, "r") as fh:
+        feats = fh["train/features"]
+        assert feats.shape == (10, D) and feats.dtype == np.float16
+        assert feats.chunks == (4, D) and feats.maxshape == (None, D)
+        assert fh["train/labels"].dtype == np.int64
+        assert fh["test/features"].shape == (0, D)
+        assert bool(fh.attrs["complete"]) is True
+        assert json.loads(fh.attrs["class_names"]) == ["NORMAL", "PNEUMONIA"]
+    store = open_store(path, expect_fingerprint="ab" * 32)
+    assert store.counts == {"train": 10, "val": 3, "test": 0}
+    assert (store.backbone, store.weights_id, store.feature_dim) == ("resnet18", "none", D)
+    assert store.class_names == ("NORMAL", "PNEUMONIA") and store.positive_index == 1
+    assert store.attrs["skipped"] == ["train/bad.png"]
+    assert store.attrs["extraction_seconds"] == pytest.approx(0.5 * 4)  # 3 train + 1 val chunks
+    assert store.attrs["weights_sha256"] is None and store.attrs["carve"]["seed"] == 0
+    json.dumps(store.attrs)  # plain Python values, ready for a run's config.json
+    arrays = store.split("train")
+    assert arrays.features.dtype == np.float32
+    np.testing.assert_array_equal(arrays.features, train.astype(np.float32))
+    assert arrays.labels.tolist() == [i % 2 for i in range(10)]
+    assert arrays.keys == [r.key for r in _records("train", 10)]
+    assert arrays.groups[:3] == ["p0", "p0", "p1"]
+    assert store.split("test").features.shape == (0, D)
+    with pytest.raises(XrayError, match="no split 'holdout'"):
+        store.split("holdout")
+
+
+def test_reader_refusals(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    with pytest.raises(XrayError, match=r"no feature store .*run `xray extract`"):
+        open_store(path)
+    _build(path)
+    with pytest.raises(XrayError, match=r"no longer matches the dataset \(fingerprint abab"):
+        open_store(path, expect_fingerprint="cd" * 32)
+    with h5py.File(path, "r+") as fh:
+        fh.attrs["format_version"] = 99
+    with pytest.raises(XrayError, match="format version 99"):
+        open_store(path)
+    with h5py.File(path, "r+") as fh:
+        fh.attrs["format_version"] = FORMAT_VERSION
+        fh.attrs["complete"] = False
+    with pytest.raises(XrayError, match="incomplete"):
+        open_store(path)
+
+
+def test_truncated_and_garbage_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    _build(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(XrayError, match="unreadable, truncated or corrupt"):
+        open_store(path)
+    path.write_bytes(b"this is not hdf5")
+    with pytest.raises(XrayError, match="delete it and run"):
+        open_store(path)
+
+
+def test_find_stores_lists_complete_stores_only(tmp_path: Path) -> None:
+    good = tmp_path / "a" / "deep" / "good.h5"
+    good.parent.mkdir(parents=True)
+    _build(good)
+    unfinished = tmp_path / "a" / "unfinished.h5"
+    _build(unfinished)
+    with h5py.File(unfinished, "r+") as fh:
+        fh.attrs["complete"] = False
+    (tmp_path / "garbage.h5").write_bytes(b"nope")
+    (tmp_path / "b.h5.tmp").write_bytes(b"in progress")
+    assert find_stores(tmp_path) == [good]
+    assert find_stores(tmp_path / "missing") == []
+
+
+def test_provenance_difference_says_what_changed() -> None:
+    old = _provenance()
+    assert provenance_difference(old, _provenance()) is None
+    assert provenance_difference(old, _provenance(dataset_fingerprint="cd" * 32)) == (
+        "dataset changed (fingerprint abababababab.. -> cdcdcdcdcdcd..)"
+    )
+    assert provenance_difference(old, _provenance(weights_id="IMAGENET1K_V1")) == (
+        "weights changed (none -> IMAGENET1K_V1)"
+    )
+    assert provenance_difference(old, _provenance(dtype="float32")) == (
+        "dtype changed (float16 -> float32)"
+    )
+    assert provenance_difference(old, _provenance(image_size=64)) == "preprocessing changed"
+    assert provenance_difference(old, _provenance(carve=None)) == "validation carve changed"
+    # A file's hash matters; ImageNet weights are identified by their versioned enum name.
+    file_old = _provenance(weights_id="file:w.pt", weights_sha256="1" * 64)
+    file_new = _provenance(weights_id="file:w.pt", weights_sha256="2" * 64)
+    assert provenance_difference(file_old, file_new) == (
+        "weights changed (111111111111.. -> 222222222222..)"
+    )
+    net = _provenance(weights_id="IMAGENET1K_V1", weights_sha256="3" * 64)
+    assert provenance_difference(net, {**net, "weights_sha256": None}) is None
+
+
+def test_partial_chunks_survive_and_are_atomic(tmp_path: Path) -> None:
+    partial = PartialStore(tmp_path / "s.h5")
+    assert partial.provenance() is None and not partial.exists()
+    partial.start(_provenance(chunk_size=4))
+    assert partial.provenance() == _provenance(chunk_size=4)
+    partial.write_chunk(
+        "train",
+        8,
+        features=np.ones((2, D), np.float16),
+        labels=np.array([0, 1]),
+        indices=np.array([8, 9]),
+        skipped=[],
+        seconds=1.0,
+    )
+    assert partial.done("train", 8) and not partial.done("train", 0)
+    assert sorted(p.name for p in partial.folder.iterdir()) == [
+        "provenance.json",
+        "train-00000008.npz",
+    ]  # no temporary files left behind
+    assert partial.read_chunk("train", 8)["indices"].tolist() == [8, 9]
+    partial.chunk_path("train", 8).write_bytes(b"torn")
+    with pytest.raises(XrayError, match=r"progress file .* is unreadable"):
+        partial.read_chunk("train", 8)
+    partial.discard()
+    assert not partial.exists()
+
+
+def test_lock_refuses_a_second_writer(tmp_path: Path) -> None:
+    path = tmp_path / "c" / "s.h5"
+    with (
+        store_lock(path),
+        pytest.raises(XrayError, match="another extraction is writing"),
+        store_lock(path),
+    ):
+        pass
+    with store_lock(path):  # released after the first writer is done
+        pass
+
+
+def test_read_attrs_decodes_json(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    _build(path)
+    attrs = read_attrs(path)
+    assert attrs["preprocessing"] == {"resize": 37, "crop": 32}
+    assert attrs["versions"] == {"torch": "x"} and attrs["complete"] is True

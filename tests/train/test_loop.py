@@ -1,0 +1,258 @@
+"""The trainer on in-memory features: learning, early stopping, repeatability, threshold, resume."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from featurestore.errors import XrayError
+from featurestore.models import TrunkHead, build_head
+from featurestore.runs import HISTORY_COLUMNS
+from featurestore.train import (
+    FeatureSource,
+    TrainConfig,
+    checkpoints,
+    class_weights,
+    evaluate,
+    fit,
+    make_optimizer,
+    make_scheduler,
+)
+from featurestore.train import loop as trainer
+
+torch.set_num_threads(1)
+
+FAST = TrainConfig(epochs=8, lr=0.1, batch_size=32, patience=8, device="cpu")
+
+
+def separable(seed: int = 0, *, noise_val: bool = False, dim: int = 6) -> FeatureSource:
+    """Two Gaussian blobs 4 sd apart along feature 0 (imbalanced 1:2); val optionally random."""
+    rng = np.random.default_rng(seed)
+    feats, labels = {}, {}
+    for split, n in (("train", 120), ("val", 40), ("test", 30)):
+        y = (rng.random(n) < 2 / 3).astype(np.int64)
+        x = rng.normal(size=(n, dim)).astype(np.float32)
+        x[:, 0] += 4.0 * y
+        if noise_val and split == "val":
+            x[:, 0] = rng.normal(size=n)  # val carries no signal: nothing to improve on
+        feats[split], labels[split] = x, y
+    return FeatureSource.from_arrays(feats, labels, batch_size=32, seed=seed)
+
+
+def test_learns_a_separable_problem() -> None:
+    src = separable()
+    torch.manual_seed(0)
+    result = fit(build_head("linear", 6, 2), src, FAST)
+    assert result.test["at_0.5"]["accuracy"] >= 0.95
+    assert result.val["at_0.5"]["roc_auc"] >= 0.99
+    assert len(result.history) == result.epochs_run == 8
+    assert set(result.history[0]) == set(HISTORY_COLUMNS)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_early_stopping_triggers_and_restores_the_best_epoch() -> None:
+    src = separable(noise_val=True)
+    config = replace(FAST, epochs=60, patience=3, monitor="val_loss")
+    torch.manual_seed(0)
+    model = build_head("mlp", 6, 2, hidden=16)
+    result = fit(model, src, config)
+    assert result.stopped_early
+    assert result.epochs_run == result.best_epoch + 3 < 60
+    losses = [r["val_loss"] for r in result.history]
+    assert result.best_epoch == int(np.argmin(losses)) + 1
+    # The model left behind holds the best epoch's weights, not the last epoch's.
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, result.best_state[key])
+    _, _, val_loss = evaluate(model, src, "val")
+    assert math.isclose(val_loss, losses[result.best_epoch - 1], rel_tol=1e-5)
+    assert math.isclose(result.val["at_0.5"]["loss"], val_loss, rel_tol=1e-9)
+
+
+def test_same_seed_gives_identical_metrics() -> None:
+    def run(seed: int) -> dict:
+        torch.manual_seed(seed)
+        model = build_head("mlp", 6, 2, hidden=16)  # dropout: the RNG matters
+        return fit(model, separable(), replace(FAST, seed=seed, epochs=4)).metrics_json()
+
+    a, b = run(0), run(0)
+    assert a == b  # metrics.json holds no timings, so it repeats exactly
+    c = run(1)
+    assert c["val"] != a["val"]
+
+
+def test_threshold_is_chosen_on_validation_and_test_is_scored_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from featurestore import compare
+
+    src = separable()
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    real_choose = compare.choose_threshold
+
+    def spy(y, p, **kw):  # type: ignore[no-untyped-def]
+        seen.append((np.asarray(y).copy(), np.asarray(p).copy()))
+        return real_choose(y, p, **kw)
+
+    calls: list[str] = []
+    real_batches = src.batches
+
+    def counting(split, **kw):  # type: ignore[no-untyped-def]
+        calls.append(split)
+        return real_batches(split, **kw)
+
+    monkeypatch.setattr(compare, "choose_threshold", spy)
+    monkeypatch.setattr(src, "batches", counting)
+    torch.manual_seed(0)
+    result = fit(build_head("linear", 6, 2), src, replace(FAST, epochs=3))
+    assert len(seen) == 1
+    y_seen, p_seen = seen[0]
+    assert np.array_equal(y_seen, src.records("val")[2])
+    assert np.allclose(p_seen, result.predictions["val"].probabilities)
+    assert calls.count("test") == 1
+    assert result.threshold == {
+        "policy": "youden",
+        "value": pytest.approx(result.val["at_threshold"]["threshold"]),
+    }
+
+
+def test_predictions_follow_records_and_threshold() -> None:
+    src = separable()
+    torch.manual_seed(0)
+    result = fit(build_head("linear", 6, 2), src, replace(FAST, epochs=2))
+    test = result.predictions["test"]
+    keys, groups, labels = src.records("test")
+    assert test.keys == keys and test.groups == groups and np.array_equal(test.labels, labels)
+    t = result.threshold["value"]
+    assert np.array_equal(test.predictions, (test.probabilities >= t).astype(int))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("epochs", 0, "--epochs"),
+        ("lr", 0.0, "--lr"),
+        ("patience", 0, "--patience"),
+        ("monitor", "val_acc", "unknown --monitor 'val_acc'"),
+        ("class_weight", "inverse", "--class-weight"),
+        ("threshold_policy", "median", "threshold policy"),
+        ("device", "tpu", "--device"),
+        ("batch_size", 0, "--batch-size"),
+        ("grad_clip", -1.0, "grad clip"),
+    ],
+)
+def test_config_validation(field: str, value: object, message: str) -> None:
+    with pytest.raises(XrayError, match=message):
+        TrainConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_class_weights() -> None:
+    y = np.array([0, 1, 1, 1])
+    assert torch.allclose(class_weights(y, 2, "balanced"), torch.tensor([2.0, 2 / 3]))
+    assert torch.equal(class_weights(y, 2, "none"), torch.ones(2))
+    with pytest.raises(XrayError, match="no images of class index 1"):
+        class_weights(np.array([0, 0]), 2, "balanced")
+
+
+def test_warmup_then_cosine_per_step() -> None:
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, TrainConfig(epochs=3, warmup_epochs=1, lr=1.0), steps_per_epoch=4)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0) and lrs[-1] < 0.05
+    assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
+
+
+def test_param_groups_lower_backbone_lr_and_skip_decay_on_norms() -> None:
+    trunk = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    model = TrunkHead(trunk, nn.Linear(4, 2))
+    opt = make_optimizer(model, TrainConfig(lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.05))
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["head"]["lr"] == 1e-3 and groups["backbone"]["lr"] == pytest.approx(1e-4)
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0
+    assert groups["backbone"]["weight_decay"] == 0.05
+    assert len(groups["backbone_no_decay"]["params"]) == 3  # linear bias, bn weight, bn bias
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(XrayError, match="no trainable parameters"):
+        make_optimizer(model, TrainConfig())
+
+
+def test_multiclass_is_refused() -> None:
+    rng = np.random.default_rng(0)
+    feats = {s: rng.normal(size=(9, 2)).astype(np.float32) for s in ("train", "val", "test")}
+    labels = {s: np.arange(9) % 3 for s in feats}
+    src = FeatureSource.from_arrays(feats, labels, class_names=("a", "b", "c"), positive_index=2)
+    with pytest.raises(XrayError, match="binary"):
+        fit(build_head("linear", 2, 3), src, FAST)
+
+
+class Interrupt(Exception):
+    """Stands in for a kill right after a checkpoint was written."""
+
+
+def _without_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_resume_continues_to_the_same_result(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config = replace(FAST, epochs=6, patience=10)
+
+    def new_model() -> nn.Module:
+        torch.manual_seed(0)
+        return build_head("mlp", 6, 2, hidden=16)  # dropout + BN: RNG and buffers matter
+
+    straight = fit(new_model(), separable(), config, run_dir=tmp_path / "a")
+    assert (tmp_path / "a" / "last.pt").is_file()
+
+    real_save = checkpoints.save_checkpoint
+
+    def save_then_die(path: Path, payload: dict) -> None:
+        real_save(path, payload)
+        if payload["epoch"] == 3:
+            raise Interrupt
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_die)
+    with pytest.raises(Interrupt):
+        fit(new_model(), separable(), config, run_dir=tmp_path / "b")
+    monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
+    # A fresh process would start from a differently initialised model and RNG: simulate it.
+    torch.manual_seed(123)
+    fresh = build_head("mlp", 6, 2, hidden=16)
+    resumed = fit(
+        fresh, separable(), config, run_dir=tmp_path / "b", resume_from=tmp_path / "b" / "last.pt"
+    )
+    assert _without_seconds(resumed.history) == _without_seconds(straight.history)
+    assert straight.metrics_json() == resumed.metrics_json()
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 6
+
+
+def test_resume_refuses_other_settings_and_missing_files(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    fit(build_head("linear", 6, 2), separable(), replace(FAST, epochs=2), run_dir=tmp_path)
+    with pytest.raises(XrayError, match=r"settings differ \(lr\)"):
+        fit(
+            build_head("linear", 6, 2), separable(), replace(FAST, epochs=2, lr=0.5),
+            resume_from=tmp_path / "last.pt",
+        )  # fmt: skip
+    with pytest.raises(XrayError, match="no checkpoint to resume"):
+        fit(build_head("linear", 6, 2), separable(), FAST, resume_from=tmp_path / "nope.pt")
+    (tmp_path / "torn.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(XrayError, match="cannot read checkpoint"):
+        fit(build_head("linear", 6, 2), separable(), FAST, resume_from=tmp_path / "torn.pt")
+
+
+def test_epoch_line_has_the_study_figures() -> None:
+    row = {k: 0.5 for k in HISTORY_COLUMNS} | {"epoch": 3.0, "seconds": 0.61}
+    line = trainer.format_epoch(row, 20)
+    assert line.startswith("epoch 3/20  train loss 0.500 acc 0.500 f1 0.500 | val loss")
+    assert "auc 0.500 | 0.61 s/epoch" in line

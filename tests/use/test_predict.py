@@ -1,0 +1,235 @@
+"""predict: rebuild a run's model from its folder and reproduce its predictions from images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_tiny_dataset
+from featurestore.cli.main import app
+from typer.testing import CliRunner
+
+from featurestore.errors import XrayError
+from featurestore.runs import load_run
+from featurestore.train import TrainConfig
+from featurestore.use import expand_inputs, load_predictor
+
+torch.set_num_threads(1)
+HEAD = TrainConfig(epochs=3, lr=0.05, batch_size=16, patience=3, device="cpu")
+TUNE = TrainConfig(epochs=1, lr=1e-3, batch_size=8, patience=2, device="cpu", backbone_lr_mult=0.1)
+
+
+def frozen_run(
+    data: Path, root: Path, *, image_size: int, dtype: str, head: str = "linear"
+) -> Path:
+    """extract (resnet18, random init) + fit-head on `data`; returns the run folder."""
+    from featurestore.data import load_manifest
+    from featurestore.store import extract_features
+    from featurestore.train import fit_heads
+
+    extract_features(
+        load_manifest(data), model="resnet18", weights="none", cache_dir=root / "cache",
+        image_size=image_size, workers=0, dtype=dtype,
+    )  # fmt: skip
+    (summary,) = fit_heads(
+        data=data, cache_dir=root / "cache", runs_dir=root / "runs", head=head, config=HEAD
+    )
+    return summary.path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("predict") / "chest_xray")
+
+
+@pytest.fixture(scope="module")
+def frozen16(tiny: Path) -> Path:
+    """A frozen run on float16 features (extract's default dtype)."""
+    return frozen_run(tiny, tiny.parent / "f16", image_size=32, dtype="float16")
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny: Path) -> Path:
+    from featurestore.train import finetune
+
+    return finetune(
+        data=tiny, model="resnet18", weights="none", image_size=32,
+        runs_dir=tiny.parent / "ft", config=TUNE,
+    ).path  # fmt: skip
+
+
+def test_probabilities(run_dir: Path, data: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(recorded, predicted) test probabilities and predicted class names."""
+    run = load_run(run_dir)
+    test = run.split_predictions("test")
+    predictor = load_predictor(run_dir, device="cpu")
+    rows = predictor.predict([data / k for k in test["key"]], batch_size=5)
+    assert [r.error for r in rows] == [None] * len(rows)
+    names = [run.config["class_names"][int(i)] for i in test["prediction"]]
+    assert [r.prediction for r in rows] == names
+    return test["probability"], np.array([r.probability for r in rows]), names
+
+
+test_probabilities.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def test_frozen_run_from_images_reproduces_predictions_csv(frozen16: Path, tiny: Path) -> None:
+    # The head saw float16-rounded features; the predictor rounds the trunk's output the same
+    # way, and runs the trunk as extract did (channels_last), so the match is to float32 noise.
+    recorded, predicted, _ = test_probabilities(frozen16, tiny)
+    np.testing.assert_allclose(predicted, recorded, rtol=0, atol=1e-5)
+
+
+def test_finetune_run_from_images_reproduces_predictions_csv(finetuned: Path, tiny: Path) -> None:
+    recorded, predicted, _ = test_probabilities(finetuned, tiny)
+    np.testing.assert_allclose(predicted, recorded, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_mlp_head_on_float32_store(tiny: Path, tmp_path: Path) -> None:
+    run = frozen_run(tiny, tmp_path, image_size=32, dtype="float32", head="mlp")
+    recorded, predicted, _ = test_probabilities(run, tiny)
+    np.testing.assert_allclose(predicted, recorded, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_real_radiographs_predict_equals_predictions_csv(realsample: Path, tmp_path: Path) -> None:
+    run = frozen_run(realsample, tmp_path, image_size=48, dtype="float16")
+    recorded, predicted, _ = test_probabilities(run, realsample)
+    assert len(recorded) == 23
+    np.testing.assert_allclose(predicted, recorded, rtol=0, atol=1e-5)
+
+
+def test_unreadable_and_missing_files_become_error_rows(
+    frozen16: Path, tiny: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "broken.jpeg"
+    bad.write_bytes(b"not a jpeg at all")
+    good = sorted((tiny / "test" / "NORMAL").iterdir())[0]
+    predictor = load_predictor(frozen16, device="cpu")
+    rows = predictor.predict([bad, good, tmp_path / "gone.png"], batch_size=2)
+    assert [r.path for r in rows] == [str(bad), str(good), str(tmp_path / "gone.png")]
+    assert rows[0].probability is None and "broken.jpeg" in (rows[0].error or "")
+    assert rows[1].error is None and 0.0 <= (rows[1].probability or -1) <= 1.0
+    assert "not found" in (rows[2].error or "")
+
+
+def test_expand_inputs_recurses_sorted_and_skips_hidden(tmp_path: Path) -> None:
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    (tmp_path / "a" / ".cache").mkdir()
+    for name in ("a/z.png", "a/b.JPG", "a/deep/c.jpeg", "a/.hidden.png", "a/.cache/d.png"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "a" / "notes.txt").write_text("x")
+    single = tmp_path / "single.png"
+    got = expand_inputs([single, tmp_path / "a"])
+    assert got == [single] + [tmp_path / "a" / n for n in ("b.JPG", "deep/c.jpeg", "z.png")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(XrayError, match="holds no images"):
+        expand_inputs([tmp_path / "empty"])
+
+
+def test_run_from_elsewhere_is_refused(frozen16: Path, finetuned: Path, tmp_path: Path) -> None:
+    alien = tmp_path / "alien"
+    shutil.copytree(finetuned, alien)
+    doc = json.loads((alien / "config.json").read_text())
+    with pytest.raises(XrayError, match="unknown backbone"):
+        (alien / "config.json").write_text(json.dumps({**doc, "model": "vit_b_16"}))
+        load_predictor(alien)
+    with pytest.raises(XrayError, match="not a run of this xray"):
+        (alien / "config.json").write_text(json.dumps({**doc, "mode": "lora"}))
+        load_predictor(alien)
+    # A resnet50 config over resnet18 weights: the state dict does not fit.
+    (alien / "config.json").write_text(json.dumps({**doc, "model": "resnet50"}))
+    with pytest.raises(XrayError, match="does not fit a resnet50"):
+        load_predictor(alien)
+    torch.save({"something": torch.zeros(2)}, alien / "best.pt")
+    (alien / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(XrayError, match="does not fit"):
+        load_predictor(alien)
+    with pytest.raises(XrayError, match="not a complete run folder"):
+        load_predictor(tmp_path)
+    with pytest.raises(XrayError, match="only for frozen runs"):
+        load_predictor(finetuned, weights=tmp_path / "w.pt")
+    with pytest.raises(XrayError, match="not needed"):
+        load_predictor(frozen16, weights=tmp_path / "w.pt")
+
+
+def test_frozen_run_on_a_weights_file_needs_that_file(frozen16: Path, tmp_path: Path) -> None:
+    from featurestore.models import file_sha256, load_backbone
+
+    torch.manual_seed(0)
+    weights = tmp_path / "cxr.pt"
+    torch.save(load_backbone("resnet18", "none").trunk.state_dict(), weights)
+    run = tmp_path / "run"
+    shutil.copytree(frozen16, run)
+    doc = json.loads((run / "config.json").read_text())
+    doc["store"] = {
+        **doc["store"],
+        "weights_id": "file:cxr.pt",
+        "weights_sha256": file_sha256(weights),
+    }
+    (run / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(XrayError, match="pass it with --weights"):
+        load_predictor(run)
+    other = tmp_path / "other.pt"
+    torch.save({"x": torch.zeros(1)}, other)
+    with pytest.raises(XrayError, match="not the file"):
+        load_predictor(run, weights=other)
+    # The random-init trunk saved above is the one extract used (seed 0): same predictions.
+    a = load_predictor(run, weights=weights, device="cpu")
+    b = load_predictor(frozen16, device="cpu")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(a.logits(x), b.logits(x))
+
+
+def test_cli_predict_table_csv_json_and_exit_code(
+    frozen16: Path, tiny: Path, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    out_csv = tmp_path / "out" / "p.csv"
+    result = runner.invoke(
+        app, ["predict", "--run", str(frozen16), str(tiny / "test"), "--csv", str(out_csv),
+              "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "NORMAL" in result.output and "PNEUMONIA" in result.output
+    with out_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8 and all(r["error"] == "" for r in rows)
+    recorded = load_run(frozen16).split_predictions("test")
+    by_path = {r["path"]: float(r["probability"]) for r in rows}
+    for key, p in zip(recorded["key"], recorded["probability"], strict=True):
+        assert by_path[str(tiny / key)] == pytest.approx(p, abs=1e-5)
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    good = tiny / recorded["key"][0]
+    result = runner.invoke(
+        app, ["predict", "--run", str(frozen16), str(good), str(bad), "--json", "--device", "cpu"]
+    )
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert [r["error"] is None for r in doc["rows"]] == [True, False]
+    assert doc["counts"]["unreadable"] == 1 and doc["failed"] == 1
+
+    result = runner.invoke(app, ["predict", "--run", str(tmp_path), str(good)])
+    assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_predictor_leaves_the_callers_rng_alone(frozen16: Path, finetuned: Path) -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_predictor(frozen16, device="cpu")
+    load_predictor(finetuned, device="cpu")
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_batch_size_is_checked(frozen16: Path) -> None:
+    with pytest.raises(XrayError, match="batch-size"):
+        load_predictor(frozen16, device="cpu").predict([Path("x.png")], batch_size=0)
