@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: consoles, one-line user errors, tables-or-JSON, default paths."""
+"""Shared CLI plumbing: consoles, one-line user errors, tables or JSON, the --data default."""
 
 from __future__ import annotations
 
@@ -19,22 +19,6 @@ console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-DEFAULT_CACHE = Path("cache")
-DEFAULT_RUNS = Path("runs")
-
-# Options shared by several commands, declared once so their help text cannot drift.
-JsonOption = typer.Option(False, "--json", help="Print the result as JSON instead of a table.")
-DataOption = typer.Option(
-    None,
-    "--data",
-    help="Dataset: a Kermany-layout folder, a CSV manifest or a MedMNIST .npz. "
-    "Default: $XRAY_DATA, else data/chest_xray if it exists, else data/synthetic "
-    "(generated on first use).",
-    show_default=False,
-)
-CacheOption = typer.Option(DEFAULT_CACHE, "--cache", help="Folder of feature stores.")
-RunsOption = typer.Option(DEFAULT_RUNS, "--runs", help="Folder of run folders.")
 
 
 def user_errors(func: F) -> F:

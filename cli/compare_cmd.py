@@ -4,26 +4,27 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import (
-    CacheOption,
-    DataOption,
-    JsonOption,
-    RunsOption,
-    console,
-    emit_table,
-    err_console,
-    notice,
-    resolve_data,
-    user_errors,
+from featurestore.config import CompareConfig, StudyConfig
+
+from .common import console, emit_table, err_console, notice, resolve_data, user_errors
+from .options import (
+    DEFAULT_CACHE,
+    DEFAULT_REPORTS,
+    DEFAULT_RUNS,
+    CacheDir,
+    DataPath,
+    JsonFlag,
+    Resample,
+    RunsDir,
+    SeedsOpt,
 )
 
 if TYPE_CHECKING:
     from featurestore.compare import Comparison, Interval
-    from featurestore.study import StudyConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -32,35 +33,51 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
+_COMPARE = CompareConfig()
+_STUDY = StudyConfig()
+
+
 @user_errors
 def compare(
-    runs: list[Path] = typer.Argument(
-        None, help="Run folders to compare. Default: every complete run under --runs."
+    runs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Run folders to compare. Default: every complete run under --runs.",
+            show_default=False,
+        ),
+    ] = None,
+    runs_dir: RunsDir = DEFAULT_RUNS,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Report folder. Default: a new folder under reports/ named by the time.",
+            show_default=False,
+        ),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Bootstrap resamples.")
+    ] = _COMPARE.n_boot,
+    resample: Annotated[Resample, typer.Option("--resample", help="Bootstrap unit.")] = Resample(
+        _COMPARE.resample
     ),
-    runs_dir: Path = RunsOption,
-    out: Path = typer.Option(
-        None,
-        "--out",
-        help="Report folder. Default: reports/<time>.",
-        show_default=False,
-    ),
-    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples."),
-    resample: str = typer.Option(
-        "patients", "--resample", help="Bootstrap unit: patients or images."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    allow_different_test: bool = typer.Option(
-        False,
-        "--allow-different-test",
-        help="Compare runs evaluated on different test sets (paired tests skipped).",
-    ),
-    explain: int = typer.Option(
-        0,
-        "--explain",
-        help="Add Grad-CAM heatmaps of N test images per class and run to the report "
-        "(needs the runs' test images). 0: none.",
-    ),
-    as_json: bool = JsonOption,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = _COMPARE.seed,
+    allow_different_test: Annotated[
+        bool,
+        typer.Option(
+            "--allow-different-test",
+            help="Compare runs evaluated on different test sets (paired tests skipped).",
+        ),
+    ] = _COMPARE.allow_different_test,
+    explain: Annotated[
+        int,
+        typer.Option(
+            "--explain",
+            help="Add Grad-CAM heatmaps of N test images per class and run to the report "
+            "(needs the runs' test images). 0: none.",
+        ),
+    ] = 0,
+    as_json: JsonFlag = False,
 ) -> None:
     """Compare runs: one table with bootstrap 95% intervals, paired tests, a report.
 
@@ -77,7 +94,7 @@ def compare(
 
         xray compare --explain 2
     """
-    from featurestore.compare import CompareConfig, compare_runs, write_report
+    from featurestore.compare import compare_runs, write_report
     from featurestore.runs import list_runs
 
     paths = list(runs) if runs else list_runs(runs_dir)
@@ -89,10 +106,13 @@ def compare(
             "`xray finetune` first, or pass run folders"
         )
     config = CompareConfig(
-        n_boot=bootstrap, resample=resample, seed=seed, allow_different_test=allow_different_test
+        n_boot=bootstrap,
+        resample=resample.value,
+        seed=seed,
+        allow_different_test=allow_different_test,
     )
     cmp = compare_runs(paths, config)
-    out_dir = out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = out or DEFAULT_REPORTS / datetime.now().strftime("%Y%m%d-%H%M%S")
     if explain < 0:
         from featurestore.errors import XrayError
 
@@ -195,35 +215,68 @@ def render_comparison(cmp: Comparison, *, as_json: bool, report: Path) -> None:
 
 @user_errors
 def demo(
-    data: Path = DataOption,
-    models: list[str] = typer.Option(
-        ["resnet50", "densenet121"], "--model", help="Backbones to compare (repeatable)."
-    ),
-    weights: str = typer.Option(
-        "auto",
-        "--weights",
-        help="auto (ImageNet if cached offline, else random init with a banner), "
-        "imagenet, none or a state-dict path.",
-    ),
-    image_size: int = typer.Option(
-        None, "--image-size", help="Input size [default: 64].", show_default=False
-    ),
-    head_epochs: int = typer.Option(
-        None, "--head-epochs", show_default=False, help="Head epochs [default: 60]."
-    ),
-    finetune_epochs: int = typer.Option(
-        None, "--finetune-epochs", show_default=False, help="Fine-tune epochs [default: 2]."
-    ),
-    seeds: int = typer.Option(1, "--seeds", help="Repeat each training with N seeds."),
-    workers: int = typer.Option(0, "--workers", help="DataLoader workers."),
-    full: bool = typer.Option(
-        False,
-        "--full",
-        help="The hand-written study's scale: 224 px, 100 head / 10 fine-tune epochs.",
-    ),
-    cache: Path = CacheOption,
-    runs_dir: Path = RunsOption,
-    as_json: bool = JsonOption,
+    data: DataPath = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help=f"Backbones to compare (repeatable) [default: {', '.join(_STUDY.models)}].",
+            show_default=False,
+        ),
+    ] = None,
+    weights: Annotated[
+        str,
+        typer.Option(
+            "--weights",
+            help="auto (ImageNet if cached offline, else random init with a banner), "
+            "imagenet, none or a state-dict PATH.",
+        ),
+    ] = _STUDY.weights,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            "--image-size",
+            help=f"Input side in pixels [default: {_STUDY.image_size}; "
+            f"{_STUDY.full_size().image_size} with --full].",
+            show_default=False,
+        ),
+    ] = None,
+    head_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--head-epochs",
+            help=f"Head epochs [default: {_STUDY.head_epochs}; "
+            f"{_STUDY.full_size().head_epochs} with --full].",
+            show_default=False,
+        ),
+    ] = None,
+    finetune_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--finetune-epochs",
+            help=f"Fine-tune epochs [default: {_STUDY.finetune_epochs}; "
+            f"{_STUDY.full_size().finetune_epochs} with --full].",
+            show_default=False,
+        ),
+    ] = None,
+    seeds: SeedsOpt = _STUDY.seeds,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Decoding processes (default: 0 on CPU, CPU cores - 1 on a GPU).",
+            show_default=False,
+        ),
+    ] = _STUDY.workers,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full", help="The hand-written study's scale: 224 px, 100 head / 10 fine-tune epochs."
+        ),
+    ] = False,
+    cache: CacheDir = DEFAULT_CACHE,
+    runs_dir: RunsDir = DEFAULT_RUNS,
+    as_json: JsonFlag = False,
 ) -> None:
     """The whole study in one command: each backbone frozen and fine-tuned, then compared.
 
@@ -240,11 +293,12 @@ def demo(
     """
     from featurestore.models import get_spec
     from featurestore.progress import make_progress
-    from featurestore.study import StudyConfig, run_study
+    from featurestore.study import run_study
 
-    for name in models:
+    chosen = tuple(models) if models else _STUDY.models
+    for name in chosen:
         get_spec(name)  # an unknown name fails before any data is read or generated
-    base = StudyConfig(models=tuple(models), weights=weights, seeds=seeds, workers=workers)
+    base = StudyConfig(models=chosen, weights=weights, seeds=seeds, workers=workers)
     base = base.full_size() if full else base
     config = replace_some(
         base, image_size=image_size, head_epochs=head_epochs, finetune_epochs=finetune_epochs

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import (
-    DataOption,
-    JsonOption,
-    console,
-    emit_table,
-    err_console,
-    user_errors,
-)
+from featurestore.config import SYNTHETIC_DIR, SynthConfig
+
+from .common import console, emit_table, err_console, user_errors
+from .options import DataPath, JsonFlag
+
+_SYNTH = SynthConfig()
 
 if TYPE_CHECKING:
     from featurestore.data import DatasetAudit
@@ -40,14 +38,16 @@ def _split_rows(
 @data_app.command("check")
 @user_errors
 def check(
-    data: Path | None = DataOption,
-    strict: bool = typer.Option(
-        False,
-        "--strict",
-        help="Exit with code 1 when patients or identical files are shared between splits, "
-        "or files cannot be decoded.",
-    ),
-    as_json: bool = JsonOption,
+    data: DataPath = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit with code 1 when patients or identical files are shared between splits, "
+            "or files cannot be decoded.",
+        ),
+    ] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Audit a dataset: images per split and class, patients, leakage, duplicates, bad files.
 
@@ -130,13 +130,17 @@ def _print_details(audit: DatasetAudit) -> None:
 @data_app.command("synth")
 @user_errors
 def synth(
-    out: Path = typer.Option(Path("data/synthetic"), "--out", help="Folder to write."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same images."),
-    patients: int = typer.Option(120, "--patients", help="Patients across all splits."),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace the folder if it already holds a dataset."
-    ),
-    as_json: bool = JsonOption,
+    out: Annotated[Path, typer.Option("--out", help="Folder to write.")] = SYNTHETIC_DIR,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed: same seed, same images.")
+    ] = _SYNTH.seed,
+    patients: Annotated[
+        int, typer.Option("--patients", help="Patients across all splits.")
+    ] = _SYNTH.patients,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the folder if it already holds a dataset.")
+    ] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Write the built-in synthetic dataset: seeded phantom chest radiographs, Kermany layout.
 

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from .common import (
-    CacheOption,
-    DataOption,
-    JsonOption,
-    emit_table,
-    err_console,
-    notice,
-    resolve_data,
-    user_errors,
+from featurestore.config import ExtractConfig
+
+from .common import emit_table, err_console, notice, resolve_data, user_errors
+from .options import (
+    DEFAULT_CACHE,
+    CacheDir,
+    DataPath,
+    Device,
+    DeviceOpt,
+    FeatureDtype,
+    ImageSizeOpt,
+    JsonFlag,
+    WeightsOpt,
 )
 
 
 @user_errors
-def models(as_json: bool = JsonOption) -> None:
+def models(as_json: JsonFlag = False) -> None:
     """List the registered backbones: feature size, parameters, ImageNet weights offline or not.
 
     Example: `xray models --json`
@@ -59,31 +63,40 @@ def models(as_json: bool = JsonOption) -> None:
     err_console.print(f"ImageNet weights are read from {hub_dir()}", highlight=False)
 
 
+_EXTRACT = ExtractConfig()
+
+
 @user_errors
 def extract(
-    model: str = typer.Option(..., "--model", "-m", help="Backbone name (see `xray models`)."),
-    data: Path | None = DataOption,
-    weights: str = typer.Option(
-        "imagenet", "--weights", help="imagenet | none (random init) | PATH to a state dict."
-    ),
-    image_size: int = typer.Option(224, "--image-size", help="Center-crop side in pixels."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
-    workers: int | None = typer.Option(
-        None,
-        "--workers",
-        help="Decoding processes (default: 0 on CPU, where torch threads use every core; "
-        "CPU cores - 1, at most 8, on a GPU).",
-        show_default=False,
-    ),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    dtype: str = typer.Option("float16", "--dtype", help="Stored features: float16 | float32."),
-    skip_bad: bool = typer.Option(
-        False,
-        "--skip-bad",
-        help="Leave unreadable images out (listed in the store) instead of stopping.",
-    ),
-    cache: Path = CacheOption,
-    as_json: bool = JsonOption,
+    model: Annotated[str, typer.Option("--model", "-m", help="Backbone name (see `xray models`).")],
+    data: DataPath = None,
+    weights: WeightsOpt = _EXTRACT.weights,
+    image_size: ImageSizeOpt = _EXTRACT.image_size,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Images per forward pass.")
+    ] = _EXTRACT.batch_size,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Decoding processes (default: 0 on CPU, where torch threads use every core; "
+            "CPU cores - 1, at most 8, on a GPU).",
+            show_default=False,
+        ),
+    ] = _EXTRACT.workers,
+    device: DeviceOpt = Device(_EXTRACT.device),
+    dtype: Annotated[
+        FeatureDtype, typer.Option("--dtype", help="How the features are stored.")
+    ] = FeatureDtype(_EXTRACT.dtype),
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad",
+            help="Leave unreadable images out (listed in the store) instead of stopping.",
+        ),
+    ] = _EXTRACT.skip_bad,
+    cache: CacheDir = DEFAULT_CACHE,
+    as_json: JsonFlag = False,
 ) -> None:
     """Stage 1: run a frozen backbone once per image and write its HDF5 feature store.
 
@@ -91,7 +104,7 @@ def extract(
     a store whose dataset or weights changed is rebuilt (saying why).
 
     Under torchrun each process extracts a shard of the images into the same store; rank 0
-    assembles it and alone prints (see docs/scaling.md).
+    assembles it and alone prints (see the README's "More than one GPU").
 
     Examples:
 
@@ -105,7 +118,7 @@ def extract(
     from featurestore.store import extract_features
 
     get_spec(model)  # an unknown name fails before any data is read or generated
-    with distributed.process_group(device) as launch, make_progress(err_console) as progress:
+    with distributed.process_group(str(device)) as launch, make_progress(err_console) as progress:
         if launch is not None and launch.rank != 0:
             err_console.quiet = True  # rank 0 speaks for all: every rank's errors reach it
         # Rank 0 alone may generate the default dataset; the others then read it.
@@ -118,8 +131,8 @@ def extract(
             image_size=image_size,
             batch_size=batch_size,
             workers=workers,
-            device=device,
-            dtype=dtype,
+            device=str(device),
+            dtype=str(dtype),
             skip_bad=skip_bad,
             progress=progress,
             notice=notice,

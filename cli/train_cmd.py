@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import (
-    CacheOption,
-    DataOption,
-    JsonOption,
-    RunsOption,
-    console,
-    emit_table,
-    err_console,
-    notice,
-    user_errors,
+from featurestore.config import FinetuneConfig, FitHeadConfig
+
+from .common import console, emit_table, err_console, notice, user_errors
+from .options import (
+    DEFAULT_CACHE,
+    DEFAULT_RUNS,
+    CacheDir,
+    ClassWeight,
+    ConfigOpt,
+    DataPath,
+    Device,
+    DeviceOpt,
+    HeadKind,
+    ImageSizeOpt,
+    JsonFlag,
+    Monitor,
+    RunsDir,
+    SeedOpt,
+    SeedsOpt,
+    WeightsOpt,
 )
 
 if TYPE_CHECKING:
     from featurestore.runs import RunSummary
-    from featurestore.train import TrainConfig
 
 METRIC_COLUMNS = (
     "accuracy",
@@ -73,35 +83,53 @@ def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
         console.print(f"run folder: [bold]{s.path}[/]", highlight=False)
 
 
+_HEAD = FitHeadConfig()
+_FT = FinetuneConfig()
+
+
 def fit_head(
-    model: str | None = typer.Option(
-        None, "--model", help="Train on the cached stores of this backbone only."
+    ctx: typer.Context,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Train on the cached stores of this backbone only."),
+    ] = None,
+    store: Annotated[Path | None, typer.Option("--store", help="Train on this store file.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Dataset the stores came from: only its stores are used and each is checked "
+            "against it (default: the dataset folder recorded in each store, when present).",
+            show_default=False,
+        ),
+    ] = None,
+    cache: CacheDir = DEFAULT_CACHE,
+    runs: RunsDir = DEFAULT_RUNS,
+    head: Annotated[HeadKind, typer.Option("--head", help="The head on the features.")] = (
+        HeadKind(_HEAD.head)
     ),
-    store: Path | None = typer.Option(None, "--store", help="Train on this store file."),
-    data: Path | None = typer.Option(
-        None,
-        "--data",
-        help="Dataset the stores came from: only its stores are used and each is checked "
-        "against it (default: the dataset folder recorded in each store, when present).",
-        show_default=False,
+    epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = _HEAD.train.epochs,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = (
+        _HEAD.train.lr
     ),
-    cache: Path = CacheOption,
-    runs: Path = RunsOption,
-    head: str = typer.Option("linear", "--head", help="linear, mlp or logreg."),
-    epochs: int = typer.Option(100, "--epochs", help="Maximum epochs."),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW)."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Training batch size."),
-    patience: int = typer.Option(10, "--patience", help="Early-stopping patience, in epochs."),
-    monitor: str = typer.Option("val_auc", "--monitor", help="val_auc, val_f1 or val_loss."),
-    class_weight: str = typer.Option(
-        "balanced", "--class-weight", help="balanced or none (loss weights from train labels)."
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = (
+        _HEAD.train.batch_size
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and shuffling."),
-    seeds: int = typer.Option(
-        1, "--seeds", help="Repeat with seeds seed..seed+N-1 (compare reports mean and spread)."
-    ),
-    device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda."),
-    as_json: bool = JsonOption,
+    patience: Annotated[
+        int, typer.Option("--patience", help="Early-stopping patience, in epochs.")
+    ] = _HEAD.train.patience,
+    monitor: Annotated[
+        Monitor, typer.Option("--monitor", help="Validation metric that picks the best epoch.")
+    ] = Monitor(_HEAD.train.monitor),
+    class_weight: Annotated[
+        ClassWeight,
+        typer.Option("--class-weight", help="Loss weights from the train labels, or none."),
+    ] = ClassWeight(_HEAD.train.class_weight),
+    seed: SeedOpt = _HEAD.train.seed,
+    seeds: SeedsOpt = _HEAD.seeds,
+    device: DeviceOpt = Device(_HEAD.train.device),
+    config_file: ConfigOpt = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Stage 2: train a head on cached features, one run folder per feature store.
 
@@ -113,62 +141,90 @@ def fit_head(
     * `xray fit-head`
     * `xray fit-head --model resnet50 --head mlp --seed 1`
     * `xray fit-head --store cache/chest_xray/densenet121-imagenet-224px.h5 --json`
+    * `xray fit-head --config runs/20261128-101500-resnet50-frozen-s0 --seed 1`
     """
     from featurestore.progress import make_progress
     from featurestore.train import TrainConfig, fit_heads
 
+    given = from_config(ctx, config_file, locals())
     config = TrainConfig(
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        patience=patience,
-        monitor=monitor,  # type: ignore[arg-type]
-        class_weight=class_weight,  # type: ignore[arg-type]
-        seed=seed,
-        device=device,  # type: ignore[arg-type]
+        epochs=given["epochs"],
+        lr=given["lr"],
+        batch_size=given["batch_size"],
+        patience=given["patience"],
+        monitor=str(given["monitor"]),  # type: ignore[arg-type]
+        class_weight=str(given["class_weight"]),  # type: ignore[arg-type]
+        seed=given["seed"],
+        device=str(given["device"]),  # type: ignore[arg-type]
     )
     with make_progress(err_console, transient=True) as progress:
         summaries = fit_heads(
-            model=model, store=store, data=data, cache_dir=cache, runs_dir=runs, head=head,
-            config=config, progress=progress, console=err_console, notice=notice, seeds=seeds,
+            model=given["model"], store=store, data=data, cache_dir=cache, runs_dir=runs,
+            head=str(given["head"]), config=config, progress=progress, console=err_console,
+            notice=notice, seeds=seeds,
         )  # fmt: skip
     _report(summaries, as_json=as_json)
 
 
 def finetune(
-    model: str = typer.Option("resnet50", "--model", help="Backbone name (see `xray models`)."),
-    data: Path | None = DataOption,
-    weights: str = typer.Option("imagenet", "--weights", help="imagenet, none or a PATH."),
-    freeze: str = typer.Option(
-        "none", "--freeze", help="none, head-only, or a stage name: freeze up to it (inclusive)."
-    ),
-    backbone_lr_mult: float = typer.Option(
-        0.1, "--backbone-lr-mult", help="Backbone learning rate = lr x this."
-    ),
-    image_size: int = typer.Option(224, "--image-size", help="Crop side in pixels."),
-    augment: bool = typer.Option(
-        True, "--augment/--no-augment", help="Mild rotation/scale/brightness on train."
-    ),
-    hflip: bool = typer.Option(False, "--hflip", help="Also flip train images horizontally."),
-    epochs: int = typer.Option(10, "--epochs", help="Maximum epochs."),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate of the head (AdamW)."),
-    batch_size: int = typer.Option(
-        32, "--batch-size", help="Training batch size (per process under torchrun)."
-    ),
-    workers: int = typer.Option(2, "--workers", help="Image decoding processes."),
-    patience: int = typer.Option(3, "--patience", help="Early-stopping patience, in epochs."),
-    monitor: str = typer.Option("val_auc", "--monitor", help="val_auc, val_f1 or val_loss."),
-    class_weight: str = typer.Option("balanced", "--class-weight", help="balanced or none."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, shuffling, augmentation."),
-    seeds: int = typer.Option(
-        1, "--seeds", help="Repeat with seeds seed..seed+N-1 (compare reports mean and spread)."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the interrupted run with the same settings."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    runs: Path = RunsOption,
-    as_json: bool = JsonOption,
+    ctx: typer.Context,
+    model: Annotated[
+        str, typer.Option("--model", help="Backbone name (see `xray models`).")
+    ] = _FT.model,
+    data: DataPath = None,
+    weights: WeightsOpt = _FT.weights,
+    freeze: Annotated[
+        str,
+        typer.Option(
+            "--freeze", help="none, head-only, or a stage name: freeze up to it (inclusive)."
+        ),
+    ] = _FT.freeze,
+    backbone_lr_mult: Annotated[
+        float, typer.Option("--backbone-lr-mult", help="Backbone learning rate = lr x this.")
+    ] = _FT.train.backbone_lr_mult,
+    image_size: ImageSizeOpt = _FT.image_size,
+    augment: Annotated[
+        bool,
+        typer.Option("--augment/--no-augment", help="Mild rotation/scale/brightness on train."),
+    ] = _FT.augment,
+    hflip: Annotated[
+        bool, typer.Option("--hflip", help="Also flip train images horizontally.")
+    ] = _FT.hflip,
+    epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = _FT.train.epochs,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Peak learning rate of the head (AdamW).")
+    ] = _FT.train.lr,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Training batch size (per process under torchrun).")
+    ] = _FT.train.batch_size,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Image decoding processes (default: 0 on CPU, where torch threads use every "
+            "core; CPU cores - 1, at most 8, on a GPU).",
+            show_default=False,
+        ),
+    ] = _FT.workers,
+    patience: Annotated[
+        int, typer.Option("--patience", help="Early-stopping patience, in epochs.")
+    ] = _FT.train.patience,
+    monitor: Annotated[
+        Monitor, typer.Option("--monitor", help="Validation metric that picks the best epoch.")
+    ] = Monitor(_FT.train.monitor),
+    class_weight: Annotated[
+        ClassWeight,
+        typer.Option("--class-weight", help="Loss weights from the train labels, or none."),
+    ] = ClassWeight(_FT.train.class_weight),
+    seed: SeedOpt = _FT.train.seed,
+    seeds: SeedsOpt = _FT.seeds,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the interrupted run with the same settings.")
+    ] = False,
+    device: DeviceOpt = Device(_FT.train.device),
+    runs: RunsDir = DEFAULT_RUNS,
+    config_file: ConfigOpt = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Fine-tune a backbone end to end on streamed images, through the same trainer.
 
@@ -181,9 +237,11 @@ def finetune(
     * `xray finetune`
     * `xray finetune --model densenet121 --freeze layer3 --epochs 20`
     * `xray finetune --model resnet18 --weights none --image-size 64 --resume`
+    * `xray finetune --config runs/20261128-102000-resnet50-finetune-s0 --seed 1`
     * `torchrun --standalone --nproc-per-node 4 $(which xray) finetune --model resnet50`
     """
     from featurestore import distributed
+    from featurestore.config import seeded
     from featurestore.models import get_spec
     from featurestore.progress import make_progress
     from featurestore.train import TrainConfig
@@ -191,21 +249,22 @@ def finetune(
 
     from .common import resolve_data
 
-    get_spec(model)  # an unknown name fails before any data is read or generated
+    given = from_config(ctx, config_file, locals())
+    get_spec(given["model"])  # an unknown name fails before any data is read or generated
     config = TrainConfig(
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        patience=patience,
-        monitor=monitor,  # type: ignore[arg-type]
-        class_weight=class_weight,  # type: ignore[arg-type]
-        seed=seed,
-        backbone_lr_mult=backbone_lr_mult,
-        device=device,  # type: ignore[arg-type]
+        epochs=given["epochs"],
+        lr=given["lr"],
+        batch_size=given["batch_size"],
+        patience=given["patience"],
+        monitor=str(given["monitor"]),  # type: ignore[arg-type]
+        class_weight=str(given["class_weight"]),  # type: ignore[arg-type]
+        seed=given["seed"],
+        backbone_lr_mult=given["backbone_lr_mult"],
+        device=str(given["device"]),  # type: ignore[arg-type]
     )
     summaries = []
     with (
-        distributed.process_group(device) as launch,
+        distributed.process_group(config.device) as launch,
         make_progress(err_console, transient=True) as progress,
     ):
         if launch is not None and launch.rank != 0:
@@ -213,23 +272,55 @@ def finetune(
         path = distributed.on_main(lambda: resolve_data(data))  # rank 0 may generate it
         for cfg in seeded(config, seeds):
             summaries.append(run_finetune(
-                data=path, model=model, weights=weights, freeze=freeze, image_size=image_size,
-                augment=augment, hflip=hflip, workers=workers, runs_dir=runs, config=cfg,
-                resume=resume, progress=progress, console=err_console, notice=notice,
+                data=path, model=given["model"], weights=given["weights"],
+                freeze=given["freeze"], image_size=given["image_size"], augment=given["augment"],
+                hflip=given["hflip"], workers=workers, runs_dir=runs, config=cfg, resume=resume,
+                progress=progress, console=err_console, notice=notice,
             ))  # fmt: skip
     if launch is None or launch.rank == 0:
         _report(summaries, as_json=as_json)
 
 
-def seeded(config: TrainConfig, seeds: int) -> list[TrainConfig]:
-    """The config repeated with seeds seed, seed+1, ... (`--seeds N`)."""
-    from dataclasses import replace
+# Options a run's config.json can give back (`--config`): the settings that decide the result.
+# Paths, devices' availability and output choices stay the command line's.
+REPEATABLE = (
+    "model", "head", "epochs", "lr", "batch_size", "patience", "monitor", "class_weight",
+    "seed", "device", "weights", "freeze", "backbone_lr_mult", "image_size", "augment", "hflip",
+)  # fmt: skip
+
+
+def from_config(
+    ctx: typer.Context, config_file: Path | None, given: dict[str, Any]
+) -> dict[str, Any]:
+    """The options, with those left at their default taken from a run's config.json.
+
+    An option typed on the command line always wins; without `--config` nothing changes.
+    Raises XrayError for a missing or unreadable file.
+    """
+    import json
 
     from featurestore.errors import XrayError
 
-    if seeds < 1:
-        raise XrayError(f"--seeds must be at least 1, got {seeds}")
-    return [replace(config, seed=config.seed + i) for i in range(seeds)]
+    values = {k: v for k, v in given.items() if k not in ("ctx", "config_file")}
+    if config_file is None:
+        return values
+    path = config_file / "config.json" if config_file.is_dir() else config_file
+    try:
+        recorded = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise XrayError(f"--config {config_file}: no config.json there") from None
+    except (OSError, ValueError) as exc:
+        raise XrayError(f"--config {path} is not a readable config.json ({exc})") from None
+    if not isinstance(recorded, dict):
+        raise XrayError(f"--config {path} is not a run's config.json (not a JSON object)")
+    for name in REPEATABLE:
+        source = ctx.get_parameter_source(name)
+        if name in values and name in recorded and (source is None or source.name == "DEFAULT"):
+            current = values[name]
+            values[name] = (
+                type(current)(recorded[name]) if isinstance(current, Enum) else recorded[name]
+            )
+    return values
 
 
 def register(app: typer.Typer) -> None:

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from .common import JsonOption, console, emit_table, err_console, user_errors
+from .common import console, emit_table, err_console, user_errors
+from .options import Device, DeviceOpt, JsonFlag
 
-RunOption = typer.Option(
-    ..., "--run", help="Run folder written by `xray fit-head` or `xray finetune`."
-)
-WeightsOption = typer.Option(
-    None,
-    "--weights",
-    help="Frozen runs extracted with a weights file only: that file (its sha256 is checked).",
-    show_default=False,
-)
-DeviceOption = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+RunPath = Annotated[
+    Path, typer.Option("--run", help="Run folder written by `xray fit-head` or `xray finetune`.")
+]
+Images = Annotated[list[Path], typer.Argument(help="Image files and/or folders (recursive).")]
+# The backbone's weights, as everywhere; here only a state-dict PATH makes sense (a run records
+# imagenet or none itself), so only frozen runs extracted with a weights file need it.
+RunWeights = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        help="Backbone weights: for frozen runs extracted with a state-dict file, that PATH "
+        "(its sha256 is checked).",
+        show_default=False,
+    ),
+]
 
 
 def short_paths(paths: list[str]) -> tuple[list[str], str | None]:
@@ -40,18 +47,20 @@ def register(app: typer.Typer) -> None:
 
 @user_errors
 def predict(
-    images: list[Path] = typer.Argument(..., help="Image files and/or folders (recursive)."),
-    run: Path = RunOption,
-    csv_path: Path = typer.Option(
-        None,
-        "--csv",
-        help="Also write path,probability,prediction,error to this CSV.",
-        show_default=False,
-    ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
-    weights: Path = WeightsOption,
-    device: str = DeviceOption,
-    as_json: bool = JsonOption,
+    images: Images,
+    run: RunPath,
+    csv_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv",
+            help="Also write path,probability,prediction,error to this CSV.",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 32,
+    weights: RunWeights = None,
+    device: DeviceOpt = Device.auto,
+    as_json: JsonFlag = False,
 ) -> None:
     """Probability of the positive class and the predicted class for new images.
 
@@ -74,7 +83,7 @@ def predict(
     )
 
     paths = expand_inputs(images)
-    predictor = load_predictor(run, weights=weights, device=device)
+    predictor = load_predictor(run, weights=weights, device=str(device))
     with make_progress(err_console, transient=True) as progress:
         rows = predictor.predict(
             paths, batch_size=batch_size, progress=progress if len(paths) > batch_size else None
@@ -113,13 +122,17 @@ def predict(
 
 @user_errors
 def explain(
-    images: list[Path] = typer.Argument(..., help="Image files and/or folders (recursive)."),
-    run: Path = RunOption,
-    out: Path = typer.Option(..., "--out", help="Folder for the heatmap PNGs and contact sheet."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward/backward pass."),
-    weights: Path = WeightsOption,
-    device: str = DeviceOption,
-    as_json: bool = JsonOption,
+    images: Images,
+    run: RunPath,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the heatmap PNGs and contact sheet.")
+    ],
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Images per forward/backward pass.")
+    ] = 8,
+    weights: RunWeights = None,
+    device: DeviceOpt = Device.auto,
+    as_json: JsonFlag = False,
 ) -> None:
     """Grad-CAM heatmaps: where the run's model looks for the positive class.
 
@@ -143,7 +156,7 @@ def explain(
             paths,
             out,
             weights=weights,
-            device=device,
+            device=str(device),
             batch_size=batch_size,
             progress=progress,
         )

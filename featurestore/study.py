@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from featurestore.errors import XrayError
+from featurestore.config import FinetuneConfig, FitHeadConfig, StudyConfig, seeded
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -17,49 +17,6 @@ if TYPE_CHECKING:
     from featurestore.compare import Comparison
 
 Notice = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """The study's settings; the defaults finish in minutes on a 2-core CPU."""
-
-    models: tuple[str, ...] = ("resnet50", "densenet121")
-    """Backbones compared, each frozen (extract + head) and fine-tuned."""
-    weights: str = "auto"
-    """"auto" (ImageNet when every model's file is in the torch hub cache, else random
-    init with a banner), "imagenet", "none" or a state-dict path."""
-    image_size: int = 64
-    """Input size of both modes (224 with --full)."""
-    head: str = "linear"
-    """Head of the frozen mode: linear, mlp or logreg."""
-    head_epochs: int = 60
-    """Epochs of the head (early stopping usually ends it sooner)."""
-    finetune_epochs: int = 2
-    """Epochs of fine-tuning."""
-    finetune_batch_size: int = 16
-    """Batch size of fine-tuning."""
-    seeds: int = 1
-    """Repeats of each training with seeds 0..seeds-1 (compare reports mean and spread)."""
-    workers: int = 0
-    """DataLoader workers for extraction and fine-tuning."""
-    n_boot: int = 1000
-    """Bootstrap resamples of the comparison."""
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise XrayError("the study needs at least one model")
-        if self.image_size < 32:
-            raise XrayError(f"--image-size must be at least 32, got {self.image_size}")
-        if self.seeds < 1:
-            raise XrayError(f"--seeds must be at least 1, got {self.seeds}")
-        if self.head_epochs < 1 or self.finetune_epochs < 1:
-            raise XrayError("epochs must be at least 1")
-
-    def full_size(self) -> StudyConfig:
-        """The hand-written study's scale: 224 px, longer training."""
-        return replace(
-            self, image_size=224, head_epochs=100, finetune_epochs=10, finetune_batch_size=32
-        )
 
 
 @dataclass(frozen=True)
@@ -97,7 +54,7 @@ def run_study(
     from featurestore.compare import CompareConfig, compare_runs, write_report
     from featurestore.data import load_manifest
     from featurestore.store import extract_features, open_store
-    from featurestore.train import TrainConfig, finetune, fit_head_on_store
+    from featurestore.train import finetune, fit_head_on_store
 
     say = notice or (lambda _msg: None)
     weights = resolve_study_weights(config.models, config.weights)
@@ -127,8 +84,16 @@ def run_study(
         say(f"{model}: store {result.path} ({result.status})")
         # extract_features just checked the store against this manifest: no second hashing.
         store = open_store(result.path)
-        for seed in range(config.seeds):
-            head_cfg = TrainConfig(epochs=config.head_epochs, seed=seed)
+        head_base = replace(FitHeadConfig().train, epochs=config.head_epochs)
+        ft_base = replace(
+            FinetuneConfig().train,
+            epochs=config.finetune_epochs,
+            batch_size=config.finetune_batch_size,
+            patience=max(2, config.finetune_epochs // 3),
+        )
+        for head_cfg, ft_cfg in zip(
+            seeded(head_base, config.seeds), seeded(ft_base, config.seeds), strict=True
+        ):
             summary = fit_head_on_store(
                 store,
                 head=config.head,
@@ -138,13 +103,6 @@ def run_study(
                 console=console,
             )
             run_paths.append(summary.path)
-            ft_cfg = TrainConfig(
-                epochs=config.finetune_epochs,
-                batch_size=config.finetune_batch_size,
-                patience=max(2, config.finetune_epochs // 3),
-                backbone_lr_mult=0.1,
-                seed=seed,
-            )
             summary = finetune(
                 data=data,
                 model=model,

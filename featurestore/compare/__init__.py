@@ -8,7 +8,6 @@ from featurestore.compare.analysis import (
     TABLE_METRICS,
     THRESHOLD_FREE,
     THRESHOLDS,
-    CompareConfig,
     Comparison,
     Interval,
     PairTest,
@@ -29,7 +28,6 @@ from featurestore.compare.bootstrap import (
 )
 from featurestore.compare.metrics import (
     PROB_EPS,
-    THRESHOLD_POLICIES,
     binary_metrics,
     choose_threshold,
     evaluate_split,
@@ -52,6 +50,7 @@ from featurestore.compare.stats import (
     majority_baseline,
     mcnemar,
 )
+from featurestore.config import THRESHOLD_POLICIES, CompareConfig
 
 __all__ = [
     "BOOT_METRICS",

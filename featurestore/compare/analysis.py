@@ -18,6 +18,7 @@ from featurestore.compare.stats import (
     majority_baseline,
     mcnemar,
 )
+from featurestore.config import CompareConfig
 from featurestore.errors import XrayError
 from featurestore.runs import RunRecord, load_run
 
@@ -33,30 +34,6 @@ TABLE_METRICS: tuple[str, ...] = (
 THRESHOLDS: tuple[str, ...] = ("at_0.5", "at_threshold")
 # Metrics that do not depend on the decision threshold (computed once, shown at both).
 THRESHOLD_FREE = frozenset({"loss", "roc_auc", "pr_auc", "brier"})
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """How runs are compared."""
-
-    n_boot: int = 2000
-    """Bootstrap resamples per interval and per paired test."""
-    resample: str = "patients"
-    """Bootstrap unit: "patients" (all images of a sampled patient together) or "images"."""
-    alpha: float = 0.05
-    """1 - confidence level of the intervals."""
-    seed: int = 0
-    """Seed of the bootstrap resamples."""
-    allow_different_test: bool = False
-    """Compare runs evaluated on different test sets (paired tests are then skipped)."""
-
-    def __post_init__(self) -> None:
-        if self.resample not in ("patients", "images"):
-            raise XrayError(f"--resample must be patients or images, got {self.resample!r}")
-        if self.n_boot < 100:
-            raise XrayError(f"--bootstrap needs at least 100 resamples, got {self.n_boot}")
-        if not 0.0 < self.alpha < 0.5:
-            raise XrayError(f"alpha must lie in (0, 0.5), got {self.alpha}")
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from featurestore.config import THRESHOLD_POLICIES
 from featurestore.errors import XrayError
 
-THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "f1", "fixed")
 PROB_EPS = 1e-7
 """Probabilities are clipped to [eps, 1 - eps] for the cross-entropy, so a confident mistake
 costs ~16 nats instead of infinity (the same clip the loss would see in float32)."""

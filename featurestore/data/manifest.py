@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from featurestore.config import KERMANY_DIR, SYNTHETIC_DIR
 from featurestore.errors import XrayError
 
 if TYPE_CHECKING:  # PIL and rich only where images are actually read or progress is shown
@@ -105,8 +106,6 @@ class Manifest:
         return decode_image(self.root / key, min_size=min_size)
 
 
-SYNTHETIC_DIR = Path("data/synthetic")
-KERMANY_DIR = Path("data/chest_xray")
 
 # Kermany names: person12_bacteria_55.jpeg, person1222_virus_2071.jpeg, IM-0115-0001.jpeg and
 # NORMAL2-IM-0115-0001.jpeg (the same patient as IM-0115).

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from PIL import Image
 
+from featurestore.config import SynthConfig
 from featurestore.errors import XrayError
 
 if TYPE_CHECKING:
@@ -277,13 +278,16 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
         )
 
 
+_SYNTH = SynthConfig()
+
+
 def generate_synthetic(
     out_dir: Path,
     *,
-    seed: int = 0,
-    patients: int = 120,
-    min_side: int = 192,
-    max_side: int = 320,
+    seed: int = _SYNTH.seed,
+    patients: int = _SYNTH.patients,
+    min_side: int = _SYNTH.min_side,
+    max_side: int = _SYNTH.max_side,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> SynthSummary:

@@ -4,6 +4,7 @@ trained on top of them (linear, MLP, logistic regression).
 
 from __future__ import annotations
 
+from featurestore.config import HEAD_KINDS
 from featurestore.models.backbones import (
     FAMILIES,
     BackboneSpec,
@@ -23,7 +24,6 @@ from featurestore.models.backbones import (
 )
 from featurestore.models.heads import (
     FREEZE_POLICIES,
-    HEAD_KINDS,
     LOGREG_CS,
     HeadKind,
     LogregFit,

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from featurestore.config import HEAD_KINDS
 from featurestore.errors import XrayError
 
 if TYPE_CHECKING:
     from featurestore.train import FeatureSource
 
 HeadKind = Literal["linear", "mlp", "logreg"]
-HEAD_KINDS: tuple[str, ...] = ("linear", "mlp", "logreg")
 LOGREG_CS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 """Inverse regularisation strengths tried by the logistic-regression head."""
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from featurestore import distributed, library_versions
+from featurestore.config import FEATURE_DTYPES, ExtractConfig
 from featurestore.errors import XrayError
 from featurestore.models import backbones
 from featurestore.store import read as store
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from featurestore.data import Manifest
 
 Status = Literal["reused", "resumed", "built", "rebuilt"]
-DTYPES = ("float16", "float32")
+DTYPES = FEATURE_DTYPES
 
 
 def default_workers(device_type: str = "cpu") -> int:
@@ -64,18 +65,21 @@ class ExtractResult:
     """Keys of unreadable images left out (--skip-bad)."""
 
 
+_EXTRACT = ExtractConfig()
+
+
 def extract_features(
     manifest: Manifest,
     *,
     model: str,
-    weights: str = "imagenet",
+    weights: str = _EXTRACT.weights,
     cache_dir: Path,
-    image_size: int = 224,
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str = "auto",
-    dtype: str = "float16",
-    skip_bad: bool = False,
+    image_size: int = _EXTRACT.image_size,
+    batch_size: int = _EXTRACT.batch_size,
+    workers: int | None = _EXTRACT.workers,
+    device: str = _EXTRACT.device,
+    dtype: str = _EXTRACT.dtype,
+    skip_bad: bool = _EXTRACT.skip_bad,
     progress: Progress | None = None,
     chunk_size: int = 256,
     notice: Callable[[str], None] | None = None,

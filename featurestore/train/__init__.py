@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from featurestore.config import MONITORS, TrainConfig
 from featurestore.train.checkpoints import (
     CHECKPOINT_FORMAT,
     LoopState,
@@ -40,8 +41,6 @@ from featurestore.train.image_source import (
     seed_worker,
 )
 from featurestore.train.loop import (
-    MONITORS,
-    TrainConfig,
     fit,
     format_epoch,
     train_one_epoch,

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from featurestore.config import FinetuneConfig, TrainConfig
 from featurestore.data import SPLITS
 from featurestore.errors import XrayError
 from featurestore.runs import Notice, RunSummary, class_counts, run_config, summarize
-from featurestore.train.loop import TrainConfig
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -20,17 +20,19 @@ if TYPE_CHECKING:
 
     from featurestore.data import Manifest
 
+_FT = FinetuneConfig()
+
 
 def finetune(
     *,
     data: Path,
-    model: str = "resnet50",
-    weights: str = "imagenet",
-    freeze: str = "none",
-    image_size: int = 224,
-    augment: bool = True,
-    hflip: bool = False,
-    workers: int = 0,
+    model: str = _FT.model,
+    weights: str = _FT.weights,
+    freeze: str = _FT.freeze,
+    image_size: int = _FT.image_size,
+    augment: bool = _FT.augment,
+    hflip: bool = _FT.hflip,
+    workers: int | None = _FT.workers,
     runs_dir: Path = Path("runs"),
     config: TrainConfig | None = None,
     resume: bool = False,
@@ -60,10 +62,13 @@ def finetune(
         preprocessing_for,
     )
     from featurestore.runs import inprogress_dir, write_run
+    from featurestore.store import default_workers
     from featurestore.train.image_source import ImageSource
     from featurestore.train.loop import fit
 
-    config = config or TrainConfig(epochs=10, batch_size=32, patience=3, backbone_lr_mult=0.1)
+    config = config or _FT.train
+    device = resolve_device(config.device)
+    workers = default_workers(device.type) if workers is None else workers
     say = notice or (lambda _msg: None)
     manifest = manifest or load_manifest(data)
     if fingerprint is None:
@@ -81,7 +86,7 @@ def finetune(
         seed=config.seed,
         augment=augment,
         hflip=hflip,
-        pin_memory=resolve_device(config.device).type == "cuda",
+        pin_memory=device.type == "cuda",
     )
     settings = {
         **{k: v for k, v in asdict(config).items() if k != "device"},

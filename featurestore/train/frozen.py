@@ -5,14 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featurestore.config import FitHeadConfig, TrainConfig, seeded
 from featurestore.data import SPLITS
 from featurestore.errors import XrayError
 from featurestore.runs import Notice, RunSummary, class_counts, run_config, summarize
-from featurestore.train.loop import TrainConfig
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -21,6 +20,8 @@ if TYPE_CHECKING:
 
     from featurestore.store import FeatureStore
     from featurestore.train.sources import FeatureSource
+
+_HEAD = FitHeadConfig()
 
 
 def select_stores(
@@ -96,12 +97,12 @@ def fit_heads(
     data: Path | None = None,
     cache_dir: Path = Path("cache"),
     runs_dir: Path = Path("runs"),
-    head: str = "linear",
+    head: str = _HEAD.head,
     config: TrainConfig | None = None,
     progress: Progress | None = None,
     console: Console | None = None,
     notice: Notice | None = None,
-    seeds: int = 1,
+    seeds: int = _HEAD.seeds,
 ) -> list[RunSummary]:
     """Train a head on each selected feature store (all complete ones by default); one run each.
 
@@ -110,10 +111,9 @@ def fit_heads(
     """
     from featurestore.models import HEAD_KINDS
 
-    config = config or TrainConfig()
+    config = config or _HEAD.train
     say = notice or (lambda _msg: None)
-    if seeds < 1:
-        raise XrayError(f"--seeds must be at least 1, got {seeds}")
+    repeats = seeded(config, seeds)  # refuses seeds < 1 before any store is read
     if head not in HEAD_KINDS:
         raise XrayError(f"unknown --head {head!r}; choose one of: {', '.join(HEAD_KINDS)}")
     paths = select_stores(cache_dir=cache_dir, model=model, store=store, data=data)
@@ -124,9 +124,9 @@ def fit_heads(
         for p in paths
     ]
     return [
-        fit_head_on_store(s, head=head, config=replace(config, seed=config.seed + i),
-                          runs_dir=runs_dir, progress=progress, console=console)
-        for i in range(seeds)
+        fit_head_on_store(s, head=head, config=cfg, runs_dir=runs_dir, progress=progress,
+                          console=console)
+        for cfg in repeats
         for s in stores
     ]  # fmt: skip
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featurestore import devices, distributed
+from featurestore.config import TrainConfig
 from featurestore.errors import XrayError
 from featurestore.train import checkpoints
 from featurestore.train.checkpoints import LoopState
@@ -25,85 +25,6 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from featurestore.train.sources import Source
-
-MONITORS = ("val_auc", "val_f1", "val_loss")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides how a model is trained (written to config.json as is)."""
-
-    epochs: int = 100
-    """Maximum number of epochs; early stopping may end sooner."""
-    lr: float = 1e-3
-    """Peak AdamW learning rate of the head (reached after warmup)."""
-    weight_decay: float = 1e-4
-    """AdamW weight decay; never applied to biases and normalisation weights."""
-    warmup_epochs: float = 1.0
-    """Linear warmup from ~0 to `lr`, in epochs (fractions allowed), stepped per batch."""
-    schedule: Literal["cosine", "constant"] = "cosine"
-    """After warmup: cosine decay to 0 at the last epoch, or a constant rate."""
-    patience: int = 10
-    """Stop after this many epochs without improvement of `monitor`."""
-    monitor: Literal["val_auc", "val_f1", "val_loss"] = "val_auc"
-    """Validation metric that picks the best epoch and drives early stopping."""
-    min_delta: float = 0.0
-    """Smallest change of `monitor` that counts as an improvement."""
-    class_weight: Literal["balanced", "none"] = "balanced"
-    """"balanced": cross-entropy weights n / (C * n_c) from the train labels."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this value; 0 disables clipping."""
-    seed: int = 0
-    """Seeds initialisation, shuffling, augmentation and dropout."""
-    batch_size: int = 256
-    """Training batch size (the source batches with it)."""
-    backbone_lr_mult: float = 1.0
-    """Backbone (`trunk.*`) parameters train at lr * this factor."""
-    threshold_policy: str = "youden"
-    """How the decision threshold is chosen on validation: youden, f1 or fixed (0.5)."""
-    amp: bool = True
-    """Mixed precision on CUDA (bfloat16 where supported); ignored on CPU."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """"auto" uses CUDA when available."""
-
-    def __post_init__(self) -> None:
-        from featurestore.compare import THRESHOLD_POLICIES
-
-        checks: list[tuple[bool, str]] = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (self.warmup_epochs >= 0, f"warmup epochs must be >= 0, got {self.warmup_epochs}"),
-            (self.schedule in ("cosine", "constant"), f"unknown schedule {self.schedule!r}"),
-            (self.patience >= 1, f"--patience must be at least 1, got {self.patience}"),
-            (
-                self.monitor in MONITORS,
-                f"unknown --monitor {self.monitor!r}; choose one of: {', '.join(MONITORS)}",
-            ),
-            (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
-            (
-                self.class_weight in ("balanced", "none"),
-                f"--class-weight must be balanced or none, got {self.class_weight!r}",
-            ),
-            (self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (
-                self.backbone_lr_mult >= 0,
-                f"--backbone-lr-mult must be >= 0, got {self.backbone_lr_mult}",
-            ),
-            (
-                self.threshold_policy in THRESHOLD_POLICIES,
-                f"unknown threshold policy {self.threshold_policy!r}; "
-                f"choose one of: {', '.join(THRESHOLD_POLICIES)}",
-            ),
-            (
-                self.device in ("auto", "cpu", "cuda"),
-                f"--device must be auto, cpu or cuda, got {self.device!r}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise XrayError(message)
 
 
 def _summary(probs: np.ndarray, labels: np.ndarray, positive_index: int) -> dict[str, float]:

@@ -1,0 +1,74 @@
+"""Options shared by several commands, declared once: the same flag means the same thing everywhere.
+
+Choices are the enums of `featurestore.config` (the library checks values against the same
+enums), so `--help` lists them and the two can never disagree. Defaults are never written here:
+each command reads them from its mode's config dataclass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from featurestore.config import (
+    ClassWeight,
+    Device,
+    FeatureDtype,
+    HeadKind,
+    Monitor,
+    Resample,
+)
+
+__all__ = ["ClassWeight", "Device", "FeatureDtype", "HeadKind", "Monitor", "Resample"]
+
+DEFAULT_CACHE = Path("cache")
+DEFAULT_RUNS = Path("runs")
+DEFAULT_REPORTS = Path("reports")
+
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON instead of a table.")
+]
+DataPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Dataset: a Kermany-layout folder, a CSV manifest or a MedMNIST .npz. "
+        "Default: $XRAY_DATA, else data/chest_xray if it exists, else data/synthetic "
+        "(generated on first use).",
+        show_default=False,
+    ),
+]
+CacheDir = Annotated[Path, typer.Option("--cache", help="Folder of feature stores.")]
+RunsDir = Annotated[Path, typer.Option("--runs", help="Folder of run folders.")]
+DeviceOpt = Annotated[
+    Device, typer.Option("--device", help="Where to compute: auto uses CUDA when available.")
+]
+WeightsOpt = Annotated[
+    str,
+    typer.Option(
+        "--weights",
+        help="Backbone weights: imagenet (torch hub cache), none (random init) or a state-dict "
+        "PATH.",
+    ),
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Seed of initialisation, shuffling and augmentation.")
+]
+SeedsOpt = Annotated[
+    int,
+    typer.Option(
+        "--seeds", help="Repeat with seeds seed..seed+N-1 (compare reports mean and spread)."
+    ),
+]
+ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Input side in pixels.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Repeat a run: its config.json (or run folder) gives every option not given "
+        "on the command line.",
+        show_default=False,
+    ),
+]

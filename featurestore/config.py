@@ -1,0 +1,316 @@
+"""Every option's one default: a frozen dataclass per mode, and the choices each option takes.
+
+The command line, the library and `xray demo` read their defaults from here and never restate
+them (as LitGPT and nanoGPT keep each default once). This module imports nothing heavy, so the
+CLI can read it at import time and `xray --help` stays fast. A run records `asdict(config)` in
+its config.json; `--config` reads it back to repeat the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from featurestore.errors import XrayError
+
+
+class Choice(str, Enum):
+    """A str Enum whose str() and format() are its value (what Typer shows, what JSON stores)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+# The choices of each option, in one place: the CLI shows these enums in --help, and the library
+# checks values against the tuples derived from them.
+class Device(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Monitor(Choice):
+    val_auc = "val_auc"
+    val_f1 = "val_f1"
+    val_loss = "val_loss"
+
+
+class ClassWeight(Choice):
+    balanced = "balanced"
+    none = "none"
+
+
+class HeadKind(Choice):
+    linear = "linear"
+    mlp = "mlp"
+    logreg = "logreg"
+
+
+class FeatureDtype(Choice):
+    float16 = "float16"
+    float32 = "float32"
+
+
+class Resample(Choice):
+    patients = "patients"
+    images = "images"
+
+
+def values(choice: type[Choice]) -> tuple[str, ...]:
+    """The values of a choice enum, in declaration order."""
+    return tuple(member.value for member in choice)
+
+
+DEVICES = values(Device)
+MONITORS = values(Monitor)
+CLASS_WEIGHTS = values(ClassWeight)
+HEAD_KINDS = values(HeadKind)
+FEATURE_DTYPES = values(FeatureDtype)
+RESAMPLE_UNITS = values(Resample)
+SCHEDULES = ("cosine", "constant")
+THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "f1", "fixed")
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+KERMANY_DIR = Path("data/chest_xray")
+"""Where the Kaggle Kermany dataset is looked for when no --data is given."""
+SYNTHETIC_DIR = Path("data/synthetic")
+"""Where the built-in synthetic dataset is generated when there is no other default."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides how a model is trained (written to config.json as is).
+
+    The defaults are the frozen mode's (heads on cached features); `FinetuneConfig.train`
+    holds the fine-tune mode's.
+    """
+
+    epochs: int = 100
+    """Maximum number of epochs; early stopping may end sooner."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate of the head (reached after warmup)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay; never applied to biases and normalisation weights."""
+    warmup_epochs: float = 1.0
+    """Linear warmup from ~0 to `lr`, in epochs (fractions allowed), stepped per batch."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """After warmup: cosine decay to 0 at the last epoch, or a constant rate."""
+    patience: int = 10
+    """Stop after this many epochs without improvement of `monitor`."""
+    monitor: Literal["val_auc", "val_f1", "val_loss"] = "val_auc"
+    """Validation metric that picks the best epoch and drives early stopping."""
+    min_delta: float = 0.0
+    """Smallest change of `monitor` that counts as an improvement."""
+    class_weight: Literal["balanced", "none"] = "balanced"
+    """"balanced": cross-entropy weights n / (C * n_c) from the train labels."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    seed: int = 0
+    """Seeds initialisation, shuffling, augmentation and dropout."""
+    batch_size: int = 256
+    """Training batch size (the source batches with it)."""
+    backbone_lr_mult: float = 1.0
+    """Backbone (`trunk.*`) parameters train at lr * this factor."""
+    threshold_policy: str = "youden"
+    """How the decision threshold is chosen on validation: youden, f1 or fixed (0.5)."""
+    amp: bool = True
+    """Mixed precision on CUDA (bfloat16 where supported); ignored on CPU."""
+    device: DeviceName = "auto"
+    """"auto" uses CUDA when available."""
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_epochs >= 0, f"warmup epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}"),
+            (self.patience >= 1, f"--patience must be at least 1, got {self.patience}"),
+            (
+                self.monitor in MONITORS,
+                f"unknown --monitor {self.monitor!r}; choose one of: {', '.join(MONITORS)}",
+            ),
+            (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
+            (
+                self.class_weight in CLASS_WEIGHTS,
+                f"--class-weight must be balanced or none, got {self.class_weight!r}",
+            ),
+            (self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (
+                self.backbone_lr_mult >= 0,
+                f"--backbone-lr-mult must be >= 0, got {self.backbone_lr_mult}",
+            ),
+            (
+                self.threshold_policy in THRESHOLD_POLICIES,
+                f"unknown threshold policy {self.threshold_policy!r}; "
+                f"choose one of: {', '.join(THRESHOLD_POLICIES)}",
+            ),
+            (
+                self.device in DEVICES,
+                f"--device must be auto, cpu or cuda, got {self.device!r}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise XrayError(message)
+
+
+def seeded(config: TrainConfig, seeds: int) -> list[TrainConfig]:
+    """The config repeated with seeds seed, seed+1, ..., seed+seeds-1 (`--seeds N`).
+
+    The one seed loop of the project: fit-head, finetune and the demo all repeat through it.
+
+    Raises:
+        XrayError: when `seeds` < 1.
+    """
+    if seeds < 1:
+        raise XrayError(f"--seeds must be at least 1, got {seeds}")
+    return [replace(config, seed=config.seed + i) for i in range(seeds)]
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Stage 1 (`xray extract`): how a backbone's features are computed and stored."""
+
+    weights: str = "imagenet"
+    """"imagenet" (torch hub cache), "none" (random init, seeded) or a path to a state dict."""
+    image_size: int = 224
+    """Center-crop side in pixels."""
+    batch_size: int = 32
+    """Images per forward pass."""
+    workers: int | None = None
+    """Decoding processes; None: 0 on CPU (torch threads use every core), cores - 1 on a GPU."""
+    device: DeviceName = "auto"
+    """"auto" uses CUDA when available."""
+    dtype: Literal["float16", "float32"] = "float16"
+    """How features are stored."""
+    skip_bad: bool = False
+    """Leave unreadable images out (listed in the store) instead of stopping."""
+
+
+@dataclass(frozen=True)
+class FitHeadConfig:
+    """Stage 2 on cached features (`xray fit-head`): which head, how it trains, how often."""
+
+    head: Literal["linear", "mlp", "logreg"] = "linear"
+    """Linear, MLP (one hidden layer) or scikit-learn logistic regression (C chosen on val)."""
+    seeds: int = 1
+    """Repeats with seeds train.seed, train.seed + 1, ... (compare reports mean and spread)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The trainer's settings (heads on cached features: many cheap epochs)."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """End-to-end fine-tuning (`xray finetune`): backbone, input, augmentation, trainer."""
+
+    model: str = "resnet50"
+    """Backbone name (see `xray models`)."""
+    weights: str = "imagenet"
+    """"imagenet", "none" (random init) or a path to a state dict."""
+    freeze: str = "none"
+    """"none", "head-only", or a stage name: freeze the backbone up to it (inclusive)."""
+    image_size: int = 224
+    """Crop side in pixels."""
+    augment: bool = True
+    """Mild rotation, scale and brightness changes on train images."""
+    hflip: bool = False
+    """Also flip train images horizontally (off: anatomy is not left-right symmetric)."""
+    workers: int | None = None
+    """Image decoding processes; None: 0 on CPU, cores - 1 on a GPU."""
+    seeds: int = 1
+    """Repeats with seeds train.seed, train.seed + 1, ..."""
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=10, batch_size=32, patience=3, backbone_lr_mult=0.1
+        )
+    )
+    """The trainer's settings (few, expensive epochs; the backbone at a tenth of the lr)."""
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """How runs are compared (`xray compare`)."""
+
+    n_boot: int = 2000
+    """Bootstrap resamples per interval and per paired test."""
+    resample: Literal["patients", "images"] = "patients"
+    """Bootstrap unit: "patients" (all images of a sampled patient together) or "images"."""
+    alpha: float = 0.05
+    """1 - confidence level of the intervals."""
+    seed: int = 0
+    """Seed of the bootstrap resamples."""
+    allow_different_test: bool = False
+    """Compare runs evaluated on different test sets (paired tests are then skipped)."""
+
+    def __post_init__(self) -> None:
+        if self.resample not in RESAMPLE_UNITS:
+            raise XrayError(f"--resample must be patients or images, got {self.resample!r}")
+        if self.n_boot < 100:
+            raise XrayError(f"--bootstrap needs at least 100 resamples, got {self.n_boot}")
+        if not 0.0 < self.alpha < 0.5:
+            raise XrayError(f"alpha must lie in (0, 0.5), got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The study behind `xray demo`; the defaults finish in minutes on a 2-core CPU."""
+
+    models: tuple[str, ...] = ("resnet50", "densenet121")
+    """Backbones compared, each frozen (extract + head) and fine-tuned."""
+    weights: str = "auto"
+    """"auto" (ImageNet when every model's file is in the torch hub cache, else random
+    init with a banner), "imagenet", "none" or a state-dict path."""
+    image_size: int = 64
+    """Input size of both modes (224 with --full)."""
+    head: Literal["linear", "mlp", "logreg"] = "linear"
+    """Head of the frozen mode: linear, mlp or logreg."""
+    head_epochs: int = 60
+    """Epochs of the head (early stopping usually ends it sooner)."""
+    finetune_epochs: int = 2
+    """Epochs of fine-tuning."""
+    finetune_batch_size: int = 16
+    """Batch size of fine-tuning."""
+    seeds: int = 1
+    """Repeats of each training with seeds 0..seeds-1 (compare reports mean and spread)."""
+    workers: int | None = None
+    """DataLoader workers for extraction and fine-tuning; None: as `xray extract` chooses."""
+    n_boot: int = 1000
+    """Bootstrap resamples of the comparison."""
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise XrayError("the study needs at least one model")
+        if self.image_size < 32:
+            raise XrayError(f"--image-size must be at least 32, got {self.image_size}")
+        if self.seeds < 1:
+            raise XrayError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.head_epochs < 1 or self.finetune_epochs < 1:
+            raise XrayError("epochs must be at least 1")
+
+    def full_size(self) -> StudyConfig:
+        """The hand-written study's scale: 224 px, longer training."""
+        return replace(
+            self, image_size=224, head_epochs=100, finetune_epochs=10, finetune_batch_size=32
+        )
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The built-in synthetic dataset (`xray data synth`): seeded phantom radiographs."""
+
+    seed: int = 0
+    """Same seed, same images."""
+    patients: int = 120
+    """Patients across all splits."""
+    min_side: int = 192
+    """Smallest image side in pixels (sizes vary per image, as in real radiographs)."""
+    max_side: int = 320
+    """Largest image side in pixels."""
