@@ -36,7 +36,10 @@ class TimedSource:
         self.class_names = inner.class_names
         self.positive_index = inner.positive_index
         self.batch_size = inner.batch_size
-        self.streaming = getattr(inner, "streaming", True)
+        self.streaming = inner.streaming
+        self.train_size = inner.train_size
+        self.steps_per_epoch = inner.steps_per_epoch
+        self.eval_positions = inner.eval_positions
         self.eval_seconds: list[float] = []
         self.data_wait: list[float] = []
         self.step_seconds: list[float] = []

@@ -9,11 +9,19 @@ from featurestore.errors import XrayError
 
 
 def resolve_device(device: str) -> torch.device:
-    """ "auto" -> cuda when available else cpu; "cuda" without a GPU is a user error."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise XrayError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
+    """The one place "auto" / "cpu" / "cuda" / "cuda:N" becomes a torch.device.
+
+    "auto" is CUDA when a GPU is visible, else the CPU.
+
+    Raises:
+        XrayError: an unknown name, or CUDA asked for where no GPU is visible.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise XrayError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise XrayError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
     return torch.device(device)
 
 

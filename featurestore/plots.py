@@ -14,21 +14,34 @@ if TYPE_CHECKING:
     from featurestore.train import FitResult
 
 
-def _pyplot() -> Any:
-    # Imported lazily and headless: runs are written on servers without displays.
-    import matplotlib
+def new_figure(
+    figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **subplots: Any
+) -> tuple[Figure, Any]:
+    """A matplotlib Figure and its axes, made without pyplot.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The one plotting style of the project: no global figure state (nothing to close, safe in
+    threads and servers) and no GUI backend (runs are written on headless machines).
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **subplots)
+
+
+def save_figure(fig: Figure, path: Path, *, dpi: int = 100, tight: bool = True) -> None:
+    """Write a figure as PNG atomically (a reader never sees half a plot)."""
+    from featurestore.fileio import atomic_path
+
+    if tight:
+        fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     """Loss, accuracy, F1 (train vs val) and val AUC per epoch, 2x2 panels."""
-    plt = _pyplot()
     epochs = [int(r["epoch"]) for r in history]
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6.5))
+    fig, axes = new_figure(nrows=2, ncols=2, figsize=(9, 6.5))
     for ax, metric in zip(axes.flat, ("loss", "acc", "f1"), strict=False):
         ax.plot(epochs, [r[f"train_{metric}"] for r in history], "o-", label="train")
         ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", label="val")
@@ -40,16 +53,15 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     ax.set_title("auc")
     ax.set_xlabel("epoch")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(
     matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, *, title: str
 ) -> None:
     """Confusion matrix with counts (rows: true class, columns: predicted)."""
-    plt = _pyplot()
     cm = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig, ax = new_figure(figsize=(4.5, 4))
     ax.imshow(cm, cmap="Blues")
     ticks = range(len(class_names))
     ax.set_xticks(ticks, class_names)
@@ -61,15 +73,14 @@ def plot_confusion(
         for j in range(cm.shape[1]):
             color = "white" if cm[i, j] > cm.max() / 2 else "black"
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
     """ROC curve per split from (y_positive, p_positive); splits with one class are skipped."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = new_figure(figsize=(4.5, 4.5))
     for split, (y, p) in curves.items():
         if 0 < y.sum() < len(y):
             fpr, tpr, _ = roc_curve(y, p)
@@ -79,7 +90,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> No
     ax.set_ylabel("true positive rate")
     ax.set_title("ROC")
     ax.legend(loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_plots(
@@ -99,11 +110,3 @@ def write_plots(
         sp = result.predictions[split]
         curves[split] = ((sp.labels == positive_index).astype(int), sp.probabilities)
     plot_roc(curves, folder / "roc.png")
-
-
-def _save(fig: Figure, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)

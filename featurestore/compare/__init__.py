@@ -39,6 +39,7 @@ from featurestore.compare.report import (
     fmt_interval,
     fmt_p,
     json_safe,
+    render_html,
     render_markdown,
     write_report,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "majority_baseline",
     "mcnemar",
     "paired_bootstrap",
+    "render_html",
     "render_markdown",
     "write_report",
 ]

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
 import json
 import math
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from featurestore.compare.analysis import TABLE_METRICS, THRESHOLDS, Comparison, Interval
+from featurestore.fileio import atomic_dir
+from featurestore.plots import new_figure, save_figure
 
 METRIC_TITLES = {
     "loss": "loss",
@@ -42,9 +41,14 @@ def write_report(
     and run (images in out_dir/explain/).
     """
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_dir(out_dir, replace=True) as tmp:
+        _write_report_files(cmp, tmp, explain=explain, device=device, progress=progress)
+    return out_dir / "report.md"
+
+
+def _write_report_files(
+    cmp: Comparison, tmp: Path, *, explain: int, device: str, progress: Any
+) -> None:
     extra: list[str] = []
     if explain > 0:
         from featurestore.use import report_section
@@ -61,11 +65,7 @@ def write_report(
     }
     markdown = render_markdown(cmp, [name for name, ok in plots.items() if ok], extra=extra)
     (tmp / "report.md").write_text(markdown)
-    (tmp / "report.html").write_text(_render_html(cmp, tmp))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir / "report.md"
+    (tmp / "report.html").write_text(render_html(markdown, tmp))
 
 
 def json_safe(value: Any) -> Any:
@@ -113,22 +113,12 @@ def _write_table_csv(cmp: Comparison, path: Path) -> None:
                 writer.writerow(cells)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_roc(cmp: Comparison, path: Path) -> bool:
     from sklearn.metrics import roc_curve
 
     from featurestore.compare.analysis import _test_arrays
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = new_figure(figsize=(5.5, 5))
     drawn = False
     for row, record in zip(cmp.rows, cmp.records, strict=True):
         y, p, _ = _test_arrays(record)
@@ -141,16 +131,13 @@ def _plot_roc(cmp: Comparison, path: Path) -> bool:
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC on the test set")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return drawn
 
 
 def _plot_intervals(cmp: Comparison, path: Path) -> bool:
-    plt = _pyplot()
     metrics = [m for m in TABLE_METRICS if m != "loss"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3 * len(metrics), 0.5 * len(cmp.rows) + 2))
+    fig, axes = new_figure(ncols=len(metrics), figsize=(3 * len(metrics), 0.5 * len(cmp.rows) + 2))
     labels = [r.label for r in cmp.rows]
     for ax, m in zip(axes, metrics, strict=True):
         ivs = [r.metrics["at_threshold"][m] for r in cmp.rows]
@@ -164,18 +151,15 @@ def _plot_intervals(cmp: Comparison, path: Path) -> bool:
         ax.set_xlim(0, 1.02)
         ax.invert_yaxis()
     fig.suptitle("Test metrics at the validation threshold, 95% bootstrap intervals", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return True
 
 
 def _plot_confusions(cmp: Comparison, path: Path) -> bool:
     from featurestore.compare.analysis import _test_arrays
 
-    plt = _pyplot()
     n = len(cmp.rows)
-    fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 2.9), squeeze=False)
+    fig, axes = new_figure(ncols=n, figsize=(2.8 * n, 2.9), squeeze=False)
     names = list(cmp.records[0].config["class_names"])
     pos = names.index(cmp.records[0].config["positive_class"])
     order = [1 - pos, pos]  # negative class first, as in the confusion-matrix convention
@@ -193,9 +177,7 @@ def _plot_confusions(cmp: Comparison, path: Path) -> bool:
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_title(row.label, fontsize=8)
     axes[0][0].set_ylabel("true", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return True
 
 
@@ -287,41 +269,31 @@ def render_markdown(cmp: Comparison, plots: list[str], *, extra: Sequence[str] =
     return "\n".join(out)
 
 
-def _render_html(cmp: Comparison, folder: Path) -> str:
-    """A self-contained HTML page: the Markdown's tables, with plots inlined as data URIs."""
-    body = []
-    in_table = False
-    for line in render_markdown(cmp, []).splitlines():
-        if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            if not in_table:
-                body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>")
-                in_table = True
-            elif not set("".join(cells)) <= {"-"}:
-                body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("> "):
-            body.append(f"<blockquote>{html.escape(line[2:].replace('**', ''))}</blockquote>")
-        elif line:
-            body.append(f"<p>{html.escape(line.replace('`', ''))}</p>")
-    if in_table:
-        body.append("</table>")
-    for png in sorted(folder.glob("*.png")):
-        data = base64.b64encode(png.read_bytes()).decode()
-        body.append(f'<p><img alt="{png.name}" src="data:image/png;base64,{data}"></p>')
+def render_html(markdown: str, folder: Path) -> str:
+    """report.md as a self-contained HTML page: rendered by markdown-it-py (CommonMark with
+    tables), plots inlined as data URIs so the one file can be mailed or archived."""
+    from markdown_it import MarkdownIt
+    from markdown_it.renderer import RendererHTML
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+    def inline_image(self: RendererHTML, tokens: Any, idx: int, options: Any, env: Any) -> str:
+        token = tokens[idx]
+        src = str(token.attrGet("src") or "")
+        local = folder / src
+        if src and "/" not in src and local.is_file():
+            data = base64.b64encode(local.read_bytes()).decode()
+            token.attrSet("src", f"data:image/png;base64,{data}")
+        return RendererHTML.image(self, tokens, idx, options, env)
+
+    md.add_render_rule("image", inline_image)
     style = (
-        "body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
-        "table{border-collapse:collapse;font-size:0.85em}"
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:0.85em;display:block;overflow-x:auto}"
         "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
+        "blockquote{border-left:4px solid #c60;margin:1em 0;padding:0.2em 1em;background:#fff4e5}"
     )
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>xray comparison</title>"
-        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+        "<!doctype html><html><head><meta charset='utf-8'><title>xray comparison</title>"
+        f"<style>{style}</style></head><body>{md.render(markdown)}</body></html>"
     )

@@ -14,6 +14,7 @@ import numpy as np
 
 from featurestore.config import KERMANY_DIR, SYNTHETIC_DIR
 from featurestore.errors import XrayError
+from featurestore.fileio import file_digest
 
 if TYPE_CHECKING:  # PIL and rich only where images are actually read or progress is shown
     from PIL import Image
@@ -188,14 +189,6 @@ def carve_validation(
     return replace(m, records=sorted_records(records), carve=carve)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.blake2b()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def dataset_fingerprint(m: Manifest, *, progress: Progress | None = None) -> str:
     """sha256 hex over (key, label, split as given, content digest) of every image, sorted.
 
@@ -206,12 +199,12 @@ def dataset_fingerprint(m: Manifest, *, progress: Progress | None = None) -> str
     digest.update(f"{m.kind}\0{','.join(m.class_names)}\n".encode())
     records = sorted(m.records, key=lambda r: r.key)
     if m.kind == "npz":
-        digest.update(f"npz\0{_file_digest(m.root)}\n".encode())
+        digest.update(f"npz\0{file_digest(m.root, algorithm='blake2b')}\n".encode())
     task = None
     if progress is not None and m.kind != "npz":
         task = progress.add_task("fingerprint", total=len(records), unit="img")
     for r in records:
-        content = "" if m.kind == "npz" else _file_digest(m.root / r.key)
+        content = "" if m.kind == "npz" else file_digest(m.root / r.key, algorithm="blake2b")
         digest.update(f"{r.key}\0{r.label}\0{r.source_split}\0{content}\n".encode())
         if task is not None and progress is not None:
             progress.advance(task)

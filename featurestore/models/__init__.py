@@ -38,7 +38,6 @@ from featurestore.models.heads import (
 )
 from featurestore.models.weights import (
     download_imagenet,
-    file_sha256,
     hub_checkpoint_dir,
     load_imagenet,
     load_state_file,
@@ -67,7 +66,6 @@ __all__ = [
     "describe_models",
     "download_imagenet",
     "export_head",
-    "file_sha256",
     "fit_logreg",
     "get_spec",
     "hub_checkpoint_dir",

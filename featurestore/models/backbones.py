@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from featurestore.errors import XrayError
+from featurestore.fileio import file_digest
+from featurestore.models.heads import count_params
 from featurestore.models.weights import (
-    file_sha256,
     hub_checkpoint_dir,
     load_imagenet,
     load_state_file,
@@ -214,7 +215,7 @@ def count_parameters(name: str) -> int:
     spec = get_spec(name)
     with torch.device("meta"):
         trunk = _to_trunk(spec, spec.builder(weights=None))
-    return sum(p.numel() for p in trunk.parameters())
+    return count_params(trunk)[1]
 
 
 def preprocessing_for(name: str, weights: str, image_size: int) -> Preprocessing:
@@ -250,7 +251,7 @@ def weights_identity(name: str, weights: str) -> tuple[str, str | None]:
     if weights == "none":
         return "none", None
     path = weights_path(weights)
-    return f"file:{path.name}", file_sha256(path)
+    return f"file:{path.name}", file_digest(path)
 
 
 def weights_tag(weights_id: str, sha256: str | None) -> str:
@@ -268,14 +269,14 @@ def load_backbone(name: str, weights: str = "imagenet") -> LoadedBackbone:
     spec = get_spec(name)
     if weights == "imagenet":
         model = load_imagenet(spec)
-        sha = file_sha256(hub_checkpoint_dir() / spec.weights_file)
+        sha = file_digest(hub_checkpoint_dir() / spec.weights_file)
         return LoadedBackbone(spec, _to_trunk(spec, model), spec.default_weights.name, sha)
     if weights == "none":
         # Random init: the caller seeds torch so "none" is reproducible.
         return LoadedBackbone(spec, _to_trunk(spec, spec.builder(weights=None)), "none", None)
     path = weights_path(weights)
     trunk = _to_trunk(spec, load_state_file(spec, path))
-    return LoadedBackbone(spec, trunk, f"file:{path.name}", file_sha256(path))
+    return LoadedBackbone(spec, trunk, f"file:{path.name}", file_digest(path))
 
 
 def _to_trunk(spec: BackboneSpec, model: nn.Module) -> nn.Module:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import urllib.error
@@ -24,15 +23,6 @@ def hub_checkpoint_dir() -> Path:
     import torch.hub
 
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_path(weights: str) -> Path:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featurestore.errors import XrayError, disk_errors
+from featurestore.errors import XrayError
+from featurestore.fileio import atomic_dir
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -82,30 +83,23 @@ def write_run(
     while final.exists() or (runs_dir / f".{final.name}.tmp").exists():
         final = runs_dir / f"{name}-{n}"
         n += 1
-    tmp = runs_dir / f".{final.name}.tmp"
-    tmp.mkdir()
-    try:
-        # A full disk is the user's to fix: one line, and no half-written folder left behind.
-        with disk_errors(tmp):
-            _write_json(tmp / "config.json", config)
-            write_history(tmp / "history.csv", result.history)
-            _write_json(tmp / "metrics.json", result.metrics_json())
-            _write_json(tmp / "timing.json", result.timing_json())
-            write_predictions(tmp / "predictions.csv", result)
-            torch.save(state_dict if state_dict is not None else result.best_state, tmp / "best.pt")
-            if plots:
-                from featurestore.plots import write_plots
+    # A full disk is the user's to fix: one line, and no half-written folder left behind.
+    with atomic_dir(final) as tmp:
+        _write_json(tmp / "config.json", config)
+        write_history(tmp / "history.csv", result.history)
+        _write_json(tmp / "metrics.json", result.metrics_json())
+        _write_json(tmp / "timing.json", result.timing_json())
+        write_predictions(tmp / "predictions.csv", result)
+        torch.save(state_dict if state_dict is not None else result.best_state, tmp / "best.pt")
+        if plots:
+            from featurestore.plots import write_plots
 
-                write_plots(
-                    tmp / "plots",
-                    result,
-                    class_names=config["class_names"],
-                    positive_index=int(config["positive_index"]),
-                )
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            write_plots(
+                tmp / "plots",
+                result,
+                class_names=config["class_names"],
+                positive_index=int(config["positive_index"]),
+            )
     return final
 
 

@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from featurestore import distributed, library_versions
 from featurestore.config import FEATURE_DTYPES, ExtractConfig
+from featurestore.devices import resolve_device
 from featurestore.errors import XrayError
+from featurestore.fileio import file_digest
 from featurestore.models import backbones
 from featurestore.store import read as store
 from featurestore.store import write as store_write
 from featurestore.store.extract_loop import Chunk, run_chunks
 
 if TYPE_CHECKING:
-    import torch
     from rich.progress import Progress
 
     from featurestore.data import Manifest
@@ -93,7 +94,7 @@ def extract_features(
         raise XrayError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if batch_size < 1 or chunk_size < 1:
         raise XrayError("--batch-size and the chunk size must be at least 1")
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
     workers = default_workers(torch_device.type) if workers is None else workers
     if workers < 0:
         raise XrayError(f"--workers must be 0 or more, got {workers}")
@@ -210,7 +211,7 @@ def extract_features(
             sha = loaded_sha
             if sha is None and weights == "imagenet":
                 hub_file = backbones.hub_checkpoint_dir() / spec.weights_file
-                sha = backbones.file_sha256(hub_file) if hub_file.is_file() else None
+                sha = file_digest(hub_file) if hub_file.is_file() else None
             attrs = {
                 **provenance,
                 "weights_sha256": weights_sha or sha,
@@ -280,17 +281,3 @@ def _settle_existing(
             partial.discard()
     partial.start(partial_provenance)
     return status, reason, None
-
-
-def _resolve_device(device: str) -> torch.device:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise XrayError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise XrayError(
-            "--device cuda was asked for but no CUDA GPU is available: use --device cpu"
-        )
-    return torch.device(device)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featurestore.errors import XrayError, disk_errors
+from featurestore.errors import XrayError
+from featurestore.fileio import atomic_path, atomic_write_bytes
 from featurestore.store.read import JSON_ATTRS, SPLIT_NAMES
 
 if TYPE_CHECKING:  # numpy and h5py are imported where a store is actually written
@@ -24,21 +23,30 @@ KEPT = " (finished chunks are kept)"
 
 @contextlib.contextmanager
 def store_lock(path: Path) -> Iterator[None]:
-    """Exclusive non-blocking lock on `<store>.lock`: a second writer fails at once."""
+    """Exclusive non-blocking lock on `<store>.lock`: a second writer fails at once.
+
+    The `filelock` library takes an OS lock (flock on Unix, msvcrt on Windows), which the OS
+    releases when the process dies, so a killed extraction never leaves a stale lock.
+
+    Raises:
+        XrayError: when another process holds the lock.
+    """
+    import filelock
+
     lock_path = Path(f"{path}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise XrayError(
-                f"another extraction is writing {path} (lock {lock_path} is held): "
-                "wait for it to finish"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = filelock.FileLock(lock_path, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise XrayError(
+            f"another extraction is writing {path} (lock {lock_path} is held): "
+            "wait for it to finish"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class PartialStore:
@@ -66,7 +74,8 @@ class PartialStore:
     def start(self, provenance: Mapping[str, Any]) -> None:
         """Create the folder and record the provenance the chunks will be computed from."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.folder / "provenance.json", json.dumps(provenance, indent=2).encode())
+        doc = json.dumps(provenance, indent=2).encode()
+        atomic_write_bytes(self.folder / "provenance.json", doc)
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -102,8 +111,7 @@ class PartialStore:
             skipped=np.asarray(list(skipped), dtype=str),
             seconds=np.float64(seconds),
         )
-        with disk_errors(self.chunk_path(split, start), kept=KEPT):
-            _write_atomic(self.chunk_path(split, start), buf.getvalue())
+        atomic_write_bytes(self.chunk_path(split, start), buf.getvalue(), kept=KEPT)
 
     def read_chunk(self, split: str, start: int) -> dict[str, np.ndarray]:
         import numpy as np
@@ -134,13 +142,14 @@ class PartialStore:
         import h5py
         import numpy as np
 
-        tmp = Path(f"{self.store}.tmp")
-        tmp.unlink(missing_ok=True)
         counts: dict[str, int] = {}
         skipped: list[str] = []
         seconds = 0.0
         text = h5py.string_dtype()
-        with disk_errors(self.store, kept=KEPT), _removed_on_error(tmp), h5py.File(tmp, "w") as fh:
+        with (
+            atomic_path(self.store, kept=KEPT, sync_folder=True) as tmp,
+            h5py.File(tmp, "w") as fh,
+        ):
             for split in SPLIT_NAMES:
                 group = fh.create_group(split)
                 rows = (max(1, chunk_rows),)
@@ -183,41 +192,5 @@ class PartialStore:
                 fh.attrs[key] = "" if value is None else value
             fh.attrs["complete"] = True
             fh.flush()
-        with disk_errors(self.store, kept=KEPT), _removed_on_error(tmp):
-            _fsync(tmp)
-        os.replace(tmp, self.store)
-        _fsync_dir(self.store.parent)
         self.discard()
         return counts, skipped, seconds
-
-
-@contextlib.contextmanager
-def _removed_on_error(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with _removed_on_error(tmp):
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

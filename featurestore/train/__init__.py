@@ -29,6 +29,12 @@ from featurestore.train.frozen import (
     open_checked_store,
     select_stores,
 )
+from featurestore.train.head_fit import (
+    GradientHead,
+    HeadTrainer,
+    LogRegHead,
+    head_trainer,
+)
 from featurestore.train.image_cache import (
     DecodedCache,
 )
@@ -56,6 +62,7 @@ from featurestore.train.sources import (
     Source,
     drop_lonely_last,
     epoch_generator,
+    steps_for,
 )
 
 __all__ = [
@@ -66,8 +73,11 @@ __all__ = [
     "FeatureSource",
     "FeatureSplit",
     "FitResult",
+    "GradientHead",
+    "HeadTrainer",
     "ImageItem",
     "ImageSource",
+    "LogRegHead",
     "LoopState",
     "Source",
     "SplitPredictions",
@@ -83,6 +93,7 @@ __all__ = [
     "fit_head_on_store",
     "fit_heads",
     "format_epoch",
+    "head_trainer",
     "make_optimizer",
     "make_scheduler",
     "one_thread_on_cpu",
@@ -93,5 +104,6 @@ __all__ = [
     "save_checkpoint",
     "seed_worker",
     "select_stores",
+    "steps_for",
     "train_one_epoch",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from featurestore.errors import XrayError, disk_errors
+from featurestore.errors import XrayError
+from featurestore.fileio import atomic_path
 
 if TYPE_CHECKING:
     from featurestore.train.loop import TrainConfig
@@ -35,15 +35,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file, then rename: a kill never leaves a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with disk_errors(path, kept=" with --resume (the last complete checkpoint is kept)"):
-            torch.save(payload, tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with atomic_path(path, kept=" with --resume (the last complete checkpoint is kept)") as tmp:
+        torch.save(payload, tmp)
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:

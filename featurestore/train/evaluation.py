@@ -89,9 +89,9 @@ def predict(
     # A rank's shard may be empty (fewer images than ranks): (0, C) and (0,) then.
     p = torch.cat(probs).double().numpy() if probs else np.zeros((0, len(source.class_names)))
     y_all = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64)
-    positions = getattr(source, "eval_positions", None)
-    if positions is not None and distributed.active():
-        idx, n = positions(split), len(source.records(split)[2])
+    idx = source.eval_positions(split)
+    if idx is not None and distributed.active():
+        n = len(source.records(split)[2])
         p = distributed.gather_by_index(p, idx, n)  # (N, C)
         y_all = distributed.gather_by_index(y_all, idx, n)  # (N,)
         loss_sum = distributed.all_reduce_sum([loss_sum])[0]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from featurestore.config import FitHeadConfig, TrainConfig, seeded
 from featurestore.data import SPLITS
@@ -16,7 +15,6 @@ from featurestore.runs import Notice, RunSummary, class_counts, run_config, summ
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
-    from torch import nn
 
     from featurestore.store import FeatureStore
     from featurestore.train.sources import FeatureSource
@@ -161,7 +159,9 @@ def one_thread_on_cpu(device: str) -> Iterator[None]:
     """
     import torch
 
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+    from featurestore.devices import resolve_device
+
+    if resolve_device(device).type == "cuda":
         yield
         return
     before = torch.get_num_threads()
@@ -182,36 +182,18 @@ def _fit_head(
     progress: Progress | None,
     console: Console | None,
 ) -> RunSummary:
-    from featurestore.models import build_head, export_head, fit_logreg
+    from featurestore.models import export_head
     from featurestore.runs import write_run
-    from featurestore.train.evaluation import conclude
-    from featurestore.train.loop import fit
+    from featurestore.train.head_fit import head_trainer
 
     if console is not None:
         console.print(
             f"[bold]{store.backbone}[/] frozen, {head} head on {store.path} "
             f"({source.feature_dim} features)"
         )
-    extra: dict[str, Any] = {}
-    if head == "logreg":
-        began = time.perf_counter()
-        logreg = fit_logreg(source, seed=config.seed, balanced=config.class_weight == "balanced")
-        net: nn.Module = logreg.head
-        best = next(int(r["epoch"]) for r in logreg.history if r["lr"] == logreg.C)
-        result = conclude(
-            net,
-            source,
-            config,
-            best_state={k: v.clone() for k, v in net.state_dict().items()},
-            history=logreg.history,
-            best_epoch=best,
-            stopped_early=False,
-            seconds_per_epoch=(time.perf_counter() - began) / len(logreg.history),
-        )
-        extra = {"logreg_C": logreg.C, "history_rows": "one per C tried; the lr column holds C"}
-    else:
-        net = build_head(head, source.feature_dim, len(source.class_names))
-        result = fit(net, source, config, run_dir=None, progress=progress, console=console)
+    trainer = head_trainer(head, source.feature_dim, len(source.class_names))
+    result = trainer.fit(source, config, progress=progress, console=console)
+    net = trainer.module
     exported = export_head(net.cpu(), source.mean, source.std)
     doc = run_config(
         config,
@@ -227,7 +209,7 @@ def _fit_head(
         # Labels already in memory: re-reading the store would load every feature again.
         class_counts=class_counts(store.class_names, {s: source.records(s)[2] for s in SPLITS}),
         checkpoint="best.pt: standardize.{mean,std} then head.* over backbone features",
-        **extra,
+        **trainer.record(),
     )
     path = write_run(
         runs_dir, model=store.backbone, mode="frozen", config=doc, result=result,

@@ -14,7 +14,7 @@ from featurestore import distributed
 from featurestore.data import SPLITS, Split
 from featurestore.errors import XrayError
 from featurestore.train.image_cache import DecodedCache
-from featurestore.train.sources import drop_lonely_last, epoch_generator
+from featurestore.train.sources import drop_lonely_last, epoch_generator, steps_for
 
 if TYPE_CHECKING:
     from featurestore.data import Manifest, Record
@@ -230,6 +230,14 @@ class ImageSource:
                 for key, pixels in fresh:
                     self.cache.put(key, pixels)
             yield x, y
+
+    def train_size(self) -> int:
+        """Training images per epoch for this rank: a DistributedSampler gives ceil(N / world)."""
+        return -(-len(self._records["train"]) // self.world)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch for this rank at `batch_size`."""
+        return steps_for(self.train_size(), self.batch_size)
 
     def eval_positions(self, split: Split) -> np.ndarray:
         """Positions in `records(split)` of this rank's unshuffled batches (all, outside torchrun).

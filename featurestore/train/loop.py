@@ -150,12 +150,9 @@ def fit(
     criterion = nn.CrossEntropyLoss(
         weight=class_weights(y_train, len(source.class_names), config.class_weight).to(device)
     )
-    batch_size = int(getattr(source, "batch_size", config.batch_size))
-    # Images this rank trains on per epoch: a DistributedSampler gives each ceil(N / world).
-    n_train = -(-len(y_train) // distributed.world_size())
-    steps_per_epoch = max(1, n_train // batch_size + (n_train % batch_size > 1))
+    n_train = source.train_size()  # images this rank trains on per epoch
     optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
+    scheduler = make_scheduler(optimizer, config, source.steps_per_epoch())
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     loop = LoopState()
     if resume_from is not None:
@@ -164,7 +161,7 @@ def fit(
     # evaluation and state dicts (no `module.` prefix), sharing the same parameters.
     trained = distributed.wrap_ddp(model)
     out = console or (progress.console if progress is not None else None)
-    streaming = bool(getattr(source, "streaming", False))
+    streaming = source.streaming
     overall = None
     if progress is not None and not streaming:
         overall = progress.add_task(

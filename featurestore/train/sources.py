@@ -18,16 +18,47 @@ if TYPE_CHECKING:
 
 
 class Source(Protocol):
-    """Batches `(x, y)` per split for the trainer; `records` lists the unshuffled order."""
+    """Everything the trainer and evaluation ask of where batches come from.
+
+    Cached features (`FeatureSource`) and streamed images (`ImageSource`) both implement it;
+    the trainer never probes a source for optional attributes.
+    """
 
     class_names: tuple[str, ...]
     positive_index: int
+    batch_size: int
+    """Training batch size (per process under torchrun)."""
+    streaming: bool
+    """True when an epoch takes long enough for a progress bar over its images (streamed
+    images); False when epochs take milliseconds (cached features: one bar over epochs)."""
 
     def batches(
         self, split: Split, *, shuffle: bool, epoch: int = 0
-    ) -> Iterator[tuple[Tensor, Tensor]]: ...
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """(x, y) batches of a split; `shuffle` (training) reorders per (seed, epoch)."""
+        ...
 
-    def records(self, split: Split) -> tuple[list[str], list[str], np.ndarray]: ...
+    def records(self, split: Split) -> tuple[list[str], list[str], np.ndarray]:
+        """(keys, groups, labels (N,)) of the whole split, in `batches(shuffle=False)` order."""
+        ...
+
+    def train_size(self) -> int:
+        """Training images this process sees per epoch (ceil(N / world) under torchrun)."""
+        ...
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per training epoch: the learning-rate schedule's unit."""
+        ...
+
+    def eval_positions(self, split: Split) -> np.ndarray | None:
+        """Positions in `records(split)` of this process's evaluation batches under torchrun
+        (gathered by position afterwards); None: this process scores the whole split."""
+        ...
+
+
+def steps_for(n: int, batch_size: int) -> int:
+    """Optimizer steps over `n` shuffled samples: a lonely last sample is dropped (see below)."""
+    return max(1, n // batch_size + (n % batch_size > 1))
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -191,3 +222,15 @@ class FeatureSource:
         """(keys, groups, labels) in `batches(shuffle=False)` order."""
         sp = self._splits[split]
         return list(sp.keys), list(sp.groups), self._y[split].numpy().copy()
+
+    def train_size(self) -> int:
+        """Training rows per epoch (features live in one process)."""
+        return len(self._y["train"])
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch at `batch_size`."""
+        return steps_for(self.train_size(), self.batch_size)
+
+    def eval_positions(self, split: Split) -> None:
+        """Cached features are scored whole in every process."""
+        return None

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featurestore.errors import XrayError
+from featurestore.fileio import atomic_path
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -203,7 +204,8 @@ def explain_images(
                 heat = cam_to_image(cam, predictor.preprocessing, small.size, full.size)
                 picture = overlay(full, heat)
                 target = out_dir / names[i]
-                picture.save(target)
+                with atomic_path(target) as tmp:
+                    picture.save(tmp, format="PNG")
                 y, xx = np.unravel_index(int(np.argmax(heat)), heat.shape)
                 peak = (int(xx), int(y)) if heat.max() > 0 else None
                 label = predictor.classify(p)
@@ -223,18 +225,18 @@ def explain_images(
 
 def write_contact_sheet(tiles: Sequence[tuple[Image.Image, str]], path: Path) -> Path:
     """A grid of titled overlays (at most 4 per row) in one PNG."""
-    from matplotlib.figure import Figure  # no pyplot: headless, no global figure state
+    from featurestore.plots import new_figure, save_figure
 
     cols = min(4, len(tiles))
     rows = math.ceil(len(tiles) / cols)
-    fig = Figure(figsize=(3.2 * cols, 3.5 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
+    fig, axes = new_figure(figsize=(3.2 * cols, 3.5 * rows), nrows=rows, ncols=cols, squeeze=False)
+    fig.set_layout_engine("constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, (image, title) in zip(axes.flat, tiles, strict=False):
         ax.imshow(np.asarray(image))
         ax.set_title(title, fontsize=8)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, tight=False)
     return path
 
 

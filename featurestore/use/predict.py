@@ -260,7 +260,8 @@ def _frozen_parts(
     run: RunRecord, state: dict[str, Tensor], weights: Path | None, *, n_classes: int
 ) -> tuple[nn.Module, RunHead, Preprocessing]:
     """The store's backbone (rebuilt from provenance) and best.pt's standardisation + head."""
-    from featurestore.models import build_head, export_head, file_sha256, load_backbone
+    from featurestore.fileio import file_digest
+    from featurestore.models import build_head, export_head, load_backbone
 
     store = run.config.get("store")
     if not isinstance(store, dict) or "weights_id" not in store:
@@ -283,7 +284,7 @@ def _frozen_parts(
             )
         if not Path(weights).is_file():
             raise XrayError(f"--weights {weights} not found")
-        sha = file_sha256(Path(weights))
+        sha = file_digest(Path(weights))
         if recorded_sha and sha != recorded_sha:
             raise XrayError(
                 f"--weights {weights} is not the file the run's features came from "

@@ -160,7 +160,8 @@ def test_run_from_elsewhere_is_refused(frozen16: Path, finetuned: Path, tmp_path
 
 
 def test_frozen_run_on_a_weights_file_needs_that_file(frozen16: Path, tmp_path: Path) -> None:
-    from featurestore.models import file_sha256, load_backbone
+    from featurestore.fileio import file_digest
+    from featurestore.models import load_backbone
 
     torch.manual_seed(0)
     weights = tmp_path / "cxr.pt"
@@ -171,7 +172,7 @@ def test_frozen_run_on_a_weights_file_needs_that_file(frozen16: Path, tmp_path: 
     doc["store"] = {
         **doc["store"],
         "weights_id": "file:cxr.pt",
-        "weights_sha256": file_sha256(weights),
+        "weights_sha256": file_digest(weights),
     }
     (run / "config.json").write_text(json.dumps(doc))
     with pytest.raises(XrayError, match="pass it with --weights"):
