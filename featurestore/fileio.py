@@ -74,11 +74,6 @@ def atomic_write_bytes(path: Path, data: bytes, *, kept: str = "") -> None:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(path: Path, text: str, *, kept: str = "") -> None:
-    """Write UTF-8 `text` to `path` atomically (see `atomic_path`)."""
-    atomic_write_bytes(path, text.encode("utf-8"), kept=kept)
-
-
 @contextlib.contextmanager
 def atomic_dir(path: Path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder; when the block ends cleanly it becomes `path`.
