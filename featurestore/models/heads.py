@@ -88,7 +88,10 @@ class LogregFit:
 def fit_logreg(
     source: FeatureSource, *, seed: int = 0, Cs: Sequence[float] = LOGREG_CS, balanced: bool = True
 ) -> LogregFit:
-    """Fit scikit-learn logistic regressions over `Cs` on train; keep the best validation AUC."""
+    """Fit scikit-learn logistic regressions over `Cs` on train; keep the best validation AUC.
+
+    A validation split of one class has no AUC: the C with the lowest validation loss is kept.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
@@ -119,7 +122,9 @@ def fit_logreg(
         row["val_auc"] = auc
         row["seconds"] = 0.0
         rows.append(row)
-        score = -np.inf if np.isnan(auc) else auc
+        # One-class validation leaves AUC undefined: select on validation loss, never on NaN
+        # (that would silently keep the first C).
+        score = -row["val_loss"] if np.isnan(auc) else auc
         if best is None or score > best[0]:
             best = (score, c, clf)
     assert best is not None

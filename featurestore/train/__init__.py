@@ -49,6 +49,7 @@ from featurestore.train.image_source import (
 from featurestore.train.loop import (
     fit,
     format_epoch,
+    selection_monitor,
     train_one_epoch,
 )
 from featurestore.train.optim import (
@@ -104,6 +105,7 @@ __all__ = [
     "save_checkpoint",
     "seed_worker",
     "select_stores",
+    "selection_monitor",
     "steps_for",
     "train_one_epoch",
 ]

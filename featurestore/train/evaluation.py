@@ -44,10 +44,14 @@ class FitResult:
     stopped_early: bool
     seconds_per_epoch: float
     threshold: dict[str, Any]
-    """{"policy": str, "value": float}, chosen on validation."""
+    """{"policy": str, "value": float, "ran": bool, "note": str | None}, chosen on validation;
+    `ran` is False when the policy could not run (one-class validation: 0.5 is used)."""
     val: dict[str, Any]
     test: dict[str, Any]
     predictions: dict[str, SplitPredictions] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
+    """{"requested": monitor asked for, "used": monitor that selected the best epoch,
+    "note": why they differ or None}."""
 
     def timing_json(self) -> dict[str, Any]:
         """timing.json: wall-clock figures, kept apart so metrics.json repeats exactly."""
@@ -59,6 +63,7 @@ class FitResult:
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
             "stopped_early": self.stopped_early,
+            "monitor": self.selection,
             "threshold": self.threshold,
             "val": self.val,
             "test": self.test,
@@ -118,8 +123,14 @@ def conclude(
     best_epoch: int,
     stopped_early: bool,
     seconds_per_epoch: float,
+    selection: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Score the restored best model: threshold chosen on val, then val and test metrics once."""
+    """Score the restored best model: threshold chosen on val, then val and test metrics once.
+
+    `selection` records which monitor picked the best epoch (see `loop.selection_monitor`).
+    A validation split of one class cannot run a threshold policy: 0.5 is used and
+    metrics.json says so (`threshold.ran` False, with a note), never a silent 0.5.
+    """
     from featurestore.compare import choose_threshold, evaluate_split
 
     pos = source.positive_index
@@ -127,6 +138,15 @@ def conclude(
     p_val, y_val, loss_val = evaluate(model, source, "val")
     # The threshold sees validation only; test is evaluated after it is fixed, exactly once.
     threshold = choose_threshold(y_val, p_val, policy=config.threshold_policy, positive_index=pos)
+    n_pos = int((y_val == pos).sum())
+    ran = config.threshold_policy == "fixed" or 0 < n_pos < len(y_val)
+    note = None
+    if not ran:
+        only = source.class_names[int(y_val[0])]
+        note = (
+            f"the validation split holds {only} images only: the {config.threshold_policy} "
+            "threshold policy could not run, so 0.5 is used"
+        )
     val = evaluate_split(y_val, p_val, threshold=threshold, loss=loss_val, **common)  # type: ignore[arg-type]
     p_test, y_test, loss_test = evaluate(model, source, "test")
     test = evaluate_split(y_test, p_test, threshold=threshold, loss=loss_test, **common)  # type: ignore[arg-type]
@@ -144,8 +164,14 @@ def conclude(
         epochs_run=len(history),
         stopped_early=stopped_early,
         seconds_per_epoch=seconds_per_epoch,
-        threshold={"policy": config.threshold_policy, "value": float(threshold)},
+        threshold={
+            "policy": config.threshold_policy,
+            "value": float(threshold),
+            "ran": ran,
+            "note": note,
+        },
         val=val,
         test=test,
         predictions=predictions,
+        selection=selection or {"requested": config.monitor, "used": config.monitor, "note": None},
     )

@@ -97,7 +97,13 @@ class LogRegHead:
     ) -> FitResult:
         """Fit every C on train, keep the best on val, then threshold on val and test once."""
         from featurestore.models import fit_logreg
+        from featurestore.train.loop import selection_monitor
 
+        # fit_logreg keeps the C of the best validation AUC, or of the lowest validation loss
+        # when validation has one class (AUC undefined): say so, and record it.
+        used, note = selection_monitor("val_auc", source.records("val")[2], source.class_names)
+        if console is not None and note is not None:
+            console.print(f"[yellow]warning:[/] {note}", highlight=False)
         began = time.perf_counter()
         logreg = fit_logreg(source, seed=config.seed, balanced=config.class_weight == "balanced")
         self.module, self.C = logreg.head, logreg.C
@@ -111,6 +117,7 @@ class LogRegHead:
             best_epoch=best,
             stopped_early=False,
             seconds_per_epoch=(time.perf_counter() - began) / len(logreg.history),
+            selection={"requested": "val_auc", "used": used, "note": note},
         )
 
     def record(self) -> dict[str, Any]:

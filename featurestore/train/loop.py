@@ -45,6 +45,26 @@ def _summary(probs: np.ndarray, labels: np.ndarray, positive_index: int) -> dict
     }
 
 
+def selection_monitor(
+    monitor: str, y_val: np.ndarray, class_names: tuple[str, ...]
+) -> tuple[str, str | None]:
+    """The metric that selects the best epoch: `monitor`, or val_loss when it is undefined.
+
+    AUC and macro F1 need both classes in validation; with one class they are NaN or
+    degenerate every epoch, and selecting on them would silently keep epoch 1. Returns (the
+    monitor used, a one-line note saying why it differs from the one asked for, else None).
+    """
+    present = np.unique(np.asarray(y_val))
+    if monitor == "val_loss" or len(present) > 1:
+        return monitor, None
+    only = class_names[int(present[0])] if present.size else "no"
+    return "val_loss", (
+        f"the validation split holds {only} images only, so {monitor} is undefined: the best "
+        "epoch is selected on val_loss instead, and the decision threshold stays at 0.5 "
+        "(recorded in metrics.json); add validation images of every class to select on it"
+    )
+
+
 def _score(row: dict[str, float], monitor: str) -> float:
     """Larger is better; NaN (e.g. AUC of a one-class split) never improves."""
     value = -row["val_loss"] if monitor == "val_loss" else row[monitor]
@@ -147,6 +167,9 @@ def fit(
         model.to(memory_format=torch.channels_last)  # 4-D conv weights NHWC; others unchanged
     amp_dtype = devices.amp_dtype(config.amp, device)
     _, _, y_train = source.records("train")
+    monitor, monitor_note = selection_monitor(
+        config.monitor, source.records("val")[2], source.class_names
+    )
     criterion = nn.CrossEntropyLoss(
         weight=class_weights(y_train, len(source.class_names), config.class_weight).to(device)
     )
@@ -168,6 +191,8 @@ def fit(
             "training", total=config.epochs, completed=loop.epoch, unit="epoch"
         )
     ckpt_path = run_dir / "last.pt" if run_dir is not None and distributed.is_main() else None
+    if out is not None and monitor_note is not None:
+        out.print(f"[yellow]warning:[/] {monitor_note}", highlight=False)
 
     while loop.epoch < config.epochs and loop.bad_epochs < config.patience:
         epoch = loop.epoch + 1
@@ -204,7 +229,7 @@ def fit(
         }
         loop.history.append(row)
         loop.epoch = epoch
-        score = _score(row, config.monitor)
+        score = _score(row, monitor)
         improved = loop.best_state is None or score > loop.best_score + config.min_delta
         # Rank 0 decides for all, so every rank stops at the same epoch (no collective hangs).
         improved, score = distributed.broadcast_object((improved, score))
@@ -237,4 +262,5 @@ def fit(
         best_epoch=loop.best_epoch,
         stopped_early=loop.epoch < config.epochs,
         seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0,
+        selection={"requested": config.monitor, "used": monitor, "note": monitor_note},
     )

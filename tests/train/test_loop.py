@@ -256,3 +256,50 @@ def test_epoch_line_has_the_study_figures() -> None:
     line = trainer.format_epoch(row, 20)
     assert line.startswith("epoch 3/20  train loss 0.500 acc 0.500 f1 0.500 | val loss")
     assert "auc 0.500 | 0.61 s/epoch" in line
+
+
+def one_class_val(seed: int = 0) -> FeatureSource:
+    """Separable train/test, but validation holds positives only (nothing carved from train)."""
+    rng = np.random.default_rng(seed)
+    feats, labels = {}, {}
+    for split, n in (("train", 120), ("val", 40), ("test", 30)):
+        y = np.ones(n, np.int64) if split == "val" else (rng.random(n) < 0.5).astype(np.int64)
+        x = rng.normal(size=(n, 6)).astype(np.float32)
+        x[:, 0] += 4.0 * y
+        feats[split], labels[split] = x, y
+    return FeatureSource.from_arrays(feats, labels, batch_size=32, seed=seed)
+
+
+def test_one_class_validation_selects_on_val_loss_and_records_that_the_threshold_did_not_run() -> (
+    None
+):
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    torch.manual_seed(0)
+    result = fit(build_head("linear", 6, 2), one_class_val(), FAST, console=console)
+    losses = [r["val_loss"] for r in result.history]
+    assert all(math.isnan(r["val_auc"]) for r in result.history)
+    # Selected on the (defined) validation loss, not kept at epoch 1 by a NaN AUC.
+    assert result.best_epoch == 1 + int(np.argmin(losses)) and result.best_epoch > 1
+    doc = result.metrics_json()
+    assert doc["monitor"]["requested"] == "val_auc" and doc["monitor"]["used"] == "val_loss"
+    assert "only" in doc["monitor"]["note"]
+    assert doc["threshold"]["ran"] is False and doc["threshold"]["value"] == 0.5
+    assert "could not run" in doc["threshold"]["note"]
+    assert "val_loss instead" in console.export_text()
+
+
+def test_two_class_validation_keeps_the_monitor_and_runs_the_threshold() -> None:
+    result = fit(build_head("linear", 6, 2), separable(), FAST)
+    doc = result.metrics_json()
+    assert doc["monitor"] == {"requested": "val_auc", "used": "val_auc", "note": None}
+    assert doc["threshold"]["ran"] is True and doc["threshold"]["note"] is None
+
+
+def test_logreg_head_on_one_class_validation_selects_on_val_loss() -> None:
+    from featurestore.models import fit_logreg
+
+    fitted = fit_logreg(one_class_val())
+    losses = {r["lr"]: r["val_loss"] for r in fitted.history}
+    assert min(losses, key=losses.__getitem__) == fitted.C
