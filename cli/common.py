@@ -29,7 +29,14 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except XrayError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            from featurestore.data import printable
+
+            # Escaped: `pip install 'xray[dicom]'` is advice, not rich markup; printable: a file
+            # name with bytes that are not UTF-8 must not crash the error line itself.
+            message = escape(printable(str(exc)))
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")

@@ -120,7 +120,11 @@ def _print_details(audit: DatasetAudit) -> None:
     if audit.unreadable:
         console.print("[bold]unreadable files[/]")
         for key, why in audit.unreadable.items():
-            console.print(f"  {key}: {why}", highlight=False, soft_wrap=True)
+            console.print(f"  {key}: {why}", highlight=False, soft_wrap=True, markup=False)
+    if audit.ignored:
+        console.print("[bold]files left out (not an image format xray reads)[/]")
+        for key in audit.ignored:
+            console.print(f"  {key}", highlight=False, soft_wrap=True, markup=False)
     for line in audit.warnings:
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
     if not audit.leakage and not audit.unreadable:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featurestore.data.formats import is_utf8, not_utf8_reason, printable
 from featurestore.data.load import load_manifest
 from featurestore.data.manifest import SPLITS, Split, patient_id
 from featurestore.errors import XrayError
@@ -68,11 +69,14 @@ class DatasetAudit:
     """patient -> splits, for patients found in more than one split."""
     duplicates: tuple[DuplicateSet, ...]
     unreadable: dict[str, str]
-    """key -> why it cannot be decoded."""
+    """key -> why it cannot be used (cannot be decoded, or a name that is not UTF-8); keys
+    with bytes that are not UTF-8 are written with `\\xNN` escapes."""
     sizes: dict[str, SizeRange]
     """class -> size spread of its readable images."""
     missing_classes: dict[str, tuple[str, ...]]
     """split -> classes with no image in that split."""
+    ignored: tuple[str, ...] = field(default=())
+    """Files in class folders that xray does not read (not an image format it knows)."""
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -97,6 +101,7 @@ class DatasetAudit:
         ]
         doc["missing_classes"] = {s: list(c) for s, c in self.missing_classes.items()}
         doc["warnings"] = list(self.warnings)
+        doc["ignored"] = list(self.ignored)
         doc["leakage"] = self.leakage
         return doc
 
@@ -104,39 +109,47 @@ class DatasetAudit:
 @dataclass(frozen=True)
 class _Item:
     key: str
+    """Printable key (bytes that are not UTF-8 escaped)."""
     split: Split
     class_name: str
     group: str
+    name: str = ""
+    """The key as the file system gave it (may hold bytes that are not UTF-8)."""
 
 
-def _items(path: Path) -> tuple[str, Path, tuple[str, ...], tuple[Split, ...], list[_Item]]:
-    """(kind, root, classes, splits, items) without the strict checks of the readers."""
+def _items(
+    path: Path,
+) -> tuple[str, Path, tuple[str, ...], tuple[Split, ...], list[_Item], tuple[str, ...]]:
+    """(kind, root, classes, splits, items, ignored) without the strict checks of the readers."""
     if path.is_dir():
         scan = scan_folder(path)
-        items = [
-            _Item(p.relative_to(path).as_posix(), s, c, patient_id(p.name))
-            for s, c, p in scan.files
-        ]
-        return "folder", path, scan.class_names, scan.splits, items
+        items = []
+        for s, c, p in scan.files:
+            key = p.relative_to(path).as_posix()
+            items.append(_Item(printable(key), s, c, printable(patient_id(p.name)), key))
+        ignored = tuple(printable(p.relative_to(path).as_posix()) for _, _, p in scan.ignored)
+        return "folder", path, scan.class_names, scan.splits, items, ignored
     # CSV and npz: their readers' errors are structural (bad header, missing file), not
     # something to report; read without carving so splits stay as given.
     manifest = load_manifest(path, val_min=0)
     items = [
-        _Item(r.key, r.source_split, manifest.class_names[r.label], r.group)
+        _Item(r.key, r.source_split, manifest.class_names[r.label], r.group, r.key)
         for r in manifest.records
     ]
     splits = tuple(s for s in SPLITS if any(i.split == s for i in items))
-    return manifest.kind, manifest.root, manifest.class_names, splits, items
+    return manifest.kind, manifest.root, manifest.class_names, splits, items, ()
 
 
 def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAudit:
     """Audit a dataset (folder, .csv or .npz) on its splits as given; never fails on bad files."""
-    from featurestore.data.images import ImageDecodeError, decode_image
+    import numpy as np
+
+    from featurestore.data.images import ImageDecodeError, decode_image, npz_array
 
     path = Path(path)
     if not path.exists():
         raise XrayError(f"dataset {path} does not exist: pass --data with a folder, .csv or .npz")
-    kind, root, class_names, splits, items = _items(path)
+    kind, root, class_names, splits, items, ignored = _items(path)
     npz = None
     if kind == "npz":
         from featurestore.data.readers import read_npz
@@ -153,14 +166,21 @@ def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAud
         try:
             if npz is not None:
                 image = npz.open_image(item.key)
-                payload = image.tobytes()
+                # Duplicates are identical stored values, not identical decoded pixels (the
+                # intensity stretch maps every constant image to black).
+                split_name, _, row = item.key.partition("/")
+                stored = npz_array(str(npz.root), f"{split_name}_images", npz.root.stat().st_mtime_ns)
+                payload = np.ascontiguousarray(stored[int(row)]).tobytes()
                 size = image.size
             else:
-                payload = (root / item.key).read_bytes()
-                decode_image(payload, min_size=AUDIT_DECODE_SIZE, name=item.key)
-                size = _stored_size(payload)
+                payload = (root / item.name).read_bytes()
+                image = decode_image(payload, min_size=AUDIT_DECODE_SIZE, name=item.key)
+                size = _stored_size(payload, image)
             by_digest[hashlib.sha256(payload).hexdigest()].append(item)
             dims[item.class_name].append(size)
+            if not is_utf8(item.name):
+                # Readable, but every step that keeps the name as text refuses it.
+                unreadable[item.key] = not_utf8_reason(item.name.rsplit("/", 1)[-1])
         except (ImageDecodeError, OSError) as exc:
             unreadable[item.key] = str(exc).removeprefix(f"{item.key}: ")
         if task is not None and progress is not None:
@@ -206,16 +226,22 @@ def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAud
         unreadable=unreadable,
         sizes=sizes,
         missing_classes=missing,
+        ignored=ignored,
     )
     return replace(audit, warnings=_warnings(audit))
 
 
-def _stored_size(payload: bytes) -> tuple[int, int]:
-    """Width and height from the image header (cheap: no pixel decoding)."""
+def _stored_size(payload: bytes, decoded: Any) -> tuple[int, int]:
+    """Width and height from the image header (cheap: no pixel decoding); DICOM: as decoded."""
     import io
 
     from PIL import Image
 
+    from featurestore.data.images import is_dicom
+
+    if is_dicom(payload):
+        width, height = decoded.size  # Pillow cannot read DICOM headers
+        return int(width), int(height)
     with Image.open(io.BytesIO(payload)) as im:
         return im.size
 
@@ -252,6 +278,11 @@ def _warnings(audit: DatasetAudit) -> tuple[str, ...]:
         lines.append(f"{crossing} set(s) of byte-identical files cross splits (leakage)")
     if audit.unreadable:
         lines.append(f"{len(audit.unreadable)} unreadable file(s)")
+    if audit.ignored:
+        lines.append(
+            f"{len(audit.ignored)} file(s) in class folders are not images xray reads and are "
+            f"left out (first: {audit.ignored[0]})"
+        )
     medians = {c: (r.width_median, r.height_median) for c, r in audit.sizes.items()}
     if len(medians) > 1:
         for axis, name in ((0, "width"), (1, "height")):

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from featurestore.data.formats import DICOM_SUFFIXES, PILLOW_SUFFIXES, has_dicom_magic, printable
 from featurestore.errors import XrayError
 
 # What Pillow raises on bad bytes: OSError (truncated, broken data stream, unidentified),
 # SyntaxError (some plugins on malformed headers), ValueError/EOFError on short headers.
 _DECODE_FAILURES = (OSError, SyntaxError, ValueError, EOFError)
+MAX_PIXELS_ENV = "XRAY_MAX_IMAGE_PIXELS"
+"""Environment variable raising the decompression-bomb limit for trusted data (pixels)."""
+INTENSITY_RULE = "minmax-v1"
+"""The intensity rule of `to_rgb`, recorded in preprocessing so a store or run made under
+another rule is rebuilt or refused rather than mixed."""
 
 
 class ImageDecodeError(XrayError):
@@ -30,7 +38,8 @@ def decode_image(
     at 1/2, 1/4 or 1/8 scale (Pillow's draft mode) but never below it. `name` labels errors
     for bytes input. The whole image is always decoded, so truncated files are detected.
     """
-    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    label = printable(name or (str(source) if not isinstance(source, bytes) else "<bytes>"))
+    limit = max_image_pixels()
     if is_dicom(source):
         return decode_dicom(source, label=label)
     if isinstance(source, bytes):
@@ -48,6 +57,9 @@ def decode_image(
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow reads its limit from this module attribute at open time; every caller
+            # sets the same value (the environment's), so threads cannot disagree.
+            Image.MAX_IMAGE_PIXELS = limit
             with Image.open(stream) as im:
                 if min_size is not None and im.format == "JPEG":
                     im.draft(im.mode, (min_size, min_size))
@@ -55,9 +67,11 @@ def decode_image(
                 oriented = ImageOps.exif_transpose(im)
                 return to_rgb(oriented)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        first = str(exc).split(" could be")[0].split(" exceeds")[0]
         raise ImageDecodeError(
-            f"{label}: refused as a possible decompression bomb ({exc}); if the file is "
-            "trusted, raise PIL.Image.MAX_IMAGE_PIXELS"
+            f"{label}: refused as a possible decompression bomb ({first}, more than the limit "
+            f"of {limit} pixels); if the file is a trusted image, raise the limit: "
+            f"{MAX_PIXELS_ENV}=<pixels> xray ..."
         ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{label}: not an image Pillow can read") from None
@@ -65,14 +79,39 @@ def decode_image(
         raise ImageDecodeError(f"{label}: unreadable or truncated image ({exc})") from None
 
 
-DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+def max_image_pixels() -> int:
+    """The decompression-bomb limit: $XRAY_MAX_IMAGE_PIXELS, else Pillow's default (~89.5 M).
+
+    A genuine radiograph can exceed Pillow's default (9500 x 9500 = 90.25 M pixels); a bomb
+    (a tiny file claiming 100000 x 100000) is still refused unless the limit is raised past it.
+    Raises XrayError when the variable is not a positive integer.
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not raw:
+        return _PILLOW_DEFAULT_MAX_PIXELS
+    if not raw.isdigit() or int(raw) < 1:
+        raise XrayError(
+            f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r} is not a positive number of pixels "
+            f"(e.g. {MAX_PIXELS_ENV}=200000000)"
+        )
+    return int(raw)
+
+
+_PILLOW_DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 
 def is_dicom(source: Path | str | bytes) -> bool:
-    """A .dcm/.dicom path, or bytes with the DICOM preamble's `DICM` magic at offset 128."""
+    """DICOM bytes or file: `DICM` at offset 128, or a .dcm/.dicom name.
+
+    Files with a Pillow suffix are not sniffed; any other name (`IM0001`, `1.2.840.113619.2`)
+    is DICOM when its content says so.
+    """
     if isinstance(source, bytes):
         return source[128:132] == b"DICM"
-    return Path(source).suffix.lower() in DICOM_SUFFIXES
+    suffix = Path(source).suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        return True
+    return suffix not in PILLOW_SUFFIXES and has_dicom_magic(Path(source))
 
 
 def dicom_available() -> bool:
@@ -98,41 +137,85 @@ def decode_dicom(source: Path | str | bytes, *, label: str) -> Image.Image:
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(stream)
             pixels = ds.pixel_array
+            if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+                pixels = pixels[0]  # a radiograph is one frame; take the first of a series
+            if pixels.ndim == 2:
+                # Stored values -> Hounsfield/attenuation (modality) -> display window (VOI).
+                pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
+                if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+                    pixels = pixels.max() - pixels  # MONOCHROME1 shows low values white
     except FileNotFoundError:
         raise ImageDecodeError(f"{label}: file not found") from None
-    except (InvalidDicomError, AttributeError, ValueError, OSError, EOFError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageDecodeError(f"{label}: unreadable DICOM ({first})") from None
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[0]  # a radiograph is one frame; take the first of a series
-    if pixels.ndim == 2:
-        # Stored values -> Hounsfield/attenuation (modality) -> display window (VOI).
-        pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
-        if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-            pixels = pixels.max() - pixels  # MONOCHROME1 shows low values white
+    except RuntimeError as exc:
+        # pydicom: "Unable to decompress 'JPEG Lossless, ...' pixel data because all plugins
+        # are missing dependencies" -- a valid file this installation cannot decode.
+        text = str(exc)
+        if "missing dependencies" in text or "Unable to decompress" in text:
+            syntax = text.split("'")[1] if text.count("'") >= 2 else "compressed"
+            raise ImageDecodeError(
+                f"{label}: {syntax} DICOM needs a decoder that is not installed: "
+                "pip install 'xray[dicom-codecs]' (pylibjpeg) or pip install python-gdcm"
+            ) from None
+        raise ImageDecodeError(f"{label}: unreadable DICOM pixel data ({_first_line(exc)})") from None
+    except (
+        InvalidDicomError,
+        AttributeError,
+        ValueError,
+        OSError,
+        EOFError,
+        KeyError,
+        IndexError,
+        TypeError,
+        NotImplementedError,
+        struct.error,
+    ) as exc:
+        # Corrupt files reach pydicom's parser and pixel handlers in many ways; each is a file
+        # to fix, not a bug of xray.
+        raise ImageDecodeError(f"{label}: unreadable DICOM ({_first_line(exc)})") from None
     return image_from_array(np.asarray(pixels))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode to 3-channel RGB: the one grayscale-to-3-channel step of the project.
 
-    Alpha is composited on black (the background of a radiograph). 16/32-bit and float images
-    are stretched from their own min..max to 0..255: scanners store 10-16 bit data in 16-bit
-    containers, so dividing by 65535 would leave a 12-bit radiograph nearly black.
+    The intensity rule (`INTENSITY_RULE`), the same for every container and bit depth (8-bit,
+    12-bit stored in 16, 16-bit, float, DICOM after its LUTs): the image's own minimum..maximum
+    (over all channels) maps linearly to 0..255, rounded; a constant image becomes black. So the
+    same picture gives the same pixels whether saved as 8-bit, as 16-bit (values x257) or as a
+    float in [0, 1]; a fixed divisor per container (/255, /65535) would leave a 12-bit radiograph
+    in a 16-bit file nearly black and would tell the containers apart. Alpha is composited on
+    black (the background of a radiograph) first.
     """
-    if im.mode == "RGB":
-        return im
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = im.convert("RGBA")
         background = Image.new("RGB", rgba.size, (0, 0, 0))
         background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
+        im = background
     if im.mode.startswith("I") or im.mode == "F":
         return _stretch_to_l(np.asarray(im)).convert("RGB")
-    # L, 1, CMYK, YCbCr, LAB, HSV, RGB: Pillow's own conversions are right for these.
-    return im.convert("RGB")
+    if im.mode not in ("L", "RGB"):
+        im = im.convert("RGB")  # 1, CMYK, YCbCr, LAB, HSV: Pillow's conversions are right
+    return _stretch_8bit(im).convert("RGB")
+
+
+def _stretch_8bit(im: Image.Image) -> Image.Image:
+    """The min..max stretch of an L or RGB image as one lookup table (Pillow, in C)."""
+    extrema = im.getextrema()  # (lo, hi) for L; ((lo, hi),) * 3 for RGB
+    pairs = [extrema] if im.mode == "L" else list(extrema)
+    lo = min(int(p[0]) for p in pairs)  # type: ignore[index]
+    hi = max(int(p[1]) for p in pairs)  # type: ignore[index]
+    if lo == 0 and hi == 255:
+        return im  # already spans the range (most radiographs): nothing to do
+    # The table is `_stretch` itself applied to each value, so 8-bit and wider containers of
+    # the same picture round identically.
+    table = _stretch_range(np.arange(256, dtype=np.float64), float(lo), float(hi)).tolist()
+    return im.point(table * len(im.getbands()))
 
 
 def image_from_array(pixels: np.ndarray) -> Image.Image:
@@ -152,10 +235,22 @@ def image_from_array(pixels: np.ndarray) -> Image.Image:
 def _stretch(pixels: np.ndarray) -> np.ndarray:
     """Linearly map the array's own min..max to uint8 0..255 (constant arrays to 0)."""
     values = pixels.astype(np.float64)
-    lo, hi = float(values.min()), float(values.max())
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return _stretch_range(values, float(finite.min()), float(finite.max()))
+
+
+def _stretch_range(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """round((v - lo) / (hi - lo) * 255) as uint8; NaN to 0.
+
+    Dividing first makes k*v over k*hi the same correctly rounded quotient as v over hi, so a
+    picture and the same picture x257 (8-bit vs 16-bit) give identical bytes.
+    """
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    scaled = np.round((values - lo) / (hi - lo) * 255.0)
+    return np.nan_to_num(np.clip(scaled, 0, 255), nan=0.0).astype(np.uint8)
 
 
 def _stretch_to_l(pixels: np.ndarray) -> Image.Image:

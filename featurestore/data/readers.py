@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featurestore.data.formats import IGNORED_NAMES, READ_FORMATS, is_image_file, is_utf8, not_utf8_reason, printable
 from featurestore.data.manifest import (
     POSITIVE_CLASS,
     SPLITS,
@@ -22,7 +23,8 @@ from featurestore.data.manifest import (
 )
 from featurestore.errors import XrayError
 
-IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".dcm", ".dicom"})
+UNZIP_LITTER = frozenset({"__MACOSX"})
+"""Folders archivers add beside the data (macOS resource forks): never the dataset."""
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
@@ -39,6 +41,9 @@ class FolderScan:
     """Class folder names, union across splits, sorted."""
     files: tuple[tuple[Split, str, Path], ...]
     """(split, class name, path) of every image file, sorted by path."""
+    ignored: tuple[tuple[Split, str, Path], ...] = ()
+    """(split, class name, path) of files in class folders that are not images xray reads
+    (hidden files and OS litter such as Thumbs.db aside), sorted by path."""
 
 
 def scan_folder(root: Path) -> FolderScan:
@@ -51,34 +56,76 @@ def scan_folder(root: Path) -> FolderScan:
         raise XrayError(f"{root} is not a folder, a .csv manifest or a .npz file")
     splits = tuple(s for s in SPLITS if (root / s).is_dir())
     if not splits:
+        found = find_dataset_below(root)
+        hint = (
+            f"; {printable(str(found))} looks like the dataset: pass --data {printable(str(found))}"
+            if found is not None
+            else ""
+        )
         raise XrayError(
-            f"{root} has no train/, val/ or test/ folder: expected ROOT/{{train,val,test}}/CLASS/*"
+            f"{printable(str(root))} has no train/, val/ or test/ folder: expected "
+            f"ROOT/{{train,val,test}}/CLASS/*{hint}"
         )
     classes: set[str] = set()
     files: list[tuple[Split, str, Path]] = []
+    ignored: list[tuple[Split, str, Path]] = []
     for split in splits:
         for class_dir in (root / split).iterdir():
             if not class_dir.is_dir() or class_dir.name.startswith("."):
                 continue
             classes.add(class_dir.name)
-            files.extend(
-                (split, class_dir.name, path)
-                for path in class_dir.rglob("*")
-                if path.suffix.lower() in IMAGE_SUFFIXES
-                and path.is_file()
-                and not _is_hidden(path, class_dir)
+            for path in class_dir.rglob("*"):
+                if _is_hidden(path, class_dir) or not path.is_file():
+                    continue
+                if is_image_file(path):
+                    files.append((split, class_dir.name, path))
+                elif path.name.lower() not in IGNORED_NAMES:
+                    ignored.append((split, class_dir.name, path))
+    return FolderScan(
+        splits,
+        tuple(sorted(classes)),
+        tuple(sorted(files, key=lambda f: f[2])),
+        tuple(sorted(ignored, key=lambda f: f[2])),
+    )
+
+
+def find_dataset_below(root: Path, *, depth: int = 3) -> Path | None:
+    """The shallowest folder under `root` holding train/, val/ or test/ (an unzip root's
+    `chest_xray/`), skipping `__MACOSX` and hidden folders; None when there is none."""
+    level = [root]
+    for _ in range(depth):
+        below: list[Path] = []
+        for folder in level:
+            try:
+                children = sorted(p for p in folder.iterdir() if p.is_dir())
+            except OSError:
+                continue
+            below.extend(
+                p for p in children if p.name not in UNZIP_LITTER and not p.name.startswith(".")
             )
-    return FolderScan(splits, tuple(sorted(classes)), tuple(sorted(files, key=lambda f: f[2])))
+        for folder in below:
+            if any((folder / s).is_dir() for s in SPLITS):
+                return folder
+        level = below
+    return None
 
 
 def read_folder(root: Path) -> Manifest:
     """Read a Kermany/ImageFolder layout; class names are the class folders, sorted."""
     root = Path(root)
+    if not is_utf8(str(root.resolve())):
+        raise XrayError(not_utf8_reason(str(root.resolve())))
     scan = scan_folder(root)
+    # Keys, fingerprints, HDF5 string datasets, CSV and JSON all need the name as text.
+    bad_names = [p for _, _, p in scan.files if not is_utf8(p.name)]
+    if bad_names:
+        more = f" ({len(bad_names) - 1} more; `xray data check` lists them)" if len(bad_names) > 1 else ""
+        where = printable(bad_names[0].relative_to(root).as_posix())
+        raise XrayError(f"{where}: {not_utf8_reason(bad_names[0].name)}{more}")
     for split in scan.splits:
         if not any(s == split for s, _, _ in scan.files):
             raise XrayError(
-                f"{root / split} holds no images (.jpeg/.jpg/.png/.dcm in CLASS/ folders): "
+                f"{root / split} holds no images ({READ_FORMATS} in CLASS/ folders): "
                 "add images or remove the folder"
             )
     for name in scan.class_names:
@@ -111,16 +158,25 @@ def read_csv(path: Path) -> Manifest:
     if not path.is_file():
         raise XrayError(f"CSV manifest {path} does not exist")
     root = path.parent.resolve()
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        reader.fieldnames = [c.strip().lower() for c in reader.fieldnames or []]
-        missing = sorted({"path", "label", "split"} - set(reader.fieldnames))
-        if missing:
-            raise XrayError(
-                f"{path}: missing column(s) {', '.join(missing)}; "
-                "expected a header path,label,split[,patient]"
-            )
-        rows = list(reader)
+    if not is_utf8(str(path.resolve())):
+        raise XrayError(not_utf8_reason(str(path.resolve())))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            reader.fieldnames = [c.strip().lower() for c in reader.fieldnames or []]
+            missing = sorted({"path", "label", "split"} - set(reader.fieldnames))
+            if missing:
+                raise XrayError(
+                    f"{path}: missing column(s) {', '.join(missing)}; "
+                    "expected a header path,label,split[,patient]"
+                )
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise XrayError(
+            f"{path} line {line} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x}): save "
+            "the CSV as UTF-8"
+        ) from None
     if not rows:
         raise XrayError(f"{path} lists no images")
     seen: set[str] = set()
@@ -186,6 +242,8 @@ def read_npz(path: Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise XrayError(f"npz file {path} does not exist")
+    if not is_utf8(str(path.resolve())):
+        raise XrayError(not_utf8_reason(str(path.resolve())))
     shapes = _npz_shapes(path)
     splits = [s for s in SPLITS if f"{s}_images" in shapes or f"{s}_labels" in shapes]
     if not splits:

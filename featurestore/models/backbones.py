@@ -117,13 +117,20 @@ class Preprocessing:
         return self._transform(image)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready description (recorded in stores and runs)."""
+        """JSON-ready description (recorded in stores and runs).
+
+        `intensity` names the decoder's intensity rule (`featurestore.data.INTENSITY_RULE`):
+        a store made under another rule has other preprocessing, so `extract` rebuilds it.
+        """
+        from featurestore.data import INTENSITY_RULE
+
         return {
             "mean": list(self.mean),
             "std": list(self.std),
             "resize": self.resize,
             "crop": self.crop,
             "interpolation": self.interpolation,
+            "intensity": INTENSITY_RULE,
         }
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from featurestore.data import printable
 from featurestore.errors import XrayError
 
 if TYPE_CHECKING:
@@ -125,13 +126,13 @@ class Predictor:
                     tensors.append(self.preprocessing(self.load_image(Path(paths[i]))))
                     good.append(i)
                 except XrayError as exc:  # ImageDecodeError: one line naming the file
-                    rows[i] = PredictionRow(str(paths[i]), None, None, str(exc))
+                    rows[i] = PredictionRow(printable(str(paths[i])), None, None, str(exc))
             if tensors:
                 with torch.inference_mode():
                     probs = self.logits(torch.stack(tensors)).softmax(1)  # (B, C) float32
                 p_pos = probs[:, self.positive_index].double().cpu().tolist()
                 for i, p in zip(good, p_pos, strict=True):
-                    rows[i] = PredictionRow(str(paths[i]), p, self.classify(p))
+                    rows[i] = PredictionRow(printable(str(paths[i])), p, self.classify(p))
             if progress is not None and task is not None:
                 progress.advance(task, len(chunk))
         return [r for r in rows if r is not None]
@@ -142,7 +143,7 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
 
     A path that does not exist stays in the list: predicting it reports "file not found".
     """
-    from featurestore.data import IMAGE_SUFFIXES
+    from featurestore.data import READ_FORMATS, is_image_file
 
     out: list[Path] = []
     for item in inputs:
@@ -153,12 +154,12 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
         found = sorted(
             p
             for p in path.rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES
-            and p.is_file()
+            if p.is_file()
+            and is_image_file(p)
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         if not found:
-            raise XrayError(f"folder {path} holds no images (.jpeg/.jpg/.png/.dcm)")
+            raise XrayError(f"folder {printable(str(path))} holds no images ({READ_FORMATS})")
         out.extend(found)
     if not out:
         raise XrayError("no images given: pass image files or folders")
@@ -242,8 +243,16 @@ def _load_strict(module: nn.Module, state: dict[str, Tensor], run: RunRecord, wh
 
 
 def _preprocessing(doc: Any, run: RunRecord) -> Preprocessing:
+    from featurestore.data import INTENSITY_RULE
     from featurestore.models import Preprocessing
 
+    rule = doc.get("intensity") if isinstance(doc, dict) else None
+    if rule != INTENSITY_RULE:
+        # Another rule gives the same file other pixels: its probabilities would be wrong.
+        raise XrayError(
+            f"{run.path} was trained under another image intensity rule "
+            f"({rule or 'none recorded'}; this xray uses {INTENSITY_RULE}): train it again"
+        )
     try:
         return Preprocessing(
             mean=tuple(float(v) for v in doc["mean"]),

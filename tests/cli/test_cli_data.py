@@ -129,3 +129,115 @@ def test_synth_writes_a_checkable_dataset(tmp_path: Path) -> None:
     again = runner.invoke(app, ["data", "synth", "--out", str(out), "--patients", "12"])
     assert again.exit_code == 2
     assert "--overwrite" in again.stderr
+
+
+# --- #13 items 6, 7, 9, 10: odd file names, undecodable DICOM, other formats, unzip roots ------
+
+LATIN1_NAME = b"caf\xe9-IM-0001-0001.png"  # a name a Windows zip tool wrote in cp1252
+
+
+def _one_error_line(result: object) -> str:
+    output = result.output  # type: ignore[attr-defined]
+    assert result.exit_code == 2, output  # type: ignore[attr-defined]
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+def _non_utf8_dataset(tiny_data: Path) -> Path:
+    import os
+
+    folder = os.fsencode(tiny_data / "train" / "NORMAL")
+    shutil.copy(next((tiny_data / "train" / "NORMAL").glob("*.jpeg")), folder + b"/" + LATIN1_NAME)
+    return tiny_data
+
+
+def test_check_reports_a_file_name_that_is_not_utf8(tiny_data: Path) -> None:
+    data = _non_utf8_dataset(tiny_data)
+    result = runner.invoke(app, ["data", "check", "--data", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    (key,) = [k for k in doc["unreadable"] if "caf" in k]
+    assert key == "train/NORMAL/caf\\xe9-IM-0001-0001.png"
+    assert "not valid UTF-8" in doc["unreadable"][key]
+    table = runner.invoke(app, ["data", "check", "--data", str(data), "--strict"])
+    assert table.exit_code == 1 and "caf\\xe9" in table.stdout, table.output
+
+
+@pytest.mark.parametrize("command", [["extract", "--cache"], ["finetune", "--runs"]])
+def test_stages_refuse_a_file_name_that_is_not_utf8_with_one_line(
+    tiny_data: Path, tmp_path: Path, command: list[str]
+) -> None:
+    data = _non_utf8_dataset(tiny_data)
+    result = runner.invoke(
+        app,
+        [command[0], "--model", "resnet18", "--weights", "none", "--data", str(data),
+         command[1], str(tmp_path / "c")],
+    )  # fmt: skip
+    line = _one_error_line(result)
+    assert "train/NORMAL/caf\\xe9-IM-0001-0001.png" in line and "not valid UTF-8" in line
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").rglob("*.h5"))
+
+
+def test_csv_that_is_not_utf8_is_one_line(tiny_data: Path) -> None:
+    manifest = tiny_data / "m.csv"
+    manifest.write_bytes(b"path,label,split\ntrain/NORMAL/caf\xe9.jpeg,NORMAL,train\n")
+    result = runner.invoke(app, ["extract", "--data", str(manifest), "--model", "resnet18"])
+    assert "line 2 is not valid UTF-8" in _one_error_line(result)
+
+
+def test_check_reads_other_formats_and_lists_what_it_leaves_out(tiny_data: Path) -> None:
+    from PIL import Image
+
+    normal = tiny_data / "train" / "NORMAL"
+    source = Image.open(next(normal.glob("*.jpeg")))
+    for suffix in (".tif", ".bmp", ".webp"):
+        source.save(normal / f"IM-7001-0001{suffix}")
+    (normal / "notes.txt").write_text("reader's notes")
+    (normal / "scan.gif").write_bytes(b"GIF89a")
+    (normal / "Thumbs.db").write_bytes(b"\0" * 10)  # operating-system litter: not worth a line
+    doc = json.loads(
+        runner.invoke(app, ["data", "check", "--data", str(tiny_data), "--json"]).stdout
+    )
+    assert doc["counts"]["train"]["NORMAL"] == 8 + 3
+    assert doc["ignored"] == ["train/NORMAL/notes.txt", "train/NORMAL/scan.gif"]
+    assert any("left out" in w for w in doc["warnings"])
+    text = runner.invoke(app, ["data", "check", "--data", str(tiny_data)]).stdout
+    assert "train/NORMAL/notes.txt" in text and "left out" in text
+
+
+def test_check_lists_an_undecodable_dicom_with_the_extra_to_install(tiny_data: Path) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3not really a jpeg\xff\xd9"])
+    ds.save_as(tiny_data / "train" / "NORMAL" / "IM-8001-0001.dcm", enforce_file_format=True)
+    # A PACS export without an extension is read too (good DICOM, by its magic).
+    good = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    good.save_as(tiny_data / "train" / "NORMAL" / "IM-8002-0001", enforce_file_format=True)
+    result = runner.invoke(app, ["data", "check", "--data", str(tiny_data), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["counts"]["train"]["NORMAL"] == 8 + 2
+    assert list(doc["unreadable"]) == ["train/NORMAL/IM-8001-0001.dcm"]
+    why = doc["unreadable"]["train/NORMAL/IM-8001-0001.dcm"]
+    assert "xray[dicom-codecs]" in why or "unreadable DICOM" in why
+    assert doc["ignored"] == []
+    text = runner.invoke(app, ["data", "check", "--data", str(tiny_data)]).stdout
+    assert "xray[dicom-codecs]" in text or "unreadable DICOM" in text  # not eaten as markup
+
+
+def test_the_unzip_root_names_the_folder_that_looks_like_the_dataset(tiny_data: Path) -> None:
+    unzip_root = tiny_data.parent  # holds chest_xray/ ...
+    (unzip_root / "__MACOSX" / "chest_xray" / "train").mkdir(parents=True)  # ... and litter
+    line = _one_error_line(
+        runner.invoke(app, ["extract", "-m", "resnet18", "--data", str(unzip_root)])
+    )
+    assert f"{tiny_data} looks like the dataset: pass --data {tiny_data}" in line
+    check = runner.invoke(app, ["data", "check", "--data", str(unzip_root)])
+    assert f"pass --data {tiny_data}" in _one_error_line(check)

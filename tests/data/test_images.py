@@ -60,7 +60,7 @@ def test_alpha_is_composited_on_black() -> None:
     rgba[..., :3] = 200
     rgba[:, :4, 3] = 255  # left half opaque, right half transparent
     pixels = np.asarray(decode_image(encode(Image.fromarray(rgba), "PNG")))
-    assert (pixels[:, :4] == 200).all()
+    assert (pixels[:, :4] == 255).all()  # 200 is the image's maximum: the stretch maps it to 255
     assert (pixels[:, 4:] == 0).all()
 
 
@@ -130,8 +130,8 @@ def test_png_ignores_min_size() -> None:
 )  # 4096 px: over 2x the limit (error), over 1x (warning)
 def test_decompression_bomb_becomes_user_error(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
     data = encode(Image.fromarray(gradient(64, 64)), "PNG")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
-    with pytest.raises(ImageDecodeError, match=r"big\.png.*decompression bomb"):
+    monkeypatch.setenv("XRAY_MAX_IMAGE_PIXELS", str(limit))
+    with pytest.raises(ImageDecodeError, match=r"big\.png.*decompression bomb.*XRAY_MAX_IMAGE"):
         decode_image(data, name="big.png")
 
 
@@ -266,3 +266,164 @@ def test_a_folder_of_dicom_files_is_a_dataset(tmp_path: Path) -> None:
     manifest = load_manifest(root, val_min=0)
     assert len(manifest.records) == 2 * 12 + 2 * 2
     assert manifest.open_image(manifest.records[0].key).mode == "RGB"
+
+
+# --- One intensity rule for every container (#13 item 8) -------------------------------------
+
+
+def _write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    bits_stored: int = 16,
+    transfer_syntax: str | None = None,
+    raw: bytes | None = None,
+) -> Path:
+    """A minimal single-frame MONOCHROME2 DICOM file (uint16 pixels, or `raw` PixelData)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = raw if raw is not None else pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == meta.TransferSyntaxUID
+    return path
+
+
+def test_the_same_picture_gives_the_same_tensor_in_every_container(tmp_path: Path) -> None:
+    """8-bit PNG/TIFF/BMP/WebP, 16-bit PNG (x257), 12-bit in 16 (x16), float TIFF, DICOM."""
+    from featurestore.models import preprocessing_for
+
+    rng = np.random.default_rng(0)
+    picture = rng.integers(20, 230, size=(48, 40)).astype(np.uint8)  # not spanning 0..255
+    files = {
+        "8bit.png": Image.fromarray(picture),
+        "8bit.tif": Image.fromarray(picture),
+        "8bit.bmp": Image.fromarray(picture),
+        "8bit-lossless.webp": Image.fromarray(picture),
+        "rgb.png": Image.fromarray(np.stack([picture] * 3, axis=-1)),
+        "16bit.png": Image.fromarray(picture.astype(np.uint16) * 257),
+        "12bit-in-16.png": Image.fromarray(picture.astype(np.uint16) * 16),
+        "float.tif": Image.fromarray(picture.astype(np.float32) / 255.0),
+    }
+    paths = []
+    for name, im in files.items():
+        path = tmp_path / name
+        im.save(path, lossless=True) if name.endswith(".webp") else im.save(path)
+        paths.append(path)
+    paths.append(_write_dicom(tmp_path / "12bit.dcm", picture.astype(np.uint16) * 16, bits_stored=12))
+    pre = preprocessing_for("resnet18", "none", 32)
+    reference = pre(decode_image(paths[0]))
+    expected = (picture.astype(np.float64) - picture.min()) / (picture.max() - picture.min())
+    assert np.array_equal(
+        np.asarray(decode_image(paths[0]))[..., 0], np.round(expected * 255).astype(np.uint8)
+    )
+    for path in paths[1:]:
+        tensor = pre(decode_image(path))
+        # Integer containers are bit-identical; float TIFF may round one level differently.
+        atol = 1.5 / 255 / min(pre.std) if path.name == "float.tif" else 0.0
+        assert torch_allclose(tensor, reference, atol=atol), path.name
+
+
+def torch_allclose(a: object, b: object, *, atol: float) -> bool:
+    import torch
+
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+    return bool(torch.allclose(a, b, atol=atol, rtol=0.0))
+
+
+def test_intensity_rule_is_recorded_in_the_preprocessing() -> None:
+    from featurestore.data import INTENSITY_RULE
+    from featurestore.models import preprocessing_for
+
+    assert preprocessing_for("resnet18", "none", 32).as_dict()["intensity"] == INTENSITY_RULE
+
+
+# --- Large trusted images and bombs (#13 item 11) ---------------------------------------------
+
+
+def test_a_trusted_large_image_passes_with_the_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = encode(Image.fromarray(gradient(64, 64)), "PNG")  # 4096 pixels
+    monkeypatch.setenv("XRAY_MAX_IMAGE_PIXELS", "3000")
+    with pytest.raises(ImageDecodeError, match="XRAY_MAX_IMAGE_PIXELS=<pixels>"):
+        decode_image(data, name="big.png")
+    monkeypatch.setenv("XRAY_MAX_IMAGE_PIXELS", "5000")
+    assert decode_image(data, name="big.png").size == (64, 64)
+
+
+def test_a_real_bomb_is_still_refused_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import struct
+    import zlib
+
+    monkeypatch.delenv("XRAY_MAX_IMAGE_PIXELS", raising=False)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+        decode_image(bomb, name="bomb.png")
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "0"])
+def test_a_bad_pixel_limit_is_one_line(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("XRAY_MAX_IMAGE_PIXELS", value)
+    with pytest.raises(XrayError, match="XRAY_MAX_IMAGE_PIXELS.*positive number"):
+        decode_image(encode(Image.fromarray(gradient()), "PNG"))
+
+
+# --- DICOM that cannot be decoded (#13 item 7) and DICOM without a suffix (item 9) -------------
+
+
+def test_compressed_dicom_without_a_decoder_says_which_extra_to_install(tmp_path: Path) -> None:
+    pytest.importorskip("pydicom")
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    path = _write_dicom(
+        tmp_path / "lossless.dcm",
+        np.zeros((8, 8)),
+        transfer_syntax=JPEGLosslessSV1,
+        raw=encapsulate([b"\xff\xd8\xff\xc3not really a jpeg\xff\xd9"]),
+    )
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(path)
+    message = str(info.value)
+    assert "lossless.dcm" in message and "\n" not in message
+    # With no pylibjpeg/gdcm: which extra to install; with one: the decoder's complaint.
+    assert "xray[dicom-codecs]" in message or "unreadable DICOM" in message
+
+
+def test_dicom_with_truncated_pixel_data_is_one_line(tmp_path: Path) -> None:
+    path = _write_dicom(tmp_path / "short.dcm", np.zeros((8, 8)), raw=b"\x00\x01" * 10)
+    with pytest.raises(ImageDecodeError, match=r"short\.dcm: unreadable DICOM"):
+        decode_image(path)
+
+
+def test_dicom_without_an_extension_is_recognised_by_its_magic(tmp_path: Path) -> None:
+    from featurestore.data import is_dicom, is_image_file
+
+    pixels = np.arange(64, dtype=np.uint16).reshape(8, 8) * 50
+    path = _write_dicom(tmp_path / "IM000001", pixels, bits_stored=12)
+    uid_named = tmp_path / "1.2.840.113619.2"
+    uid_named.write_bytes(path.read_bytes())
+    for p in (path, uid_named):
+        assert is_dicom(p) and is_image_file(p)
+        assert decode_image(p).size == (8, 8)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    assert not is_image_file(text)
