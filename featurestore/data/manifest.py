@@ -175,7 +175,30 @@ def carve_validation(
     def ratio_gap(fold: np.ndarray) -> float:
         return float(np.abs(np.bincount(y[fold], minlength=n_classes) / len(fold) - target).sum())
 
-    best = min(range(len(folds)), key=lambda i: (ratio_gap(folds[i]), i))
+    train_classes = {r.label for r in train}
+
+    def classes_emptied(fold: np.ndarray) -> set[int]:
+        """Classes of train that would have no train image left after moving this fold."""
+        stays = np.ones(len(rest), dtype=bool)
+        stays[fold] = False
+        return train_classes - {int(v) for v in np.unique(y[stays])}
+
+    # A fold that would carve a class's last train patients into val is never chosen when
+    # another fold keeps them (no model can learn a class it never sees).
+    best = min(
+        range(len(folds)), key=lambda i: (len(classes_emptied(folds[i])), ratio_gap(folds[i]), i)
+    )
+    emptied = classes_emptied(folds[best])
+    if emptied:
+        label = min(emptied)
+        name = m.class_names[label]
+        patients = sorted({r.group for r in train if r.label == label})
+        raise XrayError(
+            f"class {name!r} would have no train images: the validation carve moved its only "
+            f"train patient(s) ({', '.join(patients[:3])}) to val (they have val images or "
+            f"were drawn for val); add train images of {name} from more patients, or give a "
+            f"val split with >= {min_val} images so nothing is carved"
+        )
     moved |= {rest[i].key for i in folds[best]}
     records = [replace(r, split="val") if r.key in moved else r for r in m.records]
     carve = CarveInfo(

@@ -171,7 +171,9 @@ def fit(
         config.monitor, source.records("val")[2], source.class_names
     )
     criterion = nn.CrossEntropyLoss(
-        weight=class_weights(y_train, len(source.class_names), config.class_weight).to(device)
+        weight=class_weights(
+            y_train, len(source.class_names), config.class_weight, source.class_names
+        ).to(device)
     )
     n_train = source.train_size()  # images this rank trains on per epoch
     optimizer = make_optimizer(model, config)

@@ -15,12 +15,27 @@ if TYPE_CHECKING:
     from featurestore.train.loop import TrainConfig
 
 
-def class_weights(labels: np.ndarray, n_classes: int, policy: str) -> Tensor:
-    """Cross-entropy weights (C,): balanced n / (C * n_c), or ones."""
+def class_weights(
+    labels: np.ndarray,
+    n_classes: int,
+    policy: str,
+    class_names: tuple[str, ...] | None = None,
+) -> Tensor:
+    """Cross-entropy weights (C,): balanced n / (C * n_c), or ones.
+
+    Raises XrayError naming the class when train has none of its images (a store or dataset
+    whose validation carve took the class's only train patients).
+    """
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     if (counts == 0).any():
-        empty = [str(i) for i in np.flatnonzero(counts == 0)]
-        raise XrayError(f"the train split has no images of class index {', '.join(empty)}")
+        names = class_names or tuple(f"index {i}" for i in range(n_classes))
+        empty = ", ".join(repr(names[i]) for i in np.flatnonzero(counts == 0))
+        raise XrayError(
+            f"the train split has no images of class {empty}: if the dataset's train folder "
+            "has some, the validation carve moved all of their patients to val; add train "
+            "images of that class from more patients, or give a val split of >= 100 images so "
+            "nothing is carved"
+        )
     if policy == "none":
         return torch.ones(n_classes)
     return torch.tensor(len(labels) / (n_classes * counts), dtype=torch.float32)

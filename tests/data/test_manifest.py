@@ -551,3 +551,31 @@ def test_resolve_data_dir_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len(calls) == 1  # generated once, reused after
     (tmp_path / "data" / "chest_xray").mkdir()
     assert resolve_data_dir(None, env=None, notice=notices.append) == Path("data/chest_xray")
+
+
+def one_normal_patient(*, in_val: bool) -> Manifest:
+    """40 PNEUMONIA train patients and one NORMAL patient (optionally with a val image too)."""
+    records = [
+        Record(f"train/PNEUMONIA/p{p:03d}.png", 1, "train", f"p{p}", "train") for p in range(40)
+    ]
+    records += [Record("train/NORMAL/n0_a.png", 0, "train", "n0", "train")]
+    if in_val:
+        records += [Record("val/NORMAL/n0_b.png", 0, "val", "n0", "val")]
+    records += [Record(f"test/{c}/t{i}.png", i % 2, "test", f"t{i}", "test")
+                for i, c in enumerate(["NORMAL", "PNEUMONIA"] * 3)]  # fmt: skip
+    return Manifest(Path("/nowhere"), "folder", ("NORMAL", "PNEUMONIA"), tuple(records))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_carve_never_takes_a_class_s_only_train_patient(seed: int) -> None:
+    carved = carve_validation(one_normal_patient(in_val=False), seed=seed)
+    assert [r.key for r in carved.split("train") if r.label == 0] == ["train/NORMAL/n0_a.png"]
+
+
+def test_carve_that_must_take_a_class_s_only_patient_names_the_class() -> None:
+    with pytest.raises(XrayError) as info:
+        carve_validation(one_normal_patient(in_val=True))
+    message = str(info.value)
+    assert "class 'NORMAL'" in message and "n0" in message
+    assert "validation carve moved its only train patient" in message
+    assert "from more patients" in message and ">= 100 images" in message

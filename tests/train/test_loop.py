@@ -117,6 +117,8 @@ def test_threshold_is_chosen_on_validation_and_test_is_scored_once(monkeypatch) 
     assert result.threshold == {
         "policy": "youden",
         "value": pytest.approx(result.val["at_threshold"]["threshold"]),
+        "ran": True,
+        "note": None,
     }
 
 
@@ -154,8 +156,10 @@ def test_class_weights() -> None:
     y = np.array([0, 1, 1, 1])
     assert torch.allclose(class_weights(y, 2, "balanced"), torch.tensor([2.0, 2 / 3]))
     assert torch.equal(class_weights(y, 2, "none"), torch.ones(2))
-    with pytest.raises(XrayError, match="no images of class index 1"):
+    with pytest.raises(XrayError, match="no images of class 'index 1'"):
         class_weights(np.array([0, 0]), 2, "balanced")
+    with pytest.raises(XrayError, match=r"no images of class 'NORMAL'.*validation carve"):
+        class_weights(np.array([1, 1]), 2, "balanced", ("NORMAL", "PNEUMONIA"))
 
 
 def test_warmup_then_cosine_per_step() -> None:
