@@ -260,6 +260,8 @@ def _settle_existing(
                 partial.discard()  # leftover of a kill between the rename and the cleanup
                 return "reused", "up to date", store.open_store(path)
             diff = diff or "store incomplete"
+        except store.StoreInUseError:
+            raise  # intact but held elsewhere: rebuilding it would replace a store in use
         except XrayError as exc:
             diff = f"existing store unreadable ({exc})"
         status, reason = "rebuilt", f"{diff}: rebuilding"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,14 @@ def store_path(
 ) -> Path:
     """`cache/<dataset name>/<backbone>-<weights tag>-<size>px.h5`."""
     return Path(cache_dir) / dataset_name / f"{backbone}-{weights_tag}-{image_size}px.h5"
+
+
+class StoreInUseError(XrayError):
+    """A store that cannot be opened because of a file lock, not because it is damaged.
+
+    Either another process holds it open for writing (HDF5 locks files it opens), or its
+    filesystem does not support locks (some network filesystems). Never a reason to delete it.
+    """
 
 
 @dataclass(frozen=True)
@@ -137,11 +146,17 @@ def open_store(path: Path, *, expect_fingerprint: str | None = None) -> FeatureS
 
 
 def find_stores(cache_dir: Path) -> list[Path]:
-    """Complete stores of the current format under `cache_dir`, recursively, sorted."""
+    """Complete stores of the current format under `cache_dir`, recursively, sorted.
+
+    Damaged files are passed over; a store held by another process raises StoreInUseError
+    (leaving it out silently would train on fewer stores than the user has).
+    """
     found = []
     for path in sorted(Path(cache_dir).rglob("*.h5")):
         try:
             attrs = read_attrs(path)
+        except StoreInUseError:
+            raise
         except XrayError:
             continue
         if attrs.get("complete") and attrs.get("format_version") == FORMAT_VERSION:
@@ -195,12 +210,57 @@ def _open_h5(path: Path) -> Iterator[Any]:
     try:
         fh = h5py.File(path, "r")
     except OSError as exc:
-        raise _corrupt(path, exc) from None
+        raise open_error(path, exc) from None
     with fh:
         yield fh
 
 
+# HDF5 reports a lock it cannot take as "unable to lock file, errno = N, error message = ...".
+_LOCK_HELD = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES)
+
+
+def open_error(path: Path, exc: OSError, *, writing: bool = False) -> XrayError:
+    """The XrayError for an HDF5 file that would not open: locked, unlocked-able, or damaged.
+
+    A lock held by another process or a filesystem without locks leaves the store intact, so
+    those messages never advise deleting it; only a file HDF5 cannot parse is called corrupt.
+    """
+    text = str(exc)
+    if "unable to lock file" in text:
+        code = _lock_errno(text)
+        if code in _LOCK_HELD:
+            return StoreInUseError(
+                f"store {path} is in use: another process holds it open for writing (HDF5 file "
+                "lock); the store is not damaged: close it there (an h5py session, HDFView, "
+                "another job) and run again"
+            )
+        return StoreInUseError(
+            f"cannot lock {path}: its filesystem does not support file locks "
+            f"({_lock_reason(text)}; some network filesystems); the store is not damaged: set "
+            "HDF5_USE_FILE_LOCKING=FALSE and run again, or use a local disk for --cache"
+        )
+    if isinstance(exc, PermissionError) or exc.errno == errno.EACCES:
+        action = "write to" if writing else "read"
+        return XrayError(f"no permission to {action} {path}: check the file's permissions")
+    return _corrupt(path, exc)
+
+
+def _lock_errno(text: str) -> int | None:
+    marker = "errno = "
+    if marker not in text:
+        return None
+    digits = text.split(marker, 1)[1].split(",", 1)[0].strip()
+    return int(digits) if digits.isdigit() else None
+
+
+def _lock_reason(text: str) -> str:
+    code = _lock_errno(text)
+    return f"errno {code}, {errno.errorcode.get(code, '?')}" if code is not None else text[:80]
+
+
 def _corrupt(path: Path, exc: BaseException) -> XrayError:
+    if isinstance(exc, OSError) and "unable to lock file" in str(exc):
+        return open_error(path, exc)
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return XrayError(
         f"store {path} is unreadable, truncated or corrupt ({first}): delete it and run "

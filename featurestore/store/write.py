@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from featurestore.errors import XrayError
 from featurestore.fileio import atomic_path, atomic_write_bytes
-from featurestore.store.read import JSON_ATTRS, SPLIT_NAMES
+from featurestore.store.read import JSON_ATTRS, SPLIT_NAMES, StoreInUseError, open_error
 
 if TYPE_CHECKING:  # numpy and h5py are imported where a store is actually written
     import numpy as np
@@ -39,14 +39,30 @@ def store_lock(path: Path) -> Iterator[None]:
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise XrayError(
+        raise StoreInUseError(
             f"another extraction is writing {path} (lock {lock_path} is held): "
             "wait for it to finish"
+        ) from None
+    except OSError as exc:  # ENOLCK, EOPNOTSUPP: a filesystem whose locks fail
+        raise StoreInUseError(
+            f"cannot lock {lock_path}: its filesystem does not support file locks "
+            f"({exc.strerror or exc}; some network filesystems); nothing was written: use "
+            "a local disk for --cache"
         ) from None
     try:
         yield
     finally:
         lock.release()
+
+
+def _create_h5(path: Path) -> Any:
+    """h5py.File(path, "w"), its lock or permission failure as one XrayError (never corrupt)."""
+    import h5py
+
+    try:
+        return h5py.File(path, "w")
+    except OSError as exc:  # a filesystem without locks, or no permission
+        raise open_error(path, exc, writing=True) from None
 
 
 class PartialStore:
@@ -148,7 +164,7 @@ class PartialStore:
         text = h5py.string_dtype()
         with (
             atomic_path(self.store, kept=KEPT, sync_folder=True) as tmp,
-            h5py.File(tmp, "w") as fh,
+            _create_h5(tmp) as fh,
         ):
             for split in SPLIT_NAMES:
                 group = fh.create_group(split)

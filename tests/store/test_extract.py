@@ -204,6 +204,20 @@ def test_second_concurrent_extraction_is_refused(tiny_data_ro: Path, tmp_path: P
         _extract(load_manifest(tiny_data_ro), tmp_path)
 
 
+def test_a_store_in_use_is_refused_never_rebuilt(tiny_data_ro: Path, tmp_path: Path) -> None:
+    import fcntl
+
+    first = _extract(load_manifest(tiny_data_ro), tmp_path)
+    before = first.path.read_bytes()
+    with first.path.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as HDF5 does for a writer
+        with pytest.raises(XrayError, match=r"in use.*not damaged") as info:
+            _extract(load_manifest(tiny_data_ro), tmp_path)
+    assert "delete" not in str(info.value)
+    assert first.path.read_bytes() == before
+    assert _extract(load_manifest(tiny_data_ro), tmp_path).status == "reused"
+
+
 def test_unreadable_existing_store_is_rebuilt(tiny_data_ro: Path, tmp_path: Path) -> None:
     path = store_path(tmp_path, "chest_xray", "resnet18", "none", 32)
     path.parent.mkdir(parents=True)

@@ -15,6 +15,7 @@ from featurestore.errors import XrayError
 from featurestore.store import (
     FORMAT_VERSION,
     PartialStore,
+    StoreInUseError,
     find_stores,
     open_store,
     provenance_difference,
@@ -230,3 +231,93 @@ def test_read_attrs_decodes_json(tmp_path: Path) -> None:
     attrs = read_attrs(path)
     assert attrs["preprocessing"] == {"resize": 37, "crop": 32}
     assert attrs["versions"] == {"torch": "x"} and attrs["complete"] is True
+
+
+# --- #13 item 13: a locked store is in use, not corrupt -------------------------------------
+
+
+def _held_for_writing(path: Path) -> Any:
+    """What HDF5 does for a writer in another process: an exclusive flock on the file."""
+    import fcntl
+
+    handle = path.open("rb")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
+
+
+@pytest.mark.parametrize("reader", ["read_attrs", "open_store", "split", "find_stores"])
+def test_a_store_held_open_for_writing_is_in_use_not_corrupt(tmp_path: Path, reader: str) -> None:
+    path = tmp_path / "c" / "s.h5"
+    _build(path)
+    store = open_store(path)
+    before = path.read_bytes()
+    calls = {
+        "read_attrs": lambda: read_attrs(path),
+        "open_store": lambda: open_store(path),
+        "split": lambda: store.split("train"),
+        "find_stores": lambda: find_stores(tmp_path / "c"),
+    }
+    with _held_for_writing(path), pytest.raises(StoreInUseError) as info:
+        calls[reader]()
+    message = str(info.value)
+    assert "in use" in message and "not damaged" in message and "\n" not in message
+    assert "delete" not in message and "corrupt" not in message
+    assert path.read_bytes() == before
+    assert open_store(path).split("train").features.shape == (10, D)  # intact once released
+
+
+def test_a_filesystem_without_locks_is_named_never_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.h5"
+    _build(path)
+
+    def no_locks(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(
+            38,
+            "Unable to synchronously open file (unable to lock file, errno = 38, error "
+            "message = 'Function not implemented')",
+        )
+
+    monkeypatch.setattr(h5py, "File", no_locks)
+    for call in (lambda: read_attrs(path), lambda: open_store(path)):
+        with pytest.raises(StoreInUseError, match="does not support file locks") as info:
+            call()
+        assert "HDF5_USE_FILE_LOCKING=FALSE" in str(info.value)
+        assert "delete" not in str(info.value)
+    # Writing a new store on such a filesystem says the same, not a traceback.
+    with pytest.raises(StoreInUseError, match="does not support file locks"):
+        _build(tmp_path / "other.h5")
+
+
+def test_a_lock_the_filesystem_refuses_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import fcntl
+
+    def refuse(*args: Any) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with (
+        pytest.raises(XrayError, match=r"does not support file locks.*No locks available"),
+        store_lock(tmp_path / "s.h5"),
+    ):
+        pass
+
+
+def test_unreadable_permissions_are_not_called_corrupt(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "s.h5"
+    _build(path)
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as a user that reads any file (root)")
+        with pytest.raises(XrayError, match="no permission to read") as info:
+            read_attrs(path)
+        assert "delete" not in str(info.value)
+    finally:
+        path.chmod(0o644)
