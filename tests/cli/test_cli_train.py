@@ -185,3 +185,44 @@ def test_finetune_killed_with_sigkill_resumes(tmp_path: Path) -> None:
     assert run.config["resumed"] is True
     assert run.history["epoch"].tolist()[0] == 1 and len(run.history["epoch"]) >= 2
     assert not list(runs.glob(".inprogress/*"))
+
+
+def _one_class_val_dataset(root: Path) -> Path:
+    """train 12+12, val 100 PNEUMONIA (nothing carved: val is big enough), test 4+4, 24 px."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    plan = {"train": (12, 12), "val": (0, 100), "test": (4, 4)}
+    for split, (normal, pneumonia) in plan.items():
+        for cls, n in (("NORMAL", normal), ("PNEUMONIA", pneumonia)):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.normal(90 + 60 * (cls == "PNEUMONIA"), 30, (24, 24))
+                name = f"{split}-{cls}-{i}.png"
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / name)
+    return root
+
+
+@pytest.mark.parametrize("command", ["fit-head", pytest.param("finetune", marks=pytest.mark.slow)])
+def test_one_class_validation_selects_on_val_loss_and_says_so(tmp_path: Path, command: str) -> None:
+    data = _one_class_val_dataset(tmp_path / "data")
+    common = ["--data", str(data), "--runs", str(tmp_path / "runs"), "--epochs", "3"]
+    if command == "fit-head":
+        extract = runner.invoke(app, ["extract", "--data", str(data), "--cache",
+                                      str(tmp_path / "cache"), *TINY_TUNE[:6]])  # fmt: skip
+        assert extract.exit_code == 0, extract.output
+        args = ["fit-head", *common, "--cache", str(tmp_path / "cache")]
+    else:
+        args = ["finetune", *common, "--no-augment", *TINY_TUNE]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "holds PNEUMONIA images only" in result.output and "val_loss instead" in result.output
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if (p / "metrics.json").is_file()]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["monitor"]["used"] == "val_loss"
+    assert metrics["threshold"]["ran"] is False and "could not run" in metrics["threshold"]["note"]
+    history = (run / "history.csv").read_text().splitlines()[1:]
+    losses = [float(line.split(",")[5]) for line in history]  # val_loss column
+    assert metrics["best_epoch"] == 1 + losses.index(min(losses))
