@@ -198,6 +198,27 @@ def test_skip_bad_leaves_the_file_out(tiny_data: Path, tmp_path: Path) -> None:
     assert train.labels.tolist() == [r.label for r in m.split("train") if r.key != bad_key]
 
 
+def test_skip_bad_skips_a_dicom_no_decoder_can_read(tiny_data: Path, tmp_path: Path) -> None:
+    """#13 item 7: JPEG Lossless DICOM without pylibjpeg/gdcm is a bad file, not a crash."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3not really a jpeg\xff\xd9"])
+    ds.save_as(tiny_data / "train" / "NORMAL" / "IM-9001-0001", enforce_file_format=True)
+    m = load_manifest(tiny_data)
+    key = "train/NORMAL/IM-9001-0001"
+    assert key in {r.key for r in m.records}  # found by its DICM magic, no extension
+    with pytest.raises(XrayError, match=r"IM-9001-0001.*DICOM.*--skip-bad") as info:
+        _extract(m, tmp_path)
+    assert "\n" not in str(info.value)
+    result = _extract(m, tmp_path, skip_bad=True)
+    assert result.skipped == [key]
+
+
 def test_second_concurrent_extraction_is_refused(tiny_data_ro: Path, tmp_path: Path) -> None:
     path = store_path(tmp_path, "chest_xray", "resnet18", "none", 32)
     with store_lock(path), pytest.raises(XrayError, match="another extraction is writing"):

@@ -234,3 +234,39 @@ def test_predictor_leaves_the_callers_rng_alone(frozen16: Path, finetuned: Path)
 def test_batch_size_is_checked(frozen16: Path) -> None:
     with pytest.raises(XrayError, match="batch-size"):
         load_predictor(frozen16, device="cpu").predict([Path("x.png")], batch_size=0)
+
+
+def test_undecodable_dicom_and_a_name_that_is_not_utf8_become_error_rows(
+    frozen16: Path, tiny: Path, tmp_path: Path
+) -> None:
+    """#13 items 6 and 7: predict's CSV and table survive both; the error column says why."""
+    pydicom = pytest.importorskip("pydicom")
+    import os
+
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3not really a jpeg\xff\xd9"])
+    lossless = tmp_path / "in" / "lossless.dcm"
+    lossless.parent.mkdir()
+    ds.save_as(lossless, enforce_file_format=True)
+    good = sorted((tiny / "test" / "NORMAL").iterdir())[0]
+    latin1 = os.fsencode(tmp_path / "in") + b"/caf\xe9.jpeg"
+    with open(latin1, "wb") as fh:
+        fh.write(good.read_bytes())
+    out_csv = tmp_path / "p.csv"
+    result = CliRunner().invoke(
+        app, ["predict", "--run", str(frozen16), str(tmp_path / "in"), "--csv", str(out_csv),
+              "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output  # one unreadable file
+    assert "Traceback" not in result.output
+    with out_csv.open(encoding="utf-8") as fh:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"caf\\xe9.jpeg", "lossless.dcm"}
+    assert rows["caf\\xe9.jpeg"]["error"] == "" and rows["caf\\xe9.jpeg"]["probability"]
+    why = rows["lossless.dcm"]["error"]
+    assert "lossless.dcm" in why and ("xray[dicom-codecs]" in why or "unreadable DICOM" in why)
