@@ -194,10 +194,11 @@ def carve_validation(
         name = m.class_names[label]
         patients = sorted({r.group for r in train if r.label == label})
         raise XrayError(
-            f"class {name!r} would have no train images: the validation carve moved its only "
-            f"train patient(s) ({', '.join(patients[:3])}) to val (they have val images or "
-            f"were drawn for val); add train images of {name} from more patients, or give a "
-            f"val split with >= {min_val} images so nothing is carved"
+            f"cannot carve a {fraction:.0%} validation set: class {name!r} would have no "
+            f"train images, as the validation carve moved its only train patient(s) "
+            f"({', '.join(patients[:3])}) to val (they have val images, or every fold takes "
+            f"them); add train images of {name} from more patients, or give a val split with "
+            f">= {min_val} images so nothing is carved"
         )
     moved |= {rest[i].key for i in folds[best]}
     records = [replace(r, split="val") if r.key in moved else r for r in m.records]
