@@ -126,9 +126,11 @@ def _items(
         items = []
         for s, c, p in scan.files:
             key = p.relative_to(path).as_posix()
-            items.append(_Item(printable(key), s, c, printable(patient_id(p.name)), key))
+            group = printable(patient_id(p.name))
+            items.append(_Item(printable(key), s, printable(c), group, key))
         ignored = tuple(printable(p.relative_to(path).as_posix()) for _, _, p in scan.ignored)
-        return "folder", path, scan.class_names, scan.splits, items, ignored
+        classes = tuple(printable(c) for c in scan.class_names)
+        return "folder", path, classes, scan.splits, items, ignored
     # CSV and npz: their readers' errors are structural (bad header, missing file), not
     # something to report; read without carving so splits stay as given.
     manifest = load_manifest(path, val_min=0)
@@ -180,7 +182,7 @@ def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAud
             dims[item.class_name].append(size)
             if not is_utf8(item.name):
                 # Readable, but every step that keeps the name as text refuses it.
-                unreadable[item.key] = not_utf8_reason(item.name.rsplit("/", 1)[-1])
+                unreadable[item.key] = not_utf8_reason(item.name)
         except (ImageDecodeError, OSError) as exc:
             unreadable[item.key] = str(exc).removeprefix(f"{item.key}: ")
         if task is not None and progress is not None:

@@ -42,8 +42,9 @@ class FolderScan:
     files: tuple[tuple[Split, str, Path], ...]
     """(split, class name, path) of every image file, sorted by path."""
     ignored: tuple[tuple[Split, str, Path], ...] = ()
-    """(split, class name, path) of files in class folders that are not images xray reads
-    (hidden files and OS litter such as Thumbs.db aside), sorted by path."""
+    """(split, class name, path) of files in class folders that are not images xray reads, and
+    of files directly in a split folder (class ""), hidden files and OS litter such as
+    Thumbs.db aside; sorted by path."""
 
 
 def scan_folder(root: Path) -> FolderScan:
@@ -71,7 +72,12 @@ def scan_folder(root: Path) -> FolderScan:
     ignored: list[tuple[Split, str, Path]] = []
     for split in splits:
         for class_dir in (root / split).iterdir():
-            if not class_dir.is_dir() or class_dir.name.startswith("."):
+            if class_dir.name.startswith("."):
+                continue
+            if not class_dir.is_dir():
+                # A file beside the class folders has no class: left out, but listed.
+                if class_dir.name.lower() not in IGNORED_NAMES:
+                    ignored.append((split, "", class_dir))
                 continue
             classes.add(class_dir.name)
             for path in class_dir.rglob("*"):
@@ -117,11 +123,12 @@ def read_folder(root: Path) -> Manifest:
         raise XrayError(not_utf8_reason(str(root.resolve())))
     scan = scan_folder(root)
     # Keys, fingerprints, HDF5 string datasets, CSV and JSON all need the name as text.
-    bad_names = [p for _, _, p in scan.files if not is_utf8(p.name)]
-    if bad_names:
-        more = f" ({len(bad_names) - 1} more; `xray data check` lists them)" if len(bad_names) > 1 else ""
-        where = printable(bad_names[0].relative_to(root).as_posix())
-        raise XrayError(f"{where}: {not_utf8_reason(bad_names[0].name)}{more}")
+    # The whole key counts: a class or sub-folder name can hold the odd byte too.
+    keys = (p.relative_to(root).as_posix() for _, _, p in scan.files)
+    bad_keys = [k for k in keys if not is_utf8(k)]
+    if bad_keys:
+        more = f" ({len(bad_keys) - 1} more; `xray data check` lists them)" if bad_keys[1:] else ""
+        raise XrayError(f"{printable(bad_keys[0])}: {not_utf8_reason(bad_keys[0])}{more}")
     for split in scan.splits:
         if not any(s == split for s, _, _ in scan.files):
             raise XrayError(

@@ -180,6 +180,16 @@ def test_stages_refuse_a_file_name_that_is_not_utf8_with_one_line(
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").rglob("*.h5"))
 
 
+def test_a_class_folder_name_that_is_not_utf8_is_refused_by_name(tiny_data: Path) -> None:
+    import os
+
+    os.rename(
+        os.fsencode(tiny_data / "test" / "NORMAL"), os.fsencode(tiny_data / "test") + b"/NORM\xc9"
+    )
+    result = runner.invoke(app, ["extract", "-m", "resnet18", "--data", str(tiny_data)])
+    assert "test/NORM\\xc9/" in _one_error_line(result)
+
+
 def test_csv_that_is_not_utf8_is_one_line(tiny_data: Path) -> None:
     manifest = tiny_data / "m.csv"
     manifest.write_bytes(b"path,label,split\ntrain/NORMAL/caf\xe9.jpeg,NORMAL,train\n")
@@ -197,11 +207,14 @@ def test_check_reads_other_formats_and_lists_what_it_leaves_out(tiny_data: Path)
     (normal / "notes.txt").write_text("reader's notes")
     (normal / "scan.gif").write_bytes(b"GIF89a")
     (normal / "Thumbs.db").write_bytes(b"\0" * 10)  # operating-system litter: not worth a line
+    (tiny_data / "train" / "IM-7002-0001.png").write_bytes(b"beside the class folders")
     doc = json.loads(
         runner.invoke(app, ["data", "check", "--data", str(tiny_data), "--json"]).stdout
     )
     assert doc["counts"]["train"]["NORMAL"] == 8 + 3
-    assert doc["ignored"] == ["train/NORMAL/notes.txt", "train/NORMAL/scan.gif"]
+    assert doc["ignored"] == [
+        "train/IM-7002-0001.png", "train/NORMAL/notes.txt", "train/NORMAL/scan.gif"
+    ]  # fmt: skip
     assert any("left out" in w for w in doc["warnings"])
     text = runner.invoke(app, ["data", "check", "--data", str(tiny_data)]).stdout
     assert "train/NORMAL/notes.txt" in text and "left out" in text
