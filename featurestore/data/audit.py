@@ -182,7 +182,7 @@ def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAud
             dims[item.class_name].append(size)
             if not is_utf8(item.name):
                 # Readable, but every step that keeps the name as text refuses it.
-                unreadable[item.key] = not_utf8_reason(item.name)
+                unreadable[item.key] = not_utf8_reason(item.name).removeprefix(f"{item.key}: ")
         except (ImageDecodeError, OSError) as exc:
             unreadable[item.key] = str(exc).removeprefix(f"{item.key}: ")
         if task is not None and progress is not None:

@@ -60,8 +60,8 @@ def printable(text: str) -> str:
 
 
 def not_utf8_reason(name: str) -> str:
-    """The one-line advice for a file name that is not valid UTF-8."""
+    """One line naming a path (or key) that is not valid UTF-8 and saying what to do."""
     return (
-        f"the name {printable(name)!r} is not valid UTF-8 (zips made on Windows do this): "
+        f"{printable(name)}: the name is not valid UTF-8 (zips made on Windows do this): "
         "rename it, e.g. `convmv -f cp1252 -t utf8 --notest -r FOLDER`"
     )

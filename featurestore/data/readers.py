@@ -128,7 +128,7 @@ def read_folder(root: Path) -> Manifest:
     bad_keys = [k for k in keys if not is_utf8(k)]
     if bad_keys:
         more = f" ({len(bad_keys) - 1} more; `xray data check` lists them)" if bad_keys[1:] else ""
-        raise XrayError(f"{printable(bad_keys[0])}: {not_utf8_reason(bad_keys[0])}{more}")
+        raise XrayError(f"{not_utf8_reason(bad_keys[0])}{more}")
     for split in scan.splits:
         if not any(s == split for s, _, _ in scan.files):
             raise XrayError(
