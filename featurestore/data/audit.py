@@ -217,7 +217,7 @@ def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAud
         if any(counts[s][c] == 0 for c in class_names)
     }
     audit = DatasetAudit(
-        root=str(root),
+        root=printable(str(root)),
         kind=kind,
         class_names=class_names,
         splits=splits,

@@ -254,3 +254,15 @@ def test_the_unzip_root_names_the_folder_that_looks_like_the_dataset(tiny_data: 
     assert f"{tiny_data} looks like the dataset: pass --data {tiny_data}" in line
     check = runner.invoke(app, ["data", "check", "--data", str(unzip_root)])
     assert f"pass --data {tiny_data}" in _one_error_line(check)
+
+
+def test_a_dataset_folder_whose_path_is_not_utf8(tiny_data: Path) -> None:
+    import os
+
+    moved = os.fsencode(tiny_data.parent) + b"/d\xe9"
+    os.rename(os.fsencode(tiny_data), moved)
+    data = os.fsdecode(moved)
+    check = runner.invoke(app, ["data", "check", "--data", data])
+    assert check.exit_code == 0 and "d\\xe9" in check.stdout, check.output
+    line = _one_error_line(runner.invoke(app, ["extract", "-m", "resnet18", "--data", data]))
+    assert "d\\xe9: the name is not valid UTF-8" in line
