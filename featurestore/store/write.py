@@ -29,15 +29,20 @@ def store_lock(path: Path) -> Iterator[None]:
     releases when the process dies, so a killed extraction never leaves a stale lock.
 
     Raises:
-        XrayError: when another process holds the lock.
+        StoreInUseError: when another process holds the lock, or the filesystem cannot lock.
+        XrayError: when the cache folder is not writable.
     """
     import filelock
 
     lock_path = Path(f"{path}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(lock_path, timeout=0)
     try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
+    except PermissionError:
+        raise XrayError(
+            f"no permission to write {lock_path}: pass a --cache folder you can write to"
+        ) from None
     except filelock.Timeout:
         raise StoreInUseError(
             f"another extraction is writing {path} (lock {lock_path} is held): "

@@ -307,6 +307,22 @@ def test_a_lock_the_filesystem_refuses_is_one_line(
         pass
 
 
+def test_a_cache_folder_without_write_permission_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # as in a read-only cache folder (even as root)
+    with (
+        pytest.raises(XrayError, match=r"no permission to write .*s\.h5\.lock.*--cache"),
+        store_lock(tmp_path / "sub" / "s.h5"),
+    ):
+        pass
+
+
 def test_unreadable_permissions_are_not_called_corrupt(tmp_path: Path) -> None:
     import os
 
