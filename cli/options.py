@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from featurestore.config import (
+    THRESHOLD_HELP,
     ClassWeight,
     Device,
     FeatureDtype,
@@ -70,5 +71,12 @@ ConfigOpt = Annotated[
         help="Repeat a run: its config.json (or run folder) gives every option not given "
         "on the command line.",
         show_default=False,
+    ),
+]
+ThresholdOpt = Annotated[
+    str,
+    typer.Option(
+        "--threshold",
+        help=f"Operating point, chosen on validation only: {THRESHOLD_HELP}.",
     ),
 ]

@@ -28,6 +28,7 @@ from .options import (
     RunsDir,
     SeedOpt,
     SeedsOpt,
+    ThresholdOpt,
     WeightsOpt,
 )
 
@@ -125,6 +126,7 @@ def fit_head(
         ClassWeight,
         typer.Option("--class-weight", help="Loss weights from the train labels, or none."),
     ] = ClassWeight(_HEAD.train.class_weight),
+    threshold_policy: ThresholdOpt = _HEAD.train.threshold_policy,
     seed: SeedOpt = _HEAD.train.seed,
     seeds: SeedsOpt = _HEAD.seeds,
     device: DeviceOpt = Device(_HEAD.train.device),
@@ -140,6 +142,7 @@ def fit_head(
 
     * `xray fit-head`
     * `xray fit-head --model resnet50 --head mlp --seed 1`
+    * `xray fit-head --threshold sensitivity:0.95` (the operating point, chosen on validation)
     * `xray fit-head --store cache/chest_xray/densenet121-imagenet-224px.h5 --json`
     * `xray fit-head --config runs/20261128-101500-resnet50-frozen-s0 --seed 1`
     """
@@ -154,6 +157,7 @@ def fit_head(
         patience=given["patience"],
         monitor=str(given["monitor"]),  # type: ignore[arg-type]
         class_weight=str(given["class_weight"]),  # type: ignore[arg-type]
+        threshold_policy=given["threshold_policy"],
         seed=given["seed"],
         device=str(given["device"]),  # type: ignore[arg-type]
     )
@@ -216,6 +220,7 @@ def finetune(
         ClassWeight,
         typer.Option("--class-weight", help="Loss weights from the train labels, or none."),
     ] = ClassWeight(_FT.train.class_weight),
+    threshold_policy: ThresholdOpt = _FT.train.threshold_policy,
     seed: SeedOpt = _FT.train.seed,
     seeds: SeedsOpt = _FT.seeds,
     resume: Annotated[
@@ -258,6 +263,7 @@ def finetune(
         patience=given["patience"],
         monitor=str(given["monitor"]),  # type: ignore[arg-type]
         class_weight=str(given["class_weight"]),  # type: ignore[arg-type]
+        threshold_policy=given["threshold_policy"],
         seed=given["seed"],
         backbone_lr_mult=given["backbone_lr_mult"],
         device=str(given["device"]),  # type: ignore[arg-type]
@@ -286,6 +292,7 @@ def finetune(
 REPEATABLE = (
     "model", "head", "epochs", "lr", "batch_size", "patience", "monitor", "class_weight",
     "seed", "device", "weights", "freeze", "backbone_lr_mult", "image_size", "augment", "hflip",
+    "threshold_policy",
 )  # fmt: skip
 
 

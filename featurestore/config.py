@@ -73,7 +73,43 @@ HEAD_KINDS = values(HeadKind)
 FEATURE_DTYPES = values(FeatureDtype)
 RESAMPLE_UNITS = values(Resample)
 SCHEDULES = ("cosine", "constant")
-THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "f1", "fixed")
+THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "f1", "sensitivity", "specificity", "fixed")
+"""Kinds of operating point; `sensitivity`, `specificity` and `fixed` take a value (`kind:0.95`)."""
+TARGETED_POLICIES: tuple[str, ...] = ("sensitivity", "specificity", "fixed")
+THRESHOLD_HELP = "youden, f1, sensitivity:0.95, specificity:0.90 or fixed:0.5"
+
+
+def parse_threshold_policy(policy: str) -> tuple[str, float | None]:
+    """`"sensitivity:0.95"` -> ("sensitivity", 0.95); `"youden"` -> ("youden", None).
+
+    `fixed` alone means `fixed:0.5` (the policy's meaning before it took a value). Targets of
+    sensitivity and specificity lie in (0, 1]; a fixed threshold in [0, 1].
+
+    Raises:
+        XrayError: for an unknown kind, a missing or extra value, or a value out of range.
+    """
+    kind, sep, raw = str(policy).strip().partition(":")
+    bad = f"unknown threshold policy {policy!r}; choose one of: {THRESHOLD_HELP}"
+    if kind not in THRESHOLD_POLICIES:
+        raise XrayError(bad)
+    if kind == "fixed" and not sep:
+        return "fixed", 0.5
+    if kind not in TARGETED_POLICIES:
+        if sep:
+            raise XrayError(f"threshold policy {kind} takes no value, got {policy!r}")
+        return kind, None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise XrayError(
+            f"threshold policy {kind} needs a number, as in {kind}:0.9; got {policy!r}"
+        ) from None
+    low_ok = value >= 0.0 if kind == "fixed" else value > 0.0
+    if not (low_ok and value <= 1.0):
+        span = "[0, 1]" if kind == "fixed" else "(0, 1]"
+        raise XrayError(f"the value of threshold policy {kind} must lie in {span}, got {value}")
+    return kind, value
+
 
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -118,7 +154,9 @@ class TrainConfig:
     backbone_lr_mult: float = 1.0
     """Backbone (`trunk.*`) parameters train at lr * this factor."""
     threshold_policy: str = "youden"
-    """How the decision threshold is chosen on validation: youden, f1 or fixed (0.5)."""
+    """How the decision threshold is chosen on validation: youden (max sensitivity +
+    specificity - 1), f1, sensitivity:T (the highest threshold reaching sensitivity >= T),
+    specificity:T (the lowest reaching specificity >= T) or fixed:T (fixed alone is 0.5)."""
     amp: bool = True
     """Mixed precision on CUDA (bfloat16 where supported); ignored on CPU."""
     device: DeviceName = "auto"
@@ -148,11 +186,6 @@ class TrainConfig:
                 f"--backbone-lr-mult must be >= 0, got {self.backbone_lr_mult}",
             ),
             (
-                self.threshold_policy in THRESHOLD_POLICIES,
-                f"unknown threshold policy {self.threshold_policy!r}; "
-                f"choose one of: {', '.join(THRESHOLD_POLICIES)}",
-            ),
-            (
                 self.device in DEVICES,
                 f"--device must be auto, cpu or cuda, got {self.device!r}",
             ),
@@ -160,6 +193,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise XrayError(message)
+        parse_threshold_policy(self.threshold_policy)
 
 
 def seeded(config: TrainConfig, seeds: int) -> list[TrainConfig]:

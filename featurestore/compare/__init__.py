@@ -26,12 +26,23 @@ from featurestore.compare.bootstrap import (
     check_labels,
     paired_bootstrap,
 )
+from featurestore.compare.calibration import (
+    IDENTITY,
+    Calibration,
+    calibration_from_dict,
+    calibration_report,
+    fit_calibration,
+    logit,
+)
 from featurestore.compare.metrics import (
+    CHOOSING_SPLITS,
     PROB_EPS,
     binary_metrics,
+    check_choosing_split,
     choose_threshold,
     evaluate_split,
     expected_calibration_error,
+    operating_point,
 )
 from featurestore.compare.report import (
     METRIC_TITLES,
@@ -51,10 +62,12 @@ from featurestore.compare.stats import (
     majority_baseline,
     mcnemar,
 )
-from featurestore.config import THRESHOLD_POLICIES, CompareConfig
+from featurestore.config import THRESHOLD_POLICIES, CompareConfig, parse_threshold_policy
 
 __all__ = [
     "BOOT_METRICS",
+    "CHOOSING_SPLITS",
+    "IDENTITY",
     "METRIC_TITLES",
     "PROB_EPS",
     "TABLE_METRICS",
@@ -64,6 +77,7 @@ __all__ = [
     "THRESHOLD_TITLES",
     "BootMetric",
     "BootstrapResult",
+    "Calibration",
     "CompareConfig",
     "Comparison",
     "DeLongResult",
@@ -77,6 +91,9 @@ __all__ = [
     "binary_metrics",
     "bootstrap_ci",
     "bootstrap_interval",
+    "calibration_from_dict",
+    "calibration_report",
+    "check_choosing_split",
     "check_labels",
     "choose_threshold",
     "compare_runs",
@@ -84,12 +101,16 @@ __all__ = [
     "delong_roc_test",
     "evaluate_split",
     "expected_calibration_error",
+    "fit_calibration",
     "fmt_interval",
     "fmt_p",
     "json_safe",
+    "logit",
     "majority_baseline",
     "mcnemar",
+    "operating_point",
     "paired_bootstrap",
+    "parse_threshold_policy",
     "render_html",
     "render_markdown",
     "write_report",

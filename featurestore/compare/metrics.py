@@ -19,8 +19,12 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from featurestore.config import THRESHOLD_POLICIES
+from featurestore.config import parse_threshold_policy
 from featurestore.errors import XrayError
+
+CHOOSING_SPLITS: tuple[str, ...] = ("val", "calibration")
+"""Where an operating point or a recalibration may be chosen: validation, or a local
+calibration subset taken out of an external dataset by patient. Never the split reported."""
 
 PROB_EPS = 1e-7
 """Probabilities are clipped to [eps, 1 - eps] for the cross-entropy, so a confident mistake
@@ -144,34 +148,109 @@ def _closest_to_half(scores: np.ndarray, thresholds: np.ndarray) -> float:
     return float(candidates[np.argmin(np.abs(candidates - 0.5))])
 
 
-def choose_threshold(
-    y_true: np.ndarray, p_pos: np.ndarray, *, policy: str = "youden", positive_index: int = 1
-) -> float:
-    """Pick a decision threshold on validation: "youden" (max TPR - FPR), "f1", or "fixed" 0.5.
+def check_choosing_split(split: str, what: str = "a threshold") -> None:
+    """Refuse to choose anything on a split that is reported (test, or an external split).
 
-    y_true holds class indices (0/1). Ties go to the threshold closest to 0.5; a split with one
-    class only gives 0.5.
+    Raises:
+        XrayError: unless `split` is one of CHOOSING_SPLITS.
     """
-    if policy not in THRESHOLD_POLICIES:
+    if split not in CHOOSING_SPLITS:
         raise XrayError(
-            f"unknown threshold policy {policy!r}; choose one of: {', '.join(THRESHOLD_POLICIES)}"
+            f"{what} is chosen on validation (or a local calibration set), never on the "
+            f"{split!r} split it would be judged on"
         )
+
+
+def choose_threshold(
+    y_true: np.ndarray,
+    p_pos: np.ndarray,
+    *,
+    policy: str = "youden",
+    positive_index: int = 1,
+    split: str = "val",
+) -> float:
+    """Pick a decision threshold (predict positive when p >= it) on validation.
+
+    Policies: "youden" (max TPR - FPR; Youden 1950, Cancer 3:32), "f1" (max positive-class F1),
+    "sensitivity:T" (the highest threshold whose sensitivity is >= T, so specificity is the
+    best that target allows), "specificity:T" (the lowest threshold whose specificity is >= T,
+    so sensitivity is the best allowed), "fixed:T" (T; "fixed" alone is 0.5). y_true holds class
+    indices (0/1). Ties of youden and f1 go to the threshold closest to 0.5; a split with one
+    class only gives 0.5 (fixed: its T). Candidates are the split's own scores, so a target
+    reached here is reached exactly on this split.
+
+    Raises:
+        XrayError: for an unknown policy, or when `split` is not validation or calibration.
+    """
+    kind, target = parse_threshold_policy(policy)
+    check_choosing_split(split)
     if positive_index not in (0, 1):
         raise ValueError(f"positive_index must be 0 or 1, got {positive_index}")
     labels, p = _check_inputs(y_true, p_pos, 2)
     y = (labels == positive_index).astype(np.int64)  # (N,) 1 = positive class
-    if policy == "fixed" or not 0 < int(y.sum()) < y.size:
+    if kind == "fixed":
+        assert target is not None
+        return float(target)
+    if not 0 < int(y.sum()) < y.size:
         return 0.5
-    if policy == "youden":
+    if kind in ("youden", "sensitivity", "specificity"):
         # drop_intermediate=False keeps every distinct score, so tie-breaking sees all candidates.
+        # thresholds descend; tpr and fpr rise with the index.
         fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
         # The first threshold is +inf (predict nothing positive); as a probability that is 1.0.
-        return _closest_to_half(tpr - fpr, np.minimum(thresholds, 1.0))
+        thresholds = np.minimum(thresholds, 1.0)
+        if kind == "youden":
+            return _closest_to_half(tpr - fpr, thresholds)
+        assert target is not None
+        if kind == "sensitivity":
+            # tpr reaches 1 at the last index, so some index qualifies for any target <= 1.
+            return float(thresholds[np.flatnonzero(tpr >= target - 1e-12)[0]])
+        # fpr is 0 at the first index, so some index qualifies for any target <= 1.
+        return float(thresholds[np.flatnonzero(fpr <= 1.0 - target + 1e-12)[-1]])
     precision, recall, thresholds = precision_recall_curve(y, p)
     precision, recall = precision[:-1], recall[:-1]  # the last (1, 0) point has no threshold
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
     return _closest_to_half(f1, thresholds)
+
+
+def operating_point(
+    y_true: np.ndarray,
+    p_pos: np.ndarray,
+    *,
+    policy: str = "youden",
+    positive_index: int = 1,
+    split: str = "val",
+) -> dict[str, Any]:
+    """The threshold a policy picks on `split` and what it reached there (metrics.json's
+    `threshold`): {"policy", "value", "chosen_on", "reached": {"sensitivity", "specificity",
+    "youden_j", "f1_positive"}}. A reached value is None where undefined (one class only).
+
+    Raises:
+        XrayError: as `choose_threshold`.
+    """
+    value = choose_threshold(
+        y_true, p_pos, policy=policy, positive_index=positive_index, split=split
+    )
+    labels, p = _check_inputs(y_true, p_pos, 2)
+    y = labels == positive_index  # (N,) bool
+    pred = p >= value  # (N,) bool
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    tp, fp = int(np.sum(pred & y)), int(np.sum(pred & ~y))
+    sens = tp / n_pos if n_pos else None
+    spec = (n_neg - fp) / n_neg if n_neg else None
+    f1 = 2 * tp / (tp + n_pos + fp) if (tp + n_pos + fp) else None
+    return {
+        "policy": policy,
+        "value": float(value),
+        "chosen_on": split,
+        "reached": {
+            "sensitivity": sens,
+            "specificity": spec,
+            "youden_j": None if sens is None or spec is None else sens + spec - 1.0,
+            "f1_positive": f1,
+        },
+    }
 
 
 def evaluate_split(

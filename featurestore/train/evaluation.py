@@ -44,14 +44,17 @@ class FitResult:
     stopped_early: bool
     seconds_per_epoch: float
     threshold: dict[str, Any]
-    """{"policy": str, "value": float, "ran": bool, "note": str | None}, chosen on validation;
-    `ran` is False when the policy could not run (one-class validation: 0.5 is used)."""
+    """{"policy": str, "value": float, "ran": bool, "note": str | None, "chosen_on": "val",
+    "reached": {...}}, chosen on validation; `ran` is False when the policy could not run
+    (one-class validation: 0.5 is used); `reached` is what the threshold gives on val."""
     val: dict[str, Any]
     test: dict[str, Any]
     predictions: dict[str, SplitPredictions] = field(default_factory=dict)
     selection: dict[str, Any] = field(default_factory=dict)
     """{"requested": monitor asked for, "used": monitor that selected the best epoch,
     "note": why they differ or None}."""
+    calibration: dict[str, Any] | None = None
+    """Platt scaling fitted on val, with ECE/Brier before and after on val and test."""
 
     def timing_json(self) -> dict[str, Any]:
         """timing.json: wall-clock figures, kept apart so metrics.json repeats exactly."""
@@ -67,6 +70,7 @@ class FitResult:
             "threshold": self.threshold,
             "val": self.val,
             "test": self.test,
+            **({"calibration": self.calibration} if self.calibration is not None else {}),
         }
 
 
@@ -131,15 +135,22 @@ def conclude(
     A validation split of one class cannot run a threshold policy: 0.5 is used and
     metrics.json says so (`threshold.ran` False, with a note), never a silent 0.5.
     """
-    from featurestore.compare import choose_threshold, evaluate_split
+    from featurestore.compare import (
+        calibration_report,
+        evaluate_split,
+        fit_calibration,
+        operating_point,
+        parse_threshold_policy,
+    )
 
     pos = source.positive_index
     common = {"class_names": source.class_names, "positive_index": pos}
     p_val, y_val, loss_val = evaluate(model, source, "val")
     # The threshold sees validation only; test is evaluated after it is fixed, exactly once.
-    threshold = choose_threshold(y_val, p_val, policy=config.threshold_policy, positive_index=pos)
+    point = operating_point(y_val, p_val, policy=config.threshold_policy, positive_index=pos)
+    threshold = point["value"]
     n_pos = int((y_val == pos).sum())
-    ran = config.threshold_policy == "fixed" or 0 < n_pos < len(y_val)
+    ran = parse_threshold_policy(config.threshold_policy)[0] == "fixed" or 0 < n_pos < len(y_val)
     note = None
     if not ran:
         only = source.class_names[int(y_val[0])]
@@ -157,6 +168,12 @@ def conclude(
             raise RuntimeError(f"{split}: records() order differs from batches(shuffle=False)")
         pred = np.where(p >= threshold, pos, 1 - pos).astype(np.int64)
         predictions[split] = SplitPredictions(keys, groups, labels, p, pred)
+    # Recalibration is fitted on val and stored beside the raw outputs; predictions.csv and the
+    # metrics above stay those of the model itself.
+    calibration = fit_calibration(y_val, p_val, positive_index=pos, split="val")
+    calibrated = calibration_report(
+        calibration, {"val": (y_val, p_val), "test": (y_test, p_test)}, positive_index=pos
+    )
     return FitResult(
         best_state=best_state,
         history=history,
@@ -165,13 +182,16 @@ def conclude(
         stopped_early=stopped_early,
         seconds_per_epoch=seconds_per_epoch,
         threshold={
-            "policy": config.threshold_policy,
+            "policy": point["policy"],
             "value": float(threshold),
             "ran": ran,
             "note": note,
+            "chosen_on": point["chosen_on"],
+            "reached": point["reached"],
         },
         val=val,
         test=test,
         predictions=predictions,
         selection=selection or {"requested": config.monitor, "used": config.monitor, "note": None},
+        calibration=calibrated,
     )

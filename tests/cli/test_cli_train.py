@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import extract_tiny_store, write_tiny_dataset
@@ -123,6 +124,46 @@ def test_fit_head_refuses_bad_options(tmp_path: Path, args: list[str], message: 
     result = runner.invoke(app, ["fit-head", "--cache", str(tmp_path), *args])
     assert result.exit_code == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("policy", ["sensitivity:0.95", "specificity:0.9", "f1", "fixed:0.4"])
+def test_fit_head_threshold_policy_is_chosen_on_val_and_recorded(
+    store_env, tmp_path: Path, policy: str
+) -> None:  # type: ignore[no-untyped-def]
+    result = runner.invoke(
+        app,
+        ["fit-head", "--store", str(store_env["store"]), "--runs", str(tmp_path), "--epochs",
+         "2", "--threshold", policy, "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run = load_run(Path(json.loads(result.stdout)["runs"][0]))
+    point = run.metrics["threshold"]
+    assert point["policy"] == policy and point["chosen_on"] == "val"
+    assert run.config["threshold_policy"] == policy
+    val = run.split_predictions("val")
+    y, p = val["label"] == 1, val["probability"]
+    reached_sens = float(((p >= point["value"]) & y).sum() / y.sum())
+    assert point["reached"]["sensitivity"] == pytest.approx(reached_sens)
+    assert run.metrics["val"]["at_threshold"]["threshold"] == point["value"]
+    if policy == "sensitivity:0.95":
+        assert reached_sens >= 0.95
+    if policy == "fixed:0.4":
+        assert point["value"] == 0.4
+    # The prediction column is at the chosen threshold on both val and test.
+    for split in ("val", "test"):
+        rows = run.split_predictions(split)
+        assert np.array_equal(rows["prediction"], (rows["probability"] >= point["value"]) * 1)
+    # Recalibration fitted on val is stored with the run: ECE before and after.
+    cal = run.metrics["calibration"]
+    assert cal["fitted_on"] == "val" and cal["val"]["ece_after"] <= cal["val"]["ece_before"]
+
+
+@pytest.mark.parametrize("policy", ["sensitivity", "sensitivity:1.5", "median"])
+def test_fit_head_refuses_a_bad_threshold_policy(tmp_path: Path, policy: str) -> None:
+    result = runner.invoke(app, ["fit-head", "--cache", str(tmp_path), "--threshold", policy])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error:") and "threshold policy" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_fit_head_with_an_empty_cache_says_what_to_do(tmp_path: Path) -> None:

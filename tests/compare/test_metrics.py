@@ -13,8 +13,12 @@ from featurestore.compare import (
     choose_threshold,
     evaluate_split,
     expected_calibration_error,
+    fit_calibration,
+    operating_point,
+    parse_threshold_policy,
 )
 from featurestore.errors import XrayError
+from featurestore.train import TrainConfig
 
 # Ten images, NORMAL=0, PNEUMONIA=1 (positive). No probability sits on a 0.1 bin edge, so the
 # ECE bins below are unambiguous in floating point.
@@ -195,7 +199,7 @@ def test_positive_index_zero_in_threshold_choice() -> None:
 
 
 def test_unknown_policy_lists_the_policies() -> None:
-    with pytest.raises(XrayError, match="youden, f1, fixed"):
+    with pytest.raises(XrayError, match=r"youden, f1, sensitivity:0\.95"):
         choose_threshold(Y10, P10, policy="median")
 
 
@@ -214,3 +218,82 @@ def test_unhappy_inputs() -> None:
         binary_metrics(Y10 + 1, P10)
     with pytest.raises(ValueError, match="threshold"):
         binary_metrics(Y10, P10, threshold=1.5)
+
+
+def _noisy_scores(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (n,) and overlapping scores in [0, 1] (n,): no threshold separates them."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = 1 / (1 + np.exp(-(1.2 * (2 * y - 1) + rng.normal(0, 1.3, n))))
+    return y, p
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 0.99, 1.0])
+def test_sensitivity_policy_reaches_its_target_with_the_best_specificity(target: float) -> None:
+    y, p = _noisy_scores()
+    t = choose_threshold(y, p, policy=f"sensitivity:{target}")
+    sens = np.mean(p[y == 1] >= t)
+    assert sens >= target
+    # The next higher candidate (the smallest score above t) misses the target: t is the
+    # highest threshold reaching it, so no other threshold gives a better specificity.
+    above = p[p > t]
+    if above.size:
+        assert np.mean(p[y == 1] >= above.min()) < target
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 1.0])
+def test_specificity_policy_reaches_its_target_with_the_best_sensitivity(target: float) -> None:
+    y, p = _noisy_scores(seed=1)
+    t = choose_threshold(y, p, policy=f"specificity:{target}")
+    assert np.mean(p[y == 0] < t) >= target
+    below = p[p < t]
+    if below.size:
+        assert np.mean(p[y == 0] < below.max()) < target
+
+
+def test_fixed_policy_takes_its_value_and_fixed_alone_is_half() -> None:
+    assert choose_threshold(Y10, P10, policy="fixed:0.3") == 0.3
+    assert choose_threshold(Y10, P10, policy="fixed") == 0.5
+    assert parse_threshold_policy("fixed") == ("fixed", 0.5)
+    assert parse_threshold_policy("sensitivity:0.95") == ("sensitivity", 0.95)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    ["sensitivity", "specificity:", "sensitivity:high", "sensitivity:0", "specificity:1.2",
+     "fixed:-0.1", "youden:0.5", "f1:1", "recall:0.9"],
+)  # fmt: skip
+def test_malformed_policies_are_one_line_errors(policy: str) -> None:
+    with pytest.raises(XrayError, match="threshold policy"):
+        choose_threshold(Y10, P10, policy=policy)
+    with pytest.raises(XrayError, match="threshold policy"):
+        TrainConfig(threshold_policy=policy)
+
+
+@pytest.mark.parametrize("split", ["test", "external", "train"])
+def test_nothing_is_chosen_on_a_split_that_is_reported(split: str) -> None:
+    with pytest.raises(XrayError, match="never on"):
+        choose_threshold(Y10, P10, policy="youden", split=split)
+    with pytest.raises(XrayError, match="never on"):
+        operating_point(Y10, P10, policy="fixed:0.5", split=split)
+    with pytest.raises(XrayError, match="never on"):
+        fit_calibration(Y10, P10, split=split)
+
+
+@pytest.mark.parametrize(
+    "policy", ["youden", "f1", "sensitivity:0.95", "specificity:0.9", "fixed:0.5"]
+)
+def test_operating_point_records_what_the_policy_reached(policy: str) -> None:
+    y, p = _noisy_scores(seed=2)
+    point = operating_point(y, p, policy=policy)
+    assert point["policy"] == policy and point["chosen_on"] == "val"
+    m = binary_metrics(y, p, threshold=point["value"])
+    reached = point["reached"]
+    assert reached["sensitivity"] == pytest.approx(m["sensitivity"])
+    assert reached["specificity"] == pytest.approx(m["specificity"])
+    assert reached["f1_positive"] == pytest.approx(m["f1_positive"])
+    assert reached["youden_j"] == pytest.approx(m["sensitivity"] + m["specificity"] - 1)
+    if policy.startswith("sensitivity"):
+        assert reached["sensitivity"] >= 0.95
+    if policy.startswith("specificity"):
+        assert reached["specificity"] >= 0.9

@@ -92,9 +92,10 @@ def test_threshold_is_chosen_on_validation_and_test_is_scored_once(monkeypatch) 
 
     src = separable()
     seen: list[tuple[np.ndarray, np.ndarray]] = []
-    real_choose = compare.choose_threshold
+    real_choose = compare.operating_point
 
     def spy(y, p, **kw):  # type: ignore[no-untyped-def]
+        assert kw.get("split", "val") == "val"
         seen.append((np.asarray(y).copy(), np.asarray(p).copy()))
         return real_choose(y, p, **kw)
 
@@ -105,7 +106,7 @@ def test_threshold_is_chosen_on_validation_and_test_is_scored_once(monkeypatch) 
         calls.append(split)
         return real_batches(split, **kw)
 
-    monkeypatch.setattr(compare, "choose_threshold", spy)
+    monkeypatch.setattr(compare, "operating_point", spy)
     monkeypatch.setattr(src, "batches", counting)
     torch.manual_seed(0)
     result = fit(build_head("linear", 6, 2), src, replace(FAST, epochs=3))
@@ -114,11 +115,12 @@ def test_threshold_is_chosen_on_validation_and_test_is_scored_once(monkeypatch) 
     assert np.array_equal(y_seen, src.records("val")[2])
     assert np.allclose(p_seen, result.predictions["val"].probabilities)
     assert calls.count("test") == 1
-    assert result.threshold == {
+    assert {k: result.threshold[k] for k in ("policy", "value", "ran", "note", "chosen_on")} == {
         "policy": "youden",
         "value": pytest.approx(result.val["at_threshold"]["threshold"]),
         "ran": True,
         "note": None,
+        "chosen_on": "val",
     }
 
 

@@ -1,0 +1,143 @@
+"""Recalibration of P(positive): Platt scaling on the logit, fitted on validation only."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from featurestore.compare.metrics import (
+    PROB_EPS,
+    check_choosing_split,
+    expected_calibration_error,
+)
+from featurestore.errors import XrayError
+
+PLATT_C = 1e4
+"""Inverse L2 strength on the scale: almost unpenalised, yet finite on a separable split."""
+
+
+def logit(p_pos: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of (N,) probabilities clipped to [eps, 1 - eps] (finite everywhere).
+
+    For a two-class softmax this is z_pos - z_neg, the head's own logit difference.
+    """
+    p = np.clip(np.asarray(p_pos, dtype=np.float64), PROB_EPS, 1.0 - PROB_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """p' = sigmoid(scale * logit(p) + bias): Platt scaling on a binary head's logit.
+
+    Platt (1999), "Probabilistic outputs for support vector machines", with the logit as the
+    score; temperature scaling (Guo et al. 2017, ICML) is the special case bias = 0 and
+    scale = 1 / T. A fitted scale and bias that would make validation ECE worse are replaced
+    by the identity (method "identity"), so recalibration never degrades the split it saw.
+    """
+
+    method: str
+    """"platt", or "identity" when the fit was not kept (see `note`)."""
+    scale: float
+    bias: float
+    fitted_on: str
+    """The split it was fitted on: "val" or "calibration" (never one that is reported)."""
+    n: int
+    """Images it was fitted on."""
+    note: str = ""
+
+    @property
+    def temperature(self) -> float:
+        """1 / scale: the temperature of the logit (inf when the scale is 0)."""
+        return float("inf") if self.scale == 0 else 1.0 / self.scale
+
+    def apply(self, p_pos: np.ndarray) -> np.ndarray:
+        """(N,) P(positive) -> (N,) recalibrated P(positive), float64."""
+        if self.method == "identity":
+            return np.asarray(p_pos, dtype=np.float64)
+        z = self.scale * logit(p_pos) + self.bias
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["temperature"] = self.temperature
+        return out
+
+
+IDENTITY = Calibration("identity", 1.0, 0.0, "val", 0, "not fitted")
+
+
+def fit_calibration(
+    y_true: np.ndarray, p_pos: np.ndarray, *, positive_index: int = 1, split: str = "val"
+) -> Calibration:
+    """Fit Platt scaling (scale, bias on the logit) by maximum likelihood on one split.
+
+    y_true holds class indices (N,); p_pos the uncalibrated P(positive) (N,). A split with one
+    class gives the identity (nothing to fit). scikit-learn's LogisticRegression does the fit.
+
+    Raises:
+        XrayError: when `split` is not validation or a local calibration set.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    check_choosing_split(split, "a recalibration")
+    y = (np.asarray(y_true) == positive_index).astype(np.int64)  # (N,)
+    p = np.asarray(p_pos, dtype=np.float64)
+    if y.shape != p.shape or y.ndim != 1 or y.size == 0:
+        raise ValueError(f"y_true and p_pos must be non-empty 1-D of equal length: {y.shape}")
+    if not np.isfinite(p).all():
+        raise XrayError("predicted probabilities contain NaN/inf; retrain with a lower --lr")
+    if not 0 < int(y.sum()) < y.size:
+        return Calibration("identity", 1.0, 0.0, split, int(y.size), "one class only")
+    z = logit(p)[:, None]  # (N, 1)
+    model = LogisticRegression(C=PLATT_C, max_iter=1000).fit(z, y)
+    fitted = Calibration(
+        "platt", float(model.coef_[0, 0]), float(model.intercept_[0]), split, int(y.size)
+    )
+    before = expected_calibration_error(y, p)
+    after = expected_calibration_error(y, fitted.apply(p))
+    if after > before + 1e-12:
+        note = f"the fit raised {split} ECE from {before:.4f} to {after:.4f}; kept the identity"
+        return Calibration("identity", 1.0, 0.0, split, int(y.size), note)
+    return fitted
+
+
+def calibration_report(
+    calibration: Calibration,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    positive_index: int = 1,
+) -> dict[str, Any]:
+    """metrics.json's `calibration`: the fit plus ECE and Brier before/after on each split.
+
+    `splits` maps a split name to (labels (N,), uncalibrated P(positive) (N,)).
+    """
+    out = calibration.as_dict()
+    for name, (labels, p) in splits.items():
+        y = (np.asarray(labels) == positive_index).astype(np.float64)
+        q = calibration.apply(p)
+        out[name] = {
+            "ece_before": expected_calibration_error(y, p),
+            "ece_after": expected_calibration_error(y, q),
+            "brier_before": float(np.mean((np.asarray(p, dtype=np.float64) - y) ** 2)),
+            "brier_after": float(np.mean((q - y) ** 2)),
+        }
+    return out
+
+
+def calibration_from_dict(doc: Any) -> Calibration:
+    """A Calibration read back from metrics.json; the identity when absent (older runs)."""
+    if not isinstance(doc, dict):
+        return IDENTITY
+    try:
+        return Calibration(
+            str(doc["method"]),
+            float(doc["scale"]),
+            float(doc["bias"]),
+            str(doc.get("fitted_on", "val")),
+            int(doc.get("n", 0)),
+            str(doc.get("note", "")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise XrayError(f"malformed calibration in metrics.json ({exc})") from None

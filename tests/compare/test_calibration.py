@@ -1,0 +1,88 @@
+"""featurestore.compare.calibration: Platt scaling fitted on validation, ECE not worse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from featurestore.compare import (
+    IDENTITY,
+    calibration_from_dict,
+    calibration_report,
+    expected_calibration_error,
+    fit_calibration,
+    logit,
+)
+from featurestore.errors import XrayError
+
+
+def _overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from a true logit z, scores from 3 z + 1: overconfident and shifted."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    p = 1 / (1 + np.exp(-(3 * z + 1)))
+    return y, p
+
+
+def test_platt_recovers_the_distortion_and_lowers_ece() -> None:
+    y, p = _overconfident(4000, seed=0)
+    cal = fit_calibration(y, p)
+    assert cal.method == "platt" and cal.fitted_on == "val" and cal.n == 4000
+    # True logit z = (logit(p) - 1) / 3: scale 1/3, bias -1/3, temperature 3.
+    assert cal.scale == pytest.approx(1 / 3, abs=0.05)
+    assert cal.bias == pytest.approx(-1 / 3, abs=0.1)
+    assert cal.temperature == pytest.approx(3, abs=0.5)
+    assert expected_calibration_error(y, cal.apply(p)) < 0.5 * expected_calibration_error(y, p)
+    # Fitted on one sample, it helps on another from the same site.
+    y2, p2 = _overconfident(4000, seed=1)
+    assert expected_calibration_error(y2, cal.apply(p2)) < expected_calibration_error(y2, p2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_validation_ece_is_never_worse_after_recalibration(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 200))
+    y = rng.integers(0, 2, n)
+    p = np.clip(rng.random(n) * 0.6 + 0.4 * y, 0, 1)  # arbitrary scores, some calibrated-ish
+    cal = fit_calibration(y, p)
+    assert expected_calibration_error(y, cal.apply(p)) <= expected_calibration_error(y, p) + 1e-12
+
+
+def test_apply_is_monotone_so_the_ranking_and_auc_stay() -> None:
+    y, p = _overconfident(500, seed=3)
+    q = fit_calibration(y, p).apply(p)
+    assert np.array_equal(np.argsort(p, kind="stable"), np.argsort(q, kind="stable"))
+
+
+def test_one_class_split_gives_the_identity() -> None:
+    cal = fit_calibration(np.ones(5, int), np.linspace(0.1, 0.9, 5))
+    assert cal.method == "identity" and cal.note == "one class only"
+    assert np.array_equal(cal.apply(np.array([0.2, 0.7])), [0.2, 0.7])
+
+
+def test_logit_is_finite_at_zero_and_one() -> None:
+    z = logit(np.array([0.0, 0.5, 1.0]))
+    assert np.all(np.isfinite(z)) and z[1] == 0.0 and z[0] == pytest.approx(-z[2])
+
+
+def test_report_and_round_trip() -> None:
+    y, p = _overconfident(300, seed=4)
+    cal = fit_calibration(y, p, split="calibration")
+    doc = calibration_report(cal, {"val": (y, p)})
+    assert doc["fitted_on"] == "calibration"
+    assert doc["val"]["ece_after"] <= doc["val"]["ece_before"]
+    assert doc["val"]["brier_before"] == pytest.approx(np.mean((p - y) ** 2))
+    back = calibration_from_dict(doc)
+    assert back == cal
+    assert calibration_from_dict(None) == IDENTITY
+    with pytest.raises(XrayError, match="malformed"):
+        calibration_from_dict({"method": "platt"})
+
+
+def test_positive_index_zero() -> None:
+    y, p = _overconfident(1000, seed=5)
+    # The same data with the classes swapped: P(class 1) = 1 - p, positive class 0.
+    a = fit_calibration(y, p)
+    b = fit_calibration(1 - y, p, positive_index=0)
+    assert a.scale == pytest.approx(b.scale) and a.bias == pytest.approx(b.bias)
