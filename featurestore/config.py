@@ -294,6 +294,52 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """External validation (`xray evaluate`): a trained run scored on another dataset."""
+
+    split: Literal["train", "val", "test"] = "test"
+    """The other dataset's split that is scored (and reported)."""
+    threshold_policy: str | None = None
+    """None: the run's own threshold. A policy (as `--threshold`): chosen again on the run's
+    validation predictions, or on the local calibration patients with `recalibrate`."""
+    recalibrate: int = 0
+    """Patients of the evaluated split taken out (seeded) to refit the recalibration and the
+    threshold on the other site's data; 0: the run's own, fitted on its validation set."""
+    n_boot: int = 2000
+    """Bootstrap resamples per interval."""
+    alpha: float = 0.05
+    """1 - confidence level of the intervals."""
+    seed: int = 0
+    """Seed of the bootstrap and of the calibration patients."""
+    batch_size: int = 32
+    """Images per forward pass."""
+    workers: int | None = None
+    """Decoding processes of extraction (frozen runs); None: as `xray extract` chooses."""
+    device: DeviceName = "auto"
+    """"auto" uses CUDA when available."""
+    out_dir: Path = Path("evaluations")
+    """Where evaluation folders are written (compare reads them like runs)."""
+    store_dir: Path = Path("evaluations/stores")
+    """Feature stores of external datasets (kept apart from cache/, which fit-head trains on)."""
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "val", "test"):
+            raise XrayError(f"--split must be train, val or test, got {self.split!r}")
+        if self.threshold_policy is not None:
+            parse_threshold_policy(self.threshold_policy)
+        if self.recalibrate < 0:
+            raise XrayError(f"--recalibrate must be 0 or more patients, got {self.recalibrate}")
+        if self.n_boot < 100:
+            raise XrayError(f"--bootstrap needs at least 100 resamples, got {self.n_boot}")
+        if not 0.0 < self.alpha < 0.5:
+            raise XrayError(f"alpha must lie in (0, 0.5), got {self.alpha}")
+        if self.batch_size < 1:
+            raise XrayError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.device not in DEVICES:
+            raise XrayError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """The study behind `xray demo`; the defaults finish in minutes on a 2-core CPU."""
 

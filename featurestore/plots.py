@@ -93,6 +93,29 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> No
     save_figure(fig, path)
 
 
+def plot_reliability(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, n_bins: int = 10
+) -> None:
+    """Reliability diagram per curve from (y_positive, p_positive): observed frequency of the
+    positive class against the mean predicted probability in 10 equal-width bins (the bins of
+    the ECE), with the diagonal of perfect calibration."""
+    from sklearn.calibration import calibration_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for label, (y, p) in curves.items():
+        observed, predicted = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
+        ax.plot(predicted, observed, "o-", label=label)
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed frequency of the positive class")
+    ax.set_title("reliability")
+    ax.legend(loc="upper left")
+    _save(fig, path)
+
+
 def write_plots(
     folder: Path, result: FitResult, *, class_names: Sequence[str], positive_index: int
 ) -> None:

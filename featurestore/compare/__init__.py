@@ -34,6 +34,12 @@ from featurestore.compare.calibration import (
     fit_calibration,
     logit,
 )
+from featurestore.compare.external import (
+    DIFFERENCE_METRICS,
+    EvaluationResult,
+    calibration_patients,
+    evaluate_run,
+)
 from featurestore.compare.metrics import (
     CHOOSING_SPLITS,
     PROB_EPS,
@@ -67,6 +73,7 @@ from featurestore.config import THRESHOLD_POLICIES, CompareConfig, parse_thresho
 __all__ = [
     "BOOT_METRICS",
     "CHOOSING_SPLITS",
+    "DIFFERENCE_METRICS",
     "IDENTITY",
     "METRIC_TITLES",
     "PROB_EPS",
@@ -81,6 +88,7 @@ __all__ = [
     "CompareConfig",
     "Comparison",
     "DeLongResult",
+    "EvaluationResult",
     "Interval",
     "McNemarResult",
     "PairTest",
@@ -92,6 +100,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_interval",
     "calibration_from_dict",
+    "calibration_patients",
     "calibration_report",
     "check_choosing_split",
     "check_labels",
@@ -99,6 +108,7 @@ __all__ = [
     "compare_runs",
     "delong_ci",
     "delong_roc_test",
+    "evaluate_run",
     "evaluate_split",
     "expected_calibration_error",
     "fit_calibration",

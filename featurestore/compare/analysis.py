@@ -215,7 +215,9 @@ def _run_label(config: dict[str, Any], *, with_seed: bool) -> str:
     if mode == "finetune" and config.get("freeze", "none") != "none":
         extra = f"/freeze={config['freeze']}"
     seed = f" s{config.get('seed', 0)}" if with_seed else ""
-    return f"{config['model']} {mode}{extra}{seed}"
+    evaluation = config.get("evaluation")  # an evaluation folder: say which dataset it scored
+    where = f" on {evaluation['dataset']}" if isinstance(evaluation, dict) else ""
+    return f"{config['model']} {mode}{extra}{where}{seed}"
 
 
 def _run_row(record: RunRecord, config: CompareConfig, *, with_seed: bool) -> RunRow:

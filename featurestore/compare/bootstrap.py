@@ -258,6 +258,24 @@ def bootstrap_interval(
     )
 
 
+def bootstrap_replicates(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    y: np.ndarray,
+    p: np.ndarray,
+    *,
+    groups: np.ndarray | Sequence[str] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> np.ndarray:
+    """(n_boot,) metric(y*, p*) over resamples of images or whole patients; NaN where undefined.
+
+    The replicates behind `bootstrap_interval`, for statistics built from several samples
+    (e.g. the difference between two independent test sets).
+    """
+    yf, (pf,) = check_labels(y, p)
+    return _replicates([(metric, pf)], yf, groups, n_boot, seed)[0]
+
+
 def bootstrap_ci(
     metric: Callable[[np.ndarray, np.ndarray], float],
     y: np.ndarray,

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from featurestore.runs.folder import (
     RUN_FILES,
+    EVALUATION_FILE,
+    EVALUATION_FILES,
+    is_evaluation,
+    write_evaluation,
     PLOT_FILES,
     PREDICTION_COLUMNS,
     INPROGRESS,
@@ -30,6 +34,10 @@ from featurestore.runs.record import (
 )
 
 __all__ = [
+    "EVALUATION_FILE",
+    "EVALUATION_FILES",
+    "is_evaluation",
+    "write_evaluation",
     "HISTORY_COLUMNS",
     "INPROGRESS",
     "Notice",

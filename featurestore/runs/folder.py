@@ -25,6 +25,9 @@ RUN_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "b
 PLOT_FILES = ("curves.png", "confusion.png", "roc.png")
 PREDICTION_COLUMNS = ("split", "key", "patient", "label", "probability", "prediction")
 INPROGRESS = ".inprogress"
+EVALUATION_FILE = "evaluation.json"
+# An evaluation folder (`xray evaluate`) holds what compare reads of a run, without weights.
+EVALUATION_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", EVALUATION_FILE)
 
 # The columns of history.csv, one row per epoch.
 HISTORY_COLUMNS = (
@@ -168,13 +171,71 @@ class RunRecord:
         return {k: v[mask] for k, v in self.predictions.items()}
 
 
+def _required_files(path: Path) -> tuple[str, ...]:
+    """A run folder's files, or an evaluation folder's (marked by evaluation.json)."""
+    return EVALUATION_FILES if (path / EVALUATION_FILE).is_file() else RUN_FILES
+
+
 def is_complete_run(path: Path) -> bool:
-    """A visible folder holding every file of the contract."""
+    """A visible folder holding every file of the contract (of a run or an evaluation)."""
     return (
         path.is_dir()
         and not path.name.startswith(".")
-        and all((path / f).is_file() for f in RUN_FILES)
+        and all((path / f).is_file() for f in _required_files(path))
     )
+
+
+def is_evaluation(path: Path) -> bool:
+    """A complete evaluation folder written by `xray evaluate`."""
+    return is_complete_run(path) and (path / EVALUATION_FILE).is_file()
+
+
+def write_evaluation(
+    parent: Path,
+    name: str,
+    *,
+    run: RunRecord,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    evaluation: dict[str, Any],
+    rows: list[tuple[str, str, str, int, float, int]],
+    plots: Any = None,
+) -> Path:
+    """Write an evaluation folder under `.<name>.tmp`, then rename it; returns the final path.
+
+    `rows` are predictions.csv rows (split, key, patient, label, probability, prediction);
+    history.csv and timing.json are the run's (compare shows the run's training cost).
+    `plots(folder)` draws into `plots/` when given.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    final = parent / name
+    n = 2
+    while final.exists() or (parent / f".{final.name}.tmp").exists():
+        final = parent / f"{name}-{n}"
+        n += 1
+    tmp = parent / f".{final.name}.tmp"
+    tmp.mkdir()
+    try:
+        with disk_errors(tmp):
+            _write_json(tmp / "config.json", config)
+            _write_json(tmp / "metrics.json", metrics)
+            _write_json(tmp / EVALUATION_FILE, evaluation)
+            shutil.copyfile(run.path / "history.csv", tmp / "history.csv")
+            if (run.path / "timing.json").is_file():
+                shutil.copyfile(run.path / "timing.json", tmp / "timing.json")
+            with (tmp / "predictions.csv").open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(PREDICTION_COLUMNS)
+                for split, key, group, label, prob, pred in rows:
+                    writer.writerow([split, key, group, int(label), repr(float(prob)), int(pred)])
+            if plots is not None:
+                (tmp / "plots").mkdir()
+                plots(tmp / "plots")
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
 
 
 def load_run(path: Path) -> RunRecord:
@@ -184,7 +245,7 @@ def load_run(path: Path) -> RunRecord:
         raise XrayError(f"run folder {path} does not exist")
     if path.name.startswith(".") and path.name.endswith(".tmp"):
         raise XrayError(f"{path} is a run still being written (or abandoned); pick a finished run")
-    missing = [f for f in RUN_FILES if not (path / f).is_file()]
+    missing = [f for f in _required_files(path) if not (path / f).is_file()]
     if missing:
         raise XrayError(
             f"{path} is not a complete run folder (missing {', '.join(missing)}); "

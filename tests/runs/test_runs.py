@@ -83,8 +83,10 @@ def test_run_folder_has_the_contract_contents(tmp_path: Path, trained) -> None: 
         assert next(csv.reader(fh)) == list(PREDICTION_COLUMNS)
     metrics = json.loads((path / "metrics.json").read_text())
     assert set(metrics) == {
-        "best_epoch", "epochs_run", "stopped_early", "monitor", "threshold", "val", "test"
+        "best_epoch", "epochs_run", "stopped_early", "monitor", "threshold", "val", "test",
+        "calibration",
     }  # fmt: skip
+    assert metrics["calibration"]["fitted_on"] == "val"
     timing = json.loads((path / "timing.json").read_text())
     assert set(timing) == {"seconds_per_epoch", "epochs_run"}
     assert set(metrics["test"]) == {"at_0.5", "at_threshold"}

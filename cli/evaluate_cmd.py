@@ -1,0 +1,169 @@
+"""`xray evaluate`: a trained run scored on another hospital's labelled radiographs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from featurestore.config import EvaluateConfig
+
+from .common import console, emit_table, err_console, notice, user_errors
+from .options import Device, DeviceOpt, JsonFlag
+from .use_cmd import RunPath, RunWeights
+
+_EVAL = EvaluateConfig()
+SHOWN = ("accuracy", "sensitivity", "specificity", "f1_positive", "roc_auc", "pr_auc", "brier")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `evaluate` to the app."""
+    app.command("evaluate")(evaluate)
+
+
+@user_errors
+def evaluate(
+    run: RunPath,
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="The other labelled dataset: a Kermany-layout folder, a CSV manifest or a "
+            "MedMNIST .npz.",
+        ),
+    ],
+    split: Annotated[
+        str, typer.Option("--split", help="Its split to score: train, val or test.")
+    ] = _EVAL.split,
+    threshold_policy: Annotated[
+        str | None,
+        typer.Option(
+            "--threshold",
+            help="Default: the run's own threshold. A policy (youden, f1, sensitivity:0.95, "
+            "specificity:0.90, fixed:0.5) is chosen again on the run's validation predictions, "
+            "or on the local patients of --recalibrate; never on the evaluated split.",
+            show_default=False,
+        ),
+    ] = _EVAL.threshold_policy,
+    recalibrate: Annotated[
+        int,
+        typer.Option(
+            "--recalibrate",
+            help="Take N patients out of the evaluated split (seeded, by patient) and refit the "
+            "recalibration and the threshold on them; 0: the run's own.",
+        ),
+    ] = _EVAL.recalibrate,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder of evaluation folders.")
+    ] = _EVAL.out_dir,
+    store_dir: Annotated[
+        Path,
+        typer.Option(
+            "--stores", help="Feature stores of external datasets (frozen runs; not cache/)."
+        ),
+    ] = _EVAL.store_dir,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Bootstrap resamples.")
+    ] = _EVAL.n_boot,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the bootstrap and the local patients.")
+    ] = _EVAL.seed,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Images per forward pass.")
+    ] = _EVAL.batch_size,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Decoding processes (frozen runs).", show_default=False),
+    ] = _EVAL.workers,
+    weights: RunWeights = None,
+    device: DeviceOpt = Device(_EVAL.device),
+    as_json: JsonFlag = False,
+) -> None:
+    """External validation: score a trained run on another labelled dataset.
+
+    Frozen runs extract the other dataset's features once with the run's backbone (cached and
+    provenance-checked like any store); fine-tuned runs score its images directly. Writes an
+    evaluation folder that `xray compare` reads like a run's test result: predictions.csv,
+    metrics.json (patient-bootstrap intervals at the threshold, ECE and Brier, the difference
+    from the run's internal test result), plots/ (reliability diagram, ROC, confusion).
+
+    Examples:
+
+        xray evaluate --run runs/20261128-101500-resnet50-frozen-s0 --data /data/hospital_b
+
+        xray evaluate --run runs/20261128-102000-resnet50-finetune-s0 --data other.csv --split val
+
+        xray evaluate --run runs/20261128-101500-resnet50-frozen-s0 --data /data/hospital_b \\
+            --recalibrate 20 --threshold sensitivity:0.95
+
+        xray compare evaluations/*-on-hospital_b-test
+    """
+    from featurestore.compare import evaluate_run
+    from featurestore.progress import make_progress
+
+    config = EvaluateConfig(
+        split=split,  # type: ignore[arg-type]
+        threshold_policy=threshold_policy,
+        recalibrate=recalibrate,
+        n_boot=bootstrap,
+        seed=seed,
+        batch_size=batch_size,
+        workers=workers,
+        device=str(device),  # type: ignore[arg-type]
+        out_dir=out,
+        store_dir=store_dir,
+    )
+    with make_progress(err_console, transient=True) as progress:
+        result = evaluate_run(
+            run, data, config=config, weights=weights, progress=progress, notice=notice
+        )
+    t = result.threshold
+    title = (
+        f"{result.run} on {result.dataset} {result.split}: {result.images} images, "
+        f"{result.patients} patients; threshold {t['value']:.3f} ({t['policy']}, "
+        f"chosen on {t.get('chosen_on', 'val')})"
+    )
+    rows: list[list[Any]] = []
+    for name in SHOWN:
+        iv = result.intervals[name]
+        d = result.difference.get(name)
+        rows.append([
+            name, iv["estimate"], iv["lo"], iv["hi"],
+            d["internal"] if d else None, d["difference"] if d else None,
+            d["lo"] if d else None, d["hi"] if d else None,
+        ])  # fmt: skip
+    cal = result.calibration
+    emit_table(
+        title,
+        ["metric", "external", "lo", "hi", "internal", "difference", "diff lo", "diff hi"],
+        rows,
+        as_json=as_json,
+        extra={
+            "evaluation": str(result.path),
+            "threshold": t,
+            "calibration": cal,
+            "local_calibration": result.local,
+        },
+    )
+    if as_json:
+        return
+    console.print(
+        f"calibration: ECE {cal['ece']:.3f}, Brier {cal['brier']:.3f} "
+        f"({cal['reported_probability']}); {cal['method']} recalibration fitted on "
+        f"{cal['fitted_on']}: test ECE {cal['test']['ece_before']:.3f} -> "
+        f"{cal['test']['ece_after']:.3f}" + (f" ({cal['note']})" if cal.get("note") else ""),
+        highlight=False,
+    )
+    if result.local is not None:
+        console.print(
+            f"local calibration: {result.local['patients']} patients ({result.local['images']} "
+            f"images) taken out of {result.split} by patient; the metrics above exclude them",
+            highlight=False,
+        )
+    console.print(
+        "intervals: 95% percentile bootstrap over patients; difference = external - internal "
+        "test (two independent patient bootstraps)",
+        highlight=False,
+    )
+    console.print(f"evaluation folder: [bold]{result.path}[/]", highlight=False)
