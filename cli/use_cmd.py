@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from featurestore.config import ExportConfig, ExportFormat
+
 from .common import console, emit_table, err_console, user_errors
 from .options import Device, DeviceOpt, JsonFlag
 
@@ -40,15 +42,32 @@ def short_paths(paths: list[str]) -> tuple[list[str], str | None]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add `predict` and `explain` to the app."""
+    """Add `predict`, `explain` and `export` to the app."""
     app.command("predict")(predict)
     app.command("explain")(explain)
+    app.command("export")(export)
 
 
 @user_errors
 def predict(
     images: Images,
-    run: RunPath,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            help="Run folder written by `xray fit-head` or `xray finetune`.",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Instead of --run: a model exported by `xray export` (.onnx, through "
+            "onnxruntime).",
+            show_default=False,
+        ),
+    ] = None,
     csv_path: Annotated[
         Path | None,
         typer.Option(
@@ -73,17 +92,31 @@ def predict(
         xray predict --run runs/20261128-101500-resnet50-frozen-s0 scan1.jpeg scan2.png
 
         xray predict --run runs/20261128-102000-resnet50-finetune-s0 data/new --csv preds.csv
+
+        xray predict --model model.onnx data/new
     """
+    from featurestore.errors import XrayError
     from featurestore.progress import make_progress
     from featurestore.use import (
+        OnnxModel,
+        Predictor,
         count_predictions,
         expand_inputs,
         load_predictor,
         write_predictions_csv,
     )
 
+    if (run is None) == (model is None):
+        raise XrayError("pass --run RUN_FOLDER or --model EXPORTED.onnx (one of them)")
     paths = expand_inputs(images)
-    predictor = load_predictor(run, weights=weights, device=str(device))
+    predictor: Predictor | OnnxModel
+    if model is not None:
+        predictor = OnnxModel(model)
+        name = model.name
+    else:
+        assert run is not None
+        predictor = load_predictor(run, weights=weights, device=str(device))
+        name = predictor.run.name
     with make_progress(err_console, transient=True) as progress:
         rows = predictor.predict(
             paths, batch_size=batch_size, progress=progress if len(paths) > batch_size else None
@@ -94,7 +127,7 @@ def predict(
     failed = counts["unreadable"]
     shown, base = short_paths([r.path for r in rows]) if not as_json else ([], None)
     emit_table(
-        f"{predictor.run.name}: P({predictor.class_names[predictor.positive_index]}), "
+        f"{name}: P({predictor.class_names[predictor.positive_index]}), "
         f"class at threshold {predictor.threshold:.3f}" + (f"\npaths in {base}" if base else ""),
         ["path", "probability", "prediction", "error"],
         [
@@ -103,7 +136,8 @@ def predict(
         ],
         as_json=as_json,
         extra={
-            "run": str(predictor.run.path),
+            "run": str(run) if run is not None else None,
+            "model": str(model) if model is not None else None,
             "threshold": predictor.threshold,
             "counts": counts,
             "failed": failed,
@@ -187,3 +221,92 @@ def explain(
     if failed:
         err_console.print(f"[yellow]{failed} file(s) could not be read[/]", highlight=False)
         raise typer.Exit(1)
+
+
+_EXPORT = ExportConfig()
+
+
+@user_errors
+def export(
+    run: RunPath,
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="File format of the exported model.")
+    ] = ExportFormat(_EXPORT.format),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where to write it. Default: RUN/model.onnx.", show_default=False
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="The run's dataset, for the check (default: the one the run recorded).",
+            show_default=False,
+        ),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check",
+            help="Run the exported model on the run's test images and compare with "
+            "predictions.csv.",
+        ),
+    ] = _EXPORT.check,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Images per forward pass of the check.")
+    ] = _EXPORT.batch_size,
+    weights: RunWeights = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Export a run's whole model (backbone + head) to ONNX for use outside xray.
+
+    The graph takes preprocessed images (N, 3, S, S) and returns P(positive), the probability
+    recalibrated by the run's Platt scaling, and the class at the run's threshold; the
+    preprocessing, threshold, temperature and class names are in its metadata. The export is
+    checked by scoring the run's test images through onnxruntime and comparing with
+    predictions.csv. Needs the `onnx` extra.
+
+    Examples:
+
+        xray export --run runs/20261128-101500-resnet50-frozen-s0
+
+        xray export --run runs/20261128-102000-resnet50-finetune-s0 --out model.onnx --json
+
+        xray predict --model model.onnx scan1.jpeg
+    """
+    import json
+
+    from featurestore.progress import make_progress
+    from featurestore.use import export_run
+
+    with make_progress(err_console, transient=True) as progress:
+        result = export_run(
+            run, out, fmt=str(fmt), weights=weights, data=data, check=check,
+            batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+    doc = {
+        "model": str(result.path),
+        "checked_images": result.checked_images,
+        "max_abs_difference": result.max_abs_difference,
+        "predictions_agree": result.predictions_agree,
+        "metadata": result.metadata,
+    }
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    console.print(f"exported: [bold]{result.path}[/]", highlight=False)
+    meta = result.metadata
+    console.print(
+        f"threshold {meta['threshold']:.4f}, temperature {meta['temperature']:.4g}, "
+        f"input (N, 3, {meta['preprocessing']['crop']}, {meta['preprocessing']['crop']})",
+        highlight=False,
+    )
+    if result.max_abs_difference is not None:
+        console.print(
+            f"check on {result.checked_images} test images: max abs difference from "
+            f"predictions.csv {result.max_abs_difference:.2e}; classes "
+            f"{'all agree' if result.predictions_agree else 'DIFFER'}",
+            highlight=False,
+        )

@@ -56,6 +56,10 @@ class FeatureDtype(Choice):
     float32 = "float32"
 
 
+class ExportFormat(Choice):
+    onnx = "onnx"
+
+
 class Resample(Choice):
     patients = "patients"
     images = "images"
@@ -337,6 +341,18 @@ class EvaluateConfig:
             raise XrayError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.device not in DEVICES:
             raise XrayError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`xray export`: a run's whole model as one file, checked against predictions.csv."""
+
+    format: Literal["onnx"] = "onnx"
+    """ONNX (opset 17): backbone + head + recalibration + threshold, preprocessing as metadata."""
+    check: bool = True
+    """Run the exported file on the run's test images and compare with predictions.csv."""
+    batch_size: int = 32
+    """Images per forward pass of the check."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Using a trained run: `predict` probabilities for new images and `explain` them with Grad-CAM."""
+"""Using a trained run: `predict` probabilities for new images, `explain` them with Grad-CAM,
+and `export` the whole model to ONNX (scored again through onnxruntime)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ from featurestore.use.explain import (
     report_section,
     write_contact_sheet,
 )
+from featurestore.use.export import (
+    EXPORT_FORMATS,
+    ExportedModel,
+    ExportResult,
+    OnnxModel,
+    export_run,
+)
 from featurestore.use.predict import (
     MODES,
     PredictionRow,
@@ -31,10 +39,14 @@ from featurestore.use.predict import (
 
 __all__ = [
     "CONTACT_SHEET",
+    "EXPORT_FORMATS",
     "MODES",
     "OVERLAY_ALPHA",
     "ExplainResult",
     "ExplainRow",
+    "ExportResult",
+    "ExportedModel",
+    "OnnxModel",
     "PredictionRow",
     "Predictor",
     "RunHead",
@@ -44,6 +56,7 @@ __all__ = [
     "expand_inputs",
     "explain_images",
     "explain_run",
+    "export_run",
     "grad_cam",
     "load_predictor",
     "overlay",
