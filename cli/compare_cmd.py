@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from featurestore.config import CompareConfig, StudyConfig
+from featurestore.config import CompareConfig, EvaluateConfig, StudyConfig
 
 from .common import console, emit_table, err_console, notice, resolve_data, user_errors
 from .options import (
@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
 
 
 _COMPARE = CompareConfig()
+_EVALUATE = EvaluateConfig()
 _STUDY = StudyConfig()
 
 
@@ -69,6 +70,14 @@ def compare(
             help="Compare runs evaluated on different test sets (paired tests skipped).",
         ),
     ] = _COMPARE.allow_different_test,
+    evaluations: Annotated[
+        Path,
+        typer.Option(
+            "--evaluations",
+            help="Folder of `xray evaluate` outputs: the compared runs' evaluations on other "
+            "datasets get an external-validation section in the report.",
+        ),
+    ] = _EVALUATE.out_dir,
     explain: Annotated[
         int,
         typer.Option(
@@ -111,7 +120,7 @@ def compare(
         seed=seed,
         allow_different_test=allow_different_test,
     )
-    cmp = compare_runs(paths, config)
+    cmp = compare_runs(paths, config, evaluations=evaluations)
     out_dir = out or DEFAULT_REPORTS / datetime.now().strftime("%Y%m%d-%H%M%S")
     if explain < 0:
         from featurestore.errors import XrayError

@@ -39,6 +39,8 @@ from featurestore.compare.external import (
     EvaluationResult,
     calibration_patients,
     evaluate_run,
+    external_section,
+    find_evaluations,
 )
 from featurestore.compare.metrics import (
     CHOOSING_SPLITS,
@@ -111,6 +113,8 @@ __all__ = [
     "evaluate_run",
     "evaluate_split",
     "expected_calibration_error",
+    "external_section",
+    "find_evaluations",
     "fit_calibration",
     "fmt_interval",
     "fmt_p",

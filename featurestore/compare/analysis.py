@@ -119,6 +119,8 @@ class Comparison:
     test_set: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     records: list[RunRecord] = field(default_factory=list, repr=False)
+    external: list[dict[str, Any]] = field(default_factory=list)
+    """Summaries of these runs' evaluations on other datasets (`xray evaluate`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -129,11 +131,21 @@ class Comparison:
             "pairs": [p.as_dict() for p in self.pairs],
             "seed_groups": [g.__dict__ for g in self.seed_groups],
             "notes": self.notes,
+            "external": self.external,
         }
 
 
-def compare_runs(paths: Sequence[Path], config: CompareConfig | None = None) -> Comparison:
-    """Load run folders, check they share a test set, compute intervals and paired tests."""
+def compare_runs(
+    paths: Sequence[Path],
+    config: CompareConfig | None = None,
+    *,
+    evaluations: Path | None = None,
+) -> Comparison:
+    """Load run folders, check they share a test set, compute intervals and paired tests.
+
+    `evaluations`: a folder of `xray evaluate` outputs; those of the compared runs are summed
+    up in the report's external-validation section.
+    """
     config = config or CompareConfig()
     if not paths:
         raise XrayError("no runs to compare: train some with `xray fit-head` or `xray finetune`")
@@ -161,7 +173,12 @@ def compare_runs(paths: Sequence[Path], config: CompareConfig | None = None) -> 
             "Some runs use randomly initialised backbones (--weights none): "
             "a pipeline check, not a result about pretrained transfer."
         )
-    return Comparison(config, rows, baseline, pairs, _seed_groups(rows), test_set, notes, records)
+    cmp = Comparison(config, rows, baseline, pairs, _seed_groups(rows), test_set, notes, records)
+    if evaluations is not None:
+        from featurestore.compare.external import find_evaluations
+
+        cmp.external = find_evaluations(evaluations, {r.name: r.label for r in rows})
+    return cmp
 
 
 def _positive_index(record: RunRecord) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from featurestore.compare.analysis import TABLE_METRICS, THRESHOLDS, Comparison, Interval
+from featurestore.compare.external import external_section
 from featurestore.fileio import atomic_dir
 from featurestore.plots import new_figure, save_figure
 
@@ -264,6 +265,7 @@ def render_markdown(cmp: Comparison, plots: list[str], *, extra: Sequence[str] =
         out += ["## Plots", ""]
         out += [f"![{name}]({name})" for name in plots]
         out += [""]
+    out += external_section(cmp.external)
     out += list(extra)
     out += ["Run folders: " + ", ".join(f"`{r.name}`" for r in cmp.rows), ""]
     return "\n".join(out)

@@ -12,7 +12,13 @@ import torch
 from conftest import extract_tiny_store, write_tiny_dataset
 from sklearn.metrics import accuracy_score, brier_score_loss, recall_score, roc_auc_score
 
-from featurestore.compare import calibration_patients, compare_runs, evaluate_run
+from featurestore.compare import (
+    calibration_patients,
+    compare_runs,
+    evaluate_run,
+    render_markdown,
+    write_report,
+)
 from featurestore.config import EvaluateConfig
 from featurestore.errors import XrayError
 from featurestore.runs import is_evaluation, list_runs, load_run
@@ -179,3 +185,18 @@ def test_other_class_names_are_refused(env: dict[str, Path], tmp_path: Path) -> 
         (other / split / "PNEUMONIA").rename(other / split / "COVID")
     with pytest.raises(XrayError, match="same labels"):
         evaluate_run(env["frozen"], other, config=_config(env))
+
+
+def test_the_report_gains_an_external_validation_section(
+    env: dict[str, Path], tmp_path: Path
+) -> None:
+    evaluate_run(env["frozen"], env["other"], config=_config(env))
+    plain = compare_runs([env["frozen"]])
+    assert plain.external == [] and "External validation" not in render_markdown(plain, [])
+    cmp = compare_runs([env["frozen"]], evaluations=env["root"] / "evaluations")
+    assert cmp.external and {e["run"] for e in cmp.external} == {env["frozen"].name}
+    report = write_report(cmp, tmp_path / "report").read_text()
+    assert "## External validation" in report
+    row = next(line for line in report.splitlines() if "chest_xray (test)" in line)
+    assert row.startswith(f"| {cmp.rows[0].label} |") and "8 / 4" in row
+    assert json.loads((tmp_path / "report" / "comparison.json").read_text())["external"]
