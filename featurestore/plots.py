@@ -101,8 +101,7 @@ def plot_reliability(
     the ECE), with the diagonal of perfect calibration."""
     from sklearn.calibration import calibration_curve
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = new_figure(figsize=(4.5, 4.5))
     for label, (y, p) in curves.items():
         observed, predicted = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
         ax.plot(predicted, observed, "o-", label=label)
@@ -113,7 +112,7 @@ def plot_reliability(
     ax.set_ylabel("observed frequency of the positive class")
     ax.set_title("reliability")
     ax.legend(loc="upper left")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_plots(

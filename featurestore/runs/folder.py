@@ -213,28 +213,21 @@ def write_evaluation(
     while final.exists() or (parent / f".{final.name}.tmp").exists():
         final = parent / f"{name}-{n}"
         n += 1
-    tmp = parent / f".{final.name}.tmp"
-    tmp.mkdir()
-    try:
-        with disk_errors(tmp):
-            _write_json(tmp / "config.json", config)
-            _write_json(tmp / "metrics.json", metrics)
-            _write_json(tmp / EVALUATION_FILE, evaluation)
-            shutil.copyfile(run.path / "history.csv", tmp / "history.csv")
-            if (run.path / "timing.json").is_file():
-                shutil.copyfile(run.path / "timing.json", tmp / "timing.json")
-            with (tmp / "predictions.csv").open("w", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(PREDICTION_COLUMNS)
-                for split, key, group, label, prob, pred in rows:
-                    writer.writerow([split, key, group, int(label), repr(float(prob)), int(pred)])
-            if plots is not None:
-                (tmp / "plots").mkdir()
-                plots(tmp / "plots")
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(final) as tmp:
+        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "metrics.json", metrics)
+        _write_json(tmp / EVALUATION_FILE, evaluation)
+        shutil.copyfile(run.path / "history.csv", tmp / "history.csv")
+        if (run.path / "timing.json").is_file():
+            shutil.copyfile(run.path / "timing.json", tmp / "timing.json")
+        with (tmp / "predictions.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(PREDICTION_COLUMNS)
+            for split, key, group, label, prob, pred in rows:
+                writer.writerow([split, key, group, int(label), repr(float(prob)), int(pred)])
+        if plots is not None:
+            (tmp / "plots").mkdir()
+            plots(tmp / "plots")
     return final
 
 
