@@ -187,12 +187,16 @@ def test_finetune_json_with_a_partial_freeze(tiny_data_ro: Path, tmp_path: Path)
     result = runner.invoke(
         app,
         ["finetune", "--data", str(tiny_data_ro), "--runs", str(tmp_path), "--epochs", "1",
-         "--freeze", "layer2", "--no-augment", "--json", *TINY_TUNE],
+         "--freeze", "layer2", "--no-augment", "--threshold", "specificity:0.5", "--json",
+         *TINY_TUNE],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     run = load_run(Path(doc["runs"][0]))
     assert run.config["freeze"] == "layer2" and run.config["augment"] is False
+    point = run.metrics["threshold"]
+    assert point["policy"] == "specificity:0.5" and point["chosen_on"] == "val"
+    assert point["reached"]["specificity"] >= 0.5
     assert 0 < run.config["trainable_params"] < run.config["total_params"]
     assert run.config["mode"] == "finetune" and run.config["backbone_lr_mult"] == 0.1
 
