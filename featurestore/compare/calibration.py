@@ -15,7 +15,7 @@ from featurestore.compare.metrics import (
 from featurestore.errors import XrayError
 
 PLATT_C = 1e4
-"""Inverse L2 strength on the scale: almost unpenalised, yet finite on a separable split."""
+"""Inverse L2 strength on the scale: almost unpenalised (the soft targets do the work)."""
 
 
 def logit(p_pos: np.ndarray) -> np.ndarray:
@@ -71,7 +71,8 @@ IDENTITY = Calibration("identity", 1.0, 0.0, "val", 0, "not fitted")
 def fit_calibration(
     y_true: np.ndarray, p_pos: np.ndarray, *, positive_index: int = 1, split: str = "val"
 ) -> Calibration:
-    """Fit Platt scaling (scale, bias on the logit) by maximum likelihood on one split.
+    """Fit Platt scaling (scale, bias on the logit) by maximum likelihood on one split, with
+    Platt's regularised targets (so a separable split gives a finite scale).
 
     y_true holds class indices (N,); p_pos the uncalibrated P(positive) (N,). A split with one
     class gives the identity (nothing to fit). scikit-learn's LogisticRegression does the fit.
@@ -90,8 +91,18 @@ def fit_calibration(
         raise XrayError("predicted probabilities contain NaN/inf; retrain with a lower --lr")
     if not 0 < int(y.sum()) < y.size:
         return Calibration("identity", 1.0, 0.0, split, int(y.size), "one class only")
+    # Platt's (1999, sec. 2.2) regularised targets instead of 0/1: (N+ + 1) / (N+ + 2) for a
+    # positive, 1 / (N- + 2) for a negative. On a small, separable validation set the 0/1
+    # maximum-likelihood scale runs off to infinity; these targets keep it finite and honest.
+    # The soft-target cross-entropy is fitted as each image twice, weighted t and 1 - t.
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    target = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))  # (N,)
     z = logit(p)[:, None]  # (N, 1)
-    model = LogisticRegression(C=PLATT_C, max_iter=1000).fit(z, y)
+    model = LogisticRegression(C=PLATT_C, max_iter=1000).fit(
+        np.concatenate([z, z]),
+        np.r_[np.ones(y.size, np.int64), np.zeros(y.size, np.int64)],
+        sample_weight=np.r_[target, 1 - target],
+    )
     fitted = Calibration(
         "platt", float(model.coef_[0, 0]), float(model.intercept_[0]), split, int(y.size)
     )

@@ -55,6 +55,16 @@ def test_apply_is_monotone_so_the_ranking_and_auc_stay() -> None:
     assert np.array_equal(np.argsort(p, kind="stable"), np.argsort(q, kind="stable"))
 
 
+def test_a_separable_split_gives_a_finite_moderate_scale() -> None:
+    # Four separable images: the 0/1 likelihood has no maximum; Platt's targets keep it finite.
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.3, 0.45, 0.55, 0.7])
+    cal = fit_calibration(y, p)
+    assert cal.method == "platt" and 0 < cal.scale < 20
+    q = cal.apply(p)
+    assert np.all((q > 0.1) & (q < 0.9))  # no 0/1 certainty from four images
+
+
 def test_one_class_split_gives_the_identity() -> None:
     cal = fit_calibration(np.ones(5, int), np.linspace(0.1, 0.9, 5))
     assert cal.method == "identity" and cal.note == "one class only"
