@@ -34,13 +34,13 @@ from featurestore.compare.calibration import (
     fit_calibration,
     logit,
 )
-from featurestore.compare.external import (
+from featurestore.compare.external import EvaluationResult, Scores, evaluate_run
+from featurestore.compare.external_report import external_section, find_evaluations
+from featurestore.compare.external_stats import (
     DIFFERENCE_METRICS,
-    EvaluationResult,
     calibration_patients,
-    evaluate_run,
-    external_section,
-    find_evaluations,
+    external_difference,
+    patient_interval,
 )
 from featurestore.compare.metrics import (
     CHOOSING_SPLITS,
@@ -96,6 +96,7 @@ __all__ = [
     "PairTest",
     "PairedResult",
     "RunRow",
+    "Scores",
     "SeedGroup",
     "WeightedMetric",
     "binary_metrics",
@@ -113,6 +114,7 @@ __all__ = [
     "evaluate_run",
     "evaluate_split",
     "expected_calibration_error",
+    "external_difference",
     "external_section",
     "find_evaluations",
     "fit_calibration",
@@ -125,6 +127,7 @@ __all__ = [
     "operating_point",
     "paired_bootstrap",
     "parse_threshold_policy",
+    "patient_interval",
     "render_html",
     "render_markdown",
     "write_report",

@@ -175,7 +175,7 @@ def compare_runs(
         )
     cmp = Comparison(config, rows, baseline, pairs, _seed_groups(rows), test_set, notes, records)
     if evaluations is not None:
-        from featurestore.compare.external import find_evaluations
+        from featurestore.compare.external_report import find_evaluations
 
         cmp.external = find_evaluations(evaluations, {r.name: r.label for r in rows})
     return cmp

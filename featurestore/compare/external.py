@@ -17,16 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featurestore.compare.bootstrap import (
-    BOOT_METRICS,
-    BootMetric,
-    bootstrap_interval,
-    bootstrap_replicates,
-)
+from featurestore.compare.bootstrap import BOOT_METRICS
 from featurestore.compare.calibration import (
     calibration_from_dict,
     calibration_report,
     fit_calibration,
+)
+from featurestore.compare.external_stats import (
+    DIFFERENCE_METRICS,
+    calibration_patients,
+    external_difference,
+    patient_interval,
 )
 from featurestore.compare.metrics import (
     evaluate_split,
@@ -43,17 +44,6 @@ if TYPE_CHECKING:
     from featurestore.runs import RunRecord
     from featurestore.use import Predictor
 
-DIFFERENCE_METRICS: tuple[str, ...] = (
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "f1_positive",
-    "roc_auc",
-    "pr_auc",
-    "brier",
-)
-"""Metrics whose external - internal difference gets an interval."""
-# Provenance a frozen run's store and the external store must share (the dataset differs).
 MODEL_PROVENANCE = (
     "backbone",
     "weights_id",
@@ -99,60 +89,6 @@ class EvaluationResult:
     calibration: dict[str, Any]
     local: dict[str, Any] | None
     """The local calibration subset (`--recalibrate N`): patients, images; None without."""
-
-
-def calibration_patients(
-    groups: np.ndarray | list[str],
-    n: int,
-    *,
-    labels: np.ndarray | None = None,
-    seed: int = 0,
-) -> np.ndarray:
-    """(N,) bool mask of the images of `n` patients drawn at random (seeded) from `groups`.
-
-    Whole patients move: no patient has images on both sides, so the evaluated images never
-    share a patient with the images the recalibration and threshold were chosen on. With
-    `labels` (N,) the draw is stratified by each patient's most frequent label: classes get
-    seats in proportion to their patients (largest remainder), at least one each when `n`
-    allows, so a small calibration set still holds both classes.
-
-    Raises:
-        XrayError: when `n` < 1 or the split does not have more than `n` patients.
-    """
-    g = np.asarray(groups).astype(str)
-    patients, inverse = np.unique(g, return_inverse=True)  # sorted: independent of file order
-    if n < 1:
-        raise XrayError(f"--recalibrate takes at least 1 patient, got {n}")
-    if n >= patients.size:
-        raise XrayError(
-            f"--recalibrate {n} would take every patient of the split ({patients.size}): "
-            "leave some patients to evaluate"
-        )
-    rng = np.random.default_rng(seed)
-    if labels is None:
-        chosen = rng.choice(patients.size, size=n, replace=False)
-        return np.isin(inverse, chosen)
-    y = np.asarray(labels).astype(np.int64)
-    counts = np.zeros((patients.size, int(y.max()) + 1), dtype=np.int64)
-    np.add.at(counts, (inverse, y), 1)
-    patient_class = counts.argmax(1)  # (P,)
-    classes, members = np.unique(patient_class, return_counts=True)
-    quota = n * members / members.sum()
-    seats = np.floor(quota).astype(np.int64)
-    if n >= classes.size:
-        seats = np.maximum(seats, 1)
-    while seats.sum() > n:  # the minimum of one seat overshot: take from the largest
-        seats[np.argmax(seats)] -= 1
-    for k in np.argsort(-(quota - np.floor(quota)), kind="stable"):
-        if seats.sum() >= n:
-            break
-        seats[k] += 1
-    seats = np.minimum(seats, members)
-    chosen_list: list[int] = []
-    for c, k in zip(classes, seats, strict=True):
-        pool = np.flatnonzero(patient_class == c)
-        chosen_list.extend(rng.choice(pool, size=int(k), replace=False).tolist())
-    return np.isin(inverse, np.array(chosen_list, dtype=np.int64))
 
 
 def evaluate_run(
@@ -292,51 +228,6 @@ def _score_images(
     )
 
 
-def _interval(metric: str, threshold: float, y: np.ndarray, p: np.ndarray, groups: np.ndarray,
-              config: EvaluateConfig) -> dict[str, float | None]:  # fmt: skip
-    """A patient-clustered percentile interval; None values where the metric is undefined."""
-    try:
-        r = bootstrap_interval(
-            BootMetric(metric, threshold), y, p, groups=groups,
-            n_boot=config.n_boot, alpha=config.alpha, seed=config.seed,
-        )  # fmt: skip
-    except XrayError:  # undefined on this split (one class only)
-        return {"estimate": None, "lo": None, "hi": None}
-    return {"estimate": r.estimate, "lo": r.lo, "hi": r.hi}
-
-
-def _difference(
-    metric: str,
-    external: tuple[np.ndarray, np.ndarray, np.ndarray, float],
-    internal: tuple[np.ndarray, np.ndarray, np.ndarray, float],
-    config: EvaluateConfig,
-) -> dict[str, float | None]:
-    """external - internal with a two-sample bootstrap interval (Efron & Tibshirani 1993,
-    sec. 8.3): each test set resampled by patient on its own, the differences of the
-    replicates taken pairwise, percentile interval. The sets share no images, so unpaired."""
-    ye, pe, ge, te = external
-    yi, pi, gi, ti = internal
-    me, mi = BootMetric(metric, te), BootMetric(metric, ti)
-    est_e, est_i = me(ye, pe), mi(yi, pi)
-    out: dict[str, float | None] = {
-        "external": None if np.isnan(est_e) else est_e,
-        "internal": None if np.isnan(est_i) else est_i,
-        "difference": None,
-        "lo": None,
-        "hi": None,
-    }
-    if np.isnan(est_e) or np.isnan(est_i):
-        return out
-    de = bootstrap_replicates(me, ye, pe, groups=ge, n_boot=config.n_boot, seed=config.seed)
-    di = bootstrap_replicates(mi, yi, pi, groups=gi, n_boot=config.n_boot, seed=config.seed + 1)
-    d = (de - di)[np.isfinite(de - di)]
-    out["difference"] = est_e - est_i
-    if d.size:
-        lo, hi = np.quantile(d, [config.alpha / 2, 1 - config.alpha / 2])
-        out["lo"], out["hi"] = float(lo), float(hi)
-    return out
-
-
 def _conclude(
     run: RunRecord,
     predictor: Predictor,
@@ -394,13 +285,15 @@ def _conclude(
     metrics = evaluate_split(y, p, threshold=threshold, class_names=predictor.class_names,
                              positive_index=pos)  # fmt: skip
     y_pos = (y == pos).astype(np.int64)
-    intervals = {m: _interval(m, threshold, y_pos, p, g, config) for m in BOOT_METRICS}
+    boot: dict[str, Any] = {"n_boot": config.n_boot, "alpha": config.alpha, "seed": config.seed}
+    intervals = {m: patient_interval(m, threshold, y_pos, p, g, **boot) for m in BOOT_METRICS}
     internal = run.split_predictions("test")
     run_threshold = float(run.metrics["threshold"]["value"])
     yi = (internal["label"] == pos).astype(np.int64)
     difference = {
-        m: _difference(m, (y_pos, p, g, threshold),
-                       (yi, internal["probability"], internal["patient"], run_threshold), config)
+        m: external_difference(m, (y_pos, p, g, threshold),
+                               (yi, internal["probability"], internal["patient"], run_threshold),
+                               **boot)
         for m in DIFFERENCE_METRICS
     }  # fmt: skip
     # Calibration of the reported probabilities, and what the recalibration does to them.
@@ -468,92 +361,3 @@ def _conclude(
 def _cls(p: float, threshold: float, positive_index: int) -> int:
     """The class index at a threshold (predict positive when p >= threshold)."""
     return positive_index if p >= threshold else 1 - positive_index
-
-
-SECTION_METRICS: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "roc_auc")
-"""Metrics of the report's external-validation table (each with its interval)."""
-
-
-def find_evaluations(folder: Path, runs: dict[str, str]) -> list[dict[str, Any]]:
-    """Summaries of the evaluation folders under `folder` made from the runs named in `runs`
-    (run folder name -> display label), oldest first; [] when there are none."""
-    import json
-
-    from featurestore.runs import EVALUATION_FILE, is_evaluation
-
-    if not Path(folder).is_dir():
-        return []
-    out = []
-    for path in sorted(Path(folder).iterdir()):
-        if not is_evaluation(path):
-            continue
-        try:
-            evaluation = json.loads((path / EVALUATION_FILE).read_text())
-            metrics = json.loads((path / "metrics.json").read_text())
-        except ValueError:
-            continue  # unreadable: compare reports runs, not broken side files
-        if evaluation.get("run_name") not in runs:
-            continue
-        out.append(
-            {
-                "path": str(path),
-                "run": evaluation["run_name"],
-                "label": runs[evaluation["run_name"]],
-                "dataset": evaluation.get("dataset"),
-                "split": evaluation.get("split"),
-                "images": evaluation.get("images"),
-                "patients": evaluation.get("patients"),
-                "recalibrate": evaluation.get("recalibrate", 0),
-                "threshold": metrics["threshold"],
-                "intervals": metrics["intervals"]["at_threshold"],
-                "ece": metrics["calibration"].get("ece"),
-                "difference": metrics["internal_difference"],
-            }
-        )
-    return out
-
-
-def _fmt(iv: dict[str, Any], *, signed: bool = False) -> str:
-    """`0.91 [0.88, 0.93]`; `-` where undefined."""
-    value = iv.get("estimate", iv.get("difference"))
-    if value is None:
-        return "-"
-    sign = "+" if signed else ""
-    if iv.get("lo") is None:
-        return f"{value:{sign}.3f}"
-    return f"{value:{sign}.3f} [{iv['lo']:{sign}.3f}, {iv['hi']:{sign}.3f}]"
-
-
-def external_section(evaluations: list[dict[str, Any]]) -> list[str]:
-    """The report's "External validation" section (Markdown lines); [] without evaluations."""
-    if not evaluations:
-        return []
-    out = [
-        "## External validation",
-        "",
-        "Each run scored on another labelled dataset by `xray evaluate`, at the threshold "
-        "shown (the run's own, chosen on its validation set, unless stated). Intervals: 95% "
-        "percentile bootstrap over patients; Δ = external - internal test, with a two-sample "
-        "patient bootstrap interval. With local recalibration, N patients of the external "
-        "split were used to refit and are not counted.",
-        "",
-    ]
-    head = ["run", "dataset", "images / patients", "threshold", "accuracy", "sensitivity"]
-    head += ["specificity", "ROC-AUC", "ECE", "Δ accuracy", "Δ ROC-AUC"]
-    rows = []
-    for e in evaluations:
-        t = e["threshold"]
-        where = f"{e['dataset']} ({e['split']})"
-        if e.get("recalibrate"):
-            where += f", recalibrated on {e['recalibrate']} local patients"
-        rows.append(
-            [e["label"], where, f"{e['images']} / {e['patients']}",
-             f"{t['value']:.3f} ({t.get('policy', '?')}, on {t.get('chosen_on', 'val')})"]
-            + [_fmt(e["intervals"][m]) for m in SECTION_METRICS]
-            + ["-" if e["ece"] is None else f"{e['ece']:.3f}",
-               _fmt(e["difference"]["accuracy"], signed=True),
-               _fmt(e["difference"]["roc_auc"], signed=True)]
-        )  # fmt: skip
-    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return [*out, ""]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from featurestore.compare.analysis import TABLE_METRICS, THRESHOLDS, Comparison, Interval
-from featurestore.compare.external import external_section
+from featurestore.compare.external_report import external_section
 from featurestore.fileio import atomic_dir
 from featurestore.plots import new_figure, save_figure
 

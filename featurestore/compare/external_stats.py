@@ -1,0 +1,138 @@
+"""Statistics of external validation: local calibration patients, patient-bootstrap
+intervals, and the difference between an external and the internal test result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from featurestore.compare.bootstrap import BootMetric, bootstrap_interval, bootstrap_replicates
+from featurestore.errors import XrayError
+
+DIFFERENCE_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "f1_positive",
+    "roc_auc",
+    "pr_auc",
+    "brier",
+)
+"""Metrics whose external - internal difference gets an interval."""
+
+
+def calibration_patients(
+    groups: np.ndarray | list[str],
+    n: int,
+    *,
+    labels: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """(N,) bool mask of the images of `n` patients drawn at random (seeded) from `groups`.
+
+    Whole patients move: no patient has images on both sides, so the evaluated images never
+    share a patient with the images the recalibration and threshold were chosen on. With
+    `labels` (N,) the draw is stratified by each patient's most frequent label: classes get
+    seats in proportion to their patients (largest remainder), at least one each when `n`
+    allows, so a small calibration set still holds both classes.
+
+    Raises:
+        XrayError: when `n` < 1 or the split does not have more than `n` patients.
+    """
+    g = np.asarray(groups).astype(str)
+    patients, inverse = np.unique(g, return_inverse=True)  # sorted: independent of file order
+    if n < 1:
+        raise XrayError(f"--recalibrate takes at least 1 patient, got {n}")
+    if n >= patients.size:
+        raise XrayError(
+            f"--recalibrate {n} would take every patient of the split ({patients.size}): "
+            "leave some patients to evaluate"
+        )
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        chosen = rng.choice(patients.size, size=n, replace=False)
+        return np.isin(inverse, chosen)
+    y = np.asarray(labels).astype(np.int64)
+    counts = np.zeros((patients.size, int(y.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (inverse, y), 1)
+    patient_class = counts.argmax(1)  # (P,)
+    classes, members = np.unique(patient_class, return_counts=True)
+    quota = n * members / members.sum()
+    seats = np.floor(quota).astype(np.int64)
+    if n >= classes.size:
+        seats = np.maximum(seats, 1)
+    while seats.sum() > n:  # the minimum of one seat overshot: take from the largest
+        seats[np.argmax(seats)] -= 1
+    for k in np.argsort(-(quota - np.floor(quota)), kind="stable"):
+        if seats.sum() >= n:
+            break
+        seats[k] += 1
+    seats = np.minimum(seats, members)
+    chosen_list: list[int] = []
+    for c, k in zip(classes, seats, strict=True):
+        pool = np.flatnonzero(patient_class == c)
+        chosen_list.extend(rng.choice(pool, size=int(k), replace=False).tolist())
+    return np.isin(inverse, np.array(chosen_list, dtype=np.int64))
+
+
+def patient_interval(
+    metric: str,
+    threshold: float,
+    y: np.ndarray,
+    p: np.ndarray,
+    groups: np.ndarray,
+    *,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, float | None]:
+    """A patient-clustered percentile interval of a BootMetric at `threshold` on y (N,) in
+    {0, 1}, p (N,) and patient ids (N,); None values where the metric is undefined."""
+    try:
+        r = bootstrap_interval(
+            BootMetric(metric, threshold), y, p, groups=groups,
+            n_boot=n_boot, alpha=alpha, seed=seed,
+        )  # fmt: skip
+    except XrayError:  # undefined on this split (one class only)
+        return {"estimate": None, "lo": None, "hi": None}
+    return {"estimate": r.estimate, "lo": r.lo, "hi": r.hi}
+
+
+def external_difference(
+    metric: str,
+    external: tuple[np.ndarray, np.ndarray, np.ndarray, float],
+    internal: tuple[np.ndarray, np.ndarray, np.ndarray, float],
+    *,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """external - internal with a two-sample bootstrap interval (Efron & Tibshirani 1993,
+    sec. 8.3): each test set resampled by patient on its own, the differences of the
+    replicates taken pairwise, percentile interval. The sets share no images, so unpaired.
+
+    Each side is (y (N,) in {0, 1}, p (N,), patient ids (N,), threshold). Returns
+    {external, internal, difference, lo, hi}, None where undefined.
+    """
+    ye, pe, ge, te = external
+    yi, pi, gi, ti = internal
+    me, mi = BootMetric(metric, te), BootMetric(metric, ti)
+    est_e, est_i = me(ye, pe), mi(yi, pi)
+    out: dict[str, Any] = {
+        "external": None if np.isnan(est_e) else est_e,
+        "internal": None if np.isnan(est_i) else est_i,
+        "difference": None,
+        "lo": None,
+        "hi": None,
+    }
+    if np.isnan(est_e) or np.isnan(est_i):
+        return out
+    de = bootstrap_replicates(me, ye, pe, groups=ge, n_boot=n_boot, seed=seed)
+    di = bootstrap_replicates(mi, yi, pi, groups=gi, n_boot=n_boot, seed=seed + 1)
+    d = (de - di)[np.isfinite(de - di)]
+    out["difference"] = est_e - est_i
+    if d.size:
+        lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
+        out["lo"], out["hi"] = float(lo), float(hi)
+    return out
