@@ -90,8 +90,10 @@ def compare(
 ) -> None:
     """Compare runs: one table with bootstrap 95% intervals, paired tests, a report.
 
-    Reads run folders written by `fit-head` and `finetune`; refuses runs evaluated on
-    different test sets. Writes report.md, report.html, table.csv and plots.
+    Reads run folders written by `fit-head` and `finetune` (or evaluation folders written by
+    `xray evaluate`, compared on their external set); refuses runs evaluated on different test
+    sets. Writes report.md, report.html, table.csv and plots, with an external-validation
+    section when the runs have evaluations under --evaluations.
 
     Examples:
 
@@ -102,6 +104,8 @@ def compare(
         xray compare --resample images --bootstrap 5000 --out reports/study --json
 
         xray compare --explain 2
+
+        xray compare evaluations/*-on-hospital_b-test
     """
     from featurestore.compare import compare_runs, write_report
     from featurestore.runs import list_runs
