@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from featurestore.config import EvaluateConfig
+from featurestore.config import EvaluateConfig, SplitChoice
 
 from .common import console, emit_table, err_console, notice, user_errors
 from .options import Device, DeviceOpt, JsonFlag
@@ -34,8 +34,8 @@ def evaluate(
         ),
     ],
     split: Annotated[
-        str, typer.Option("--split", help="Its split to score: train, val or test.")
-    ] = _EVAL.split,
+        SplitChoice, typer.Option("--split", help="The other dataset's split to score.")
+    ] = SplitChoice(_EVAL.split),
     threshold_policy: Annotated[
         str | None,
         typer.Option(
@@ -103,7 +103,7 @@ def evaluate(
     from featurestore.progress import make_progress
 
     config = EvaluateConfig(
-        split=split,  # type: ignore[arg-type]
+        split=split.value,
         threshold_policy=threshold_policy,
         recalibrate=recalibrate,
         n_boot=bootstrap,

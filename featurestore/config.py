@@ -56,6 +56,12 @@ class FeatureDtype(Choice):
     float32 = "float32"
 
 
+class SplitChoice(Choice):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
 class ExportFormat(Choice):
     onnx = "onnx"
 

@@ -61,7 +61,7 @@ def test_local_recalibration_is_stated(env: dict[str, Path]) -> None:
     [
         (["--recalibrate", "4"], "leave some patients to evaluate"),
         (["--threshold", "sensitivity:2"], "threshold policy"),
-        (["--split", "holdout"], "--split must be"),
+        (["--split", "holdout"], "unknown --split 'holdout'"),
         (["--recalibrate", "-1"], "--recalibrate must be"),
     ],
 )
