@@ -1,5 +1,6 @@
-"""Judging runs: metrics at a threshold, bootstrap intervals, paired tests (McNemar, DeLong),
-the majority baseline, `compare_runs` and the report files behind `xray compare`.
+"""Judging runs: metrics at a threshold, bootstrap intervals, clustered paired tests (McNemar,
+DeLong) with Holm's correction, run labels, the majority baseline, the verdict, `compare_runs`
+and the report files behind `xray compare`.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from featurestore.compare.analysis import (
     TABLE_METRICS,
     THRESHOLD_FREE,
     THRESHOLDS,
+    UNDEFINED,
     Comparison,
     Interval,
     PairTest,
@@ -26,6 +28,7 @@ from featurestore.compare.bootstrap import (
     check_labels,
     paired_bootstrap,
 )
+from featurestore.compare.labels import run_labels, run_settings, seed_groups
 from featurestore.compare.metrics import (
     PROB_EPS,
     binary_metrics,
@@ -36,6 +39,7 @@ from featurestore.compare.metrics import (
 from featurestore.compare.report import (
     METRIC_TITLES,
     THRESHOLD_TITLES,
+    fmt_best,
     fmt_interval,
     fmt_p,
     json_safe,
@@ -46,11 +50,15 @@ from featurestore.compare.report import (
 from featurestore.compare.stats import (
     DeLongResult,
     McNemarResult,
+    clustered_delong_test,
+    clustered_mcnemar,
     delong_ci,
     delong_roc_test,
+    holm,
     majority_baseline,
     mcnemar,
 )
+from featurestore.compare.verdict import Verdict, counts_line, describe_dataset, make_verdict
 from featurestore.config import THRESHOLD_POLICIES, CompareConfig
 
 __all__ = [
@@ -62,6 +70,7 @@ __all__ = [
     "THRESHOLD_FREE",
     "THRESHOLD_POLICIES",
     "THRESHOLD_TITLES",
+    "UNDEFINED",
     "BootMetric",
     "BootstrapResult",
     "CompareConfig",
@@ -73,24 +82,35 @@ __all__ = [
     "PairedResult",
     "RunRow",
     "SeedGroup",
+    "Verdict",
     "WeightedMetric",
     "binary_metrics",
     "bootstrap_ci",
     "bootstrap_interval",
     "check_labels",
     "choose_threshold",
+    "clustered_delong_test",
+    "clustered_mcnemar",
     "compare_runs",
+    "counts_line",
     "delong_ci",
     "delong_roc_test",
+    "describe_dataset",
     "evaluate_split",
     "expected_calibration_error",
+    "fmt_best",
     "fmt_interval",
     "fmt_p",
+    "holm",
     "json_safe",
     "majority_baseline",
+    "make_verdict",
     "mcnemar",
     "paired_bootstrap",
     "render_html",
     "render_markdown",
+    "run_labels",
+    "run_settings",
+    "seed_groups",
     "write_report",
 ]
