@@ -40,18 +40,22 @@ def save_figure(fig: Figure, path: Path, *, dpi: int = 100, tight: bool = True) 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     """Loss, accuracy, F1 (train vs val) and val AUC per epoch, 2x2 panels."""
-    epochs = [int(r["epoch"]) for r in history]
+    swept_c = bool(history) and "C" in history[0]  # logreg: one row per C, not per epoch
+    epochs = [r["C"] if swept_c else int(r["epoch"]) for r in history]
+    xlabel = "C (inverse regularisation, log scale)" if swept_c else "epoch"
     fig, axes = new_figure(nrows=2, ncols=2, figsize=(9, 6.5))
     for ax, metric in zip(axes.flat, ("loss", "acc", "f1"), strict=False):
         ax.plot(epochs, [r[f"train_{metric}"] for r in history], "o-", label="train")
         ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", label="val")
         ax.set_title(metric)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(xlabel)
+        ax.set_xscale("log" if swept_c else "linear")
         ax.legend()
     ax = axes.flat[3]
     ax.plot(epochs, [r["val_auc"] for r in history], "o-", color="tab:orange", label="val")
     ax.set_title("auc")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(xlabel)
+    ax.set_xscale("log" if swept_c else "linear")
     ax.legend()
     save_figure(fig, path)
 

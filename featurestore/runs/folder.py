@@ -120,14 +120,16 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    """history.csv: one row per epoch with the contract's columns."""
+    """history.csv: one row per epoch with the contract's columns, then any extra column the
+    rows carry (the logreg head's `C`: its rows are values of C, not epochs)."""
+    extra = sorted(set(history[0]) - set(HISTORY_COLUMNS)) if history else []
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(HISTORY_COLUMNS)
+        writer.writerow([*HISTORY_COLUMNS, *extra])
         for row in history:
-            writer.writerow(
-                [int(row["epoch"])] + [repr(float(row[c])) for c in HISTORY_COLUMNS[1:]]
-            )
+            values = [float(row[c]) for c in (*HISTORY_COLUMNS[1:], *extra)]
+            # NaN (no learning rate for a C sweep) is an empty cell, never "nan".
+            writer.writerow([int(row["epoch"])] + ["" if v != v else repr(v) for v in values])
 
 
 def write_predictions(path: Path, result: FitResult) -> None:
@@ -205,7 +207,10 @@ def load_run(path: Path) -> RunRecord:
 def _read_history(path: Path) -> dict[str, np.ndarray]:
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    out = {c: np.array([float(r[c]) for r in rows], dtype=np.float64) for c in HISTORY_COLUMNS}
+    columns = [*HISTORY_COLUMNS, *(c for c in (rows[0] if rows else {}) if c not in HISTORY_COLUMNS)]
+    out = {
+        c: np.array([float(r[c] or "nan") for r in rows], dtype=np.float64) for c in columns
+    }  # an empty cell is NaN (undefined)
     out["epoch"] = out["epoch"].astype(np.int64)
     return out
 

@@ -72,6 +72,11 @@ def test_logreg_head_writes_the_same_run_folder(frozen_env, tmp_path: Path) -> N
     run = load_run(summary.path)
     assert run.config["head"] == "logreg" and run.config["logreg_C"] > 0
     assert run.metrics["test"]["at_threshold"]["n"] == 8
+    # Issue 13.16: the history names what was swept: a C column, no learning rate.
+    assert list(run.history["C"]) == run.config["logreg_Cs"]
+    assert np.isnan(run.history["lr"]).all()
+    header = (summary.path / "history.csv").read_text().splitlines()[0]
+    assert header.endswith(",C") and "nan" not in (summary.path / "history.csv").read_text()
 
 
 def test_store_selection_errors(frozen_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
