@@ -42,7 +42,8 @@ def compare(
     runs: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="Run folders to compare. Default: every complete run under --runs.",
+            help="Run folders, or folders of runs (a study folder from `xray demo`). "
+            "Default: every complete run under --runs, else its newest study folder.",
             show_default=False,
         ),
     ] = None,
@@ -51,7 +52,8 @@ def compare(
         Path | None,
         typer.Option(
             "--out",
-            help="Report folder. Default: a new folder under reports/ named by the time.",
+            help="Report folder. Default: a new folder under reports/ named by the time "
+            "(none with --json unless --out is given).",
             show_default=False,
         ),
     ] = None,
@@ -95,9 +97,11 @@ def compare(
         xray compare --explain 2
     """
     from featurestore.compare import compare_runs, write_report
-    from featurestore.runs import list_runs
+    from featurestore.runs import find_runs
 
-    paths = list(runs) if runs else list_runs(runs_dir)
+    paths, where = find_runs(runs or [], runs_dir)
+    if where is not None:
+        notice(where)
     if not paths:
         from featurestore.errors import XrayError
 
@@ -111,12 +115,15 @@ def compare(
         seed=seed,
         allow_different_test=allow_different_test,
     )
-    cmp = compare_runs(paths, config)
-    out_dir = out or DEFAULT_REPORTS / datetime.now().strftime("%Y%m%d-%H%M%S")
     if explain < 0:
         from featurestore.errors import XrayError
 
         raise XrayError(f"--explain must be 0 or more, got {explain}")
+    cmp = compare_runs(paths, config)
+    if as_json and out is None and not explain:  # a script asked for JSON, not for files
+        render_comparison(cmp, as_json=True, report=None)
+        return
+    out_dir = out or DEFAULT_REPORTS / datetime.now().strftime("%Y%m%d-%H%M%S")
     if explain:
         from featurestore.progress import make_progress
 

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -233,3 +234,28 @@ def list_runs(runs_dir: Path) -> list[Path]:
     if not runs_dir.is_dir():
         return []
     return sorted(p for p in runs_dir.iterdir() if is_complete_run(p))
+
+
+def find_runs(paths: Sequence[Path], runs_dir: Path) -> tuple[list[Path], str | None]:
+    """The run folders to compare, and a note saying where they were found (or None).
+
+    Each given path is a run folder, or a folder of runs (a study folder that `xray demo`
+    writes, `runs/study-<time>/`): its complete runs are taken. With no paths, the complete
+    runs directly under `runs_dir`; if there are none, those of its newest study folder.
+    A path that is neither is returned as it is, for `load_run` to refuse with the reason.
+    """
+    if paths:
+        out: list[Path] = []
+        for p in map(Path, paths):
+            inner = [] if is_complete_run(p) or not p.is_dir() else list_runs(p)
+            out += inner or [p]
+        return out, None
+    direct = list_runs(runs_dir)
+    if direct or not runs_dir.is_dir():
+        return direct, None
+    studies = sorted(p for p in runs_dir.iterdir() if p.is_dir() and list_runs(p))
+    if not studies:
+        return [], None
+    newest = studies[-1]
+    others = f"; {len(studies) - 1} older, pass one to compare it" if len(studies) > 1 else ""
+    return list_runs(newest), f"comparing the runs of {newest} (the newest study{others})"

@@ -339,3 +339,36 @@ def test_issue_14_4_compare_at_80_columns_keeps_every_digit(
         assert row.label.split()[0] in result.stdout
     assert result.stdout.lstrip().startswith("⚠ RANDOM WEIGHTS")
     assert result.stdout.index("Verdict") < result.stdout.index("Test metrics")
+
+
+def test_issue_14_8_compare_json_writes_no_report_unless_asked(
+    four_runs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["compare", "--runs", str(four_runs[0].parent), "--bootstrap", "200", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["report"] is None
+    assert not (tmp_path / "reports").exists()
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "asked")])
+    assert json.loads(result.stdout)["report"] == str(tmp_path / "asked" / "report.md")
+
+
+def test_issue_14_6_bare_compare_finds_the_newest_study_and_takes_a_study_folder(
+    tmp_path: Path,
+) -> None:
+    runs = tmp_path / "runs"
+    old = write_fake_run(runs / "study-20261128-100000", "a", model="resnet18", mode="frozen",
+                         skill=1.0)  # fmt: skip
+    new = [
+        write_fake_run(runs / "study-20261129-100000", name, model=m, mode="frozen", skill=1.0)
+        for name, m in (("a", "resnet50"), ("b", "densenet121"))
+    ]
+    args = ["compare", "--bootstrap", "200", "--json"]
+    result = CliRunner().invoke(app, [*args, "--runs", str(runs)])
+    assert result.exit_code == 0, result.output
+    assert [r["name"] for r in json.loads(result.stdout)["runs"]] == ["a", "b"]
+    assert "study-20261129-100000 (the newest study; 1 older" in result.stderr
+    result = CliRunner().invoke(app, [*args, str(old.parent), str(new[0])])
+    assert result.exit_code == 0, result.output
+    assert [r["model"] for r in json.loads(result.stdout)["runs"]] == ["resnet18", "resnet50"]
