@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -37,6 +37,17 @@ def short_paths(paths: list[str]) -> tuple[list[str], str | None]:
     if base == os.path.sep:
         return paths, None
     return [os.path.relpath(os.path.abspath(p), base) for p in paths], base
+
+
+def warn_about(config: dict[str, Any]) -> list[str]:
+    """Print a run's warnings (random weights, synthetic data) on stderr; return them for
+    --json, so they travel with the numbers either way."""
+    from featurestore.runs import run_warnings
+
+    warnings = run_warnings(config)
+    for w in warnings:
+        err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False, markup=True)
+    return warnings
 
 
 def register(app: typer.Typer) -> None:
@@ -92,6 +103,7 @@ def predict(
         write_predictions_csv(csv_path, rows)
     counts = count_predictions(rows, predictor.class_names)
     failed = counts["unreadable"]
+    warnings = warn_about(predictor.run.config)
     shown, base = short_paths([r.path for r in rows]) if not as_json else ([], None)
     emit_table(
         f"{predictor.run.name}: P({predictor.class_names[predictor.positive_index]}), "
@@ -108,6 +120,7 @@ def predict(
             "counts": counts,
             "failed": failed,
             "csv": str(csv_path) if csv_path else None,
+            "warnings": warnings,
         },
     )
     if not as_json:
@@ -160,7 +173,10 @@ def explain(
             batch_size=batch_size,
             progress=progress,
         )
+    import json
+
     rows = result.rows
+    warnings = warn_about(json.loads((Path(run) / "config.json").read_text()))
     shown, base = short_paths([r.path for r in rows]) if not as_json else ([], None)
     emit_table(
         f"Grad-CAM heatmaps in {out}" + (f"\nimages in {base}" if base else ""),
@@ -179,6 +195,7 @@ def explain(
         extra={
             "contact_sheet": str(result.contact_sheet) if result.contact_sheet else None,
             "peaks": {r.path: r.peak for r in rows if r.peak is not None},
+            "warnings": warnings,
         },
     )
     failed = sum(r.error is not None for r in rows)

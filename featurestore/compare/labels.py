@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from featurestore.runs import run_weights
+
 # config.json keys that describe the data, the outcome or bookkeeping, not a setting that
 # was chosen: two runs differing only in these are runs of the same configuration.
 NOT_SETTINGS = frozenset(
@@ -49,7 +51,7 @@ def run_settings(config: dict[str, Any]) -> dict[str, Any]:
         "model": config.get("model"),
         "mode": config.get("mode"),
         "head": config.get("head"),
-        "weights": config.get("weights_id") or store.get("weights_id") or config.get("weights"),
+        "weights": run_weights(config),
     }
     if config.get("mode") == "finetune":
         out["freeze"] = config.get("freeze", "none")

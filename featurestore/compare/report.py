@@ -162,10 +162,13 @@ def _write_table_csv(cmp: Comparison, path: Path) -> None:
 def _stamp(fig: Any, cmp: Comparison) -> None:
     """The comparison's warnings in the figure's corner, so a plot that leaves the report
     still says it shows random weights or synthetic data."""
-    if cmp.warnings:
-        note = " / ".join(w.split(":", 1)[0] for w in cmp.warnings)  # RANDOM WEIGHTS / ...
-        who = "all runs" if all(r.weights == "none" for r in cmp.rows) else "see report"
-        fig.text(0.005, 0.005, f"⚠ {note} ({who})", fontsize=7, color="#b00020", va="bottom")
+    from featurestore.plots import stamp
+
+    parts = []
+    for w in cmp.warnings:  # "RANDOM WEIGHTS: All runs use ...", "SYNTHETIC DATA: all runs ..."
+        head, text = w.split(":", 1)
+        parts.append(f"{head} ({'all runs' if 'all runs' in text.lower() else 'some runs'})")
+    stamp(fig, " / ".join(parts) or None)
 
 
 def _plot_roc(cmp: Comparison, path: Path) -> bool:
@@ -217,6 +220,7 @@ def _plot_intervals(cmp: Comparison, path: Path) -> bool:
 
 def _plot_confusions(cmp: Comparison, path: Path) -> bool:
     from featurestore.compare.analysis import _test_arrays
+    from featurestore.plots import text_color
 
     n = len(cmp.rows)
     fig, axes = new_figure((2.8 * n, 2.9), 1, n, squeeze=False)
@@ -241,16 +245,6 @@ def _plot_confusions(cmp: Comparison, path: Path) -> bool:
     _stamp(fig, cmp)
     save_figure(fig, path, dpi=120, tight=False)
     return True
-
-
-def text_color(image: Any, value: float) -> str:
-    """Black or white, whichever contrasts with the cell's colour (WCAG relative luminance
-    of the colormap's RGB at `value`: dark text on light cells, white on dark ones)."""
-    r, g, b, _ = image.cmap(image.norm(value))
-    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
-    luminance = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
-    # Contrast with black (L + 0.05) / 0.05 vs with white 1.05 / (L + 0.05): equal at L ~ 0.179.
-    return "black" if luminance > 0.179 else "white"
 
 
 def _markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -151,17 +150,16 @@ def describe_dataset(records: list[RunRecord]) -> dict[str, Any]:
     The path is the dataset folder recorded by the run (fine-tune) or its store (frozen);
     synthetic is True when that folder holds the marker `xray data synth` writes.
     """
-    from featurestore.data import MARKER
+    from featurestore.runs import is_synthetic, run_dataset_root
 
     ref = records[0].config
-    root = ref.get("dataset_root") or (ref.get("store") or {}).get("dataset_root")
-    path = Path(root) if root else None
+    path = run_dataset_root(ref)
     return {
         "name": path.name if path else None,
         "path": str(path) if path else None,
         "fingerprint": ref.get("dataset_fingerprint"),
         "class_counts": ref.get("class_counts"),
-        "synthetic": bool(path is not None and (path / MARKER).is_file()),
+        "synthetic": is_synthetic(ref),
     }
 
 

@@ -27,7 +27,12 @@ from featurestore.runs.record import (
     RunSummary,
     summarize,
     class_counts,
+    is_synthetic,
+    plot_note,
     run_config,
+    run_dataset_root,
+    run_warnings,
+    run_weights,
 )
 
 __all__ = [
@@ -52,4 +57,9 @@ __all__ = [
     "write_history",
     "write_predictions",
     "write_run",
+    "is_synthetic",
+    "plot_note",
+    "run_dataset_root",
+    "run_warnings",
+    "run_weights",
 ]

@@ -95,11 +95,14 @@ def write_run(
         if plots:
             from featurestore.plots import write_plots
 
+            from featurestore.runs.record import plot_note
+
             write_plots(
                 tmp / "plots",
                 result,
                 class_names=config["class_names"],
                 positive_index=int(config["positive_index"]),
+                note=plot_note(config),
             )
     return final
 

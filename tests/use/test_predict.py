@@ -217,6 +217,9 @@ def test_cli_predict_table_csv_json_and_exit_code(
     doc = json.loads(result.stdout)
     assert [r["error"] is None for r in doc["rows"]] == [True, False]
     assert doc["counts"]["unreadable"] == 1 and doc["failed"] == 1
+    # Issue 14.3: a random-weights run says so on stderr and in --json.
+    assert doc["warnings"] and doc["warnings"][0].startswith("RANDOM WEIGHTS")
+    assert "warning: RANDOM WEIGHTS" in result.stderr
 
     result = runner.invoke(app, ["predict", "--run", str(tmp_path), str(good)])
     assert result.exit_code == 2 and "error:" in result.output
