@@ -160,8 +160,15 @@ PAIR_LEGEND = (
 )
 
 
-def render_comparison(cmp: Comparison, *, as_json: bool, report: Path | None) -> None:
-    """The comparison: warnings, the verdict, then the tables (or one JSON document)."""
+def render_comparison(
+    cmp: Comparison,
+    *,
+    as_json: bool,
+    report: Path | None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The comparison: warnings, the verdict, then the tables (or one JSON document, with
+    `extra` keys added)."""
     from rich.markup import escape
 
     from featurestore.compare import METRIC_TITLES, TABLE_METRICS, fmt_best, fmt_p
@@ -175,6 +182,7 @@ def render_comparison(cmp: Comparison, *, as_json: bool, report: Path | None) ->
 
         doc = json_safe(cmp.as_dict())
         doc["report"] = None if report is None else str(report)
+        doc.update(extra or {})
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
     for warning in cmp.warnings:
@@ -360,7 +368,22 @@ def demo(
         err_console.print(
             "[bold yellow on red] RANDOM-INIT BACKBONES: a pipeline check, not a result [/]"
         )
-    render_comparison(result.comparison, as_json=as_json, report=result.report)
+    render_comparison(
+        result.comparison,
+        as_json=as_json,
+        report=result.report,
+        extra={"commands": result.commands},
+    )
+    if not as_json:
+        console.print("\n[bold]The same study, step by step[/] (same settings, same runs):")
+        for command in result.commands:
+            console.print(f"  {command}", highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            "\n[bold]Next:[/] open the report (report.html beside report.md); `xray compare` "
+            "compares this study again (bare, it takes the newest study under runs/); "
+            "`xray demo --data DIR` runs it on your own radiographs (see README).",
+            highlight=False,
+        )
 
 
 def replace_some(config: StudyConfig, **changes: Any) -> StudyConfig:
