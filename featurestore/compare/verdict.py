@@ -111,7 +111,7 @@ def make_verdict(cmp: Comparison) -> Verdict:
         + ", ROC-AUC 0.500 (a constant ranks nothing)."
     )
     chance = [
-        r.label
+        r.label + _why_not_learned(r)
         for r in rows
         if r.metrics["at_threshold"]["roc_auc"].defined
         and r.metrics["at_threshold"]["roc_auc"].lo <= 0.5
@@ -119,7 +119,7 @@ def make_verdict(cmp: Comparison) -> Verdict:
     if chance:
         lines.append(
             "No better than chance on this test set (ROC-AUC interval includes 0.5): "
-            + ", ".join(chance)
+            + "; ".join(chance)
             + "."
         )
     return Verdict(
@@ -138,6 +138,20 @@ def make_verdict(cmp: Comparison) -> Verdict:
         None if base_value is None else float(base_value),
         lines,
     )
+
+
+def _why_not_learned(row: RunRow) -> str:
+    """The recorded facts that explain a run at chance level, e.g. ` (random weights, 2
+    fine-tune epochs: too little training for a network that starts from scratch)`."""
+    facts = []
+    if row.weights == "none":
+        facts.append("random weights")
+    if row.mode == "finetune" and row.epochs_run <= 3:
+        facts.append(f"{row.epochs_run} fine-tune epoch{'s' if row.epochs_run > 1 else ''}")
+    if not facts:
+        return ""
+    why = ": too little training for a network that starts from scratch" if len(facts) == 2 else ""
+    return f" ({', '.join(facts)}{why})"
 
 
 def _fmt_p(p: float) -> str:

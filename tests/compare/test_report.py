@@ -372,3 +372,60 @@ def test_issue_14_6_bare_compare_finds_the_newest_study_and_takes_a_study_folder
     result = CliRunner().invoke(app, [*args, str(old.parent), str(new[0])])
     assert result.exit_code == 0, result.output
     assert [r["model"] for r in json.loads(result.stdout)["runs"]] == ["resnet18", "resnet50"]
+
+
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  const broken = images.filter((i) => !(i.complete && i.naturalWidth > 0)).length;
+  const right = (e) => e.getBoundingClientRect().right;
+  const tables = [...document.querySelectorAll("table")];
+  document.body.setAttribute("data-probe", JSON.stringify({
+    width: window.innerWidth,
+    images: images.length,
+    broken: broken,
+    page_overflow: document.documentElement.scrollWidth > window.innerWidth,
+    tables: tables.length,
+    tables_overflowing: tables.filter((t) => right(t) > window.innerWidth).length,
+    banners: document.querySelectorAll(".banner").length,
+  }));
+});
+</script>"""
+
+
+def find_browser() -> str | None:
+    """A headless-capable Chromium on PATH (Debian: `apt-get install -y chromium`)."""
+    import shutil
+
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    return next((path for name in names if (path := shutil.which(name))), None)
+
+
+def test_issue_14_11_report_html_renders_in_a_headless_browser(
+    four_runs: list[Path], tmp_path: Path
+) -> None:
+    """The report page in a real browser at a 1280 px window: every plot loads, the banner
+    shows, and nothing is wider than the window (a wide table scrolls inside its box)."""
+    import html
+    import re
+    import subprocess
+
+    browser = find_browser()
+    if browser is None:
+        pytest.skip("no chromium on PATH: `apt-get install -y chromium`, or run .ci/browser")
+    cmp = compare_runs(four_runs, CompareConfig(n_boot=200))
+    page = write_report(cmp, tmp_path / "rep").parent / "report.html"
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+         "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    found = re.search(r'data-probe="([^"]*)"', result.stdout)
+    assert found, result.stderr[-2000:]
+    seen = json.loads(html.unescape(found[1]))
+    assert seen["width"] == 1280
+    assert seen["images"] == 3 and seen["broken"] == 0  # roc, metrics, confusion
+    assert seen["banners"] == 1 and seen["tables"] >= 4
+    assert not seen["page_overflow"] and seen["tables_overflowing"] == 0, seen
