@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import csv
-import re
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

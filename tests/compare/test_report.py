@@ -307,7 +307,7 @@ def test_issue_14_report_opens_with_banner_verdict_and_dataset(
     cmp = compare_runs(four_runs, CompareConfig(n_boot=200))
     report = write_report(cmp, tmp_path / "rep")
     text = report.read_text()
-    banner = text.index('<div class="banner">')
+    banner = text.index("**\u26a0 RANDOM WEIGHTS")
     verdict = text.index("## Verdict")
     first_table = text.index("## Test metrics at the validation-chosen threshold")
     assert banner < verdict < first_table < text.index("## Test metrics at the threshold 0.5")
