@@ -93,7 +93,7 @@ def make_verdict(cmp: Comparison) -> Verdict:
             significant = p_adj < cmp.config.alpha
             n = len(cmp.pairs)
             lines.append(
-                f"Runner-up: {runner.label}, {margin:.3f} lower. {test}, {unit}: p = "
+                f"Runner-up: {runner.label}, {margin:.3f} lower; {test}, {unit}: p = "
                 f"{_fmt_p(p)}; Holm-adjusted over {n} pair{'s' if n > 1 else ''}: "
                 f"p = {_fmt_p(p_adj)}: "
                 + (

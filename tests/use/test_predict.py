@@ -225,6 +225,23 @@ def test_cli_predict_table_csv_json_and_exit_code(
     assert result.exit_code == 2 and "error:" in result.output
 
 
+def test_cli_predict_table_at_80_columns_keeps_every_digit(  # issue 14.4
+    frozen16: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featurestore.cli import common
+
+    monkeypatch.setattr(common.console, "width", 80)
+    folder = tiny / "test" / "PNEUMONIA"
+    args = ["predict", "--run", str(frozen16), str(folder), "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    assert "…" not in result.stdout
+    doc = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    for row in doc["rows"]:
+        assert f"{row['probability']:.3f}" in result.stdout
+
+
 def test_predictor_leaves_the_callers_rng_alone(frozen16: Path, finetuned: Path) -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
