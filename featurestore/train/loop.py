@@ -267,7 +267,7 @@ def fit(
             if loop.bad_epochs >= config.patience and epoch < config.epochs:
                 out.print(
                     f"early stop at epoch {epoch}/{config.epochs}: no better "
-                    f"{config.monitor} for {config.patience} epochs; keeping epoch "
+                    f"{monitor} for {config.patience} epochs; keeping epoch "
                     f"{loop.best_epoch}",
                     highlight=False,
                 )
