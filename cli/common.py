@@ -5,18 +5,29 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
 from featurestore.errors import XrayError
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _width(stream: object) -> int | None:
+    """The console width: the terminal's; in a file or pipe $COLUMNS, else wide enough that
+    tables keep their natural layout (rich's 80-column default squeezed them there)."""
+    isatty = getattr(stream, "isatty", None)
+    if (isatty is not None and isatty()) or os.environ.get("COLUMNS"):
+        return None
+    return 200
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,17 +84,83 @@ def emit_table(
             doc.update(extra)
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
+    print_table(title, columns, [[format_cell(v) for v in row] for row in rows])
+
+
+def _words(text: str) -> list[str]:
+    return text.split() or [""]
+
+
+def _table(
+    title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]], width: int
+) -> Table | None:
+    """A rich table whose columns wrap only at spaces within `width`, or None if it cannot.
+
+    Column widths are set here (from each column's longest word up to its longest line),
+    since rich's own squeezing may break a word, and a number, across lines.
+    """
+    cells = [list(columns), *(list(r) for r in rows)]
+    lo = [max(len(w) for row in cells for w in _words(row[k])) for k in range(len(columns))]
+    hi = [
+        max(len(line) for row in cells for line in (row[k].splitlines() or [""]))
+        for k in range(len(columns))
+    ]
+    spare = width - (sum(lo) + 3 * len(columns) + 1)  # borders and padding: 3 per column + 1
+    if spare < 0:
+        return None
+    widths = list(lo)
+    while spare > 0 and any(w < h for w, h in zip(widths, hi, strict=True)):
+        for k in range(len(widths)):
+            if spare > 0 and widths[k] < hi[k]:
+                widths[k] += 1
+                spare -= 1
+    table = Table(title=title, title_justify="left")
+    for col, w in zip(columns, widths, strict=True):
+        table.add_column(col, width=w, overflow="fold")  # fold, never "…": no digit lost
     for row in rows:
-        table.add_row(*(format_cell(v) for v in row))
-    console.print(table)
+        table.add_row(*row)
+    return table
+
+
+def table_layouts(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], width: int
+) -> list[RenderableType]:
+    """The layouts of one table that fit `width`, widest first: as given, transposed (one
+    column per row), and vertical (one field/value table per row; always present)."""
+    transposed = [[columns[k]] + [r[k] for r in rows] for k in range(1, len(columns))]
+    tables = [
+        _table(title, columns, rows, width),
+        _table(title, [columns[0]] + [r[0] for r in rows], transposed, width),
+    ]
+    vertical = [
+        _table(f"{title}: {row[0]}" if k == 0 else str(row[0]), [columns[0], ""],
+               [[c, v] for c, v in zip(columns[1:], row[1:], strict=True)], max(width, 40))
+        for k, row in enumerate(rows)
+    ]  # fmt: skip
+    fitting: list[RenderableType] = [t for t in tables if t is not None]
+    return [*fitting, Group(*(t for t in vertical if t is not None))]
+
+
+def print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    legend: str | None = None,
+    out: Console | None = None,
+) -> None:
+    """Print the first layout of table_layouts that fits the console, so that no number
+    loses a digit at 80 columns (cells wrap at spaces only), then the legend."""
+    out = out or console
+    out.print(table_layouts(title, columns, [list(map(str, r)) for r in rows], out.width)[0])
+    if legend:
+        out.print(legend, highlight=False, markup=False)
 
 
 def format_cell(value: Any) -> str:
-    """Human format for a table cell: floats to 3 decimals, None as a dash."""
-    if value is None:
+    """Human format for a table cell: floats to 3 decimals, None and NaN (undefined) as a
+    dash."""
+    if value is None or (isinstance(value, float) and value != value):
         return "-"
     if isinstance(value, float):
         return f"{value:.3f}"

@@ -10,7 +10,7 @@ import typer
 
 from featurestore.config import CompareConfig, EvaluateConfig, StudyConfig
 
-from .common import console, emit_table, err_console, notice, resolve_data, user_errors
+from .common import console, err_console, notice, resolve_data, user_errors
 from .options import (
     DEFAULT_CACHE,
     DEFAULT_REPORTS,
@@ -43,7 +43,8 @@ def compare(
     runs: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="Run folders to compare. Default: every complete run under --runs.",
+            help="Run folders, or folders of runs (a study folder from `xray demo`). "
+            "Default: every complete run under --runs, else its newest study folder.",
             show_default=False,
         ),
     ] = None,
@@ -52,7 +53,8 @@ def compare(
         Path | None,
         typer.Option(
             "--out",
-            help="Report folder. Default: a new folder under reports/ named by the time.",
+            help="Report folder. Default: a new folder under reports/ named by the time "
+            "(none with --json unless --out is given).",
             show_default=False,
         ),
     ] = None,
@@ -108,9 +110,11 @@ def compare(
         xray compare evaluations/*-on-hospital_b-test
     """
     from featurestore.compare import compare_runs, write_report
-    from featurestore.runs import list_runs
+    from featurestore.runs import find_runs
 
-    paths = list(runs) if runs else list_runs(runs_dir)
+    paths, where = find_runs(runs or [], runs_dir)
+    if where is not None:
+        notice(where)
     if not paths:
         from featurestore.errors import XrayError
 
@@ -124,12 +128,15 @@ def compare(
         seed=seed,
         allow_different_test=allow_different_test,
     )
-    cmp = compare_runs(paths, config, evaluations=evaluations)
-    out_dir = out or DEFAULT_REPORTS / datetime.now().strftime("%Y%m%d-%H%M%S")
     if explain < 0:
         from featurestore.errors import XrayError
 
         raise XrayError(f"--explain must be 0 or more, got {explain}")
+    cmp = compare_runs(paths, config, evaluations=evaluations)
+    if as_json and out is None and not explain:  # a script asked for JSON, not for files
+        render_comparison(cmp, as_json=True, report=None)
+        return
+    out_dir = out or DEFAULT_REPORTS / datetime.now().strftime("%Y%m%d-%H%M%S")
     if explain:
         from featurestore.progress import make_progress
 
@@ -144,19 +151,42 @@ CONSOLE_METRICS = ("accuracy", "f1_macro", "sensitivity", "specificity", "roc_au
 
 
 def fmt_short(iv: Interval) -> str:
-    """`0.91 [0.88,0.93]`: compact enough for an 80-column terminal."""
+    """`0.912` over `[0.887,0.934]` (stacked, so a column stays narrow); `-` where undefined,
+    `†` after an unreliable interval."""
     if iv.estimate != iv.estimate:  # NaN: undefined on this test set
         return "-"
-    return f"{iv.estimate:.2f} [{iv.lo:.2f},{iv.hi:.2f}]"
+    return f"{iv.estimate:.3f}\n[{iv.lo:.3f},{iv.hi:.3f}]" + ("" if iv.reliable else " †")
 
 
 def _fmt_value(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return "-" if value is None or value != value else f"{value:.3f}"
 
 
-def render_comparison(cmp: Comparison, *, as_json: bool, report: Path) -> None:
-    """The comparison as rich tables (or one JSON document) and the report's path."""
-    from featurestore.compare import METRIC_TITLES, TABLE_METRICS, fmt_p
+LEGEND = (
+    "Each cell: estimate over its 95% bootstrap interval [low,high]; -: undefined on this "
+    "test set; †: unreliable (a class has fewer than {min_units} patients, or >1% of "
+    "resamples undefined)."
+)
+PAIR_LEGEND = (
+    "A/B only right: test images only A (only B) classifies correctly, McNemar's discordant "
+    "pairs. Tests {clustered}; p Holm: adjusted over the {n} pairs (Holm 1979)."
+)
+
+
+def render_comparison(
+    cmp: Comparison,
+    *,
+    as_json: bool,
+    report: Path | None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The comparison: warnings, the verdict, then the tables (or one JSON document, with
+    `extra` keys added)."""
+    from rich.markup import escape
+
+    from featurestore.compare import METRIC_TITLES, TABLE_METRICS, fmt_best, fmt_p
+
+    from .common import print_table
 
     if as_json:
         import json
@@ -164,66 +194,86 @@ def render_comparison(cmp: Comparison, *, as_json: bool, report: Path) -> None:
         from featurestore.compare import json_safe
 
         doc = json_safe(cmp.as_dict())
-        doc["report"] = str(report)
+        doc["report"] = None if report is None else str(report)
+        doc.update(extra or {})
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
+    for warning in cmp.warnings:
+        console.print(f"[bold white on red] \u26a0 {escape(warning)} [/]", highlight=False)
+    if cmp.verdict is not None:
+        console.print("[bold]Verdict[/]")
+        for line in cmp.verdict.lines:
+            console.print(f"  {line}", highlight=False, markup=False)
     for note in cmp.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
-    emit_table(
-        f"Test metrics at the validation threshold, 95% CI ({cmp.config.resample} bootstrap, "
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    b = cmp.baseline
+    print_table(
+        f"Test metrics at the validation threshold ({cmp.config.resample} bootstrap, "
         f"{cmp.test_set['images']} images, {cmp.test_set['patients']} patients)",
         ["run"] + [METRIC_TITLES[m] for m in CONSOLE_METRICS],
         [[r.label] + [fmt_short(r.metrics["at_threshold"][m]) for m in CONSOLE_METRICS]
          for r in cmp.rows]
-        + [[f"majority ({cmp.baseline['majority_class']})"]
-           + [_fmt_value(cmp.baseline.get(m)) for m in CONSOLE_METRICS]],
-        as_json=False,
+        + [[f"majority ({b['majority_class']})"]
+           + [_fmt_value(b.get(m)) for m in CONSOLE_METRICS]],
+        legend=LEGEND.format(min_units=cmp.config.min_units_per_class),
     )  # fmt: skip
-    emit_table(
+    print_table(
         "Training and compute",
-        ["run", "trainable", "best/epochs", "s/epoch", "extract s", "test loss"],
+        ["run", "trainable", "best / run", "s/epoch", "extract s", "test loss"],
         [
             [
                 r.label,
                 f"{r.trainable_params:,}",
-                f"{r.best_epoch}/{r.epochs_run}" + (" (early)" if r.stopped_early else ""),
-                f"{r.seconds_per_epoch:.2f}",
+                fmt_best(r) + (" (early stop)" if r.stopped_early else ""),
+                f"{r.seconds_per_epoch:.2f}" + (" per C" if r.swept == "C" else ""),
                 "-" if r.extraction_seconds is None else f"{r.extraction_seconds:.1f} once",
                 fmt_short(r.metrics["at_0.5"]["loss"]),
             ]
             for r in cmp.rows
         ],
-        as_json=False,
+        legend="best / run: best epoch / epochs run (logreg: the C kept / C values swept)."
+        if any(r.swept == "C" for r in cmp.rows)
+        else None,
     )
     if cmp.pairs:
-        emit_table(
+        clustered = "clustered by patient" if cmp.config.resample == "patients" else "by image"
+        print_table(
             "Paired tests (same test images)",
-            ["A", "B", "McNemar b/c", "McNemar p", "AUC A-B", "DeLong p"],
+            [
+                *("A", "B", "A only right", "B only right", "McNemar p", "McNemar p Holm"),
+                *("AUC A-B", "DeLong p", "DeLong p Holm"),
+            ],
             [
                 [
                     p.a,
                     p.b,
-                    f"{p.mcnemar.b}/{p.mcnemar.c}",
+                    str(p.mcnemar.b),
+                    str(p.mcnemar.c),
                     fmt_p(p.mcnemar.p_value),
-                    f"{p.delong.diff:+.3f}",
-                    fmt_p(p.delong.p_value),
+                    fmt_p(p.mcnemar_p_holm),
+                    "-" if p.delong is None else f"{p.delong.diff:+.3f}",
+                    fmt_p(None if p.delong is None else p.delong.p_value),
+                    fmt_p(p.delong_p_holm),
                 ]
                 for p in cmp.pairs
             ],
-            as_json=False,
+            legend=PAIR_LEGEND.format(clustered=clustered, n=len(cmp.pairs)),
         )
     if cmp.seed_groups:
-        emit_table(
-            "Across seeds: mean ± sd",
+        print_table(
+            "Across seeds (same settings, distinct seeds): mean ± sd",
             ["configuration", "seeds"] + [METRIC_TITLES[m] for m in TABLE_METRICS],
             [
-                [g.label, str(len(g.seeds))]
-                + [f"{g.mean[m]:.3f} ± {g.std[m]:.3f}" for m in TABLE_METRICS]
+                [g.label, ", ".join(map(str, g.seeds))]
+                + [
+                    "-" if g.mean[m] != g.mean[m] else f"{g.mean[m]:.3f} ± {g.std[m]:.3f}"
+                    for m in TABLE_METRICS
+                ]
                 for g in cmp.seed_groups
             ],
-            as_json=False,
         )
-    console.print(f"report: [bold]{report}[/] (also report.html, table.csv, plots)")
+    if report is not None:
+        console.print(f"report: [bold]{report}[/] (also report.html, table.csv, plots)")
 
 
 @user_errors
@@ -331,7 +381,22 @@ def demo(
         err_console.print(
             "[bold yellow on red] RANDOM-INIT BACKBONES: a pipeline check, not a result [/]"
         )
-    render_comparison(result.comparison, as_json=as_json, report=result.report)
+    render_comparison(
+        result.comparison,
+        as_json=as_json,
+        report=result.report,
+        extra={"commands": result.commands},
+    )
+    if not as_json:
+        console.print("\n[bold]The same study, step by step[/] (same settings, same runs):")
+        for command in result.commands:
+            console.print(f"  {command}", highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            "\n[bold]Next:[/] open the report (report.html beside report.md); `xray compare` "
+            "compares this study again (bare, it takes the newest study under runs/); "
+            "`xray demo --data DIR` runs it on your own radiographs (see README).",
+            highlight=False,
+        )
 
 
 def replace_some(config: StudyConfig, **changes: Any) -> StudyConfig:

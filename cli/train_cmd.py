@@ -11,7 +11,15 @@ import typer
 
 from featurestore.config import FinetuneConfig, FitHeadConfig
 
-from .common import console, emit_table, err_console, notice, user_errors
+from .common import (
+    console,
+    emit_table,
+    err_console,
+    format_cell,
+    notice,
+    print_table,
+    user_errors,
+)
 from .options import (
     DEFAULT_CACHE,
     DEFAULT_RUNS,
@@ -67,19 +75,37 @@ def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
             extra={"runs": [str(s.path) for s in summaries]},
         )
         return
+    import json
+
+    from featurestore.compare import run_labels
+
+    configs = [json.loads((s.path / "config.json").read_text()) for s in summaries]
+    labels, _ = run_labels(configs, [s.path.name for s in summaries])
     columns = ["metric"]
-    for s in summaries:
-        label = f"{s.model} {s.mode} {s.head}"
+    for s, label in zip(summaries, labels, strict=True):
         columns += [f"{label} @0.5", f"{label} @{s.threshold:.3f}"]
     table_rows = [
         [name] + [s.test[at][name] for s in summaries for at in ("at_0.5", "at_threshold")]
         for name in METRIC_COLUMNS
     ]
-    table_rows.append(
-        ["best epoch / run"]
-        + [f"{s.best_epoch}/{s.epochs_run}" for s in summaries for _ in range(2)]
+    best = []
+    for s, cfg in zip(summaries, configs, strict=True):
+        if cfg.get("head") == "logreg" and "logreg_C" in cfg:  # rows are values of C
+            best.append(f"C={cfg['logreg_C']:g} of {s.epochs_run} C values")
+        else:
+            best.append(f"{s.best_epoch}/{s.epochs_run}")
+    table_rows.append(["best epoch / run"] + [b for b in best for _ in range(2)])
+    legend = "-: undefined on this test set (e.g. specificity without negative images)."
+    swept = [c["logreg_Cs"] for c in configs if c.get("head") == "logreg" and "logreg_Cs" in c]
+    if swept:
+        values = ", ".join(f"{c:g}" for c in swept[0])
+        legend += f" logreg: C swept over {values}; the C with the best validation AUC is kept."
+    print_table(
+        title,
+        columns,
+        [[format_cell(v) for v in row] for row in table_rows],
+        legend=legend,
     )
-    emit_table(title, columns, table_rows, as_json=False)
     for s in summaries:
         console.print(f"run folder: [bold]{s.path}[/]", highlight=False)
 

@@ -41,6 +41,14 @@ def short_paths(paths: list[str]) -> tuple[list[str], str | None]:
     return [os.path.relpath(os.path.abspath(p), base) for p in paths], base
 
 
+def warn_about(warnings: list[str]) -> list[str]:
+    """Print a run's warnings (random weights, synthetic data) on stderr; return them for
+    --json, so they travel with the numbers either way."""
+    for w in warnings:
+        err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False, markup=True)
+    return warnings
+
+
 def register(app: typer.Typer) -> None:
     """Add `predict`, `explain` and `export` to the app."""
     app.command("predict")(predict)
@@ -97,6 +105,7 @@ def predict(
     """
     from featurestore.errors import XrayError
     from featurestore.progress import make_progress
+    from featurestore.runs import run_warnings
     from featurestore.use import (
         OnnxModel,
         Predictor,
@@ -125,6 +134,11 @@ def predict(
         write_predictions_csv(csv_path, rows)
     counts = count_predictions(rows, predictor.class_names)
     failed = counts["unreadable"]
+    warnings = warn_about(
+        predictor.warnings
+        if isinstance(predictor, OnnxModel)
+        else run_warnings(predictor.run.config)
+    )
     shown, base = short_paths([r.path for r in rows]) if not as_json else ([], None)
     emit_table(
         f"{name}: P({predictor.class_names[predictor.positive_index]}), "
@@ -142,6 +156,7 @@ def predict(
             "counts": counts,
             "failed": failed,
             "csv": str(csv_path) if csv_path else None,
+            "warnings": warnings,
         },
     )
     if not as_json:
@@ -181,6 +196,7 @@ def explain(
         xray explain --run runs/20261128-101500-densenet121-frozen-s0 data/new --out heat/ --json
     """
     from featurestore.progress import make_progress
+    from featurestore.runs import run_warnings
     from featurestore.use import expand_inputs, explain_run
 
     paths = expand_inputs(images)
@@ -194,7 +210,10 @@ def explain(
             batch_size=batch_size,
             progress=progress,
         )
+    import json
+
     rows = result.rows
+    warnings = warn_about(run_warnings(json.loads((Path(run) / "config.json").read_text())))
     shown, base = short_paths([r.path for r in rows]) if not as_json else ([], None)
     emit_table(
         f"Grad-CAM heatmaps in {out}" + (f"\nimages in {base}" if base else ""),
@@ -213,6 +232,7 @@ def explain(
         extra={
             "contact_sheet": str(result.contact_sheet) if result.contact_sheet else None,
             "peaks": {r.path: r.peak for r in rows if r.peak is not None},
+            "warnings": warnings,
         },
     )
     failed = sum(r.error is not None for r in rows)

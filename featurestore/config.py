@@ -293,6 +293,11 @@ class CompareConfig:
     """Seed of the bootstrap resamples."""
     allow_different_test: bool = False
     """Compare runs evaluated on different test sets (paired tests are then skipped)."""
+    min_units_per_class: int = 5
+    """An interval is marked unreliable when a class its metric conditions on has fewer
+    resampling units (patients, or images with --resample images) than this in the test set,
+    or when more than 1% of its resamples were undefined: with 4 patients or fewer a resample
+    misses the class often and the percentile interval collapses onto a few values."""
 
     def __post_init__(self) -> None:
         if self.resample not in RESAMPLE_UNITS:

@@ -38,31 +38,41 @@ def save_figure(fig: Figure, path: Path, *, dpi: int = 100, tight: bool = True) 
         fig.savefig(tmp, dpi=dpi, format="png")
 
 
-def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+def plot_curves(history: list[dict[str, float]], path: Path, *, note: str | None = None) -> None:
     """Loss, accuracy, F1 (train vs val) and val AUC per epoch, 2x2 panels."""
-    epochs = [int(r["epoch"]) for r in history]
+    swept_c = bool(history) and "C" in history[0]  # logreg: one row per C, not per epoch
+    epochs = [r["C"] if swept_c else int(r["epoch"]) for r in history]
+    xlabel = "C (inverse regularisation, log scale)" if swept_c else "epoch"
     fig, axes = new_figure(nrows=2, ncols=2, figsize=(9, 6.5))
     for ax, metric in zip(axes.flat, ("loss", "acc", "f1"), strict=False):
         ax.plot(epochs, [r[f"train_{metric}"] for r in history], "o-", label="train")
         ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", label="val")
         ax.set_title(metric)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(xlabel)
+        ax.set_xscale("log" if swept_c else "linear")
         ax.legend()
     ax = axes.flat[3]
     ax.plot(epochs, [r["val_auc"] for r in history], "o-", color="tab:orange", label="val")
     ax.set_title("auc")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(xlabel)
+    ax.set_xscale("log" if swept_c else "linear")
     ax.legend()
-    save_figure(fig, path)
+    _save(fig, path, note)
 
 
 def plot_confusion(
-    matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, *, title: str
+    matrix: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    path: Path,
+    *,
+    title: str,
+    note: str | None = None,
 ) -> None:
     """Confusion matrix with counts (rows: true class, columns: predicted)."""
     cm = np.asarray(matrix)
     fig, ax = new_figure(figsize=(4.5, 4))
-    ax.imshow(cm, cmap="Blues")
+    image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, int(cm.max())))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="images")
     ticks = range(len(class_names))
     ax.set_xticks(ticks, class_names)
     ax.set_yticks(ticks, class_names)
@@ -71,12 +81,30 @@ def plot_confusion(
     ax.set_title(title)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            color = "white" if cm[i, j] > cm.max() / 2 else "black"
+            color = text_color(image, cm[i, j])
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color)
-    save_figure(fig, path)
+    _save(fig, path, note)
 
 
-def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+def text_color(image: Any, value: float) -> str:
+    """Black or white, whichever contrasts more with the cell's colour at `value` in the
+    image's colormap (WCAG 2 relative luminance: the two contrasts are equal at L ~ 0.179)."""
+    r, g, b, _ = image.cmap(image.norm(value))
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    luminance = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    return "black" if luminance > 0.179 else "white"
+
+
+def stamp(fig: Figure, note: str | None) -> None:
+    """A warning (random weights, synthetic data) in the figure's bottom-left corner, so the
+    plot says it when it travels without its report."""
+    if note:
+        fig.text(0.005, 0.005, f"\u26a0 {note}", fontsize=7, color="#b00020", va="bottom")
+
+
+def plot_roc(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, note: str | None = None
+) -> None:
     """ROC curve per split from (y_positive, p_positive); splits with one class are skipped."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -90,7 +118,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> No
     ax.set_ylabel("true positive rate")
     ax.set_title("ROC")
     ax.legend(loc="lower right")
-    save_figure(fig, path)
+    _save(fig, path, note)
 
 
 def plot_reliability(
@@ -116,19 +144,33 @@ def plot_reliability(
 
 
 def write_plots(
-    folder: Path, result: FitResult, *, class_names: Sequence[str], positive_index: int
+    folder: Path,
+    result: FitResult,
+    *,
+    class_names: Sequence[str],
+    positive_index: int,
+    note: str | None = None,
 ) -> None:
-    """curves.png, confusion.png (test, at the validation threshold) and roc.png (val, test)."""
+    """curves.png, confusion.png (test, at the validation threshold) and roc.png (val, test);
+    `note` (e.g. "random weights") is written in each figure's corner."""
     folder.mkdir(parents=True, exist_ok=True)
-    plot_curves(result.history, folder / "curves.png")
+    plot_curves(result.history, folder / "curves.png", note=note)
     plot_confusion(
         result.test["at_threshold"]["confusion_matrix"],
         class_names,
         folder / "confusion.png",
         title=f"test @ threshold {result.threshold['value']:.3f}",
+        note=note,
     )
     curves = {}
     for split in ("val", "test"):
         sp = result.predictions[split]
         curves[split] = ((sp.labels == positive_index).astype(int), sp.probabilities)
-    plot_roc(curves, folder / "roc.png")
+    plot_roc(curves, folder / "roc.png", note=note)
+
+
+def _save(fig: Figure, path: Path, note: str | None = None) -> None:
+    """Lay out, stamp the note (after layout, so it stays in the corner), save."""
+    fig.tight_layout()
+    stamp(fig, note)
+    save_figure(fig, path, tight=False)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from featurestore.config import FinetuneConfig, FitHeadConfig, StudyConfig, seeded
+from featurestore.config import FinetuneConfig, FitHeadConfig, StudyConfig, TrainConfig, seeded
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -28,6 +28,56 @@ class StudyResult:
     runs: list[Path]
     report: Path
     comparison: Comparison
+    commands: list[str] = field(default_factory=list)
+    """The same study as step-by-step commands (study_commands)."""
+
+
+def study_commands(
+    *,
+    data: Path,
+    config: StudyConfig,
+    weights: str,
+    cache_dir: Path,
+    study_runs: Path,
+    stores: dict[str, Path],
+) -> list[str]:
+    """The commands that repeat the study step by step, with the settings it used.
+
+    Every setting the study changes from a command's own default is spelled out (image size,
+    epochs, fine-tune batch size and patience, weights, seeds, workers), so running these gives
+    the same runs (on CPU, byte for byte) in `study_runs`, and `xray compare` the same table.
+    """
+    ft = _finetune_train(config)
+    common = f"--data {data}"
+    seeds = f" --seeds {config.seeds}" if config.seeds > 1 else ""
+    workers = f" --workers {config.workers}" if config.workers is not None else ""
+    out = []
+    for model in config.models:
+        out.append(
+            f"xray extract --model {model} --weights {weights} --image-size {config.image_size} "
+            f"{common} --cache {cache_dir}{workers}"
+        )
+        out.append(
+            f"xray fit-head --store {stores[model]} --head {config.head} "
+            f"--epochs {config.head_epochs} --runs {study_runs}{seeds}"
+        )
+        out.append(
+            f"xray finetune --model {model} --weights {weights} --image-size "
+            f"{config.image_size} --epochs {ft.epochs} --batch-size {ft.batch_size} "
+            f"--patience {ft.patience} {common} --runs {study_runs}{seeds}{workers}"
+        )
+    out.append(f"xray compare {study_runs} --bootstrap {config.n_boot}")
+    return out
+
+
+def _finetune_train(config: StudyConfig) -> TrainConfig:
+    """The fine-tune settings of the study: fewer epochs, a small batch, patience to match."""
+    return replace(
+        FinetuneConfig().train,
+        epochs=config.finetune_epochs,
+        batch_size=config.finetune_batch_size,
+        patience=max(2, config.finetune_epochs // 3),
+    )
 
 
 def resolve_study_weights(models: tuple[str, ...], weights: str) -> str:
@@ -70,6 +120,7 @@ def run_study(
     study_runs = runs_dir / f"study-{stamp}"
     manifest = load_manifest(data)
     run_paths: list[Path] = []
+    stores: dict[str, Path] = {}
     for model in config.models:
         result = extract_features(
             manifest,
@@ -84,13 +135,9 @@ def run_study(
         say(f"{model}: store {result.path} ({result.status})")
         # extract_features just checked the store against this manifest: no second hashing.
         store = open_store(result.path)
+        stores[model] = result.path
         head_base = replace(FitHeadConfig().train, epochs=config.head_epochs)
-        ft_base = replace(
-            FinetuneConfig().train,
-            epochs=config.finetune_epochs,
-            batch_size=config.finetune_batch_size,
-            patience=max(2, config.finetune_epochs // 3),
-        )
+        ft_base = _finetune_train(config)
         for head_cfg, ft_cfg in zip(
             seeded(head_base, config.seeds), seeded(ft_base, config.seeds), strict=True
         ):
@@ -120,4 +167,8 @@ def run_study(
             run_paths.append(summary.path)
     comparison = compare_runs(run_paths, CompareConfig(n_boot=config.n_boot))
     report = write_report(comparison, reports_dir / f"study-{stamp}")
-    return StudyResult(weights, random_init, run_paths, report, comparison)
+    commands = study_commands(
+        data=data, config=config, weights=weights, cache_dir=cache_dir, study_runs=study_runs,
+        stores=stores,
+    )  # fmt: skip
+    return StudyResult(weights, random_init, run_paths, report, comparison, commands)

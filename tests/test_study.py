@@ -43,10 +43,52 @@ def test_demo_cli_runs_the_whole_study(
     modes = sorted(r["mode"] for r in doc["runs"])
     assert modes == ["finetune", "frozen"]
     assert len(doc["pairs"]) == 1
-    assert any("randomly initialised" in n for n in doc["notes"])
+    assert any("randomly initialised" in w for w in doc["warnings"])
+    assert doc["commands"][-1].startswith("xray compare ")
     report = Path(doc["report"])
     assert report.is_file() and (report.parent / "roc.png").is_file()
     # The study's runs live in their own folder under runs/, the store under cache/.
     runs = [p for p in (tmp_path / "runs").glob("study-*/*") if not p.name.startswith(".")]
     assert len(runs) == 2
     assert list((tmp_path / "cache").rglob("resnet18-none-32px.h5"))
+
+
+@pytest.mark.slow
+def test_demo_commands_repeat_the_demo_step_by_step(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14.6: the step-by-step commands the demo prints give the demo's runs, byte for
+    byte (metrics.json, predictions.csv), and bare `xray compare` finds the demo's study."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    args = ["demo", "--data", str(tiny_data), "--model", "resnet18", "--image-size", "32"]
+    args += ["--head-epochs", "3", "--finetune-epochs", "1", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    (study,) = (tmp_path / "runs").glob("study-*")
+    bare = CliRunner().invoke(app, ["compare", "--json", "--bootstrap", "200"])
+    assert bare.exit_code == 0, bare.output
+    assert sorted(r["name"] for r in json.loads(bare.stdout)["runs"]) == sorted(
+        p.name for p in study.iterdir() if not p.name.startswith(".")
+    )
+    again = tmp_path / "again"
+    for command in doc["commands"]:
+        argv = shlex.split(command.replace(str(study.relative_to(tmp_path)), str(again)))
+        assert argv[0] == "xray"
+        step = CliRunner().invoke(app, [*argv[1:], *(["--json"] if argv[1] != "extract" else [])])
+        assert step.exit_code == 0, (command, step.output)
+
+    def outputs(folder: Path) -> dict[str, tuple[str, str]]:
+        return {
+            p.name.split("-", 2)[2]: (
+                (p / "metrics.json").read_text(),
+                (p / "predictions.csv").read_text(),
+            )
+            for p in folder.iterdir()
+            if not p.name.startswith(".")
+        }
+
+    assert outputs(again) == outputs(study)

@@ -1,5 +1,6 @@
-"""Judging runs: metrics at a threshold, bootstrap intervals, paired tests (McNemar, DeLong),
-the majority baseline, `compare_runs` and the report files behind `xray compare`.
+"""Judging runs: metrics at a threshold, bootstrap intervals, clustered paired tests (McNemar,
+DeLong) with Holm's correction, run labels, the majority baseline, the verdict, `compare_runs`
+and the report files behind `xray compare`.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from featurestore.compare.analysis import (
     TABLE_METRICS,
     THRESHOLD_FREE,
     THRESHOLDS,
+    UNDEFINED,
     Comparison,
     Interval,
     PairTest,
@@ -42,6 +44,7 @@ from featurestore.compare.external_stats import (
     external_difference,
     patient_interval,
 )
+from featurestore.compare.labels import run_labels, run_settings, seed_groups
 from featurestore.compare.metrics import (
     CHOOSING_SPLITS,
     PROB_EPS,
@@ -55,6 +58,7 @@ from featurestore.compare.metrics import (
 from featurestore.compare.report import (
     METRIC_TITLES,
     THRESHOLD_TITLES,
+    fmt_best,
     fmt_interval,
     fmt_p,
     json_safe,
@@ -65,11 +69,15 @@ from featurestore.compare.report import (
 from featurestore.compare.stats import (
     DeLongResult,
     McNemarResult,
+    clustered_delong_test,
+    clustered_mcnemar,
     delong_ci,
     delong_roc_test,
+    holm,
     majority_baseline,
     mcnemar,
 )
+from featurestore.compare.verdict import Verdict, counts_line, describe_dataset, make_verdict
 from featurestore.config import THRESHOLD_POLICIES, CompareConfig, parse_threshold_policy
 
 __all__ = [
@@ -84,6 +92,7 @@ __all__ = [
     "THRESHOLD_FREE",
     "THRESHOLD_POLICIES",
     "THRESHOLD_TITLES",
+    "UNDEFINED",
     "BootMetric",
     "BootstrapResult",
     "Calibration",
@@ -98,6 +107,7 @@ __all__ = [
     "RunRow",
     "Scores",
     "SeedGroup",
+    "Verdict",
     "WeightedMetric",
     "binary_metrics",
     "bootstrap_ci",
@@ -108,9 +118,13 @@ __all__ = [
     "check_choosing_split",
     "check_labels",
     "choose_threshold",
+    "clustered_delong_test",
+    "clustered_mcnemar",
     "compare_runs",
+    "counts_line",
     "delong_ci",
     "delong_roc_test",
+    "describe_dataset",
     "evaluate_run",
     "evaluate_split",
     "expected_calibration_error",
@@ -118,11 +132,14 @@ __all__ = [
     "external_section",
     "find_evaluations",
     "fit_calibration",
+    "fmt_best",
     "fmt_interval",
     "fmt_p",
+    "holm",
     "json_safe",
     "logit",
     "majority_baseline",
+    "make_verdict",
     "mcnemar",
     "operating_point",
     "paired_bootstrap",
@@ -130,5 +147,8 @@ __all__ = [
     "patient_interval",
     "render_html",
     "render_markdown",
+    "run_labels",
+    "run_settings",
+    "seed_groups",
     "write_report",
 ]

@@ -110,10 +110,13 @@ class BootMetric:
             return _divide(tp, tp + fn, np.nan)
         if self.name == "specificity":
             return _divide(tn, tn + fp, np.nan)
-        f1_pos = _divide(2 * tp, 2 * tp + fp + fn, 0.0)
+        # A class's F1 is undefined (NaN) without images of that class, as in binary_metrics;
+        # the macro F1 then is too (NaN propagates through the mean).
+        f1_pos = np.where(tp + fn > 0, _divide(2 * tp, 2 * tp + fp + fn, np.nan), np.nan)
         if self.name == "f1_positive":
             return f1_pos
-        return (f1_pos + _divide(2 * tn, 2 * tn + fn + fp, 0.0)) / 2  # f1_macro
+        f1_neg = np.where(tn + fp > 0, _divide(2 * tn, 2 * tn + fn + fp, np.nan), np.nan)
+        return (f1_pos + f1_neg) / 2  # f1_macro
 
 
 def check_labels(y: np.ndarray, *scores: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

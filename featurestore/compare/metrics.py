@@ -11,10 +11,8 @@ from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
     confusion_matrix,
-    f1_score,
     log_loss,
     precision_recall_curve,
-    precision_recall_fscore_support,
     roc_auc_score,
     roc_curve,
 )
@@ -82,6 +80,11 @@ def expected_calibration_error(y_pos: np.ndarray, p_pos: np.ndarray, n_bins: int
     return float(np.abs(sum_y - sum_p).sum() / y.size)
 
 
+def _ratio(num: int, den: int) -> float | None:
+    """num / den as a float, None (undefined) when den is 0."""
+    return float(num) / float(den) if den else None
+
+
 def binary_metrics(
     y_true: np.ndarray,
     p_pos: np.ndarray,
@@ -93,7 +96,11 @@ def binary_metrics(
 ) -> dict[str, Any]:
     """All metrics of one split at one threshold (predict positive when p_pos >= threshold).
 
-    JSON-ready: plain floats/ints/lists; the AUCs are None when y_true holds one class only.
+    JSON-ready: plain floats/ints/lists. A metric that is 0/0 on these labels is None, never
+    0: sensitivity (recall of the positive class) without positives, specificity without
+    negatives, precision of a class never predicted, recall and F1 of a class absent from
+    y_true, the macro F1 when either class is absent, and both AUCs when y_true holds one
+    class only.
     """
     names = tuple(class_names)
     if len(names) != 2:
@@ -111,30 +118,31 @@ def binary_metrics(
     y_pos = (y == positive_index).astype(np.int64)  # (N,) 1 = positive class
     y_pred = np.where(p >= threshold, positive_index, negative_index)  # (N,) class indices
 
-    precision, recall, _, _ = precision_recall_fscore_support(
-        y, y_pred, labels=labels, zero_division=0
-    )
-    both_classes = 0 < int(y_pos.sum()) < y.size
+    # Undefined stays undefined (None, never a real-looking 0): a class's recall and F1 need
+    # images of that class, its precision needs predictions of it, and the macro F1 averages
+    # over both classes, so it needs both present.
+    cm = confusion_matrix(y, y_pred, labels=labels)  # (2, 2): rows true, columns predicted
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)  # (2,) images / predictions per class
+    f1 = [_ratio(2 * cm[k, k], support[k] + predicted[k]) if support[k] else None for k in labels]
     if loss is None:
         loss = log_loss(y_pos, np.clip(p, PROB_EPS, 1.0 - PROB_EPS), labels=[0, 1])
     out: dict[str, Any] = {
         "loss": float(loss),
         "accuracy": float(accuracy_score(y, y_pred)),
-        "f1_macro": float(f1_score(y, y_pred, labels=labels, average="macro", zero_division=0)),
-        "f1_positive": float(
-            f1_score(y, y_pred, labels=labels, pos_label=positive_index, zero_division=0)
-        ),
+        "f1_macro": None if None in f1 else (f1[0] + f1[1]) / 2,  # type: ignore[operator]
+        "f1_positive": f1[positive_index],
     }
     for k, name in enumerate(names):
-        out[f"precision_{name}"] = float(precision[k])
-        out[f"recall_{name}"] = float(recall[k])
-    out["sensitivity"] = float(recall[positive_index])
-    out["specificity"] = float(recall[negative_index])
+        out[f"precision_{name}"] = _ratio(cm[k, k], predicted[k])
+        out[f"recall_{name}"] = _ratio(cm[k, k], support[k])
+    out["sensitivity"] = out[f"recall_{names[positive_index]}"]
+    out["specificity"] = out[f"recall_{names[negative_index]}"]
+    both_classes = bool(support.all())
     out["roc_auc"] = float(roc_auc_score(y_pos, p)) if both_classes else None
     out["pr_auc"] = float(average_precision_score(y_pos, p)) if both_classes else None
     out["brier"] = float(brier_score_loss(y_pos, p, pos_label=1))
     out["ece"] = expected_calibration_error(y_pos, p)
-    out["confusion_matrix"] = confusion_matrix(y, y_pred, labels=labels).tolist()
+    out["confusion_matrix"] = cm.tolist()
     out["threshold"] = float(threshold)
     out["n"] = int(y.size)
     out["n_positive"] = int(y_pos.sum())

@@ -82,7 +82,8 @@ class LogregFit:
     C: float
     """The inverse regularisation strength chosen on validation AUC."""
     history: list[dict[str, float]]
-    """One row per C tried, in the history.csv layout (`epoch` = index, `lr` = C)."""
+    """One row per C tried, in the history.csv layout plus a `C` column (`epoch` = index of
+    the C, `lr` = NaN: there is no learning rate)."""
 
 
 def fit_logreg(
@@ -110,7 +111,7 @@ def fit_logreg(
             random_state=seed,
         )
         clf.fit(x_train, y_train)
-        row: dict[str, float] = {"epoch": i, "lr": float(c)}
+        row: dict[str, float] = {"epoch": i, "lr": float("nan"), "C": float(c)}
         for split, x, y in (("train", x_train, y_train), ("val", x_val, y_val)):
             proba = clf.predict_proba(x)  # (N, 2), columns in clf.classes_ order
             pred = clf.classes_[proba.argmax(1)]

@@ -21,6 +21,7 @@ from featurestore.runs.folder import (
     write_history,
     write_predictions,
     RunRecord,
+    find_runs,
     is_complete_run,
     load_run,
     list_runs,
@@ -30,7 +31,12 @@ from featurestore.runs.record import (
     RunSummary,
     summarize,
     class_counts,
+    is_synthetic,
+    plot_note,
     run_config,
+    run_dataset_root,
+    run_warnings,
+    run_weights,
 )
 
 __all__ = [
@@ -49,6 +55,7 @@ __all__ = [
     "class_counts",
     "config_hash",
     "inprogress_dir",
+    "find_runs",
     "is_complete_run",
     "list_runs",
     "load_run",
@@ -58,4 +65,9 @@ __all__ = [
     "write_history",
     "write_predictions",
     "write_run",
+    "is_synthetic",
+    "plot_note",
+    "run_dataset_root",
+    "run_warnings",
+    "run_weights",
 ]

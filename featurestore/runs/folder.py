@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -97,11 +98,14 @@ def write_run(
         if plots:
             from featurestore.plots import write_plots
 
+            from featurestore.runs.record import plot_note
+
             write_plots(
                 tmp / "plots",
                 result,
                 class_names=config["class_names"],
                 positive_index=int(config["positive_index"]),
+                note=plot_note(config),
             )
     return final
 
@@ -123,14 +127,16 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    """history.csv: one row per epoch with the contract's columns."""
+    """history.csv: one row per epoch with the contract's columns, then any extra column the
+    rows carry (the logreg head's `C`: its rows are values of C, not epochs)."""
+    extra = sorted(set(history[0]) - set(HISTORY_COLUMNS)) if history else []
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(HISTORY_COLUMNS)
+        writer.writerow([*HISTORY_COLUMNS, *extra])
         for row in history:
-            writer.writerow(
-                [int(row["epoch"])] + [repr(float(row[c])) for c in HISTORY_COLUMNS[1:]]
-            )
+            values = [float(row[c]) for c in (*HISTORY_COLUMNS[1:], *extra)]
+            # NaN (no learning rate for a C sweep) is an empty cell, never "nan".
+            writer.writerow([int(row["epoch"])] + ["" if v != v else repr(v) for v in values])
 
 
 def write_predictions(path: Path, result: FitResult) -> None:
@@ -259,7 +265,10 @@ def load_run(path: Path) -> RunRecord:
 def _read_history(path: Path) -> dict[str, np.ndarray]:
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    out = {c: np.array([float(r[c]) for r in rows], dtype=np.float64) for c in HISTORY_COLUMNS}
+    columns = [*HISTORY_COLUMNS, *(c for c in (rows[0] if rows else {}) if c not in HISTORY_COLUMNS)]
+    out = {
+        c: np.array([float(r[c] or "nan") for r in rows], dtype=np.float64) for c in columns
+    }  # an empty cell is NaN (undefined)
     out["epoch"] = out["epoch"].astype(np.int64)
     return out
 
@@ -282,3 +291,28 @@ def list_runs(runs_dir: Path) -> list[Path]:
     if not runs_dir.is_dir():
         return []
     return sorted(p for p in runs_dir.iterdir() if is_complete_run(p))
+
+
+def find_runs(paths: Sequence[Path], runs_dir: Path) -> tuple[list[Path], str | None]:
+    """The run folders to compare, and a note saying where they were found (or None).
+
+    Each given path is a run folder, or a folder of runs (a study folder that `xray demo`
+    writes, `runs/study-<time>/`): its complete runs are taken. With no paths, the complete
+    runs directly under `runs_dir`; if there are none, those of its newest study folder.
+    A path that is neither is returned as it is, for `load_run` to refuse with the reason.
+    """
+    if paths:
+        out: list[Path] = []
+        for p in map(Path, paths):
+            inner = [] if is_complete_run(p) or not p.is_dir() else list_runs(p)
+            out += inner or [p]
+        return out, None
+    direct = list_runs(runs_dir)
+    if direct or not runs_dir.is_dir():
+        return direct, None
+    studies = sorted(p for p in runs_dir.iterdir() if p.is_dir() and list_runs(p))
+    if not studies:
+        return [], None
+    newest = studies[-1]
+    others = f"; {len(studies) - 1} older, pass one to compare it" if len(studies) > 1 else ""
+    return list_runs(newest), f"comparing the runs of {newest} (the newest study{others})"

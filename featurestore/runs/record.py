@@ -84,3 +84,46 @@ def run_config(
         "total_params": total,
         **extra,
     }
+
+
+def run_weights(config: dict[str, Any]) -> str:
+    """The backbone weights a run used (`imagenet`, `none`, `file:...`), from its config.json
+    or, for a frozen run, its store's provenance; "" when not recorded."""
+    store = config.get("store") or {}
+    return str(config.get("weights_id") or store.get("weights_id") or config.get("weights") or "")
+
+
+def run_dataset_root(config: dict[str, Any]) -> Path | None:
+    """The dataset folder a run was trained on (recorded by the run or by its store)."""
+    root = config.get("dataset_root") or (config.get("store") or {}).get("dataset_root")
+    return Path(root) if root else None
+
+
+def is_synthetic(config: dict[str, Any]) -> bool:
+    """True when the run's dataset folder holds the marker `xray data synth` writes."""
+    from featurestore.data import MARKER
+
+    root = run_dataset_root(config)
+    return root is not None and (root / MARKER).is_file()
+
+
+def run_warnings(config: dict[str, Any]) -> list[str]:
+    """What anyone using this run's numbers must know: random weights, synthetic data."""
+    out = []
+    if run_weights(config) == "none":
+        out.append(
+            "RANDOM WEIGHTS: this run's backbone was randomly initialised (--weights none): "
+            "a pipeline check, not a pretrained model."
+        )
+    if is_synthetic(config):
+        out.append(
+            f"SYNTHETIC DATA: this run was trained on the built-in synthetic phantoms "
+            f"({run_dataset_root(config)}), not on radiographs."
+        )
+    return out
+
+
+def plot_note(config: dict[str, Any]) -> str | None:
+    """The short corner note for a run's plots (`RANDOM WEIGHTS / SYNTHETIC DATA`), or None."""
+    heads = [w.split(":", 1)[0] for w in run_warnings(config)]
+    return " / ".join(heads) if heads else None

@@ -26,7 +26,10 @@ def store_lock(path: Path) -> Iterator[None]:
     """Exclusive non-blocking lock on `<store>.lock`: a second writer fails at once.
 
     The `filelock` library takes an OS lock (flock on Unix, msvcrt on Windows), which the OS
-    releases when the process dies, so a killed extraction never leaves a stale lock.
+    releases when the process dies, so a killed extraction never leaves a stale lock. The
+    lock file itself is removed by the holder when it is done (no zero-byte files left in the
+    cache), while it still holds the lock: a process that opened the file just before would
+    lock an unlinked inode, which filelock detects (st_nlink == 0 after flock) and retries.
 
     Raises:
         StoreInUseError: when another process holds the lock, or the filesystem cannot lock.
@@ -57,6 +60,7 @@ def store_lock(path: Path) -> Iterator[None]:
     try:
         yield
     finally:
+        lock_path.unlink(missing_ok=True)  # while held: no other writer can be inside
         lock.release()
 
 

@@ -47,6 +47,7 @@ from featurestore.train.image_source import (
     seed_worker,
 )
 from featurestore.train.loop import (
+    EPOCH_HEADER,
     fit,
     format_epoch,
     selection_monitor,
@@ -69,6 +70,7 @@ from featurestore.train.sources import (
 __all__ = [
     "CHECKPOINT_FORMAT",
     "DEFAULT_CACHE_MB",
+    "EPOCH_HEADER",
     "MONITORS",
     "DecodedCache",
     "FeatureSource",

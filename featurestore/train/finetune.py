@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -157,6 +158,8 @@ def finetune(
     def write() -> Path:
         path = write_run(runs_dir, model=model, mode="finetune", config=doc, result=result)
         shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(OSError):  # leave no empty runs/.inprogress behind
+            work.parent.rmdir()  # fails, as it should, while other runs are in progress
         return path
 
     path = distributed.on_main(write)  # one run folder, written by rank 0

@@ -76,7 +76,7 @@ class GradientHead:
 class LogRegHead:
     """scikit-learn logistic regression, its C chosen on validation AUC (`models.fit_logreg`).
 
-    Its history has one row per C tried, in the order tried; the `lr` column holds that C.
+    Its history has one row per C tried, in the order tried: a `C` column, `lr` empty (NaN).
     """
 
     kind = "logreg"
@@ -86,6 +86,7 @@ class LogRegHead:
 
         self.module: nn.Module = nn.Linear(feature_dim, n_classes)
         self.C: float | None = None
+        self.Cs: list[float] = []
 
     def fit(
         self,
@@ -107,7 +108,15 @@ class LogRegHead:
         began = time.perf_counter()
         logreg = fit_logreg(source, seed=config.seed, balanced=config.class_weight == "balanced")
         self.module, self.C = logreg.head, logreg.C
-        best = next(int(r["epoch"]) for r in logreg.history if r["lr"] == logreg.C)
+        self.Cs = [r["C"] for r in logreg.history]
+        best = next(int(r["epoch"]) for r in logreg.history if r["C"] == logreg.C)
+        if console is not None:
+            console.print(
+                "logreg: swept C (inverse regularisation) over "
+                f"{', '.join(f'{c:g}' for c in self.Cs)}; kept C={logreg.C:g} "
+                "(best validation AUC)",
+                highlight=False,
+            )
         return conclude(
             self.module,
             source,
@@ -122,7 +131,11 @@ class LogRegHead:
 
     def record(self) -> dict[str, Any]:
         """The C chosen, and what the history's rows mean."""
-        return {"logreg_C": self.C, "history_rows": "one per C tried; the lr column holds C"}
+        return {
+            "logreg_C": self.C,
+            "logreg_Cs": self.Cs,
+            "history_rows": "one per C tried (column C); epoch is the C's index, lr is empty",
+        }
 
 
 def head_trainer(kind: str, feature_dim: int, n_classes: int) -> HeadTrainer:

@@ -75,13 +75,26 @@ def _clone_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+EPOCH_HEADER = "epoch     train loss    acc   val loss    acc     f1    auc  s/epoch"
+"""The header of the per-epoch lines (printed once, before the first epoch's line)."""
+
+
+def _num(value: float, width: int, digits: int = 3) -> str:
+    """Right-aligned number; `-` where undefined (NaN)."""
+    return f"{'-':>{width}}" if math.isnan(value) else f"{value:>{width}.{digits}f}"
+
+
 def format_epoch(row: dict[str, float], epochs: int) -> str:
-    """The per-epoch line: `epoch 3/20  train loss 0.41 acc 0.83 ... | val ... | 0.6 s/epoch`."""
+    """One epoch's line under EPOCH_HEADER, under 80 columns: `  3/20   0.412  0.830 ...`.
+
+    Columns: epoch/epochs, train loss and accuracy, val loss, accuracy, macro F1 and ROC-AUC,
+    seconds; an undefined value (val AUC of a one-class split) is `-`.
+    """
     return (
-        f"epoch {int(row['epoch'])}/{epochs}  "
-        f"train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} f1 {row['train_f1']:.3f} | "
-        f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} f1 {row['val_f1']:.3f} "
-        f"auc {row['val_auc']:.3f} | {row['seconds']:.2f} s/epoch"
+        f"{int(row['epoch']):>3}/{epochs:<4}"
+        f"{_num(row['train_loss'], 12)}{_num(row['train_acc'], 7)}"
+        f"{_num(row['val_loss'], 11)}{_num(row['val_acc'], 7)}{_num(row['val_f1'], 7)}"
+        f"{_num(row['val_auc'], 7)}{_num(row['seconds'], 9, 2)}"
     )
 
 
@@ -196,6 +209,7 @@ def fit(
     if out is not None and monitor_note is not None:
         out.print(f"[yellow]warning:[/] {monitor_note}", highlight=False)
 
+    header_shown = False
     while loop.epoch < config.epochs and loop.bad_epochs < config.patience:
         epoch = loop.epoch + 1
         start = time.perf_counter()
@@ -245,7 +259,18 @@ def fit(
         if overall is not None:
             progress.update(overall, completed=epoch)  # type: ignore[union-attr]
         if out is not None:
-            out.print(format_epoch(row, config.epochs) + ("  [green]best[/]" if improved else ""))
+            if not header_shown:
+                out.print(EPOCH_HEADER, highlight=False)
+                header_shown = True
+            line = format_epoch(row, config.epochs) + ("  [green]best[/]" if improved else "")
+            out.print(line, highlight=False)
+            if loop.bad_epochs >= config.patience and epoch < config.epochs:
+                out.print(
+                    f"early stop at epoch {epoch}/{config.epochs}: no better "
+                    f"{monitor} for {config.patience} epochs; keeping epoch "
+                    f"{loop.best_epoch}",
+                    highlight=False,
+                )
         if ckpt_path is not None:
             payload = loop.checkpoint(config, model, optimizer, scheduler, scaler)
             checkpoints.save_checkpoint(ckpt_path, payload)

@@ -212,20 +212,30 @@ def explain_images(
                 results[i] = ExplainRow(str(paths[i]), str(target), p, label, peak)
                 picture.thumbnail((320, 320))
                 title = titles[i] if titles is not None else Path(paths[i]).name
-                thumbs.append((picture, f"{title}\n{label} p={p:.2f}"))
+                positive = predictor.class_names[predictor.positive_index]
+                thumbs.append((picture, f"{title}\n{label}, P({positive})={p:.2f}"))
         for i in range(start, min(start + batch_size, len(paths))):
             rows.append(
                 results.get(i) or ExplainRow(str(paths[i]), None, None, None, None, errors[i])
             )
         if progress is not None and task is not None:
             progress.advance(task, min(batch_size, len(paths) - start))
-    sheet = write_contact_sheet(thumbs, out_dir / CONTACT_SHEET) if thumbs else None
+    from featurestore.runs import plot_note
+
+    note = plot_note(predictor.run.config)
+    sheet = write_contact_sheet(thumbs, out_dir / CONTACT_SHEET, note=note) if thumbs else None
     return ExplainResult(rows, sheet)
 
 
-def write_contact_sheet(tiles: Sequence[tuple[Image.Image, str]], path: Path) -> Path:
-    """A grid of titled overlays (at most 4 per row) in one PNG."""
-    from featurestore.plots import new_figure, save_figure
+def write_contact_sheet(
+    tiles: Sequence[tuple[Image.Image, str]], path: Path, *, note: str | None = None
+) -> Path:
+    """A grid of titled overlays (at most 4 per row) in one PNG, with the heat's colour bar
+    and `note` (e.g. "RANDOM WEIGHTS") in the corner."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from featurestore.plots import new_figure, save_figure, stamp
 
     cols = min(4, len(tiles))
     rows = math.ceil(len(tiles) / cols)
@@ -236,6 +246,13 @@ def write_contact_sheet(tiles: Sequence[tuple[Image.Image, str]], path: Path) ->
     for ax, (image, title) in zip(axes.flat, tiles, strict=False):
         ax.imshow(np.asarray(image))
         ax.set_title(title, fontsize=8)
+    # The overlay's colours: heat scaled to each image's own peak (cam_to_image).
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(0.0, 1.0), cmap="jet"), ax=axes, shrink=0.8, pad=0.02
+    )
+    bar.set_label("Grad-CAM relevance (1 = the image's peak)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    stamp(fig, note)
     save_figure(fig, path, tight=False)
     return path
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from featurestore.errors import XrayError
+from featurestore.runs import run_warnings
 from featurestore.use.predict import PredictionRow, load_predictor
 
 if TYPE_CHECKING:
@@ -123,6 +124,8 @@ def export_run(
         "threshold": predictor.threshold,
         "threshold_policy": run.metrics["threshold"].get("policy"),
         "calibration": calibration,
+        # Random weights or synthetic data travel with the model, as they do with the run.
+        "warnings": run_warnings(run.config),
         "temperature": 1.0 / scale if scale else math.inf,
         "preprocessing": pre.as_dict(),
         "input": f"{ONNX_INPUT}: float32 (N, 3, {pre.crop}, {pre.crop}), RGB after "
@@ -250,6 +253,7 @@ class OnnxModel:
         self.positive_index = int(self.metadata["positive_index"])
         self.threshold = float(self.metadata["threshold"])
         self.preprocessing = _preprocessing(self.metadata["preprocessing"])
+        self.warnings: list[str] = list(self.metadata.get("warnings", []))
 
     def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, 3, S, S) float32 -> P(positive) (B,), recalibrated (B,), class index (B,)."""

@@ -52,7 +52,7 @@ def test_fit_head_prints_test_metrics_and_the_run_folder(store_env, tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert "test metrics" in result.stdout and "accuracy" in result.stdout
     assert "run folder:" in result.stdout
-    assert "epoch 1/3  train loss" in result.stderr
+    assert "train loss" in result.stderr and "  1/3 " in result.stderr
     (run,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     assert load_run(run).config["head"] == "linear"
 
@@ -271,3 +271,24 @@ def test_one_class_validation_selects_on_val_loss_and_says_so(tmp_path: Path, co
     history = (run / "history.csv").read_text().splitlines()[1:]
     losses = [float(line.split(",")[5]) for line in history]  # val_loss column
     assert metrics["best_epoch"] == 1 + losses.index(min(losses))
+
+
+def test_fit_head_logreg_names_the_c_it_swept_at_80_columns(  # type: ignore[no-untyped-def]
+    store_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issues 13.16 and 14.4: the table says which C was kept out of how many, not
+    `best/epochs 2/7`, and holds every digit at 80 columns."""
+    from featurestore.cli import common
+
+    monkeypatch.setattr(common.console, "width", 80)
+    args = ["fit-head", "--cache", str(store_env["cache"]), "--runs", str(tmp_path)]
+    result = runner.invoke(app, [*args, "--head", "logreg"])
+    assert result.exit_code == 0, result.output
+    (run,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    config = load_run(run).config
+    assert f"C={config['logreg_C']:g} of {len(config['logreg_Cs'])} C values" in result.stdout
+    assert "C swept over" in result.stdout and "swept C" in result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    assert "…" not in result.stdout
+    metrics = load_run(run).metrics["test"]["at_threshold"]
+    assert f"{metrics['accuracy']:.3f}" in result.stdout

@@ -119,15 +119,21 @@ def test_one_class_only_is_json_safe_and_quiet(label: int) -> None:
     json.dumps(m, allow_nan=False)
     assert m["confusion_matrix"][1 - label] == [0, 0]
     assert m["n_positive"] == (5 if label == 1 else 0)
-    # The absent class's recall is 0 by the zero_division convention, not NaN.
-    assert m["sensitivity" if label == 0 else "specificity"] == 0.0
+    # The absent class's recall, F1 and the macro F1 are undefined: None, never a real 0.
+    absent = "PNEUMONIA" if label == 0 else "NORMAL"
+    assert m["sensitivity" if label == 0 else "specificity"] is None
+    assert m[f"recall_{absent}"] is None
+    assert m["f1_macro"] is None
+    assert (m["f1_positive"] is None) == (label == 0)
+    assert m["sensitivity" if label == 1 else "specificity"] is not None
     assert m["accuracy"] == pytest.approx(3 / 5 if label == 1 else 2 / 5)
 
 
 @pytest.mark.filterwarnings("error")
 def test_no_positive_predictions_is_quiet() -> None:
     m = binary_metrics(Y10, P10, threshold=1.0)
-    assert m["precision_PNEUMONIA"] == 0.0
+    assert m["precision_PNEUMONIA"] is None  # 0/0: nothing predicted positive
+    assert m["recall_PNEUMONIA"] == 0.0
     assert m["f1_positive"] == 0.0
     assert m["confusion_matrix"] == [[4, 0], [6, 0]]
 
@@ -297,3 +303,17 @@ def test_operating_point_records_what_the_policy_reached(policy: str) -> None:
         assert reached["sensitivity"] >= 0.95
     if policy.startswith("specificity"):
         assert reached["specificity"] >= 0.9
+
+
+def test_issue_13_1_all_positive_test_split_leaves_negative_metrics_undefined() -> None:
+    """test = 0 NORMAL + 6 PNEUMONIA: specificity, NORMAL's precision/recall and the macro F1
+    are undefined, not 0.0; the metrics that exist are still computed."""
+    y = np.ones(6, dtype=int)
+    p = np.array([0.2, 0.6, 0.7, 0.8, 0.9, 0.95])
+    m = binary_metrics(y, p, threshold=0.5)
+    for key in ("specificity", "recall_NORMAL", "f1_macro", "roc_auc", "pr_auc"):
+        assert m[key] is None, key
+    assert m["precision_NORMAL"] == 0.0  # one image predicted NORMAL, and it is wrong: defined
+    assert m["sensitivity"] == pytest.approx(5 / 6)
+    assert m["accuracy"] == pytest.approx(5 / 6)
+    assert m["f1_positive"] == pytest.approx(10 / 11)

@@ -11,7 +11,14 @@ import pytest
 from featurestore.cli.main import app
 from typer.testing import CliRunner
 
-from featurestore.compare import CompareConfig, compare_runs, mcnemar, write_report
+from featurestore.compare import (
+    CompareConfig,
+    clustered_mcnemar,
+    compare_runs,
+    json_safe,
+    mcnemar,
+    write_report,
+)
 from featurestore.errors import XrayError
 from featurestore.runs import HISTORY_COLUMNS, RUN_FILES
 
@@ -109,11 +116,13 @@ def test_compare_table_has_intervals_and_pairs(four_runs: list[Path]) -> None:
                 assert iv.lo <= iv.estimate <= iv.hi
     best = max(cmp.rows, key=lambda r: r.metrics["at_0.5"]["roc_auc"].estimate)
     assert best.model == "resnet50" and best.mode == "finetune"
-    assert cmp.test_set == {"images": 80, "positives": cmp.test_set["positives"], "patients": 40}
+    ts = cmp.test_set
+    assert (ts["images"], ts["patients"]) == (80, 40)
+    assert ts["positive_patients"] + ts["negative_patients"] == 40
     # The majority rule predicts the train majority (PNEUMONIA) everywhere: AUC 0.5.
     assert cmp.baseline["majority_class"] == "PNEUMONIA"
     assert cmp.baseline["roc_auc"] == 0.5
-    assert any("randomly initialised" in n for n in cmp.notes)
+    assert any(w.startswith("RANDOM WEIGHTS: All runs") for w in cmp.warnings)
 
 
 def test_accuracy_interval_recomputed_from_predictions(four_runs: list[Path]) -> None:
@@ -142,8 +151,12 @@ def test_mcnemar_pair_matches_hand_count(four_runs: list[Path]) -> None:
     c = sum(cb[k] and not ca[k] for k in ca)
     assert (pair.mcnemar.b, pair.mcnemar.c) == (b, c)
     keys = sorted(ca)
-    ref = mcnemar(np.array([ca[k] for k in keys]), np.array([cb[k] for k in keys]))
-    assert pair.mcnemar.p_value == pytest.approx(ref.p_value)
+    a, b_ = np.array([ca[k] for k in keys]), np.array([cb[k] for k in keys])
+    patients = [k.rsplit("/", 1)[1].split("_")[0] for k in keys]
+    # Two images per patient: the McNemar test clustered by patient (Durkalski 2003).
+    assert pair.mcnemar.p_value == pytest.approx(clustered_mcnemar(a, b_, patients).p_value)
+    by_image = compare_runs(four_runs[:2], CompareConfig(n_boot=200, resample="images"))
+    assert by_image.pairs[0].mcnemar.p_value == pytest.approx(mcnemar(a, b_).p_value)
 
 
 def test_different_test_sets_refused_unless_allowed(tmp_path: Path) -> None:
@@ -222,3 +235,197 @@ def test_cli_compare_refuses_incomplete_run(four_runs: list[Path], tmp_path: Pat
     )
     assert result.exit_code == 2
     assert "not a complete run folder" in result.stderr
+
+
+def one_sided_test_set(normal_patients: int, pneumonia_patients: int = 6) -> tuple:
+    """Keys, patients (one image each) and labels: NORMAL patients first."""
+    n = normal_patients + pneumonia_patients
+    labels = np.array([0] * normal_patients + [1] * pneumonia_patients)
+    keys = [f"test/{CLASSES[y]}/p{i}.jpeg" for i, y in enumerate(labels)]
+    return keys, [f"p{i}" for i in range(n)], labels
+
+
+def test_issue_13_2_a_test_set_of_one_class_is_compared_with_undefined_columns(
+    tmp_path: Path,
+) -> None:
+    test = one_sided_test_set(0)
+    runs = [
+        write_fake_run(tmp_path, name, model="resnet50", mode="frozen", skill=s, test=test)
+        for name, s in (("a", 1.0), ("b", 0.5))
+    ]
+    cmp = compare_runs(runs, CompareConfig(n_boot=200))
+    for row in cmp.rows:
+        for m in ("specificity", "roc_auc", "f1_macro"):
+            assert not row.metrics["at_threshold"][m].defined, m
+        assert row.metrics["at_threshold"]["sensitivity"].defined
+        assert row.metrics["at_threshold"]["accuracy"].defined
+    assert any("PNEUMONIA images only" in n and "undefined" in n for n in cmp.notes)
+    assert cmp.pairs[0].delong is None and cmp.pairs[0].mcnemar.p_value <= 1
+    assert cmp.verdict is not None and cmp.verdict.metric == "accuracy"
+    doc = json.loads(json.dumps(json_safe(cmp.as_dict()), allow_nan=False))
+    assert doc["runs"][0]["metrics"]["at_threshold"]["specificity"]["estimate"] is None
+    assert doc["pairs"][0]["delong"] is None
+    text = write_report(cmp, tmp_path / "rep").read_text()
+    assert "n/a" in text and "nan" not in text.lower().replace("pneumonia", "")
+
+
+def test_issue_13_3_one_negative_patient_counts_undefined_resamples_and_warns(
+    tmp_path: Path,
+) -> None:
+    test = one_sided_test_set(1)
+    run = write_fake_run(tmp_path, "a", model="resnet50", mode="frozen", skill=1.0, test=test)
+    cmp = compare_runs([run], CompareConfig(n_boot=300))
+    spec = cmp.rows[0].metrics["at_threshold"]["specificity"]
+    auc = cmp.rows[0].metrics["at_threshold"]["roc_auc"]
+    # (6/7)^7 = 34% of resamples draw no NORMAL patient: counted, not silently dropped.
+    assert 0.2 * 300 < auc.n_undefined < 0.5 * 300
+    assert spec.n_undefined == auc.n_undefined and spec.n_boot == 300
+    assert not spec.reliable and not auc.reliable
+    assert cmp.rows[0].metrics["at_threshold"]["accuracy"].reliable  # needs no one class
+    doc = json_safe(cmp.as_dict())
+    assert doc["runs"][0]["metrics"]["at_threshold"]["roc_auc"]["n_undefined"] == auc.n_undefined
+    folder = write_report(cmp, tmp_path / "rep").parent
+    text = (folder / "report.md").read_text()
+    assert f"{auc.n_undefined} of 300 resamples undefined, unreliable" in text
+    assert "†" in text
+    with (folder / "table.csv").open() as fh:
+        row = next(csv.DictReader(fh))
+    assert row["roc_auc_undefined_resamples"] == str(auc.n_undefined)
+    assert row["roc_auc_reliable"] == "False"
+
+
+def test_issue_14_report_opens_with_banner_verdict_and_dataset(
+    four_runs: list[Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "synthetic"
+    data.mkdir()
+    (data / ".xray-synth.json").write_text("{}")
+    for run in four_runs:
+        config = json.loads((run / "config.json").read_text())
+        config.update(dataset_root=str(data), dataset_fingerprint="ab" * 32)
+        (run / "config.json").write_text(json.dumps(config))
+    cmp = compare_runs(four_runs, CompareConfig(n_boot=200))
+    report = write_report(cmp, tmp_path / "rep")
+    text = report.read_text()
+    banner = text.index("**\u26a0 RANDOM WEIGHTS")
+    verdict = text.index("## Verdict")
+    first_table = text.index("## Test metrics at the validation-chosen threshold")
+    assert banner < verdict < first_table < text.index("## Test metrics at the threshold 0.5")
+    assert "RANDOM WEIGHTS: All runs use" in text and "SYNTHETIC DATA" in text
+    assert f"Dataset: **synthetic** (`{data}`), fingerprint `abababababababab`" in text
+    assert "Best on ROC-AUC: resnet50 finetune" in text
+    assert "Holm-adjusted over 6 pairs" in text and "Obuchowski 1997" in text
+    page = (report.parent / "report.html").read_text()
+    assert '<div class="banner">' in page and "Verdict" in page
+    assert cmp.verdict is not None and cmp.verdict.best == "resnet50 finetune"
+
+
+def test_issue_14_4_compare_at_80_columns_keeps_every_digit(
+    four_runs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featurestore.cli import common
+
+    monkeypatch.setattr(common.console, "width", 80)
+    args = ["compare", "--runs", str(four_runs[0].parent), "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, [*args, "--bootstrap", "200"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in result.stdout
+    cmp = compare_runs(four_runs, CompareConfig(n_boot=200))
+    for row in cmp.rows:
+        iv = row.metrics["at_threshold"]["roc_auc"]
+        assert f"[{iv.lo:.3f},{iv.hi:.3f}]" in result.stdout
+        assert row.label.split()[0] in result.stdout
+    assert result.stdout.lstrip().startswith("⚠ RANDOM WEIGHTS")
+    assert result.stdout.index("Verdict") < result.stdout.index("Test metrics")
+
+
+def test_issue_14_8_compare_json_writes_no_report_unless_asked(
+    four_runs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["compare", "--runs", str(four_runs[0].parent), "--bootstrap", "200", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["report"] is None
+    assert not (tmp_path / "reports").exists()
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "asked")])
+    assert json.loads(result.stdout)["report"] == str(tmp_path / "asked" / "report.md")
+
+
+def test_issue_14_6_bare_compare_finds_the_newest_study_and_takes_a_study_folder(
+    tmp_path: Path,
+) -> None:
+    runs = tmp_path / "runs"
+    old = write_fake_run(runs / "study-20261128-100000", "a", model="resnet18", mode="frozen",
+                         skill=1.0)  # fmt: skip
+    new = [
+        write_fake_run(runs / "study-20261129-100000", name, model=m, mode="frozen", skill=1.0)
+        for name, m in (("a", "resnet50"), ("b", "densenet121"))
+    ]
+    args = ["compare", "--bootstrap", "200", "--json"]
+    result = CliRunner().invoke(app, [*args, "--runs", str(runs)])
+    assert result.exit_code == 0, result.output
+    assert [r["name"] for r in json.loads(result.stdout)["runs"]] == ["a", "b"]
+    assert "study-20261129-100000 (the newest study; 1 older" in result.stderr
+    result = CliRunner().invoke(app, [*args, str(old.parent), str(new[0])])
+    assert result.exit_code == 0, result.output
+    assert [r["model"] for r in json.loads(result.stdout)["runs"]] == ["resnet18", "resnet50"]
+
+
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  const broken = images.filter((i) => !(i.complete && i.naturalWidth > 0)).length;
+  const right = (e) => e.getBoundingClientRect().right;
+  const tables = [...document.querySelectorAll("table")];
+  document.body.setAttribute("data-probe", JSON.stringify({
+    width: window.innerWidth,
+    images: images.length,
+    broken: broken,
+    page_overflow: document.documentElement.scrollWidth > window.innerWidth,
+    tables: tables.length,
+    tables_overflowing: tables.filter((t) => right(t) > window.innerWidth).length,
+    banners: document.querySelectorAll(".banner").length,
+  }));
+});
+</script>"""
+
+
+def find_browser() -> str | None:
+    """A headless-capable Chromium on PATH (Debian: `apt-get install -y chromium`)."""
+    import shutil
+
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    return next((path for name in names if (path := shutil.which(name))), None)
+
+
+def test_issue_14_11_report_html_renders_in_a_headless_browser(
+    four_runs: list[Path], tmp_path: Path
+) -> None:
+    """The report page in a real browser at a 1280 px window: every plot loads, the banner
+    shows, and nothing is wider than the window (a wide table scrolls inside its box)."""
+    import html
+    import re
+    import subprocess
+
+    browser = find_browser()
+    if browser is None:
+        pytest.skip("no chromium on PATH: `apt-get install -y chromium`, or run .ci/browser")
+    cmp = compare_runs(four_runs, CompareConfig(n_boot=200))
+    page = write_report(cmp, tmp_path / "rep").parent / "report.html"
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+         "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    found = re.search(r'data-probe="([^"]*)"', result.stdout)
+    assert found, result.stderr[-2000:]
+    seen = json.loads(html.unescape(found[1]))
+    assert seen["width"] == 1280
+    assert seen["images"] == 3 and seen["broken"] == 0  # roc, metrics, confusion
+    assert seen["banners"] == 1 and seen["tables"] >= 4
+    assert not seen["page_overflow"] and seen["tables_overflowing"] == 0, seen

@@ -17,8 +17,11 @@ from featurestore.compare import (
     bootstrap,
     bootstrap_ci,
     bootstrap_interval,
+    clustered_delong_test,
+    clustered_mcnemar,
     delong_ci,
     delong_roc_test,
+    holm,
     majority_baseline,
     mcnemar,
     paired_bootstrap,
@@ -353,3 +356,54 @@ def test_majority_baseline_negative_majority_and_empty_train() -> None:
     assert (m["accuracy"], m["sensitivity"], m["specificity"]) == (0.25, 0.0, 1.0)
     with pytest.raises(XrayError, match="training labels are empty"):
         majority_baseline(np.array([], int), np.array([0, 1]))
+
+
+# ---------------------------------------------------------------- clustered paired tests, Holm
+
+
+def test_clustered_delong_with_one_image_per_patient_is_delong() -> None:
+    y, pa = make_scores(60, seed=3)
+    _, pb = make_scores(60, seed=4, signal=0.1)
+    plain = delong_roc_test(y, pa, pb)
+    for groups in (None, [f"p{i}" for i in range(60)]):
+        clustered = clustered_delong_test(y, pa, pb, groups)
+        assert clustered.diff == pytest.approx(plain.diff)
+        assert clustered.p_value == pytest.approx(plain.p_value, rel=1e-9)
+        assert clustered.var_a == pytest.approx(plain.var_a, rel=1e-9)
+        assert clustered.cov == pytest.approx(plain.cov, rel=1e-9)
+
+
+def test_clustered_delong_does_not_count_a_patients_copies_as_new_evidence() -> None:
+    """Every image twice (one patient, two identical images): the unclustered variance about
+    halves, Obuchowski's clustered variance stays that of the single images."""
+    y, pa = make_scores(80, seed=5, decimals=3)
+    _, pb = make_scores(80, seed=6, signal=0.1, decimals=3)
+    single = delong_roc_test(y, pa, pb)
+    y2, pa2, pb2 = (np.repeat(v, 2) for v in (y, pa, pb))
+    groups = np.repeat([f"p{i}" for i in range(80)], 2)
+    naive = delong_roc_test(y2, pa2, pb2)
+    clustered = clustered_delong_test(y2, pa2, pb2, groups)
+    assert naive.var_a < 0.6 * single.var_a
+    assert clustered.var_a == pytest.approx(single.var_a, rel=0.05)
+    assert clustered.p_value > naive.p_value
+
+
+def test_clustered_mcnemar_singletons_and_duplicated_images() -> None:
+    a, b = correctness(9, 2, both=20, neither=4)
+    groups = [f"p{i}" for i in range(a.size)]
+    assert clustered_mcnemar(a, b, groups) == mcnemar(a, b)  # no clustering: exact McNemar
+    a2, b2 = np.repeat(a, 2), np.repeat(b, 2)
+    dup = clustered_mcnemar(a2, b2, np.repeat(groups, 2))
+    assert dup.method == "clustered-chi2"
+    assert (dup.b, dup.c) == (18, 4)
+    # Durkalski's statistic on patient-level differences: (9 - 2)^2 / (9 + 2), as if each
+    # patient were one image, where the naive test would see 18 vs 4.
+    assert dup.statistic == pytest.approx(49 / 11)
+    assert dup.p_value == pytest.approx(sps.chi2.sf(49 / 11, 1))
+    assert mcnemar(a2, b2).p_value < dup.p_value
+
+
+def test_holm_known_answer() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
+    assert holm([0.4, 0.6]) == pytest.approx([0.8, 0.8])  # monotone, capped at 1

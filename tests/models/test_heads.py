@@ -64,7 +64,7 @@ def test_logreg_head_reproduces_sklearn_and_picks_c_on_validation() -> None:
     fit = fit_logreg(src, Cs=(0.01, 1.0))
     assert fit.C in (0.01, 1.0) and len(fit.history) == 2
     best = max(fit.history, key=lambda r: r["val_auc"])
-    assert best["lr"] == fit.C
+    assert best["C"] == fit.C and np.isnan(best["lr"])  # rows are values of C, not epochs
     x_val = src.arrays("val")[0]
     clf = LogisticRegression(C=fit.C, max_iter=2000, class_weight="balanced", random_state=0)
     clf.fit(src.arrays("train")[0].numpy(), labels["train"])

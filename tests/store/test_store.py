@@ -222,7 +222,10 @@ def test_lock_refuses_a_second_writer(tmp_path: Path) -> None:
     ):
         pass
     with store_lock(path):  # released after the first writer is done
-        pass
+        assert Path(f"{path}.lock").is_file()
+    # Issue 14.8: no stale zero-byte lock file left behind once the writer is done.
+    assert not Path(f"{path}.lock").exists()
+    assert [p.name for p in path.parent.iterdir()] == []
 
 
 def test_read_attrs_decodes_json(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,9 +63,19 @@ def test_early_stopping_triggers_and_restores_the_best_epoch() -> None:
     config = replace(FAST, epochs=60, patience=3, monitor="val_loss")
     torch.manual_seed(0)
     model = build_head("mlp", 6, 2, hidden=16)
-    result = fit(model, src, config)
+    from rich.console import Console
+
+    console = Console(record=True, width=80, file=open(os.devnull, "w"))  # noqa: SIM115
+    result = fit(model, src, config, console=console)
     assert result.stopped_early
     assert result.epochs_run == result.best_epoch + 3 < 60
+    # Issue 14.4: the stop is announced when it happens, and every log line fits 80 columns.
+    log = console.export_text()
+    assert (
+        f"early stop at epoch {result.epochs_run}/60: no better val_loss for 3 epochs; "
+        f"keeping epoch {result.best_epoch}" in log.replace("\n", " ")
+    )
+    assert max(len(line) for line in log.splitlines()) <= 80
     losses = [r["val_loss"] for r in result.history]
     assert result.best_epoch == int(np.argmin(losses)) + 1
     # The model left behind holds the best epoch's weights, not the last epoch's.
@@ -260,8 +271,15 @@ def test_resume_refuses_other_settings_and_missing_files(tmp_path: Path) -> None
 def test_epoch_line_has_the_study_figures() -> None:
     row = {k: 0.5 for k in HISTORY_COLUMNS} | {"epoch": 3.0, "seconds": 0.61}
     line = trainer.format_epoch(row, 20)
-    assert line.startswith("epoch 3/20  train loss 0.500 acc 0.500 f1 0.500 | val loss")
-    assert "auc 0.500 | 0.61 s/epoch" in line
+    assert line.split() == ["3/20"] + ["0.500"] * 6 + ["0.61"]
+    # Issue 14.4: under 80 columns with the "  best" mark, even at 3-digit epochs and a slow
+    # epoch; every figure sits under its header word.
+    long = trainer.format_epoch(row | {"epoch": 100.0, "seconds": 9999.99}, 100)
+    assert len(long + "  best") <= 80 and len(trainer.EPOCH_HEADER) <= 80
+    header = trainer.EPOCH_HEADER
+    assert line.index("0.61") + 4 == header.index("s/epoch") + len("s/epoch")
+    nan = trainer.format_epoch(row | {"val_auc": float("nan")}, 20)
+    assert nan.split()[6] == "-"  # undefined, not "nan"
 
 
 def one_class_val(seed: int = 0) -> FeatureSource:
@@ -307,5 +325,5 @@ def test_logreg_head_on_one_class_validation_selects_on_val_loss() -> None:
     from featurestore.models import fit_logreg
 
     fitted = fit_logreg(one_class_val())
-    losses = {r["lr"]: r["val_loss"] for r in fitted.history}
+    losses = {r["C"]: r["val_loss"] for r in fitted.history}
     assert min(losses, key=losses.__getitem__) == fitted.C

@@ -72,6 +72,11 @@ def test_logreg_head_writes_the_same_run_folder(frozen_env, tmp_path: Path) -> N
     run = load_run(summary.path)
     assert run.config["head"] == "logreg" and run.config["logreg_C"] > 0
     assert run.metrics["test"]["at_threshold"]["n"] == 8
+    # Issue 13.16: the history names what was swept: a C column, no learning rate.
+    assert list(run.history["C"]) == run.config["logreg_Cs"]
+    assert np.isnan(run.history["lr"]).all()
+    header = (summary.path / "history.csv").read_text().splitlines()[0]
+    assert header.endswith(",C") and "nan" not in (summary.path / "history.csv").read_text()
 
 
 def test_store_selection_errors(frozen_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -130,7 +135,8 @@ def test_finetune_writes_a_complete_run(tmp_path: Path) -> None:
     assert run.split_predictions("test")["key"].tolist() == [r.key for r in manifest.split("test")]
     state = torch.load(summary.path / "best.pt", weights_only=True)
     assert any(k.startswith("trunk.layer4.") for k in state) and "head.weight" in state
-    assert not any((runs / ".inprogress").iterdir())  # the resume checkpoint is cleaned up
+    # Issue 14.8: the resume checkpoint is cleaned up, and so is the empty .inprogress folder.
+    assert not (runs / ".inprogress").exists()
     # The "fixed feature extractor the slow way": only the head trains.
     frozen = finetune(
         data=data, model="resnet18", weights="none", image_size=32, freeze="head-only",

@@ -167,6 +167,9 @@ def test_cli_explain(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert len(doc["rows"]) == 4 and Path(doc["contact_sheet"]).is_file()
     assert all(Path(r["heatmap"]).is_file() for r in doc["rows"])
+    # Issue 14.3: a random-weights run says so on stderr and in --json.
+    assert doc["warnings"] and doc["warnings"][0].startswith("RANDOM WEIGHTS")
+    assert "warning: RANDOM WEIGHTS" in result.stderr
     result = runner.invoke(app, ["explain", "--run", str(run), str(tmp_path / "nothing.png"),
                                  "--out", str(tmp_path / "o")])  # fmt: skip
     assert result.exit_code == 1 and "could not be read" in result.output

@@ -217,9 +217,29 @@ def test_cli_predict_table_csv_json_and_exit_code(
     doc = json.loads(result.stdout)
     assert [r["error"] is None for r in doc["rows"]] == [True, False]
     assert doc["counts"]["unreadable"] == 1 and doc["failed"] == 1
+    # Issue 14.3: a random-weights run says so on stderr and in --json.
+    assert doc["warnings"] and doc["warnings"][0].startswith("RANDOM WEIGHTS")
+    assert "warning: RANDOM WEIGHTS" in result.stderr
 
     result = runner.invoke(app, ["predict", "--run", str(tmp_path), str(good)])
     assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_cli_predict_table_at_80_columns_keeps_every_digit(  # issue 14.4
+    frozen16: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featurestore.cli import common
+
+    monkeypatch.setattr(common.console, "width", 80)
+    folder = tiny / "test" / "PNEUMONIA"
+    args = ["predict", "--run", str(frozen16), str(folder), "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    assert "…" not in result.stdout
+    doc = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    for row in doc["rows"]:
+        assert f"{row['probability']:.3f}" in result.stdout
 
 
 def test_predictor_leaves_the_callers_rng_alone(frozen16: Path, finetuned: Path) -> None:

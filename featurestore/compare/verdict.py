@@ -1,0 +1,210 @@
+"""The comparison's verdict in plain words, the dataset it is about, and warnings to show first."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from featurestore.compare.analysis import Comparison, PairTest, RunRow
+    from featurestore.runs import RunRecord
+
+PRIMARY_TITLES = {"roc_auc": "ROC-AUC", "accuracy": "accuracy"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Which run is best on the primary metric, by how much, and whether that is significant."""
+
+    metric: str
+    """"roc_auc", or "accuracy" (at the validation threshold) when an AUC is undefined."""
+    best: str
+    estimate: float
+    lo: float
+    hi: float
+    runner_up: str | None
+    margin: float | None
+    """best - runner-up, on the primary metric."""
+    test: str | None
+    """The paired test behind p_value (clustered DeLong or clustered McNemar)."""
+    p_value: float | None
+    p_adjusted: float | None
+    """p_value after Holm's correction over every pair compared."""
+    n_pairs: int
+    significant: bool | None
+    baseline: float | None
+    """The majority-class rule's value of the primary metric."""
+    lines: list[str] = field(default_factory=list)
+    """The verdict as sentences, first thing in the terminal and the report."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _find_pair(pairs: list[PairTest], a: str, b: str) -> PairTest | None:
+    return next((p for p in pairs if {p.a, p.b} == {a, b}), None)
+
+
+def make_verdict(cmp: Comparison) -> Verdict:
+    """Rank the runs on ROC-AUC (accuracy when an AUC is undefined) at the validation
+    threshold; test the best against the runner-up with the clustered paired test of that
+    metric (stats.clustered_delong_test, Obuchowski 1997; stats.clustered_mcnemar, Durkalski
+    et al. 2003) and Holm's correction over all pairs (stats.holm)."""
+    rows = cmp.rows
+    metric = "roc_auc"
+    if not all(r.metrics["at_threshold"]["roc_auc"].defined for r in rows):
+        metric = "accuracy"
+    title = PRIMARY_TITLES[metric]
+    ranked = sorted(rows, key=lambda r: -r.metrics["at_threshold"][metric].estimate)
+    best = ranked[0]
+    iv = best.metrics["at_threshold"][metric]
+    level = f"{100 * (1 - cmp.config.alpha):.0f}%"
+    lines = [
+        f"Best on {title}: {best.label}, {iv.estimate:.3f} ({level} CI {iv.lo:.3f}-{iv.hi:.3f}"
+        + ("" if iv.reliable else ", unreliable: too few patients of a class")
+        + ")."
+    ]
+    runner = ranked[1] if len(ranked) > 1 else None
+    margin = p = p_adj = None
+    test = None
+    significant = None
+    if runner is None:
+        lines.append("Only one run: there is nothing to compare it with.")
+    else:
+        margin = iv.estimate - runner.metrics["at_threshold"][metric].estimate
+        pair = _find_pair(cmp.pairs, best.label, runner.label)
+        clustered = cmp.config.resample == "patients"
+        unit = "patients as clusters" if clustered else "images as independent"
+        if pair is None:
+            lines.append(
+                f"Runner-up: {runner.label}, {margin:+.3f} behind; not tested "
+                "(different test sets)."
+            )
+        else:
+            if metric == "roc_auc" and pair.delong is not None:
+                test = "clustered DeLong (Obuchowski 1997)"
+                p, p_adj = pair.delong.p_value, pair.delong_p_holm
+            else:
+                test = "clustered McNemar (Durkalski et al. 2003)"
+                p, p_adj = pair.mcnemar.p_value, pair.mcnemar_p_holm
+            assert p_adj is not None
+            significant = p_adj < cmp.config.alpha
+            n = len(cmp.pairs)
+            lines.append(
+                f"Runner-up: {runner.label}, {margin:.3f} lower; {test}, {unit}: p = "
+                f"{_fmt_p(p)}; Holm-adjusted over {n} pair{'s' if n > 1 else ''}: "
+                f"p = {_fmt_p(p_adj)}: "
+                + (
+                    f"significant at {cmp.config.alpha:g}."
+                    if significant
+                    else f"not significant at {cmp.config.alpha:g}; the data do not separate them."
+                )
+            )
+    b = cmp.baseline
+    base_value = b.get(metric)
+    acc = b.get("accuracy")
+    lines.append(
+        f"Majority-class baseline (always {b['majority_class']}): accuracy "
+        + ("n/a" if acc is None else f"{acc:.3f}")
+        + ", ROC-AUC 0.500 (a constant ranks nothing)."
+    )
+    chance = [
+        r.label + _why_not_learned(r)
+        for r in rows
+        if r.metrics["at_threshold"]["roc_auc"].defined
+        and r.metrics["at_threshold"]["roc_auc"].lo <= 0.5
+    ]
+    if chance:
+        lines.append(
+            "No better than chance on this test set (ROC-AUC interval includes 0.5): "
+            + "; ".join(chance)
+            + "."
+        )
+    return Verdict(
+        metric,
+        best.label,
+        iv.estimate,
+        iv.lo,
+        iv.hi,
+        None if runner is None else runner.label,
+        margin,
+        test,
+        p,
+        p_adj,
+        len(cmp.pairs),
+        significant,
+        None if base_value is None else float(base_value),
+        lines,
+    )
+
+
+def _why_not_learned(row: RunRow) -> str:
+    """The recorded facts that explain a run at chance level, e.g. ` (random weights, 2
+    fine-tune epochs: too little training for a network that starts from scratch)`."""
+    facts = []
+    if row.weights == "none":
+        facts.append("random weights")
+    if row.mode == "finetune" and row.epochs_run <= 3:
+        facts.append(f"{row.epochs_run} fine-tune epoch{'s' if row.epochs_run > 1 else ''}")
+    if not facts:
+        return ""
+    why = ": too little training for a network that starts from scratch" if len(facts) == 2 else ""
+    return f" ({', '.join(facts)}{why})"
+
+
+def _fmt_p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def describe_dataset(records: list[RunRecord]) -> dict[str, Any]:
+    """name, path, fingerprint, images per split and class, synthetic: what the runs used.
+
+    The path is the dataset folder recorded by the run (fine-tune) or its store (frozen);
+    synthetic is True when that folder holds the marker `xray data synth` writes.
+    """
+    from featurestore.runs import is_synthetic, run_dataset_root
+
+    ref = records[0].config
+    path = run_dataset_root(ref)
+    return {
+        "name": path.name if path else None,
+        "path": str(path) if path else None,
+        "fingerprint": ref.get("dataset_fingerprint"),
+        "class_counts": ref.get("class_counts"),
+        "synthetic": is_synthetic(ref),
+    }
+
+
+def data_warnings(rows: list[RunRow], dataset: dict[str, Any]) -> list[str]:
+    """Random-weights and synthetic-data warnings ("all runs" when every run is concerned)."""
+    out = []
+    random = [r.label for r in rows if r.weights == "none"]
+    if random:
+        who = (
+            "All runs use"
+            if len(random) == len(rows)
+            else f"{len(random)} of {len(rows)} runs ({', '.join(random)}) use"
+        )
+        out.append(
+            f"RANDOM WEIGHTS: {who} randomly initialised backbones (--weights none): a "
+            "pipeline check, not a result about pretrained transfer."
+        )
+    if dataset.get("synthetic"):
+        out.append(
+            "SYNTHETIC DATA: all runs are on the built-in synthetic phantoms "
+            f"({dataset.get('path')}): the numbers say nothing about real radiographs."
+        )
+    return out
+
+
+def counts_line(dataset: dict[str, Any]) -> str:
+    """`train 240 (NORMAL 80, PNEUMONIA 160), val ..., test ...`, or "" when not recorded."""
+    counts = dataset.get("class_counts") or {}
+    parts = []
+    for split, per_class in counts.items():
+        total = int(np.sum(list(per_class.values())))
+        inner = ", ".join(f"{c} {n}" for c, n in per_class.items())
+        parts.append(f"{split} {total} ({inner})")
+    return "; ".join(parts)
