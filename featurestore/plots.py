@@ -77,7 +77,8 @@ def plot_confusion(
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
-    """ROC curve per split from (y_positive, p_positive); splits with one class are skipped."""
+    """One ROC curve per entry (a split, or a class one-vs-rest) from (y_positive, p_positive);
+    entries with one class only are skipped."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fig, ax = new_figure(figsize=(4.5, 4.5))
@@ -99,6 +100,20 @@ def write_plots(
     """curves.png, confusion.png (test, at the validation threshold) and roc.png (val, test)."""
     folder.mkdir(parents=True, exist_ok=True)
     plot_curves(result.history, folder / "curves.png")
+    if "argmax" in result.test:  # multi-class: N x N confusion, one-vs-rest ROC per class
+        plot_confusion(
+            result.test["argmax"]["confusion_matrix"],
+            class_names,
+            folder / "confusion.png",
+            title="test (argmax)",
+        )
+        sp = result.predictions["test"]
+        per_class = {
+            name: ((sp.labels == k).astype(int), sp.probabilities[:, k])
+            for k, name in enumerate(class_names)
+        }
+        plot_roc(per_class, folder / "roc.png")
+        return
     plot_confusion(
         result.test["at_threshold"]["confusion_matrix"],
         class_names,

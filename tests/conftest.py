@@ -59,6 +59,44 @@ def write_tiny_dataset(root: Path, *, seed: int = 0, size: int = 40) -> Path:
     return root
 
 
+def write_tiny_kermany3(root: Path, *, seed: int = 0, size: int = 40) -> Path:
+    """A tiny learnable three-class Kermany-layout dataset (for `--labels kermany3`).
+
+    PNEUMONIA file names alternate between `_bacteria_` (one bright blob) and `_virus_` (a
+    bright lower half), so the file names give NORMAL / BACTERIAL / VIRAL. train: 5 NORMAL
+    patients + 10 PNEUMONIA patients (5 of each kind), 2 images each; val: 2 + 2 (1 image each);
+    test: 3 + 6 (2 images each).
+    """
+    rng = np.random.default_rng(seed)
+    plan = {
+        "train": {"NORMAL": 5, "PNEUMONIA": 10},
+        "val": {"NORMAL": 2, "PNEUMONIA": 2},
+        "test": {"NORMAL": 3, "PNEUMONIA": 6},
+    }
+    person = 2000
+    yy, xx = np.mgrid[:size, :size]
+    for split, classes in plan.items():
+        for cls, patients in classes.items():
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for p in range(patients):
+                person += 1
+                for j in range(1 if split == "val" else 2):
+                    img = rng.normal(90, 20, (size, size))
+                    if cls == "NORMAL":
+                        name = f"IM-{person:04d}-{j + 1:04d}.jpeg"
+                    elif p % 2 == 0:
+                        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+                        img += 90 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (size**2 / 32))
+                        name = f"person{person}_bacteria_{j}.jpeg"
+                    else:
+                        img[size // 2 :] += 70
+                        name = f"person{person}_virus_{j}.jpeg"
+                    pixels = np.clip(img, 0, 255).astype(np.uint8)
+                    Image.fromarray(pixels, mode="L").save(folder / name, quality=95)
+    return root
+
+
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     """A fresh tiny dataset in tmp_path (safe to modify)."""

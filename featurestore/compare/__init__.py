@@ -33,6 +33,13 @@ from featurestore.compare.metrics import (
     evaluate_split,
     expected_calibration_error,
 )
+from featurestore.compare.multiclass import (
+    MULTICLASS_DECISION,
+    check_multiclass_inputs,
+    evaluate_multiclass_split,
+    multiclass_metrics,
+    one_vs_rest_auc,
+)
 from featurestore.compare.report import (
     METRIC_TITLES,
     THRESHOLD_TITLES,
@@ -56,6 +63,7 @@ from featurestore.config import THRESHOLD_POLICIES, CompareConfig
 __all__ = [
     "BOOT_METRICS",
     "METRIC_TITLES",
+    "MULTICLASS_DECISION",
     "PROB_EPS",
     "TABLE_METRICS",
     "THRESHOLDS",
@@ -78,10 +86,12 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_interval",
     "check_labels",
+    "check_multiclass_inputs",
     "choose_threshold",
     "compare_runs",
     "delong_ci",
     "delong_roc_test",
+    "evaluate_multiclass_split",
     "evaluate_split",
     "expected_calibration_error",
     "fmt_interval",
@@ -89,6 +99,8 @@ __all__ = [
     "json_safe",
     "majority_baseline",
     "mcnemar",
+    "multiclass_metrics",
+    "one_vs_rest_auc",
     "paired_bootstrap",
     "render_html",
     "render_markdown",

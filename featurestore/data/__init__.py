@@ -36,6 +36,15 @@ from featurestore.data.readers import (
     read_csv,
     read_npz,
 )
+from featurestore.data.tasks import (
+    TaskType,
+    TASK_TYPES,
+    LabelScheme,
+    KERMANY3_CLASSES,
+    task_of,
+    kermany3_class,
+    apply_label_scheme,
+)
 from featurestore.data.load import (
     load_manifest,
     check_labels_in_train,
@@ -77,6 +86,13 @@ from featurestore.data.synth import (
 )
 
 __all__ = [
+    "KERMANY3_CLASSES",
+    "LabelScheme",
+    "TASK_TYPES",
+    "TaskType",
+    "apply_label_scheme",
+    "kermany3_class",
+    "task_of",
     "AUDIT_DECODE_SIZE",
     "Anatomy",
     "CLASSES",

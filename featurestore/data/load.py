@@ -14,13 +14,20 @@ from featurestore.data.manifest import (
 )
 from featurestore.data.readers import read_csv, read_folder, read_npz
 from featurestore.data import synth
+from featurestore.data.tasks import LabelScheme, apply_label_scheme
 from featurestore.errors import XrayError
 
 
 def load_manifest(
-    path: Path, *, val_min: int = 100, val_fraction: float = 0.1, seed: int = 0
+    path: Path,
+    *,
+    val_min: int = 100,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    labels: LabelScheme | str = LabelScheme.as_given,
 ) -> Manifest:
-    """Read a folder, .csv or .npz dataset, then carve a validation set when val is too small."""
+    """Read a folder, .csv or .npz dataset, relabel it by `labels` (`tasks.LabelScheme`), then
+    carve a validation set when val is too small."""
     path = Path(path)
     if path.is_dir():
         manifest = read_folder(path)
@@ -32,6 +39,7 @@ def load_manifest(
         raise XrayError(f"dataset {path} does not exist: pass --data with a folder, .csv or .npz")
     else:
         raise XrayError(f"{path}: unsupported dataset (use a folder, a .csv manifest or a .npz)")
+    manifest = apply_label_scheme(manifest, labels)
     check_labels_in_train(manifest, path)
     return carve_validation(manifest, fraction=val_fraction, min_val=val_min, seed=seed)
 

@@ -84,6 +84,14 @@ class Manifest:
     """Short dataset name used in cache paths (the folder or file stem)."""
     source: Path | None = None
     """What it was read from: the folder, the .csv file or the .npz file (for re-reading)."""
+    label_scheme: str = "as-given"
+    """How labels were read (`data.tasks.LabelScheme`): `as-given`, or `kermany3` (relabelled
+    from file names); recorded in stores so `fit-head` re-reads the dataset the same way."""
+
+    @property
+    def task(self) -> str:
+        """`binary` for two classes, `multiclass` for more (`data.tasks.task_of`)."""
+        return "binary" if len(self.class_names) == 2 else "multiclass"
 
     def split(self, split: Split) -> list[Record]:
         """Records of one split, in manifest order."""

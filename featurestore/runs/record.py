@@ -29,11 +29,13 @@ class RunSummary:
     mode: str
     head: str
     threshold: float
+    """The validation-chosen threshold (binary); NaN for a multi-class run (argmax)."""
     best_epoch: int
     epochs_run: int
     seconds_per_epoch: float
     test: dict[str, Any]
-    """{"at_0.5": {...}, "at_threshold": {...}} as in metrics.json."""
+    """{"at_0.5": {...}, "at_threshold": {...}} as in metrics.json ({"argmax": {...}} for a
+    multi-class run)."""
 
 
 def summarize(path: Path, model: str, mode: str, head: str, result: FitResult) -> RunSummary:
@@ -43,7 +45,9 @@ def summarize(path: Path, model: str, mode: str, head: str, result: FitResult) -
         model=model,
         mode=mode,
         head=head,
-        threshold=float(result.threshold["value"]),
+        threshold=(
+            float("nan") if result.threshold["value"] is None else float(result.threshold["value"])
+        ),
         best_epoch=result.best_epoch,
         epochs_run=result.epochs_run,
         seconds_per_epoch=result.seconds_per_epoch,
@@ -80,6 +84,8 @@ def run_config(
         "class_names": names,
         "positive_index": pos,
         "positive_class": names[pos],
+        # The task follows from the labels: two classes binary, more multi-class.
+        "task": "binary" if len(names) == 2 else "multiclass",
         "trainable_params": trainable,
         "total_params": total,
         **extra,

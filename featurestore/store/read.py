@@ -97,6 +97,17 @@ class FeatureStore:
     def feature_dim(self) -> int:
         return int(self.attrs["feature_dim"])
 
+    @property
+    def task(self) -> str:
+        """`binary` or `multiclass`: recorded, else (older stores) from the class count."""
+        derived = "binary" if len(self.class_names) == 2 else "multiclass"
+        return str(self.attrs.get("task") or derived)
+
+    @property
+    def label_scheme(self) -> str:
+        """How the dataset's labels were read (`as-given`, `kermany3`); older stores: as-given."""
+        return str(self.attrs.get("label_scheme") or "as-given")
+
     def split(self, split: str) -> SplitArrays:
         """Features (as float32), labels, keys and groups of one split."""
         import numpy as np

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -28,9 +28,10 @@ class SplitPredictions:
     labels: np.ndarray
     """(N,) int64 class indices."""
     probabilities: np.ndarray
-    """(N,) float64 P(positive class)."""
+    """(N,) float64 P(positive class) for a binary task; (N, C) class probabilities for a
+    multi-class one."""
     predictions: np.ndarray
-    """(N,) int64 class indices at the validation-chosen threshold."""
+    """(N,) int64 class indices at the validation-chosen threshold (binary) or argmax."""
 
 
 @dataclass
@@ -52,6 +53,9 @@ class FitResult:
     selection: dict[str, Any] = field(default_factory=dict)
     """{"requested": monitor asked for, "used": monitor that selected the best epoch,
     "note": why they differ or None}."""
+    task: str = "binary"
+    """`binary` or `multiclass`; metrics.json names it for anything but binary (whose
+    metrics.json stays as it always was)."""
 
     def timing_json(self) -> dict[str, Any]:
         """timing.json: wall-clock figures, kept apart so metrics.json repeats exactly."""
@@ -59,7 +63,9 @@ class FitResult:
 
     def metrics_json(self) -> dict[str, Any]:
         """The metrics.json document of the run-folder contract (no timings: repeatable)."""
+        task = {} if self.task == "binary" else {"task": self.task}
         return {
+            **task,
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
             "stopped_early": self.stopped_early,
@@ -133,6 +139,13 @@ def conclude(
     """
     from featurestore.compare import choose_threshold, evaluate_split
 
+    selection = selection or {"requested": config.monitor, "used": config.monitor, "note": None}
+    if len(source.class_names) > 2:
+        return conclude_multiclass(
+            model, source, best_state=best_state, history=history, best_epoch=best_epoch,
+            stopped_early=stopped_early, seconds_per_epoch=seconds_per_epoch,
+            selection=selection,
+        )  # fmt: skip
     pos = source.positive_index
     common = {"class_names": source.class_names, "positive_index": pos}
     p_val, y_val, loss_val = evaluate(model, source, "val")
@@ -173,5 +186,47 @@ def conclude(
         val=val,
         test=test,
         predictions=predictions,
-        selection=selection or {"requested": config.monitor, "used": config.monitor, "note": None},
+        selection=selection,
+    )
+
+
+def conclude_multiclass(
+    model: nn.Module,
+    source: Source,
+    *,
+    best_state: dict[str, Tensor],
+    history: list[dict[str, float]],
+    best_epoch: int,
+    stopped_early: bool,
+    seconds_per_epoch: float,
+    selection: dict[str, Any] | None = None,
+) -> FitResult:
+    """`conclude` for a multi-class task: argmax decisions (nothing is tuned on val), val and
+    test scored once with `compare.multiclass_metrics`; predictions keep every class's probability.
+    """
+    from featurestore.compare import evaluate_multiclass_split
+
+    splits: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, SplitPredictions] = {}
+    for split in ("val", "test"):
+        split = cast("Split", split)
+        p, y, loss = predict(model, source, split)  # (N, C), (N,)
+        splits[split] = evaluate_multiclass_split(y, p, class_names=source.class_names, loss=loss)
+        keys, groups, labels = source.records(split)
+        if not np.array_equal(labels, y):
+            raise RuntimeError(f"{split}: records() order differs from batches(shuffle=False)")
+        predictions[split] = SplitPredictions(keys, groups, labels, p, p.argmax(1).astype(np.int64))
+    return FitResult(
+        best_state=best_state,
+        history=history,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        stopped_early=stopped_early,
+        seconds_per_epoch=seconds_per_epoch,
+        threshold={"policy": "argmax", "value": None},
+        val=splits["val"],
+        test=splits["test"],
+        predictions=predictions,
+        task="multiclass",
+        selection=selection or {},
     )

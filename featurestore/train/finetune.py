@@ -41,13 +41,16 @@ def finetune(
     notice: Notice | None = None,
     manifest: Manifest | None = None,
     fingerprint: str | None = None,
+    labels: str = "as-given",
 ) -> RunSummary:
     """Fine-tune backbone + linear head on streamed images; resumable from runs/.inprogress.
 
     A caller that already read `data` (the study) passes its `manifest` and `fingerprint`,
     so the dataset is not listed and hashed again. Under torchrun (a process group set up by
     the caller) it trains with DDP, `batch_size` per rank; rank 0 alone writes the checkpoint
-    and the run folder, whose path every rank gets.
+    and the run folder, whose path every rank gets. `labels` is the label scheme
+    (`data.LabelScheme`: `kermany3` makes Kermany a three-class task); the head has one output
+    per class.
     """
     import torch
 
@@ -70,13 +73,14 @@ def finetune(
     device = resolve_device(config.device)
     workers = default_workers(device.type) if workers is None else workers
     say = notice or (lambda _msg: None)
-    manifest = manifest or load_manifest(data)
+    manifest = manifest or load_manifest(data, labels=labels)
     if fingerprint is None:
         fingerprint = distributed.on_main(lambda: dataset_fingerprint(manifest, progress=progress))
     torch.manual_seed(config.seed)  # random-init trunks and the head repeat per seed
     loaded = load_backbone(model, weights)
     pre = preprocessing_for(model, weights, image_size)
-    net = TrunkHead(loaded.trunk, build_head("linear", loaded.spec.feature_dim, 2))
+    n_classes = len(manifest.class_names)  # one output per class: 2 (binary) or N (multi-class)
+    net = TrunkHead(loaded.trunk, build_head("linear", loaded.spec.feature_dim, n_classes))
     apply_freeze(net, loaded.spec.stages, freeze)
     source = ImageSource(
         manifest,
@@ -135,6 +139,7 @@ def finetune(
         positive_index=manifest.positive_index,
         dataset_fingerprint=fingerprint,
         dataset_root=str(manifest.root),
+        label_scheme=manifest.label_scheme,
         class_counts=class_counts(
             manifest.class_names,
             {s: np.array([r.label for r in manifest.split(s)]) for s in SPLITS},

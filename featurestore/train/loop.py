@@ -28,16 +28,26 @@ if TYPE_CHECKING:
 
 
 def _summary(probs: np.ndarray, labels: np.ndarray, positive_index: int) -> dict[str, float]:
-    """Accuracy, macro F1 and AUC of the argmax predictions, for the history and the monitor."""
+    """Accuracy, macro F1 and AUC of the argmax predictions, for the history and the monitor.
+
+    The AUC is the positive class's for two classes, the macro one-vs-rest AUC for more (NaN
+    when a class is missing from the split: undefined, and it never counts as improving).
+    """
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
     pred = probs.argmax(1)
-    y_pos = labels == positive_index
-    auc = (
-        float(roc_auc_score(y_pos, probs[:, positive_index]))
-        if 0 < y_pos.sum() < len(y_pos)
-        else math.nan
-    )
+    if probs.shape[1] > 2:
+        from featurestore.compare import one_vs_rest_auc
+
+        aucs = [one_vs_rest_auc(labels, probs, k) for k in range(probs.shape[1])]
+        auc = math.nan if None in aucs else float(np.mean(aucs))  # type: ignore[arg-type]
+    else:
+        y_pos = labels == positive_index
+        auc = (
+            float(roc_auc_score(y_pos, probs[:, positive_index]))
+            if 0 < y_pos.sum() < len(y_pos)
+            else math.nan
+        )
     return {
         "acc": float(accuracy_score(labels, pred)),
         "f1": float(f1_score(labels, pred, average="macro", zero_division=0)),
@@ -149,12 +159,14 @@ def fit(
 ) -> FitResult:
     """Train `model` on `source`: AdamW, warmup+cosine, early stopping, best weights restored.
 
+    Two classes: a binary task (threshold chosen on val); more: multi-class softmax
+    cross-entropy, the monitor's AUC being the macro one-vs-rest AUC, decisions by argmax.
     Writes `run_dir/last.pt` after every epoch (when run_dir is given) so `resume_from` can
     continue an interrupted run exactly. The threshold is chosen on val; test is scored once.
     """
-    if len(source.class_names) != 2:
+    if len(source.class_names) < 2:
         raise XrayError(
-            f"xray trains binary classifiers; the dataset has {len(source.class_names)} classes"
+            f"the dataset has {len(source.class_names)} class: at least two are needed to train"
         )
     device = devices.resolve_device(config.device)
     # Under torchrun the seed is offset by rank so augmentation differs between ranks (DDP
