@@ -17,11 +17,20 @@ from featurestore.config import (
     Device,
     FeatureDtype,
     HeadKind,
+    LabelScheme,
     Monitor,
     Resample,
 )
 
-__all__ = ["ClassWeight", "Device", "FeatureDtype", "HeadKind", "Monitor", "Resample"]
+__all__ = [
+    "ClassWeight",
+    "Device",
+    "FeatureDtype",
+    "HeadKind",
+    "LabelScheme",
+    "Monitor",
+    "Resample",
+]
 
 DEFAULT_CACHE = Path("cache")
 DEFAULT_RUNS = Path("runs")
@@ -63,6 +72,15 @@ SeedsOpt = Annotated[
     ),
 ]
 ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Input side in pixels.")]
+LabelsOpt = Annotated[
+    LabelScheme,
+    typer.Option(
+        "--labels",
+        help="How labels are read: as-given (class folders / CSV label column; 2 classes = "
+        "binary, more = multi-class) or kermany3 (Kermany NORMAL/PNEUMONIA relabelled from "
+        "file names as NORMAL / BACTERIAL / VIRAL: a three-class task).",
+    ),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(

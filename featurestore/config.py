@@ -61,6 +61,15 @@ class Resample(Choice):
     images = "images"
 
 
+class LabelScheme(Choice):
+    """How a dataset's labels are read (`--labels`)."""
+
+    as_given = "as-given"
+    """The class folders / CSV label column as they are (2 classes binary, more multi-class)."""
+    kermany3 = "kermany3"
+    """Kermany's NORMAL/PNEUMONIA relabelled from file names: NORMAL, BACTERIAL, VIRAL."""
+
+
 def values(choice: type[Choice]) -> tuple[str, ...]:
     """The values of a choice enum, in declaration order."""
     return tuple(member.value for member in choice)
@@ -72,6 +81,7 @@ CLASS_WEIGHTS = values(ClassWeight)
 HEAD_KINDS = values(HeadKind)
 FEATURE_DTYPES = values(FeatureDtype)
 RESAMPLE_UNITS = values(Resample)
+LABEL_SCHEMES = values(LabelScheme)
 SCHEDULES = ("cosine", "constant")
 THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "f1", "fixed")
 
@@ -193,6 +203,8 @@ class ExtractConfig:
     """How features are stored."""
     skip_bad: bool = False
     """Leave unreadable images out (listed in the store) instead of stopping."""
+    labels: Literal["as-given", "kermany3"] = "as-given"
+    """Label scheme (`LabelScheme`): `kermany3` reads Kermany as three classes."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +215,8 @@ class FitHeadConfig:
     """Linear, MLP (one hidden layer) or scikit-learn logistic regression (C chosen on val)."""
     seeds: int = 1
     """Repeats with seeds train.seed, train.seed + 1, ... (compare reports mean and spread)."""
+    labels: Literal["as-given", "kermany3"] = "as-given"
+    """With --data: train on the stores of this label scheme (`kermany3`: three classes)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The trainer's settings (heads on cached features: many cheap epochs)."""
 
@@ -227,6 +241,8 @@ class FinetuneConfig:
     """Image decoding processes; None: 0 on CPU, cores - 1 on a GPU."""
     seeds: int = 1
     """Repeats with seeds train.seed, train.seed + 1, ..."""
+    labels: Literal["as-given", "kermany3"] = "as-given"
+    """Label scheme (`LabelScheme`): `kermany3` fine-tunes the three-class Kermany task."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             epochs=10, batch_size=32, patience=3, backbone_lr_mult=0.1

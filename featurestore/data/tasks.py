@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from enum import Enum
 from pathlib import PurePosixPath
 from typing import Literal
 
+from featurestore.config import LabelScheme
 from featurestore.data.manifest import POSITIVE_CLASS, Manifest, Record, sorted_records
 from featurestore.errors import XrayError
 
 TaskType = Literal["binary", "multiclass", "multilabel"]
 TASK_TYPES: tuple[TaskType, ...] = ("binary", "multiclass", "multilabel")
-
-
-class LabelScheme(str, Enum):
-    """How a dataset's labels are read (`--labels`)."""
-
-    as_given = "as-given"
-    """The class folders / CSV label column as they are."""
-    kermany3 = "kermany3"
-    """Kermany's NORMAL/PNEUMONIA relabelled from file names: NORMAL, BACTERIAL, VIRAL."""
 
 
 KERMANY3_CLASSES: tuple[str, ...] = ("NORMAL", "BACTERIAL", "VIRAL")
