@@ -111,8 +111,13 @@ def compare(
         seed=seed,
         allow_different_test=allow_different_test,
     )
-    cmp = compare_runs(paths, config)
     out_dir = out or DEFAULT_REPORTS / datetime.now().strftime("%Y%m%d-%H%M%S")
+    from featurestore.compare import runs_task
+
+    if runs_task(paths) == "multiclass":
+        _compare_multiclass(paths, config, out_dir, explain=explain, as_json=as_json)
+        return
+    cmp = compare_runs(paths, config)
     if explain < 0:
         from featurestore.errors import XrayError
 
@@ -125,6 +130,43 @@ def compare(
     else:
         report = write_report(cmp, out_dir)
     render_comparison(cmp, as_json=as_json, report=report)
+
+
+def _compare_multiclass(
+    paths: list[Path], config: Any, out_dir: Path, *, explain: int, as_json: bool
+) -> None:
+    """Multi-class runs: headline metrics with intervals, McNemar, the report folder."""
+    from featurestore.compare import (
+        MULTICLASS_TABLE_METRICS,
+        compare_multiclass_runs,
+        json_safe,
+        write_multiclass_report,
+    )
+
+    if explain:
+        notice("--explain: Grad-CAM in the report is for binary runs; use `xray explain` per run")
+    cmp = compare_multiclass_runs(paths, config)
+    report = write_multiclass_report(cmp, out_dir)
+    if as_json:
+        import json
+
+        doc = json_safe(cmp.as_dict())
+        doc["report"] = str(report)
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    for note in cmp.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    emit_table(
+        f"Multi-class test metrics (argmax), 95% CI ({config.resample} bootstrap)",
+        ["run", *MULTICLASS_TABLE_METRICS],
+        [[r.label, *(fmt_short(r.metrics[m]) for m in MULTICLASS_TABLE_METRICS)] for r in cmp.rows]
+        + [
+            [f"majority ({cmp.baseline['majority_class']})"]
+            + [_fmt_value(cmp.baseline.get(m)) for m in MULTICLASS_TABLE_METRICS]
+        ],
+        as_json=False,
+    )
+    console.print(f"report: [bold]{report}[/]", highlight=False)
 
 
 CONSOLE_METRICS = ("accuracy", "f1_macro", "sensitivity", "specificity", "roc_auc")

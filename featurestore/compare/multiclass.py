@@ -75,7 +75,9 @@ def multiclass_metrics(
     labels = list(range(len(names)))
     pred = p.argmax(1)  # (N,)
     if loss is None:
-        loss = log_loss(y, np.clip(p, PROB_EPS, 1.0), labels=labels)
+        # Softmax outputs saved as float32 sum to 1 only to ~1e-7: renormalise for sklearn.
+        clipped = np.clip(p, PROB_EPS, 1.0)
+        loss = log_loss(y, clipped / clipped.sum(1, keepdims=True), labels=labels)
     precision, recall, f1, support = precision_recall_fscore_support(
         y, pred, labels=labels, zero_division=0
     )
