@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,14 @@ def check_multiclass_inputs(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.n
     return y, p
 
 
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in y (sklearn's balanced_accuracy_score)."""
+    with warnings.catch_warnings():
+        # "y_pred contains classes not in y_true": expected when a class is absent from a split.
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y, pred))
+
+
 def one_vs_rest_auc(y: np.ndarray, probs: np.ndarray, k: int) -> float | None:
     """ROC-AUC of class k against the rest; None when the split lacks class k or holds only it."""
     y_k = y == k
@@ -81,13 +90,13 @@ def multiclass_metrics(
     precision, recall, f1, support = precision_recall_fscore_support(
         y, pred, labels=labels, zero_division=0
     )
-    present = support > 0
+    present = support > 0  # classes in y: recall is defined
     predicted = np.bincount(pred, minlength=len(names)) > 0
     out: dict[str, Any] = {
         "loss": float(loss),
         "accuracy": float(accuracy_score(y, pred)),
         # Mean recall over the classes present (sklearn's definition); undefined with none.
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if present.any() else None,
+        "balanced_accuracy": _balanced_accuracy(y, pred),
         "f1_macro": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
         "f1_weighted": float(f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
     }
