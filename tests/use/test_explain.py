@@ -286,3 +286,16 @@ def test_compare_explain_adds_what_the_model_looks_at(
     assert len(links) == 1 + 2  # the contact sheet and one image per class
     assert all((tmp_path / "rep" / link).is_file() for link in links)
     assert runner.invoke(app, [*args, "--explain", "-1"]).exit_code == 2
+
+
+def test_grad_cam_without_a_target_explains_each_predicted_class() -> None:
+    torch.manual_seed(0)
+    loaded = load_backbone("resnet18", "none")
+    trunk = loaded.trunk.eval()
+    head = nn.Linear(loaded.spec.feature_dim, 3)
+    acts, pool = cam_stages(trunk, loaded.spec.family)
+    x = torch.randn(4, 3, 64, 64)
+    cams, logits = grad_cam(acts, lambda a: head(pool(a)), x, target=None)
+    for i, k in enumerate(logits.argmax(1).tolist()):
+        one, _ = grad_cam(acts, lambda a: head(pool(a)), x[i : i + 1], target=k)
+        torch.testing.assert_close(cams[i : i + 1], one, atol=1e-6, rtol=1e-4)
