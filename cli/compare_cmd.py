@@ -21,10 +21,12 @@ from .options import (
     Resample,
     RunsDir,
     SeedsOpt,
+    Task,
+    TaskOpt,
 )
 
 if TYPE_CHECKING:
-    from featurestore.compare import Comparison, Interval
+    from featurestore.compare import Comparison, Interval, MulticlassComparison
 
 
 def register(app: typer.Typer) -> None:
@@ -136,17 +138,20 @@ def _compare_multiclass(
     paths: list[Path], config: Any, out_dir: Path, *, explain: int, as_json: bool
 ) -> None:
     """Multi-class runs: headline metrics with intervals, McNemar, the report folder."""
-    from featurestore.compare import (
-        MULTICLASS_TABLE_METRICS,
-        compare_multiclass_runs,
-        json_safe,
-        write_multiclass_report,
-    )
+    from featurestore.compare import compare_multiclass_runs, write_multiclass_report
 
     if explain:
         notice("--explain: Grad-CAM in the report is for binary runs; use `xray explain` per run")
     cmp = compare_multiclass_runs(paths, config)
     report = write_multiclass_report(cmp, out_dir)
+    render_multiclass(cmp, as_json=as_json, report=report)
+
+
+def render_multiclass(cmp: MulticlassComparison, *, as_json: bool, report: Path) -> None:
+    """A multi-class comparison as a rich table with the baseline (or JSON), and the report."""
+    from featurestore.compare import MULTICLASS_TABLE_METRICS, json_safe
+
+    config = cmp.config
     if as_json:
         import json
 
@@ -319,6 +324,7 @@ def demo(
     cache: CacheDir = DEFAULT_CACHE,
     runs_dir: RunsDir = DEFAULT_RUNS,
     as_json: JsonFlag = False,
+    task: TaskOpt = Task(_STUDY.task),
 ) -> None:
     """The whole study in one command: each backbone frozen and fine-tuned, then compared.
 
@@ -332,6 +338,8 @@ def demo(
         xray demo --data data/chest_xray --full
 
         xray demo --model resnet18 --seeds 3 --json
+
+        xray demo --task multiclass   (NORMAL / BACTERIAL / VIRAL: --labels kermany3)
     """
     from featurestore.models import get_spec
     from featurestore.progress import make_progress
@@ -340,12 +348,15 @@ def demo(
     chosen = tuple(models) if models else _STUDY.models
     for name in chosen:
         get_spec(name)  # an unknown name fails before any data is read or generated
-    base = StudyConfig(models=chosen, weights=weights, seeds=seeds, workers=workers)
+    base = StudyConfig(
+        models=chosen, weights=weights, seeds=seeds, workers=workers, task=task.value,
+        labels="kermany3" if task is Task.multiclass else "as-given",
+    )  # fmt: skip
     base = base.full_size() if full else base
     config = replace_some(
         base, image_size=image_size, head_epochs=head_epochs, finetune_epochs=finetune_epochs
     )
-    resolved = resolve_data(data)
+    resolved = resolve_data(data, task=task.value)
     with make_progress(err_console, transient=True) as progress:
         result = run_study(
             data=resolved,
@@ -360,7 +371,12 @@ def demo(
         err_console.print(
             "[bold yellow on red] RANDOM-INIT BACKBONES: a pipeline check, not a result [/]"
         )
-    render_comparison(result.comparison, as_json=as_json, report=result.report)
+    from featurestore.compare import MulticlassComparison
+
+    if isinstance(result.comparison, MulticlassComparison):
+        render_multiclass(result.comparison, as_json=as_json, report=result.report)
+    else:
+        render_comparison(result.comparison, as_json=as_json, report=result.report)
 
 
 def replace_some(config: StudyConfig, **changes: Any) -> StudyConfig:

@@ -11,7 +11,7 @@ import typer
 from featurestore.config import SYNTHETIC_DIR, SynthConfig
 
 from .common import console, emit_table, err_console, user_errors
-from .options import DataPath, JsonFlag
+from .options import DataPath, JsonFlag, Task, TaskOpt
 
 _SYNTH = SynthConfig()
 
@@ -134,7 +134,14 @@ def _print_details(audit: DatasetAudit) -> None:
 @data_app.command("synth")
 @user_errors
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write.")] = SYNTHETIC_DIR,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder to write [default: data/synthetic; data/synthetic-3class for multiclass].",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option("--seed", help="Random seed: same seed, same images.")
     ] = _SYNTH.seed,
@@ -145,22 +152,30 @@ def synth(
         bool, typer.Option("--overwrite", help="Replace the folder if it already holds a dataset.")
     ] = False,
     as_json: JsonFlag = False,
+    task: TaskOpt = Task(_SYNTH.task),
 ) -> None:
     """Write the built-in synthetic dataset: seeded phantom chest radiographs, Kermany layout.
+
+    `--task multiclass` draws bacterial pneumonia (`_bacteria_` file names) as lobar and viral
+    (`_virus_`) as patchy opacity: read it with `--labels kermany3` for three classes.
 
     Examples:
 
     * `xray data synth`
     * `xray data synth --out data/synth-s1 --seed 1 --patients 300`
     * `xray data synth --overwrite --json`
+    * `xray data synth --task multiclass`
     """
-    from featurestore.data import synth
+    from featurestore.data import SYNTHETIC_MULTICLASS_DIR, synth
     from featurestore.progress import make_progress
 
+    if out is None:
+        out = SYNTHETIC_MULTICLASS_DIR if task is Task.multiclass else SYNTHETIC_DIR
     with make_progress(err_console, transient=True) as progress:
         summary = synth.generate_synthetic(
-            out, seed=seed, patients=patients, overwrite=overwrite, progress=progress
-        )
+            out, seed=seed, patients=patients, overwrite=overwrite, progress=progress,
+            task=task.value,
+        )  # fmt: skip
     classes = sorted({c for per_class in summary.counts.values() for c in per_class})
     emit_table(
         f"synthetic dataset: {summary.root}",

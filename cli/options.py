@@ -20,6 +20,7 @@ from featurestore.config import (
     LabelScheme,
     Monitor,
     Resample,
+    Task,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "LabelScheme",
     "Monitor",
     "Resample",
+    "Task",
 ]
 
 DEFAULT_CACHE = Path("cache")
@@ -79,6 +81,14 @@ LabelsOpt = Annotated[
         help="How labels are read: as-given (class folders / CSV label column; 2 classes = "
         "binary, more = multi-class) or kermany3 (Kermany NORMAL/PNEUMONIA relabelled from "
         "file names as NORMAL / BACTERIAL / VIRAL: a three-class task).",
+    ),
+]
+TaskOpt = Annotated[
+    Task,
+    typer.Option(
+        "--task",
+        help="binary (NORMAL / PNEUMONIA) or multiclass (NORMAL / BACTERIAL / VIRAL, the "
+        "Kermany three-class task read with --labels kermany3).",
     ),
 ]
 ConfigOpt = Annotated[

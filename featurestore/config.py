@@ -61,6 +61,13 @@ class Resample(Choice):
     images = "images"
 
 
+class Task(Choice):
+    """What `xray data synth` writes and `xray demo` studies (`--task`)."""
+
+    binary = "binary"
+    multiclass = "multiclass"
+
+
 class LabelScheme(Choice):
     """How a dataset's labels are read (`--labels`)."""
 
@@ -82,6 +89,7 @@ HEAD_KINDS = values(HeadKind)
 FEATURE_DTYPES = values(FeatureDtype)
 RESAMPLE_UNITS = values(Resample)
 LABEL_SCHEMES = values(LabelScheme)
+TASKS = values(Task)
 SCHEDULES = ("cosine", "constant")
 THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "f1", "fixed")
 
@@ -300,6 +308,10 @@ class StudyConfig:
     """DataLoader workers for extraction and fine-tuning; None: as `xray extract` chooses."""
     n_boot: int = 1000
     """Bootstrap resamples of the comparison."""
+    task: Literal["binary", "multiclass"] = "binary"
+    """What is studied (`--task`); `multiclass` reads Kermany-layout data as three classes."""
+    labels: Literal["as-given", "kermany3"] = "as-given"
+    """Label scheme (`LabelScheme`): `kermany3` makes it the three-class study."""
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -330,3 +342,5 @@ class SynthConfig:
     """Smallest image side in pixels (sizes vary per image, as in real radiographs)."""
     max_side: int = 320
     """Largest image side in pixels."""
+    task: Literal["binary", "multiclass"] = "binary"
+    """`multiclass`: bacterial pneumonia drawn lobar, viral patchy (read with --labels kermany3)."""

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from featurestore.compare import Comparison
+    from featurestore.compare import Comparison, MulticlassComparison
 
 Notice = Callable[[str], None]
 
@@ -27,7 +27,8 @@ class StudyResult:
     random_init: bool
     runs: list[Path]
     report: Path
-    comparison: Comparison
+    comparison: Comparison | MulticlassComparison
+    """Binary runs: Comparison; multi-class runs (`labels="kermany3"`): MulticlassComparison."""
 
 
 def resolve_study_weights(models: tuple[str, ...], weights: str) -> str:
@@ -68,7 +69,7 @@ def run_study(
         )
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     study_runs = runs_dir / f"study-{stamp}"
-    manifest = load_manifest(data)
+    manifest = load_manifest(data, labels=config.labels)
     run_paths: list[Path] = []
     for model in config.models:
         result = extract_features(
@@ -118,6 +119,14 @@ def run_study(
                 fingerprint=str(store.attrs["dataset_fingerprint"]),
             )
             run_paths.append(summary.path)
+    out = reports_dir / f"study-{stamp}"
+    if manifest.task == "multiclass":
+        from featurestore.compare import compare_multiclass_runs, write_multiclass_report
+
+        multi = compare_multiclass_runs(run_paths, CompareConfig(n_boot=config.n_boot))
+        return StudyResult(
+            weights, random_init, run_paths, write_multiclass_report(multi, out), multi
+        )
     comparison = compare_runs(run_paths, CompareConfig(n_boot=config.n_boot))
-    report = write_report(comparison, reports_dir / f"study-{stamp}")
+    report = write_report(comparison, out)
     return StudyResult(weights, random_init, run_paths, report, comparison)

@@ -41,6 +41,7 @@ from featurestore.data.tasks import (
     TASK_TYPES,
     LabelScheme,
     KERMANY3_CLASSES,
+    SYNTHETIC_MULTICLASS_DIR,
     task_of,
     kermany3_class,
     apply_label_scheme,
@@ -77,6 +78,8 @@ from featurestore.data.synth import (
     CLEAR_STRENGTH,
     MARKER,
     CLASSES,
+    SYNTH_TASKS,
+    SYNTH_OPACITY,
     OpacityKind,
     SynthSummary,
     Anatomy,
@@ -87,6 +90,7 @@ from featurestore.data.synth import (
 
 __all__ = [
     "KERMANY3_CLASSES",
+    "SYNTHETIC_MULTICLASS_DIR",
     "LabelScheme",
     "TASK_TYPES",
     "TaskType",
@@ -96,6 +100,8 @@ __all__ = [
     "AUDIT_DECODE_SIZE",
     "Anatomy",
     "CLASSES",
+    "SYNTH_OPACITY",
+    "SYNTH_TASKS",
     "CLEAR_STRENGTH",
     "CarveInfo",
     "DICOM_SUFFIXES",

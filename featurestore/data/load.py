@@ -14,7 +14,7 @@ from featurestore.data.manifest import (
 )
 from featurestore.data.readers import read_csv, read_folder, read_npz
 from featurestore.data import synth
-from featurestore.data.tasks import LabelScheme, apply_label_scheme
+from featurestore.data.tasks import SYNTHETIC_MULTICLASS_DIR, LabelScheme, apply_label_scheme
 from featurestore.errors import XrayError
 
 
@@ -59,8 +59,14 @@ def check_labels_in_train(m: Manifest, path: Path) -> None:
         )
 
 
-def resolve_data_dir(data: Path | None, *, env: str | None, notice: Callable[[str], None]) -> Path:
-    """--data, else $XRAY_DATA, else data/chest_xray if present, else data/synthetic (generated)."""
+def resolve_data_dir(
+    data: Path | None, *, env: str | None, notice: Callable[[str], None], task: str = "binary"
+) -> Path:
+    """--data, else $XRAY_DATA, else data/chest_xray if present, else data/synthetic (generated).
+
+    `task="multiclass"` generates the three-class synthetic set in data/synthetic-3class
+    instead (read with `--labels kermany3`, like the real Kermany data).
+    """
     for given, origin in ((data, "--data"), (Path(env) if env else None, "$XRAY_DATA")):
         if given is not None:
             if not given.exists():
@@ -68,6 +74,14 @@ def resolve_data_dir(data: Path | None, *, env: str | None, notice: Callable[[st
             return given
     if KERMANY_DIR.exists():
         return KERMANY_DIR
+    if task == "multiclass":
+        if not (SYNTHETIC_MULTICLASS_DIR / "train").is_dir():
+            notice(
+                "no dataset given: generating the built-in three-class synthetic dataset in "
+                f"{SYNTHETIC_MULTICLASS_DIR}"
+            )
+            synth.generate_synthetic(SYNTHETIC_MULTICLASS_DIR, task="multiclass")
+        return SYNTHETIC_MULTICLASS_DIR
     if not (SYNTHETIC_DIR / "train").is_dir():
         notice(f"no dataset given: generating the built-in synthetic dataset in {SYNTHETIC_DIR}")
         synth.generate_synthetic(SYNTHETIC_DIR)

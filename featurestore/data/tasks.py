@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from featurestore.config import LabelScheme
@@ -14,6 +14,8 @@ TaskType = Literal["binary", "multiclass", "multilabel"]
 TASK_TYPES: tuple[TaskType, ...] = ("binary", "multiclass", "multilabel")
 
 
+SYNTHETIC_MULTICLASS_DIR = Path("data/synthetic-3class")
+"""Where the built-in three-class set is generated (`xray data synth --task multiclass`)."""
 KERMANY3_CLASSES: tuple[str, ...] = ("NORMAL", "BACTERIAL", "VIRAL")
 """Class order of the Kermany three-class task (label indices 0, 1, 2)."""
 
