@@ -50,3 +50,24 @@ def test_demo_cli_runs_the_whole_study(
     runs = [p for p in (tmp_path / "runs").glob("study-*/*") if not p.name.startswith(".")]
     assert len(runs) == 2
     assert list((tmp_path / "cache").rglob("resnet18-none-32px.h5"))
+
+
+@pytest.mark.slow
+def test_demo_multiclass_runs_the_three_class_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import write_tiny_kermany3
+
+    data = write_tiny_kermany3(tmp_path / "chest_xray")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    args = ["demo", "--task", "multiclass", "--data", str(data), "--model", "resnet18"]
+    args += ["--image-size", "32", "--head-epochs", "3", "--finetune-epochs", "1", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["task"] == "multiclass" and doc["class_names"] == ["NORMAL", "BACTERIAL", "VIRAL"]
+    assert sorted(r["mode"] for r in doc["runs"]) == ["finetune", "frozen"]
+    assert len(doc["pairs"]) == 1
+    assert Path(doc["report"]).is_file()
+    assert list((tmp_path / "cache" / "chest_xray-kermany3").glob("*.h5"))
