@@ -1,6 +1,7 @@
 """Stage 0, the data: datasets read into a `Manifest` (Kermany folders, CSV manifests, MedMNIST
-npz, DICOM), patients, the validation carve, the dataset fingerprint, image decoding, the
-`xray data check` audit and the built-in synthetic data.
+npz, DICOM; the multi-label NIH ChestX-ray14, CheXpert and per-finding CSV layouts), task types
+and label schemes (Kermany-3), patients, the validation carve, the dataset fingerprint, image
+decoding, the `xray data check` audit and the built-in synthetic data.
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ from featurestore.data.tasks import (
     kermany3_class,
     apply_label_scheme,
 )
+from featurestore.data.multilabel import (
+    UncertainPolicy,
+    NIH_FINDINGS,
+    CHEXPERT_FINDINGS,
+    target_value,
+    read_multilabel_csv,
+    is_multilabel_csv,
+    is_nih_folder,
+    read_nih,
+    is_chexpert_folder,
+    read_chexpert,
+)
 from featurestore.data.load import (
     load_manifest,
     check_labels_in_train,
@@ -89,6 +102,16 @@ from featurestore.data.synth import (
 )
 
 __all__ = [
+    "CHEXPERT_FINDINGS",
+    "NIH_FINDINGS",
+    "UncertainPolicy",
+    "is_chexpert_folder",
+    "is_multilabel_csv",
+    "is_nih_folder",
+    "read_chexpert",
+    "read_multilabel_csv",
+    "read_nih",
+    "target_value",
     "KERMANY3_CLASSES",
     "SYNTHETIC_MULTICLASS_DIR",
     "LabelScheme",

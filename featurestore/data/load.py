@@ -12,6 +12,15 @@ from featurestore.data.manifest import (
     Manifest,
     carve_validation,
 )
+from featurestore.data.multilabel import (
+    UncertainPolicy,
+    is_chexpert_folder,
+    is_multilabel_csv,
+    is_nih_folder,
+    read_chexpert,
+    read_multilabel_csv,
+    read_nih,
+)
 from featurestore.data.readers import read_csv, read_folder, read_npz
 from featurestore.data import synth
 from featurestore.data.tasks import SYNTHETIC_MULTICLASS_DIR, LabelScheme, apply_label_scheme
@@ -25,12 +34,30 @@ def load_manifest(
     val_fraction: float = 0.1,
     seed: int = 0,
     labels: LabelScheme | str = LabelScheme.as_given,
+    uncertain: UncertainPolicy | str = UncertainPolicy.ignore,
 ) -> Manifest:
     """Read a folder, .csv or .npz dataset, relabel it by `labels` (`tasks.LabelScheme`), then
-    carve a validation set when val is too small."""
+    carve a validation set when val is too small.
+
+    Multi-label layouts are recognised by their files: a folder with `Data_Entry_2017*.csv`
+    (NIH ChestX-ray14), a folder with `train.csv` and `valid.csv` (CheXpert), a CSV with
+    `path,split` and finding columns but no `label` column. `uncertain` decides what their
+    uncertain (-1) labels become (`multilabel.UncertainPolicy`). `labels` may also be the
+    `uncertain-<policy>` scheme a multi-label store records.
+    """
     path = Path(path)
-    if path.is_dir():
+    scheme = str(getattr(labels, "value", labels))
+    if scheme.startswith("uncertain-"):  # recorded by a multi-label store
+        uncertain, labels = scheme.removeprefix("uncertain-"), LabelScheme.as_given
+    UncertainPolicy(uncertain)  # unknown policies fail here, whatever the layout
+    if path.is_dir() and is_nih_folder(path):
+        manifest = read_nih(path)
+    elif path.is_dir() and is_chexpert_folder(path):
+        manifest = read_chexpert(path, uncertain=uncertain)
+    elif path.is_dir():
         manifest = read_folder(path)
+    elif path.suffix.lower() == ".csv" and is_multilabel_csv(path):
+        manifest = read_multilabel_csv(path, uncertain=uncertain)
     elif path.suffix.lower() == ".csv":
         manifest = read_csv(path)
     elif path.suffix.lower() == ".npz":
@@ -39,6 +66,11 @@ def load_manifest(
         raise XrayError(f"dataset {path} does not exist: pass --data with a folder, .csv or .npz")
     else:
         raise XrayError(f"{path}: unsupported dataset (use a folder, a .csv manifest or a .npz)")
+    if manifest.task == "multilabel":
+        if LabelScheme(labels) is not LabelScheme.as_given:
+            raise XrayError(f"--labels {LabelScheme(labels).value} is for Kermany folders, "
+                            f"not the multi-label dataset {path}")  # fmt: skip
+        return carve_validation(manifest, fraction=val_fraction, min_val=val_min, seed=seed)
     manifest = apply_label_scheme(manifest, labels)
     check_labels_in_train(manifest, path)
     return carve_validation(manifest, fraction=val_fraction, min_val=val_min, seed=seed)

@@ -42,6 +42,9 @@ class Record:
     straddle train and val."""
     source_split: Split
     """The split the image was given in on disk, before any carving."""
+    targets: tuple[float, ...] | None = None
+    """Multi-label datasets only: one value per finding (`Manifest.class_names`), 1.0 present,
+    0.0 absent, NaN masked (uncertain under the `ignore` policy); `label` is then 0."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,10 @@ class Manifest:
 
     @property
     def task(self) -> str:
-        """`binary` for two classes, `multiclass` for more (`data.tasks.task_of`)."""
+        """`multilabel` when records carry targets, else `binary` for two classes and
+        `multiclass` for more (`data.tasks.task_of`)."""
+        if self.records and self.records[0].targets is not None:
+            return "multilabel"
         return "binary" if len(self.class_names) == 2 else "multiclass"
 
     def split(self, split: Split) -> list[Record]:
@@ -237,7 +243,9 @@ def dataset_fingerprint(m: Manifest, *, progress: Progress | None = None) -> str
         task = progress.add_task("fingerprint", total=len(records), unit="img")
     for r in records:
         content = "" if m.kind == "npz" else file_digest(m.root / r.key, algorithm="blake2b")
-        digest.update(f"{r.key}\0{r.label}\0{r.source_split}\0{content}\n".encode())
+        # Multi-label targets join the line (NaN for masked); single-label lines are unchanged.
+        targets = "" if r.targets is None else "\0" + ",".join(map(repr, r.targets))
+        digest.update(f"{r.key}\0{r.label}\0{r.source_split}\0{content}{targets}\n".encode())
         if task is not None and progress is not None:
             progress.advance(task)
     return digest.hexdigest()
