@@ -94,12 +94,44 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> No
     save_figure(fig, path)
 
 
+def plot_label_confusions(
+    targets: np.ndarray, predictions: np.ndarray, names: Sequence[str], path: Path
+) -> None:
+    """One 2 x 2 confusion matrix per label (observed entries, at the label's threshold)."""
+    fig, axes = new_figure(
+        figsize=(2.4 * len(names) + 0.5, 2.8), nrows=1, ncols=len(names), squeeze=False
+    )
+    for k, (ax, name) in enumerate(zip(axes[0], names, strict=True)):
+        mask = ~np.isnan(targets[:, k])
+        y, d = targets[mask, k].astype(int), predictions[mask, k].astype(int)
+        cm = np.array([[np.sum((y == i) & (d == j)) for j in (0, 1)] for i in (0, 1)])
+        ax.imshow(cm, cmap="Blues")
+        ax.set_xticks([0, 1], ["-", "+"])
+        ax.set_yticks([0, 1], ["-", "+"])
+        ax.set_title(name, fontsize=8)
+        for i in (0, 1):
+            for j in (0, 1):
+                color = "white" if cm[i, j] > cm.max() / 2 else "black"
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color)
+    save_figure(fig, path)
+
+
 def write_plots(
     folder: Path, result: FitResult, *, class_names: Sequence[str], positive_index: int
 ) -> None:
     """curves.png, confusion.png (test, at the validation threshold) and roc.png (val, test)."""
     folder.mkdir(parents=True, exist_ok=True)
     plot_curves(result.history, folder / "curves.png")
+    if "at_label_thresholds" in result.test:  # multi-label: per-label confusion and ROC
+        sp = result.predictions["test"]
+        observed = ~np.isnan(sp.labels)  # (N, L)
+        plot_label_confusions(sp.labels, sp.predictions, class_names, folder / "confusion.png")
+        per_label = {
+            name: (sp.labels[observed[:, k], k].astype(int), sp.probabilities[observed[:, k], k])
+            for k, name in enumerate(class_names)
+        }
+        plot_roc(per_label, folder / "roc.png")
+        return
     if "argmax" in result.test:  # multi-class: N x N confusion, one-vs-rest ROC per class
         plot_confusion(
             result.test["argmax"]["confusion_matrix"],

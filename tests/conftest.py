@@ -97,6 +97,38 @@ def write_tiny_kermany3(root: Path, *, seed: int = 0, size: int = 40) -> Path:
     return root
 
 
+def write_tiny_multilabel(root: Path, *, seed: int = 0, size: int = 40) -> Path:
+    """A tiny learnable multi-label CSV dataset: `root/labels.csv` + `root/img/*.png`.
+
+    Findings `Blob` (a bright blob) and `Band` (a bright lower half) occur alone, together or
+    not at all; every 7th Band label is uncertain (-1). 24 train patients, 6 val, 8 test, two
+    images each. Returns the CSV's path.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    lines = ["path,split,patient,Blob,Band"]
+    n = 0
+    for split, patients in (("train", 24), ("val", 6), ("test", 8)):
+        for p in range(patients):
+            blob, band = p % 2, (p // 2) % 2
+            for j in range(2):
+                img = rng.normal(90, 20, (size, size))
+                if blob:
+                    cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+                    img += 90 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (size**2 / 32))
+                if band:
+                    img[size // 2 :] += 60
+                name = f"img/{split}-{p}-{j}.png"
+                (root / "img").mkdir(parents=True, exist_ok=True)
+                pixels = np.clip(img, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels, mode="L").save(root / name)
+                n += 1
+                band_cell = "-1" if n % 7 == 0 else str(band)
+                lines.append(f"{name},{split},{split}-pt{p},{blob},{band_cell}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     """A fresh tiny dataset in tmp_path (safe to modify)."""

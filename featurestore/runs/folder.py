@@ -141,6 +141,9 @@ def write_predictions(path: Path, result: FitResult, class_names: list[str] | No
     Binary: `PREDICTION_COLUMNS`. Multi-class (probabilities (N, C)): `split,key,patient,label,`
     then one `prob_<class>` column per class in class order, then `prediction` (argmax).
     """
+    if result.predictions["val"].labels.ndim == 2:
+        _write_multilabel_predictions(path, result, class_names)
+        return
     if result.predictions["val"].probabilities.ndim == 2:
         _write_multiclass_predictions(path, result, class_names)
         return
@@ -153,6 +156,30 @@ def write_predictions(path: Path, result: FitResult, class_names: list[str] | No
                 sp.keys, sp.groups, sp.labels, sp.probabilities, sp.predictions, strict=True
             ):
                 writer.writerow([split, key, group, int(label), repr(float(prob)), int(pred)])
+
+
+def _write_multilabel_predictions(
+    path: Path, result: FitResult, class_names: list[str] | None
+) -> None:
+    """`split,key,patient`, then per finding `y_<f>` (1, 0, empty = masked), `prob_<f>` and
+    `pred_<f>` (at the finding's validation threshold)."""
+    n_labels = result.predictions["val"].labels.shape[1]
+    names = list(class_names) if class_names is not None else [str(k) for k in range(n_labels)]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        head = [*PREDICTION_COLUMNS[:3]]
+        for n in names:
+            head += [f"y_{n}", prob_column(n), f"pred_{n}"]
+        writer.writerow(head)
+        for split in ("val", "test"):
+            sp = result.predictions[split]
+            for key, group, y, probs, pred in zip(
+                sp.keys, sp.groups, sp.labels, sp.probabilities, sp.predictions, strict=True
+            ):
+                row: list[Any] = [split, key, group]
+                for t, q, d in zip(y, probs, pred, strict=True):
+                    row += ["" if t != t else int(t), repr(float(q)), int(d)]
+                writer.writerow(row)
 
 
 def _write_multiclass_predictions(
@@ -248,6 +275,21 @@ def _read_predictions(path: Path) -> dict[str, np.ndarray]:
         rows = list(reader)
         columns = list(reader.fieldnames or [])
     prob_columns = [c for c in columns if c.startswith("prob_")]
+    if any(c.startswith("y_") for c in columns):  # a multi-label run
+        names = [c.removeprefix("prob_") for c in prob_columns]
+
+        def grid(prefix: str, parse: Any) -> np.ndarray:
+            values = [[parse(r[f"{prefix}{n}"]) for n in names] for r in rows]
+            return np.array(values, dtype=np.float64).reshape(len(rows), len(names))
+
+        return {
+            "split": np.array([r["split"] for r in rows], dtype=str),
+            "key": np.array([r["key"] for r in rows], dtype=str),
+            "patient": np.array([r["patient"] for r in rows], dtype=str),
+            "targets": grid("y_", lambda v: float(v) if v != "" else np.nan),
+            "probabilities": grid("prob_", float),
+            "predictions": grid("pred_", float).astype(np.int64),
+        }
     if prob_columns and "probability" not in columns:  # a multi-class run
         return {
             "split": np.array([r["split"] for r in rows], dtype=str),

@@ -58,7 +58,15 @@ def summarize(path: Path, model: str, mode: str, head: str, result: FitResult) -
 def class_counts(
     class_names: Sequence[str], labels: dict[str, np.ndarray]
 ) -> dict[str, dict[str, int]]:
-    """Images per split and class (config.json; compare's majority baseline uses train's)."""
+    """Images per split and class (config.json; compare's majority baseline uses train's).
+
+    Multi-label targets (N, L): positive images per split and finding.
+    """
+    if any(np.ndim(y) == 2 for y in labels.values()):
+        return {
+            split: {name: int(np.sum(np.asarray(y)[:, i] == 1.0)) for i, name in enumerate(class_names)}
+            for split, y in labels.items()
+        }
     return {
         split: {name: int(np.sum(y == i)) for i, name in enumerate(class_names)}
         for split, y in labels.items()
@@ -84,8 +92,9 @@ def run_config(
         "class_names": names,
         "positive_index": pos,
         "positive_class": names[pos],
-        # The task follows from the labels: two classes binary, more multi-class.
-        "task": "binary" if len(names) == 2 else "multiclass",
+        # The task follows from the labels: two classes binary, more multi-class (unless the
+        # caller says multi-label, whose class names are the findings).
+        "task": extra.pop("task", None) or ("binary" if len(names) == 2 else "multiclass"),
         "trainable_params": trainable,
         "total_params": total,
         **extra,

@@ -65,6 +65,8 @@ class SplitArrays:
     """Image keys (paths relative to the dataset root)."""
     groups: list[str]
     """Patient ids."""
+    targets: np.ndarray | None = None
+    """Multi-label stores: (N, L) float32, 1 present, 0 absent, NaN masked; else None."""
 
 
 class FeatureStore:
@@ -122,6 +124,7 @@ class FeatureStore:
                     labels=group["labels"][:].astype(np.int64),
                     keys=[str(k) for k in group["keys"].asstr()[:]],
                     groups=[str(g) for g in group["groups"].asstr()[:]],
+                    targets=group["targets"][:] if "targets" in group else None,
                 )
             except (OSError, KeyError) as exc:
                 raise _corrupt(self.path, exc) from None

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featurestore import devices, distributed
@@ -85,8 +84,11 @@ def predict(
     Under torchrun a source with `eval_positions` scores one shard per rank; the shards are
     gathered by position, so every rank gets the whole split in records() order, each image once.
     """
+    from featurestore.train.objectives import source_task, summed_loss, to_probabilities
+
     model.eval()
     device = next(model.parameters()).device
+    task = source_task(source)
     probs: list[Tensor] = []
     labels: list[Tensor] = []
     loss_sum = 0.0
@@ -94,8 +96,8 @@ def predict(
         x, y = devices.to_device(x, y, device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
             logits = model(x).float()  # (B, C)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        probs.append(logits.softmax(1).cpu())
+        loss_sum += summed_loss(logits, y, task)
+        probs.append(to_probabilities(logits, task).cpu())
         labels.append(y.cpu())
     # A rank's shard may be empty (fewer images than ranks): (0, C) and (0,) then.
     p = torch.cat(probs).double().numpy() if probs else np.zeros((0, len(source.class_names)))
@@ -138,8 +140,15 @@ def conclude(
     metrics.json says so (`threshold.ran` False, with a note), never a silent 0.5.
     """
     from featurestore.compare import choose_threshold, evaluate_split
+    from featurestore.train.objectives import source_task
 
     selection = selection or {"requested": config.monitor, "used": config.monitor, "note": None}
+    if source_task(source) == "multilabel":
+        return conclude_multilabel(
+            model, source, config, best_state=best_state, history=history,
+            best_epoch=best_epoch, stopped_early=stopped_early,
+            seconds_per_epoch=seconds_per_epoch, selection=selection,
+        )  # fmt: skip
     if len(source.class_names) > 2:
         return conclude_multiclass(
             model, source, best_state=best_state, history=history, best_epoch=best_epoch,
@@ -228,5 +237,52 @@ def conclude_multiclass(
         test=splits["test"],
         predictions=predictions,
         task="multiclass",
+        selection=selection or {},
+    )
+
+
+def conclude_multilabel(
+    model: nn.Module,
+    source: Source,
+    config: TrainConfig,
+    *,
+    best_state: dict[str, Tensor],
+    history: list[dict[str, float]],
+    best_epoch: int,
+    stopped_early: bool,
+    seconds_per_epoch: float,
+    selection: dict[str, Any] | None = None,
+) -> FitResult:
+    """`conclude` for a multi-label task: one threshold per label chosen on val (over its
+    observed entries, `config.threshold_policy`), then val and test scored once at them."""
+    from featurestore.compare import choose_label_thresholds, evaluate_multilabel_split
+
+    names = source.class_names
+    scored = {s: predict(model, source, cast("Split", s)) for s in ("val", "test")}
+    p_val, y_val, _ = scored["val"]  # (N, L) each
+    thresholds = choose_label_thresholds(y_val, p_val, names, policy=config.threshold_policy)
+    t = np.array([thresholds[n] for n in names])  # (L,)
+    splits: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, SplitPredictions] = {}
+    for split, (p, y, loss) in scored.items():
+        splits[split] = evaluate_multilabel_split(
+            y, p, names=names, thresholds=thresholds, loss=loss
+        )
+        keys, groups, labels = source.records(cast("Split", split))
+        if not np.array_equal(labels, y, equal_nan=True):
+            raise RuntimeError(f"{split}: records() order differs from batches(shuffle=False)")
+        predictions[split] = SplitPredictions(keys, groups, labels, p, (p >= t).astype(np.int64))
+    return FitResult(
+        best_state=best_state,
+        history=history,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        stopped_early=stopped_early,
+        seconds_per_epoch=seconds_per_epoch,
+        threshold={"policy": config.threshold_policy, "value": None, "per_label": thresholds},
+        val=splits["val"],
+        test=splits["test"],
+        predictions=predictions,
+        task="multilabel",
         selection=selection or {},
     )

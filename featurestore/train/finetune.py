@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from featurestore.data import Manifest
+    from featurestore.data import Manifest, Record
 
 _FT = FinetuneConfig()
 
@@ -140,9 +140,10 @@ def finetune(
         dataset_fingerprint=fingerprint,
         dataset_root=str(manifest.root),
         label_scheme=manifest.label_scheme,
+        task=manifest.task,
         class_counts=class_counts(
             manifest.class_names,
-            {s: np.array([r.label for r in manifest.split(s)]) for s in SPLITS},
+            {s: np.array([_target(r) for r in manifest.split(s)]) for s in SPLITS},
         ),
         carve=manifest.carve.as_dict() if manifest.carve else None,
         weights=weights,
@@ -166,3 +167,8 @@ def finetune(
 
     path = distributed.on_main(write)  # one run folder, written by rank 0
     return summarize(path, model, "finetune", "linear", result)
+
+
+def _target(record: Record) -> Any:
+    """The class index, or the per-finding targets of a multi-label record."""
+    return record.label if record.targets is None else record.targets

@@ -215,6 +215,7 @@ def _fit_head(
         positive_index=store.positive_index,
         dataset_fingerprint=store.attrs.get("dataset_fingerprint"),
         label_scheme=store.label_scheme,
+        task=store.task,
         store={"path": str(store.path), **store.attrs},
         extraction_seconds=store.attrs.get("extraction_seconds"),
         # Labels already in memory: re-reading the store would load every feature again.

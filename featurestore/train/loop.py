@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featurestore import devices, distributed
@@ -18,6 +17,14 @@ from featurestore.errors import XrayError
 from featurestore.train import checkpoints
 from featurestore.train.checkpoints import LoopState
 from featurestore.train.evaluation import FitResult, conclude, predict
+from featurestore.train.objectives import (
+    MaskedBCEWithLogits,
+    label_pos_weights,
+    multilabel_summary,
+    source_task,
+    summed_loss,
+    to_probabilities,
+)
 from featurestore.train.optim import class_weights, make_optimizer, make_scheduler
 
 if TYPE_CHECKING:
@@ -35,6 +42,8 @@ def _summary(probs: np.ndarray, labels: np.ndarray, positive_index: int) -> dict
     """
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
+    if labels.ndim == 2:  # multi-label targets (N, L): per-label figures at 0.5
+        return multilabel_summary(probs, labels)
     pred = probs.argmax(1)
     if probs.shape[1] > 2:
         from featurestore.compare import one_vs_rest_auc
@@ -112,6 +121,7 @@ def train_one_epoch(
     model.train()
     device = next(model.parameters()).device
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    task = source_task(source)
     loss_sum, lr_sum, probs, labels = 0.0, 0.0, [], []
     for x, y in source.batches("train", shuffle=True, epoch=epoch):
         x, y = devices.to_device(x, y, device)
@@ -129,8 +139,8 @@ def train_one_epoch(
         scheduler.step()
         # History reports the unweighted cross-entropy so train and val losses compare.
         detached = logits.detach()
-        loss_sum += float(F.cross_entropy(detached, y, reduction="sum"))
-        probs.append(detached.softmax(1).cpu())
+        loss_sum += summed_loss(detached, y, task)
+        probs.append(to_probabilities(detached, task).cpu())
         labels.append(y.cpu())
         if bar is not None:
             bar[0].advance(bar[1], len(y))
@@ -164,7 +174,7 @@ def fit(
     Writes `run_dir/last.pt` after every epoch (when run_dir is given) so `resume_from` can
     continue an interrupted run exactly. The threshold is chosen on val; test is scored once.
     """
-    if len(source.class_names) < 2:
+    if len(source.class_names) < 2 and source_task(source) != "multilabel":
         raise XrayError(
             f"the dataset has {len(source.class_names)} class: at least two are needed to train"
         )
@@ -182,11 +192,16 @@ def fit(
     monitor, monitor_note = selection_monitor(
         config.monitor, source.records("val")[2], source.class_names
     )
-    criterion = nn.CrossEntropyLoss(
-        weight=class_weights(
-            y_train, len(source.class_names), config.class_weight, source.class_names
-        ).to(device)
-    )
+    criterion: nn.Module
+    if source_task(source) == "multilabel":  # y_train (N, L) with NaN = masked
+        weights = label_pos_weights(y_train, source.class_names, config.class_weight)
+        criterion = MaskedBCEWithLogits(weights.to(device))
+    else:
+        criterion = nn.CrossEntropyLoss(
+            weight=class_weights(
+                y_train, len(source.class_names), config.class_weight, source.class_names
+            ).to(device)
+        )
     n_train = source.train_size()  # images this rank trains on per epoch
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, source.steps_per_epoch())

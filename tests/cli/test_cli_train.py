@@ -226,6 +226,8 @@ def test_one_class_validation_selects_on_val_loss_and_says_so(tmp_path: Path, co
     history = (run / "history.csv").read_text().splitlines()[1:]
     losses = [float(line.split(",")[5]) for line in history]  # val_loss column
     assert metrics["best_epoch"] == 1 + losses.index(min(losses))
+
+
 @pytest.mark.slow
 def test_kermany3_extract_fit_head_finetune_compare_end_to_end(tmp_path: Path) -> None:
     """The three-class task through the CLI; metrics.json agrees with sklearn on predictions.csv."""

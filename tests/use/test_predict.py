@@ -270,6 +270,8 @@ def test_undecodable_dicom_and_a_name_that_is_not_utf8_become_error_rows(
     assert rows["caf\\xe9.jpeg"]["error"] == "" and rows["caf\\xe9.jpeg"]["probability"]
     why = rows["lossless.dcm"]["error"]
     assert "lossless.dcm" in why and ("xray[dicom-codecs]" in why or "unreadable DICOM" in why)
+
+
 @pytest.mark.slow
 def test_multiclass_run_predicts_every_class_probability(tmp_path: Path) -> None:
     """A Kermany-3 frozen run: predict gives P(class) for all three classes, equal to the
