@@ -21,6 +21,7 @@ from featurestore.config import (
     Monitor,
     Resample,
     Task,
+    Uncertain,
 )
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Monitor",
     "Resample",
     "Task",
+    "Uncertain",
 ]
 
 DEFAULT_CACHE = Path("cache")
@@ -81,6 +83,14 @@ LabelsOpt = Annotated[
         help="How labels are read: as-given (class folders / CSV label column; 2 classes = "
         "binary, more = multi-class) or kermany3 (Kermany NORMAL/PNEUMONIA relabelled from "
         "file names as NORMAL / BACTERIAL / VIRAL: a three-class task).",
+    ),
+]
+UncertainOpt = Annotated[
+    Uncertain,
+    typer.Option(
+        "--uncertain",
+        help="Multi-label data (CheXpert, finding CSVs): uncertain (-1) labels count as absent "
+        "(zeros), present (ones), or are masked from the loss and the metrics (ignore).",
     ),
 ]
 TaskOpt = Annotated[

@@ -20,6 +20,8 @@ from .options import (
     JsonFlag,
     LabelScheme,
     LabelsOpt,
+    Uncertain,
+    UncertainOpt,
     WeightsOpt,
 )
 
@@ -100,6 +102,7 @@ def extract(
     cache: CacheDir = DEFAULT_CACHE,
     as_json: JsonFlag = False,
     labels: LabelsOpt = LabelScheme(_EXTRACT.labels),
+    uncertain: UncertainOpt = Uncertain(_EXTRACT.uncertain),
 ) -> None:
     """Stage 1: run a frozen backbone once per image and write its HDF5 feature store.
 
@@ -127,7 +130,7 @@ def extract(
             err_console.quiet = True  # rank 0 speaks for all: every rank's errors reach it
         # Rank 0 alone may generate the default dataset; the others then read it.
         path = distributed.on_main(lambda: resolve_data(data))
-        manifest = load_manifest(path, labels=labels.value)
+        manifest = load_manifest(path, labels=labels.value, uncertain=uncertain.value)
         result = extract_features(
             manifest,
             model=model,

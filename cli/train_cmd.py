@@ -30,6 +30,8 @@ from .options import (
     RunsDir,
     SeedOpt,
     SeedsOpt,
+    Uncertain,
+    UncertainOpt,
     WeightsOpt,
 )
 
@@ -67,6 +69,12 @@ def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
     The table has one column per (run, threshold) so it fits a terminal; JSON has one record
     per (run, threshold) for scripts.
     """
+    tagged = [s for s in summaries if "at_label_thresholds" in s.test]
+    if tagged:
+        _report_multilabel(tagged, as_json=as_json)
+        summaries = [s for s in summaries if "at_label_thresholds" not in s.test]
+        if not summaries:
+            return
     multi = [s for s in summaries if "argmax" in s.test]
     if multi:
         _report_multiclass(multi, as_json=as_json)
@@ -99,6 +107,39 @@ def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
         ["best epoch / run"]
         + [f"{s.best_epoch}/{s.epochs_run}" for s in summaries for _ in range(2)]
     )
+    emit_table(title, columns, table_rows, as_json=False)
+    for s in summaries:
+        console.print(f"run folder: [bold]{s.path}[/]", highlight=False)
+
+
+def _report_multilabel(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
+    """Multi-label test metrics: macro/micro AUC, then per label AUC, sensitivity and
+    specificity at the label's validation threshold; one column per run."""
+    title = "test metrics (multi-label, per-label thresholds chosen on validation)"
+    if as_json:
+        rows: list[list[Any]] = [
+            [str(s.path), s.model, s.mode, s.head, "at_label_thresholds",
+             s.test["at_label_thresholds"]]
+            for s in summaries
+        ]  # fmt: skip
+        emit_table(
+            title,
+            ["run", "model", "mode", "head", "at", "metrics"],
+            rows,
+            as_json=True,
+            extra={"runs": [str(s.path) for s in summaries]},
+        )
+        return
+    columns = ["metric"] + [f"{s.model} {s.mode} {s.head}" for s in summaries]
+    heads = ("macro_auc", "micro_auc", "macro_average_precision", "loss")
+    table_rows = [[m] + [s.test["at_label_thresholds"][m] for s in summaries] for m in heads]
+    for name in summaries[0].test["at_label_thresholds"]["labels"]:
+        for m in ("auc", "sensitivity", "specificity"):
+            table_rows.append(
+                [f"{name} {m}"]
+                + [s.test["at_label_thresholds"]["labels"][name][m] for s in summaries]
+            )
+    table_rows.append(["best epoch / run"] + [f"{s.best_epoch}/{s.epochs_run}" for s in summaries])
     emit_table(title, columns, table_rows, as_json=False)
     for s in summaries:
         console.print(f"run folder: [bold]{s.path}[/]", highlight=False)
@@ -183,6 +224,7 @@ def fit_head(
     config_file: ConfigOpt = None,
     as_json: JsonFlag = False,
     labels: LabelsOpt = LabelScheme(_HEAD.labels),
+    uncertain: UncertainOpt = Uncertain(_HEAD.uncertain),
 ) -> None:
     """Stage 2: train a head on cached features, one run folder per feature store.
 
@@ -216,6 +258,7 @@ def fit_head(
             model=given["model"], store=store, data=data, cache_dir=cache, runs_dir=runs,
             head=str(given["head"]), config=config, progress=progress, console=err_console,
             notice=notice, seeds=seeds, labels=str(given["labels"]),
+            uncertain=str(given["uncertain"]),
         )  # fmt: skip
     _report(summaries, as_json=as_json)
 
@@ -280,6 +323,7 @@ def finetune(
     config_file: ConfigOpt = None,
     as_json: JsonFlag = False,
     labels: LabelsOpt = LabelScheme(_FT.labels),
+    uncertain: UncertainOpt = Uncertain(_FT.uncertain),
 ) -> None:
     """Fine-tune a backbone end to end on streamed images, through the same trainer.
 
@@ -332,7 +376,7 @@ def finetune(
                 freeze=given["freeze"], image_size=given["image_size"], augment=given["augment"],
                 hflip=given["hflip"], workers=workers, runs_dir=runs, config=cfg, resume=resume,
                 progress=progress, console=err_console, notice=notice,
-                labels=str(given["labels"]),
+                labels=str(given["labels"]), uncertain=str(given["uncertain"]),
             ))  # fmt: skip
     if launch is None or launch.rank == 0:
         _report(summaries, as_json=as_json)

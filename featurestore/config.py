@@ -68,6 +68,16 @@ class Task(Choice):
     multiclass = "multiclass"
 
 
+class Uncertain(Choice):
+    """What uncertain (-1) labels of multi-label data become (`--uncertain`): Irvin et al.
+    (2019), "CheXpert", AAAI: U-Zeros, U-Ones, U-Ignore."""
+
+    zeros = "zeros"
+    ones = "ones"
+    ignore = "ignore"
+    """Masked: left out of the loss and of every metric of that finding."""
+
+
 class LabelScheme(Choice):
     """How a dataset's labels are read (`--labels`)."""
 
@@ -90,6 +100,7 @@ FEATURE_DTYPES = values(FeatureDtype)
 RESAMPLE_UNITS = values(Resample)
 LABEL_SCHEMES = values(LabelScheme)
 TASKS = values(Task)
+UNCERTAIN_POLICIES = values(Uncertain)
 SCHEDULES = ("cosine", "constant")
 THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "f1", "fixed")
 
@@ -213,6 +224,8 @@ class ExtractConfig:
     """Leave unreadable images out (listed in the store) instead of stopping."""
     labels: Literal["as-given", "kermany3"] = "as-given"
     """Label scheme (`LabelScheme`): `kermany3` reads Kermany as three classes."""
+    uncertain: Literal["zeros", "ones", "ignore"] = "ignore"
+    """Multi-label data: uncertain (-1) labels as absent, present, or masked (`Uncertain`)."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +238,8 @@ class FitHeadConfig:
     """Repeats with seeds train.seed, train.seed + 1, ... (compare reports mean and spread)."""
     labels: Literal["as-given", "kermany3"] = "as-given"
     """With --data: train on the stores of this label scheme (`kermany3`: three classes)."""
+    uncertain: Literal["zeros", "ones", "ignore"] = "ignore"
+    """With --data and multi-label data: train on the stores of this uncertainty policy."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The trainer's settings (heads on cached features: many cheap epochs)."""
 
@@ -251,6 +266,8 @@ class FinetuneConfig:
     """Repeats with seeds train.seed, train.seed + 1, ..."""
     labels: Literal["as-given", "kermany3"] = "as-given"
     """Label scheme (`LabelScheme`): `kermany3` fine-tunes the three-class Kermany task."""
+    uncertain: Literal["zeros", "ones", "ignore"] = "ignore"
+    """Multi-label data: uncertain (-1) labels as absent, present, or masked (`Uncertain`)."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             epochs=10, batch_size=32, patience=3, backbone_lr_mult=0.1

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import cast
 
 from featurestore.data.manifest import SPLITS, Manifest, Record, Split, sorted_records
-from featurestore.data.readers import IMAGE_SUFFIXES
+from featurestore.data.formats import IMAGE_SUFFIXES
 from featurestore.errors import XrayError
 
 

@@ -42,6 +42,7 @@ def finetune(
     manifest: Manifest | None = None,
     fingerprint: str | None = None,
     labels: str = "as-given",
+    uncertain: str = "ignore",
 ) -> RunSummary:
     """Fine-tune backbone + linear head on streamed images; resumable from runs/.inprogress.
 
@@ -50,7 +51,7 @@ def finetune(
     the caller) it trains with DDP, `batch_size` per rank; rank 0 alone writes the checkpoint
     and the run folder, whose path every rank gets. `labels` is the label scheme
     (`data.LabelScheme`: `kermany3` makes Kermany a three-class task); the head has one output
-    per class.
+    per class (per finding for multi-label data, whose uncertain labels follow `uncertain`).
     """
     import torch
 
@@ -73,7 +74,7 @@ def finetune(
     device = resolve_device(config.device)
     workers = default_workers(device.type) if workers is None else workers
     say = notice or (lambda _msg: None)
-    manifest = manifest or load_manifest(data, labels=labels)
+    manifest = manifest or load_manifest(data, labels=labels, uncertain=uncertain)
     if fingerprint is None:
         fingerprint = distributed.on_main(lambda: dataset_fingerprint(manifest, progress=progress))
     torch.manual_seed(config.seed)  # random-init trunks and the head repeat per seed

@@ -29,6 +29,7 @@ def select_stores(
     store: Path | None,
     data: Path | None,
     labels: str = "as-given",
+    uncertain: str = "ignore",
 ) -> list[Path]:
     """The stores `fit-head` trains on: --store, else the cache's complete stores (of --model)."""
     from featurestore.store import find_stores, read_attrs
@@ -40,7 +41,7 @@ def select_stores(
     paths = find_stores(cache_dir)
     if data is not None:
         # Stores live in cache/<dataset name>/: keep the given dataset's folder only.
-        paths = [p for p in paths if p.parent.name == _dataset_name(data, labels)]
+        paths = [p for p in paths if p.parent.name == _dataset_name(data, labels, uncertain)]
     if model is not None:
         paths = [p for p in paths if read_attrs(p).get("backbone") == model]
     if not paths:
@@ -53,11 +54,11 @@ def select_stores(
     return paths
 
 
-def _dataset_name(data: Path, labels: str = "as-given") -> str:
+def _dataset_name(data: Path, labels: str = "as-given", uncertain: str = "ignore") -> str:
     """The folder name `xray extract` files this dataset's stores under (`-kermany3` suffixed)."""
     from featurestore.data import load_manifest
 
-    manifest = load_manifest(data, labels=labels)
+    manifest = load_manifest(data, labels=labels, uncertain=uncertain)
     return manifest.name or manifest.root.stem
 
 
@@ -110,10 +111,12 @@ def fit_heads(
     notice: Notice | None = None,
     seeds: int = _HEAD.seeds,
     labels: str = "as-given",
+    uncertain: str = "ignore",
 ) -> list[RunSummary]:
     """Train a head on each selected feature store (all complete ones by default); one run each.
 
-    `labels` (with `data`) picks that label scheme's stores (`kermany3`: the three-class ones).
+    `labels` and `uncertain` (with `data`) pick the stores of that label scheme (`kermany3`: the
+    three-class ones) or uncertainty policy (multi-label data).
     With `seeds` > 1 each store gets runs with seeds config.seed, config.seed + 1, ...; the
     stores are checked against their datasets once, not once per seed.
     """
@@ -124,7 +127,9 @@ def fit_heads(
     repeats = seeded(config, seeds)  # refuses seeds < 1 before any store is read
     if head not in HEAD_KINDS:
         raise XrayError(f"unknown --head {head!r}; choose one of: {', '.join(HEAD_KINDS)}")
-    paths = select_stores(cache_dir=cache_dir, model=model, store=store, data=data, labels=labels)
+    paths = select_stores(
+        cache_dir=cache_dir, model=model, store=store, data=data, labels=labels, uncertain=uncertain
+    )
     # Check every store before training any: a stale one stops the command up front.
     memo: dict[Path, str] = {}
     stores = [
