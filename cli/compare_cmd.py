@@ -116,8 +116,12 @@ def compare(
     out_dir = out or DEFAULT_REPORTS / datetime.now().strftime("%Y%m%d-%H%M%S")
     from featurestore.compare import runs_task
 
-    if runs_task(paths) == "multiclass":
+    task = runs_task(paths)
+    if task == "multiclass":
         _compare_multiclass(paths, config, out_dir, explain=explain, as_json=as_json)
+        return
+    if task == "multilabel":
+        _compare_multilabel(paths, config, out_dir, as_json=as_json)
         return
     cmp = compare_runs(paths, config)
     if explain < 0:
@@ -145,6 +149,37 @@ def _compare_multiclass(
     cmp = compare_multiclass_runs(paths, config)
     report = write_multiclass_report(cmp, out_dir)
     render_multiclass(cmp, as_json=as_json, report=report)
+
+
+def _compare_multilabel(paths: list[Path], config: Any, out_dir: Path, *, as_json: bool) -> None:
+    """Multi-label runs: macro and per-finding AUC with intervals, DeLong per finding (Holm)."""
+    from featurestore.compare import compare_multilabel_runs, json_safe, write_multilabel_report
+
+    cmp = compare_multilabel_runs(paths, config)
+    report = write_multilabel_report(cmp, out_dir)
+    if as_json:
+        import json
+
+        doc = json_safe(cmp.as_dict())
+        doc["report"] = str(report)
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    for note in cmp.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    emit_table(
+        f"Multi-label test AUC, 95% CI ({config.resample} bootstrap)",
+        ["run", "macro AUC", *cmp.findings],
+        [
+            [
+                r.label,
+                fmt_short(r.macro_auc),
+                *(fmt_short(r.per_label[f]["auc"]) for f in cmp.findings),
+            ]
+            for r in cmp.rows
+        ],
+        as_json=False,
+    )
+    console.print(f"report: [bold]{report}[/]", highlight=False)
 
 
 def render_multiclass(cmp: MulticlassComparison, *, as_json: bool, report: Path) -> None:
