@@ -129,6 +129,42 @@ def write_tiny_multilabel(root: Path, *, seed: int = 0, size: int = 40) -> Path:
     return root / "labels.csv"
 
 
+def write_tiny_nih(root: Path, *, seed: int = 0, size: int = 40) -> Path:
+    """A tiny learnable dataset in the NIH ChestX-ray14 layout: `Data_Entry_2017_v2020.csv`,
+    `train_val_list.txt`, `test_list.txt` and `images_00{1,2}/images/*.png`.
+
+    `Effusion` is a bright blob, `Cardiomegaly` a bright lower half; they occur alone, together
+    (`Cardiomegaly|Effusion`) or not at all (`No Finding`). 24 train/val patients and 8 test
+    patients, two images each. Returns root.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    entries = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender"]
+    lists: dict[str, list[str]] = {"train": [], "test": []}
+    for split, first, patients in (("train", 1, 24), ("test", 101, 8)):
+        for p in range(patients):
+            patient = first + p
+            effusion, cardio = p % 2, (p // 2) % 2
+            labels = [n for n, on in (("Cardiomegaly", cardio), ("Effusion", effusion)) if on]
+            for j in range(2):
+                img = rng.normal(90, 20, (size, size))
+                if effusion:
+                    cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+                    img += 90 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (size**2 / 32))
+                if cardio:
+                    img[size // 2 :] += 60
+                name = f"{patient:08d}_{j:03d}.png"
+                folder = root / f"images_00{1 + j}" / "images"
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="L").save(folder / name)
+                entries.append(f"{name},{'|'.join(labels) or 'No Finding'},{j},{patient},40,F")
+                lists[split].append(name)
+    (root / "Data_Entry_2017_v2020.csv").write_text("\n".join(entries) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(lists["train"]) + "\n")
+    (root / "test_list.txt").write_text("\n".join(lists["test"]) + "\n")
+    return root
+
+
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     """A fresh tiny dataset in tmp_path (safe to modify)."""

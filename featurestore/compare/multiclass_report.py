@@ -130,7 +130,8 @@ def _plot_roc_per_class(cmp: MulticlassComparison, path: Path) -> None:
         ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
         ax.set_title(f"{name} vs rest")
         ax.set_xlabel("false positive rate")
-        ax.legend(loc="lower right", fontsize=6)
+        if ax.get_legend_handles_labels()[0]:  # a finding with one class on test has no curve
+            ax.legend(loc="lower right", fontsize=6)
     axes[0][0].set_ylabel("true positive rate")
     _save(fig, path)
 

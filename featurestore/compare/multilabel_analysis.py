@@ -345,7 +345,8 @@ def _plot_roc_per_label(cmp: MultilabelComparison, path: Path) -> None:
                 ax.plot(fpr, tpr, label=f"{row.label} ({auc:.3f})")
         ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
         ax.set_title(f, fontsize=9)
-        ax.legend(loc="lower right", fontsize=6)
+        if ax.get_legend_handles_labels()[0]:  # a finding with one class on test has no curve
+            ax.legend(loc="lower right", fontsize=6)
     _save(fig, path)
 
 

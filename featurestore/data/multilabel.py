@@ -258,7 +258,8 @@ def read_nih(root: Path) -> Manifest:
             f"under {root} (first: {missing[0]}); add them, or list the images you have in a "
             "CSV manifest (path,split,patient,findings)"
         )
-    return _manifest(root, entries[0], root.name, NIH_FINDINGS, records)
+    # The source is the folder: the reader needs the split lists and images beside the CSV.
+    return _manifest(root, root, root.name, NIH_FINDINGS, records)
 
 
 def is_chexpert_folder(root: Path) -> bool:

@@ -53,21 +53,24 @@ def label_pos_weights(targets: np.ndarray, names: tuple[str, ...], policy: str) 
     """Positive weights (L,) n_negative / n_positive per label over observed train entries
     ("balanced", the usual BCE re-weighting for imbalanced findings), or ones ("none").
 
-    A label without a positive or a negative in train raises XrayError naming it: nothing could
-    be learned about it, and its metrics would be undefined.
+    A label without a positive or without a negative in train (a rare finding absent from a
+    subset of NIH, say) gets weight 1: there is nothing to balance, the head learns it as
+    absent, and its metrics are undefined wherever the test split lacks a class. Raises
+    XrayError when no label has both.
     """
     y = np.asarray(targets, dtype=np.float64)  # (N, L)
-    pos = np.nansum(y == 1.0, axis=0)
-    neg = np.nansum(y == 0.0, axis=0)
-    empty = [names[i] for i in np.flatnonzero((pos == 0) | (neg == 0))]
-    if empty:
+    pos = np.sum(y == 1.0, axis=0)
+    neg = np.sum(y == 0.0, axis=0)
+    both = (pos > 0) & (neg > 0)
+    if not both.any():
         raise XrayError(
-            f"the train split has no positive or no negative image of {', '.join(empty)}: "
-            "drop the finding or add images"
+            f"no finding of {', '.join(names)} has both positive and negative train images: "
+            "nothing to learn; check the labels"
         )
     if policy == "none":
         return torch.ones(y.shape[1])
-    return torch.tensor(neg / pos, dtype=torch.float32)
+    ratio = np.divide(neg, pos, out=np.ones(len(pos)), where=both)
+    return torch.tensor(ratio, dtype=torch.float32)
 
 
 def summed_loss(logits: Tensor, y: Tensor, task: str) -> float:

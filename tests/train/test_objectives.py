@@ -59,8 +59,11 @@ def test_label_pos_weights_are_negatives_over_positives_on_observed_entries() ->
     w = label_pos_weights(y, ("a", "b"), "balanced")
     torch.testing.assert_close(w, torch.tensor([3.0, 2.0]))
     torch.testing.assert_close(label_pos_weights(y, ("a", "b"), "none"), torch.ones(2))
-    with pytest.raises(XrayError, match="no positive or no negative image of b"):
-        label_pos_weights(np.array([[1.0, 0.0], [0.0, NAN]]), ("a", "b"), "balanced")
+    # b has no positive: nothing to balance, weight 1.
+    w = label_pos_weights(np.array([[1.0, 0.0], [0.0, NAN]]), ("a", "b"), "balanced")
+    torch.testing.assert_close(w, torch.tensor([1.0, 1.0]))
+    with pytest.raises(XrayError, match="nothing to learn"):
+        label_pos_weights(np.array([[1.0, 0.0], [1.0, NAN]]), ("a", "b"), "balanced")
 
 
 def test_summed_loss_is_each_images_mean_over_its_observed_labels() -> None:
