@@ -94,9 +94,11 @@ def predict(
     failed = counts["unreadable"]
     shown, base = short_paths([r.path for r in rows]) if not as_json else ([], None)
     where = f"\npaths in {base}" if base else ""
-    if predictor.task == "multiclass":  # one probability column per class, argmax decision
+    if predictor.task != "binary":  # one probability column per class / finding
         names = list(predictor.class_names)
         title = f"{predictor.run.name}: P(class), the most probable class{where}"
+        if predictor.task == "multilabel":
+            title = f"{predictor.run.name}: P(finding), findings at their thresholds{where}"
         columns = ["path", *(f"P({c})" for c in names), "prediction", "error"]
         table = [
             [shown[i] if shown else r.path]
@@ -121,7 +123,8 @@ def predict(
         as_json=as_json,
         extra={
             "run": str(predictor.run.path),
-            "threshold": None if predictor.task == "multiclass" else predictor.threshold,
+            "threshold": None if predictor.task != "binary" else predictor.threshold,
+            "label_thresholds": predictor.label_thresholds,
             "counts": counts,
             "failed": failed,
             "csv": str(csv_path) if csv_path else None,

@@ -121,7 +121,8 @@ def predictor_cam(
     acts, pool = cam_stages(predictor.trunk, predictor.family)
     x = predictor.prepare(x)
     if target == -1:
-        target = predictor.positive_index if len(predictor.class_names) == 2 else None
+        binary = predictor.task == "binary"
+        target = predictor.positive_index if binary else None
     return grad_cam(acts, lambda a: predictor.head(pool(a).float()), x, target=target)
 
 
@@ -207,7 +208,7 @@ def explain_images(
                 f"{', '.join(predictor.class_names)}"
             )
         class_index = predictor.class_names.index(target_class)
-    multiclass = len(predictor.class_names) > 2
+    multiclass = predictor.task != "binary"  # multi-label too: one map per image, of one finding
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = _unique_names(paths)
@@ -227,7 +228,8 @@ def explain_images(
         if batch:
             x = torch.stack([predictor.preprocessing(small) for _, small, _ in batch])
             cams, logits = predictor_cam(predictor, x, target=class_index)  # (B, h, w), (B, C)
-            probs = logits.softmax(1).double()  # (B, C)
+            multilabel = predictor.task == "multilabel"
+            probs = (logits.sigmoid() if multilabel else logits.softmax(1)).double()  # (B, C)
             if multiclass:
                 if class_index is None or class_index < 0:
                     explained = probs.argmax(1)  # (B,) each image's predicted class
@@ -236,7 +238,9 @@ def explain_images(
                 p_pos = probs.gather(1, explained[:, None])[:, 0].tolist()
             else:
                 p_pos = probs[:, predictor.positive_index].tolist()
-            predicted = probs.argmax(1).tolist()  # (B,)
+            # Multi-label rows name the explained finding, the others the predicted class.
+            named = explained if multilabel else probs.argmax(1)
+            predicted = named.tolist()  # (B,)
             for (i, small, full), cam, p, k in zip(
                 batch, cams.cpu().numpy(), p_pos, predicted, strict=True
             ):
@@ -247,7 +251,7 @@ def explain_images(
                     picture.save(tmp, format="PNG")
                 y, xx = np.unravel_index(int(np.argmax(heat)), heat.shape)
                 peak = (int(xx), int(y)) if heat.max() > 0 else None
-                if multiclass:  # the predicted class; p is the explained class's probability
+                if multiclass:  # p is the explained class's (or finding's) probability
                     label = predictor.class_names[int(k)]
                 else:
                     label = predictor.classify(p)

@@ -98,9 +98,15 @@ class Predictor:
             features = self.trunk(x).float()  # (B, D)
         return self.head(features).float()
 
+    label_thresholds: dict[str, float] | None = None
+    """Multi-label runs: each finding's validation-chosen threshold; None otherwise."""
+
     @property
     def task(self) -> str:
-        """`binary` (decided at the threshold) or `multiclass` (decided by argmax)."""
+        """`binary` (decided at the threshold), `multiclass` (argmax) or `multilabel` (each
+        finding at its own threshold)."""
+        if self.label_thresholds is not None:
+            return "multilabel"
         return "binary" if len(self.class_names) == 2 else "multiclass"
 
     def classify(self, p_pos: float) -> str:
@@ -113,6 +119,15 @@ class Predictor:
         k = int(np.argmax(probs))
         per_class = dict(zip(self.class_names, probs, strict=True))
         return PredictionRow(path, probs[k], self.class_names[k], None, per_class)
+
+    def multilabel_row(self, path: str, probs: list[float]) -> PredictionRow:
+        """A multi-label result: every finding's probability; `prediction` lists the findings
+        at or above their thresholds (`|`-separated, `No Finding` when none), `probability` is
+        the highest finding probability."""
+        thresholds = self.label_thresholds or {}
+        per_label = dict(zip(self.class_names, probs, strict=True))
+        on = [c for c, q in per_label.items() if q >= thresholds[c]]
+        return PredictionRow(path, max(probs), "|".join(on) or "No Finding", None, per_label)
 
     def load_image(self, path: Path) -> Image.Image:
         """Decode a file the way training did (reduced-scale JPEG decode down to the resize)."""
@@ -144,8 +159,13 @@ class Predictor:
                     rows[i] = PredictionRow(printable(str(paths[i])), None, None, str(exc))
             if tensors:
                 with torch.inference_mode():
-                    probs = self.logits(torch.stack(tensors)).softmax(1)  # (B, C) float32
-                if self.task == "multiclass":
+                    logits = self.logits(torch.stack(tensors))  # (B, C) float32
+                    multilabel = self.task == "multilabel"
+                    probs = logits.sigmoid() if multilabel else logits.softmax(1)
+                if self.task == "multilabel":
+                    for i, q in zip(good, probs.double().cpu().tolist(), strict=True):
+                        rows[i] = self.multilabel_row(str(paths[i]), q)
+                elif self.task == "multiclass":
                     for i, q in zip(good, probs.double().cpu().tolist(), strict=True):
                         rows[i] = self.multiclass_row(printable(str(paths[i])), q)
                 else:
@@ -209,11 +229,16 @@ def load_predictor(
         class_names = tuple(str(c) for c in cfg["class_names"])
         positive_index = class_names.index(str(cfg["positive_class"]))
         value = run.metrics["threshold"]["value"]
-        # Multi-class runs decide by argmax: no threshold (recorded as null).
-        threshold = math.nan if value is None and len(class_names) > 2 else float(value)
+        per_label = run.metrics["threshold"].get("per_label")
+        # Multi-class runs decide by argmax, multi-label runs per finding: no single threshold.
+        threshold = (
+            math.nan if value is None and (len(class_names) > 2 or per_label) else float(value)
+        )
     except (KeyError, ValueError, TypeError) as exc:
         raise XrayError(f"{run.path} lacks what a run records ({exc}): retrain it") from None
-    if len(class_names) < 2 or (len(class_names) == 2 and not math.isfinite(threshold)):
+    if not per_label and (
+        len(class_names) < 2 or (len(class_names) == 2 and not math.isfinite(threshold))
+    ):
         raise XrayError(
             f"{run.path}: predict supports binary runs with a finite threshold and multi-class runs"
         )
@@ -236,7 +261,7 @@ def load_predictor(
         trunk.to(memory_format=torch.channels_last)
     return Predictor(
         run, trunk, head, pre, class_names, positive_index, threshold, torch_device,
-        spec.family, mirror,
+        spec.family, mirror, label_thresholds=per_label,
     )  # fmt: skip
 
 
@@ -363,11 +388,18 @@ def _finetune_parts(
 
 
 def count_predictions(rows: Sequence[PredictionRow], class_names: Sequence[str]) -> dict[str, int]:
-    """Images per predicted class, plus `unreadable`."""
+    """Images per predicted class (multi-label: per finding, and `No Finding`), plus
+    `unreadable`."""
     counts = {c: 0 for c in class_names}
     counts["unreadable"] = 0
     for row in rows:
-        counts[row.prediction if row.prediction is not None else "unreadable"] += 1
+        if row.prediction is None:
+            counts["unreadable"] += 1
+        elif row.prediction in counts:
+            counts[row.prediction] += 1
+        else:  # multi-label: `A|B` counts once for each finding, `No Finding` once
+            for name in row.prediction.split("|"):
+                counts[name] = counts.get(name, 0) + 1
     return counts
 
 
@@ -381,7 +413,7 @@ def write_predictions_csv(
     import csv
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if class_names is not None and len(class_names) > 2:
+    if class_names is not None and (len(class_names) > 2 or any(r.probabilities for r in rows)):
         with path.open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["path", *(f"prob_{c}" for c in class_names), "prediction", "error"])

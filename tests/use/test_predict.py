@@ -308,3 +308,32 @@ def test_multiclass_run_predicts_every_class_probability(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     header = out.read_text().splitlines()[0]
     assert header == "path,prob_NORMAL,prob_BACTERIAL,prob_VIRAL,prediction,error"
+
+
+@pytest.mark.slow
+def test_multilabel_run_predicts_each_finding_at_its_threshold(tmp_path: Path) -> None:
+    """A multi-label frozen run: predict reproduces predictions.csv's per-finding
+    probabilities and decisions (each finding at its validation threshold)."""
+    from conftest import write_tiny_multilabel
+
+    from featurestore.data import load_manifest
+    from featurestore.store import extract_features
+    from featurestore.train import fit_heads
+
+    labels_csv = write_tiny_multilabel(tmp_path / "ml")
+    extract_features(
+        load_manifest(labels_csv), model="resnet18", weights="none",
+        cache_dir=tmp_path / "cache", image_size=32, workers=0,
+    )  # fmt: skip
+    (summary,) = fit_heads(cache_dir=tmp_path / "cache", runs_dir=tmp_path / "runs", config=HEAD)
+    run = load_run(summary.path)
+    test = run.split_predictions("test")
+    predictor = load_predictor(summary.path, device="cpu")
+    assert predictor.task == "multilabel"
+    rows = predictor.predict([labels_csv.parent / k for k in test["key"]], batch_size=4)
+    names = predictor.class_names
+    got = np.array([[r.probabilities[c] for c in names] for r in rows])
+    np.testing.assert_allclose(got, test["probabilities"], atol=1e-5)
+    for row, decided in zip(rows, test["predictions"], strict=True):
+        on = [c for c, d in zip(names, decided, strict=True) if d]
+        assert row.prediction == ("|".join(on) or "No Finding")
