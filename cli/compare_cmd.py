@@ -26,7 +26,12 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    from featurestore.compare import Comparison, Interval, MulticlassComparison
+    from featurestore.compare import (
+        Comparison,
+        Interval,
+        MulticlassComparison,
+        MultilabelComparison,
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -153,10 +158,18 @@ def _compare_multiclass(
 
 def _compare_multilabel(paths: list[Path], config: Any, out_dir: Path, *, as_json: bool) -> None:
     """Multi-label runs: macro and per-finding AUC with intervals, DeLong per finding (Holm)."""
-    from featurestore.compare import compare_multilabel_runs, json_safe, write_multilabel_report
+    from featurestore.compare import compare_multilabel_runs, write_multilabel_report
 
     cmp = compare_multilabel_runs(paths, config)
     report = write_multilabel_report(cmp, out_dir)
+    render_multilabel(cmp, as_json=as_json, report=report)
+
+
+def render_multilabel(cmp: MultilabelComparison, *, as_json: bool, report: Path) -> None:
+    """A multi-label comparison as a rich table of AUCs with intervals (or JSON)."""
+    from featurestore.compare import json_safe
+
+    config = cmp.config
     if as_json:
         import json
 
@@ -375,6 +388,8 @@ def demo(
         xray demo --model resnet18 --seeds 3 --json
 
         xray demo --task multiclass   (NORMAL / BACTERIAL / VIRAL: --labels kermany3)
+
+        xray demo --task multilabel   (Cardiomegaly, Effusion, Opacity; masked uncertain labels)
     """
     from featurestore.models import get_spec
     from featurestore.progress import make_progress
@@ -406,9 +421,11 @@ def demo(
         err_console.print(
             "[bold yellow on red] RANDOM-INIT BACKBONES: a pipeline check, not a result [/]"
         )
-    from featurestore.compare import MulticlassComparison
+    from featurestore.compare import MulticlassComparison, MultilabelComparison
 
-    if isinstance(result.comparison, MulticlassComparison):
+    if isinstance(result.comparison, MultilabelComparison):
+        render_multilabel(result.comparison, as_json=as_json, report=result.report)
+    elif isinstance(result.comparison, MulticlassComparison):
         render_multiclass(result.comparison, as_json=as_json, report=result.report)
     else:
         render_comparison(result.comparison, as_json=as_json, report=result.report)

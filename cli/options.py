@@ -97,8 +97,9 @@ TaskOpt = Annotated[
     Task,
     typer.Option(
         "--task",
-        help="binary (NORMAL / PNEUMONIA) or multiclass (NORMAL / BACTERIAL / VIRAL, the "
-        "Kermany three-class task read with --labels kermany3).",
+        help="binary (NORMAL / PNEUMONIA), multiclass (NORMAL / BACTERIAL / VIRAL, the "
+        "Kermany three-class task read with --labels kermany3) or multilabel (findings "
+        "Cardiomegaly, Effusion, Opacity in a CSV, with patients and uncertain labels).",
     ),
 ]
 ConfigOpt = Annotated[

@@ -66,6 +66,7 @@ class Task(Choice):
 
     binary = "binary"
     multiclass = "multiclass"
+    multilabel = "multilabel"
 
 
 class Uncertain(Choice):
@@ -325,8 +326,9 @@ class StudyConfig:
     """DataLoader workers for extraction and fine-tuning; None: as `xray extract` chooses."""
     n_boot: int = 1000
     """Bootstrap resamples of the comparison."""
-    task: Literal["binary", "multiclass"] = "binary"
-    """What is studied (`--task`); `multiclass` reads Kermany-layout data as three classes."""
+    task: Literal["binary", "multiclass", "multilabel"] = "binary"
+    """What is studied (`--task`); `multiclass` reads Kermany-layout data as three classes,
+    `multilabel` a findings CSV (the built-in one by default)."""
     labels: Literal["as-given", "kermany3"] = "as-given"
     """Label scheme (`LabelScheme`): `kermany3` makes it the three-class study."""
 
@@ -359,5 +361,6 @@ class SynthConfig:
     """Smallest image side in pixels (sizes vary per image, as in real radiographs)."""
     max_side: int = 320
     """Largest image side in pixels."""
-    task: Literal["binary", "multiclass"] = "binary"
-    """`multiclass`: bacterial pneumonia drawn lobar, viral patchy (read with --labels kermany3)."""
+    task: Literal["binary", "multiclass", "multilabel"] = "binary"
+    """`multiclass`: bacterial pneumonia drawn lobar, viral patchy (read with --labels
+    kermany3); `multilabel`: a findings CSV (`data.generate_synthetic_multilabel`)."""

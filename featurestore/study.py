@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from featurestore.compare import Comparison, MulticlassComparison
+    from featurestore.compare import Comparison, MulticlassComparison, MultilabelComparison
 
 Notice = Callable[[str], None]
 
@@ -27,7 +27,7 @@ class StudyResult:
     random_init: bool
     runs: list[Path]
     report: Path
-    comparison: Comparison | MulticlassComparison
+    comparison: Comparison | MulticlassComparison | MultilabelComparison
     """Binary runs: Comparison; multi-class runs (`labels="kermany3"`): MulticlassComparison."""
 
 
@@ -120,6 +120,13 @@ def run_study(
             )
             run_paths.append(summary.path)
     out = reports_dir / f"study-{stamp}"
+    if manifest.task == "multilabel":
+        from featurestore.compare import compare_multilabel_runs, write_multilabel_report
+
+        tagged = compare_multilabel_runs(run_paths, CompareConfig(n_boot=config.n_boot))
+        return StudyResult(
+            weights, random_init, run_paths, write_multilabel_report(tagged, out), tagged
+        )
     if manifest.task == "multiclass":
         from featurestore.compare import compare_multiclass_runs, write_multiclass_report
 

@@ -59,6 +59,12 @@ from featurestore.data.multilabel import (
     is_chexpert_folder,
     read_chexpert,
 )
+from featurestore.data.synth_multilabel import (
+    SYNTHETIC_MULTILABEL_DIR,
+    SYNTH_FINDINGS,
+    UNCERTAIN_SHARE,
+    generate_synthetic_multilabel,
+)
 from featurestore.data.load import (
     load_manifest,
     check_labels_in_train,
@@ -102,6 +108,10 @@ from featurestore.data.synth import (
 )
 
 __all__ = [
+    "SYNTHETIC_MULTILABEL_DIR",
+    "SYNTH_FINDINGS",
+    "UNCERTAIN_SHARE",
+    "generate_synthetic_multilabel",
     "CHEXPERT_FINDINGS",
     "NIH_FINDINGS",
     "UncertainPolicy",

@@ -23,6 +23,10 @@ from featurestore.data.multilabel import (
 )
 from featurestore.data.readers import read_csv, read_folder, read_npz
 from featurestore.data import synth
+from featurestore.data.synth_multilabel import (
+    SYNTHETIC_MULTILABEL_DIR,
+    generate_synthetic_multilabel,
+)
 from featurestore.data.tasks import SYNTHETIC_MULTICLASS_DIR, LabelScheme, apply_label_scheme
 from featurestore.errors import XrayError
 
@@ -97,7 +101,8 @@ def resolve_data_dir(
     """--data, else $XRAY_DATA, else data/chest_xray if present, else data/synthetic (generated).
 
     `task="multiclass"` generates the three-class synthetic set in data/synthetic-3class
-    instead (read with `--labels kermany3`, like the real Kermany data).
+    instead (read with `--labels kermany3`, like the real Kermany data); `task="multilabel"`
+    the multi-label set in data/synthetic-multilabel and returns its labels.csv.
     """
     for given, origin in ((data, "--data"), (Path(env) if env else None, "$XRAY_DATA")):
         if given is not None:
@@ -106,6 +111,15 @@ def resolve_data_dir(
             return given
     if KERMANY_DIR.exists():
         return KERMANY_DIR
+    if task == "multilabel":
+        labels_csv = SYNTHETIC_MULTILABEL_DIR / "labels.csv"
+        if not labels_csv.is_file():
+            notice(
+                "no dataset given: generating the built-in multi-label synthetic dataset in "
+                f"{SYNTHETIC_MULTILABEL_DIR}"
+            )
+            generate_synthetic_multilabel(SYNTHETIC_MULTILABEL_DIR)
+        return labels_csv
     if task == "multiclass":
         if not (SYNTHETIC_MULTICLASS_DIR / "train").is_dir():
             notice(

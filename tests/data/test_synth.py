@@ -317,3 +317,28 @@ def test_the_multiclass_opacities_differ_by_kind() -> None:
     patchy = [render_radiograph(rng, 64, 64, pneumonia=True, opacity_kind="patchy")[1] for _ in "ab"]
     assert synth.SYNTH_OPACITY == {"bacteria": "lobar", "virus": "patchy"}
     assert all(m.any() for m in lobar + patchy)
+
+
+def test_multilabel_set_has_patients_co_occurring_findings_and_uncertain_labels(
+    tmp_path: Path,
+) -> None:
+    import csv
+
+    from featurestore.data import SYNTH_FINDINGS, generate_synthetic_multilabel, load_manifest
+
+    kw = {"seed": 2, "patients": 60, "min_side": 32, "max_side": 40}
+    summary = generate_synthetic_multilabel(tmp_path / "ml", **kw)
+    rows = list(csv.DictReader((summary.root / "labels.csv").open()))
+    assert len(rows) == sum(c["images"] for c in summary.counts.values())
+    cells = [r[f] for r in rows for f in SYNTH_FINDINGS]
+    assert "-1" in cells and set(cells) <= {"0", "1", "-1"}
+    both = sum(r["Cardiomegaly"] == "1" and r["Effusion"] == "1" for r in rows)
+    assert both > 0  # findings co-occur
+    by_patient: dict[str, set[str]] = {}
+    for r in rows:
+        by_patient.setdefault(r["patient"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_patient.values())  # a patient is in one split
+    m = load_manifest(summary.root / "labels.csv", val_min=0)
+    assert m.task == "multilabel" and m.class_names == SYNTH_FINDINGS
+    again = generate_synthetic_multilabel(tmp_path / "again", **kw)
+    assert (again.root / "labels.csv").read_text() == (summary.root / "labels.csv").read_text()
