@@ -1,5 +1,6 @@
 """Judging runs: metrics at a threshold, bootstrap intervals, paired tests (McNemar, DeLong),
-the majority baseline, `compare_runs` and the report files behind `xray compare`.
+the majority baseline, `compare_runs` and the report files behind `xray compare`; the
+multi-class and multi-label metrics, comparisons and reports beside them.
 """
 
 from __future__ import annotations
