@@ -183,11 +183,14 @@ def read_multilabel_csv(path: Path, *, uncertain: UncertainPolicy | str = "ignor
 
 
 def is_multilabel_csv(path: Path) -> bool:
-    """A CSV with `path` and `split` columns and no `label` column (so: finding columns)."""
+    """A CSV with `path` and `split` columns, no `label` column, and finding columns (or a
+    `findings` column). A bare `path,split[,patient]` is a single-label manifest missing its
+    label column, and is left to `read_csv` to say so."""
     with Path(path).open(newline="", encoding="utf-8-sig") as handle:
         header = next(csv.reader(handle), [])
     names = {c.strip().lower() for c in header}
-    return {"path", "split"} <= names and "label" not in names
+    extra = names - {"path", "split", "patient"}
+    return {"path", "split"} <= names and "label" not in names and bool(extra)
 
 
 def _checked_key(root: Path, raw: str, where: str) -> str:
