@@ -200,6 +200,10 @@ def explain_images(
 
     if batch_size < 1:
         raise XrayError(f"--batch-size must be at least 1, got {batch_size}")
+    if predictor.task == "multilabel" and target_class is None:
+        return explain_findings(
+            predictor, paths, out_dir, batch_size=batch_size, titles=titles, progress=progress
+        )
     class_index: int | None = -1
     if target_class is not None:
         if target_class not in predictor.class_names:
@@ -265,6 +269,73 @@ def explain_images(
             )
         if progress is not None and task is not None:
             progress.advance(task, min(batch_size, len(paths) - start))
+    sheet = write_contact_sheet(thumbs, out_dir / CONTACT_SHEET) if thumbs else None
+    return ExplainResult(rows, sheet)
+
+
+def explain_findings(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    batch_size: int = 8,
+    titles: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> ExplainResult:
+    """Multi-label runs: one Grad-CAM overlay per image and positive finding (probability at
+    or above the finding's validation threshold), `<stem>-<finding>.png`; an image with no
+    positive finding gets the map of its most probable one. Rows: one per overlay, in input
+    order then finding order; unreadable files one row each with the error."""
+    from featurestore.data import decode_image
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = _unique_names(paths)
+    thresholds = predictor.label_thresholds or {}
+    rows: list[ExplainRow] = []
+    thumbs: list[tuple[Image.Image, str]] = []
+    task = progress.add_task("explain", total=len(paths), unit="img") if progress else None
+    for start in range(0, len(paths), batch_size):
+        stop = min(start + batch_size, len(paths))
+        batch: list[tuple[int, Image.Image, Image.Image]] = []
+        found: dict[int, list[ExplainRow]] = {i: [] for i in range(start, stop)}
+        for i in range(start, stop):
+            try:
+                small = predictor.load_image(Path(paths[i]))
+                batch.append((i, small, decode_image(Path(paths[i]))))
+            except XrayError as exc:
+                found[i].append(ExplainRow(str(paths[i]), None, None, None, None, str(exc)))
+        if batch:
+            x = torch.stack([predictor.preprocessing(small) for _, small, _ in batch])
+            with torch.inference_mode():
+                probs = predictor.logits(x).sigmoid().double().cpu()  # (B, L)
+            t = torch.tensor([thresholds.get(c, 0.5) for c in predictor.class_names])
+            chosen = probs >= t  # (B, L) positive findings
+            none = ~chosen.any(1)
+            chosen[none, probs[none].argmax(1)] = True  # else the most probable finding
+            for k, finding in enumerate(predictor.class_names):
+                members = torch.nonzero(chosen[:, k]).flatten().tolist()
+                if not members:
+                    continue
+                cams, _ = predictor_cam(predictor, x[members], target=k)  # (M, h, w)
+                for b, cam in zip(members, cams.cpu().numpy(), strict=True):
+                    i, small, full = batch[b]
+                    heat = cam_to_image(cam, predictor.preprocessing, small.size, full.size)
+                    picture = overlay(full, heat)
+                    target = out_dir / names[i].replace(".png", f"-{finding}.png")
+                    picture.save(target)
+                    y, xx = np.unravel_index(int(np.argmax(heat)), heat.shape)
+                    peak = (int(xx), int(y)) if heat.max() > 0 else None
+                    p = float(probs[b, k])
+                    found[i].append(ExplainRow(str(paths[i]), str(target), p, finding, peak))
+                    picture.thumbnail((320, 320))
+                    title = titles[i] if titles is not None else Path(paths[i]).name
+                    thumbs.append((picture, f"{title}\n{finding} p={p:.2f}"))
+        for i in range(start, stop):
+            order = {c: n for n, c in enumerate(predictor.class_names)}
+            rows.extend(sorted(found[i], key=lambda r: order.get(r.prediction or "", -1)))
+        if progress is not None and task is not None:
+            progress.advance(task, stop - start)
     sheet = write_contact_sheet(thumbs, out_dir / CONTACT_SHEET) if thumbs else None
     return ExplainResult(rows, sheet)
 
