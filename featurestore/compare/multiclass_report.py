@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +15,9 @@ from featurestore.compare.multiclass_analysis import (
     PER_CLASS_METRICS,
     MulticlassComparison,
 )
-from featurestore.compare.report import fmt_interval, fmt_p, json_safe
+from featurestore.compare.report import fmt_interval, fmt_p, json_safe, render_html
+from featurestore.fileio import atomic_dir
+from featurestore.plots import new_figure, save_figure
 
 MULTICLASS_TITLES = {
     "accuracy": "accuracy",
@@ -40,19 +38,14 @@ def write_multiclass_report(cmp: MulticlassComparison, out_dir: Path) -> Path:
     confusion matrices side by side) and roc.png (one one-vs-rest ROC panel per class).
     """
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _write_table_csv(cmp, tmp / "table.csv")
-    (tmp / "comparison.json").write_text(json.dumps(json_safe(cmp.as_dict()), indent=2))
-    _plot_confusions(cmp, tmp / "confusion.png")
-    _plot_roc_per_class(cmp, tmp / "roc.png")
-    markdown = render_multiclass_markdown(cmp, ["confusion.png", "roc.png"])
-    (tmp / "report.md").write_text(markdown)
-    (tmp / "report.html").write_text(_markdown_to_html(render_multiclass_markdown(cmp, []), tmp))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir, replace=True) as tmp:
+        _write_table_csv(cmp, tmp / "table.csv")
+        (tmp / "comparison.json").write_text(json.dumps(json_safe(cmp.as_dict()), indent=2))
+        _plot_confusions(cmp, tmp / "confusion.png")
+        _plot_roc_per_class(cmp, tmp / "roc.png")
+        markdown = render_multiclass_markdown(cmp, ["confusion.png", "roc.png"])
+        (tmp / "report.md").write_text(markdown)
+        (tmp / "report.html").write_text(render_html(markdown, tmp))
     return out_dir / "report.md"
 
 
@@ -82,20 +75,10 @@ def _write_table_csv(cmp: MulticlassComparison, path: Path) -> None:
             writer.writerow(cells)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_confusions(cmp: MulticlassComparison, path: Path) -> None:
-    plt = _pyplot()
     n = len(cmp.rows)
     k = len(cmp.class_names)
-    fig, axes = plt.subplots(1, n, figsize=(1.2 * k * n + 1, 1.2 * k + 1), squeeze=False)
+    fig, axes = new_figure(figsize=(1.2 * k * n + 1, 1.2 * k + 1), nrows=1, ncols=n, squeeze=False)
     for ax, row in zip(axes[0], cmp.rows, strict=True):
         cm = np.asarray(row.confusion_matrix)
         ax.imshow(cm, cmap="Blues")
@@ -107,7 +90,7 @@ def _plot_confusions(cmp: MulticlassComparison, path: Path) -> None:
                 color = "white" if cm[i, j] > cm.max() / 2 else "black"
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color, fontsize=8)
     axes[0][0].set_ylabel("true")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_roc_per_class(cmp: MulticlassComparison, path: Path) -> None:
@@ -116,9 +99,8 @@ def _plot_roc_per_class(cmp: MulticlassComparison, path: Path) -> None:
 
     from featurestore.compare.multiclass_analysis import _test_arrays
 
-    plt = _pyplot()
     k = len(cmp.class_names)
-    fig, axes = plt.subplots(1, k, figsize=(3.6 * k, 3.8), squeeze=False)
+    fig, axes = new_figure(figsize=(3.6 * k, 3.8), nrows=1, ncols=k, squeeze=False)
     for c, (ax, name) in enumerate(zip(axes[0], cmp.class_names, strict=True)):
         for row, record in zip(cmp.rows, cmp.records, strict=True):
             y, p, _ = _test_arrays(record)
@@ -133,15 +115,7 @@ def _plot_roc_per_class(cmp: MulticlassComparison, path: Path) -> None:
         if ax.get_legend_handles_labels()[0]:  # a finding with one class on test has no curve
             ax.legend(loc="lower right", fontsize=6)
     axes[0][0].set_ylabel("true positive rate")
-    _save(fig, path)
-
-
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -232,43 +206,3 @@ def render_multiclass_markdown(cmp: MulticlassComparison, plots: list[str]) -> s
     out += [f"> **Note:** {n}" for n in cmp.notes] + ([""] if cmp.notes else [])
     out += ["Run folders: " + ", ".join(f"`{r.name}`" for r in cmp.rows), ""]
     return "\n".join(out)
-
-
-def _markdown_to_html(markdown: str, folder: Path) -> str:
-    """A self-contained HTML page of the Markdown's headings, text and tables, plots inlined."""
-    body: list[str] = []
-    in_table = False
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            if not in_table:
-                body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>")
-                in_table = True
-            elif not set("".join(cells)) <= {"-"}:
-                body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("> "):
-            body.append(f"<blockquote>{html.escape(line[2:].replace('**', ''))}</blockquote>")
-        elif line:
-            body.append(f"<p>{html.escape(line.replace('`', ''))}</p>")
-    if in_table:
-        body.append("</table>")
-    for png in sorted(folder.glob("*.png")):
-        data = base64.b64encode(png.read_bytes()).decode()
-        body.append(f'<p><img alt="{png.name}" src="data:image/png;base64,{data}"></p>')
-    style = (
-        "body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
-        "table{border-collapse:collapse;font-size:0.85em}"
-        "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>xray comparison</title>"
-        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
-    )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +14,9 @@ import numpy as np
 
 from featurestore.compare.analysis import Interval, _run_label
 from featurestore.compare.bootstrap import _unit_index, _weighted_auc
-from featurestore.compare.multiclass_report import _markdown_to_html, _md_table, _pyplot, _save
+from featurestore.compare.multiclass_report import _md_table
 from featurestore.compare.multilabel import label_metrics
-from featurestore.compare.report import fmt_interval, fmt_p, json_safe
+from featurestore.compare.report import fmt_interval, fmt_p, json_safe, render_html
 from featurestore.compare.stats import DeLongResult, delong_roc_test
 from featurestore.config import CompareConfig
 from featurestore.errors import XrayError
@@ -300,12 +298,18 @@ def prevalence_baseline(
 def write_multilabel_report(cmp: MultilabelComparison, out_dir: Path) -> Path:
     """report.md, report.html, table.csv, comparison.json and roc.png (one ROC panel per
     finding, every run) into out_dir, via a temporary folder; returns report.md."""
-    import csv
+
+    from featurestore.fileio import atomic_dir
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_dir(out_dir, replace=True) as tmp:
+        _write_report_files(cmp, tmp)
+    return out_dir / "report.md"
+
+
+def _write_report_files(cmp: MultilabelComparison, tmp: Path) -> None:
+    import csv
+
     with (tmp / "table.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         cols = ["macro_auc", *(f"auc_{f}" for f in cmp.findings)]
@@ -316,22 +320,22 @@ def write_multilabel_report(cmp: MultilabelComparison, out_dir: Path) -> Path:
             writer.writerow([r.name, r.label, *("" if np.isnan(v) else repr(v) for v in cells)])
     (tmp / "comparison.json").write_text(json.dumps(json_safe(cmp.as_dict()), indent=2))
     _plot_roc_per_label(cmp, tmp / "roc.png")
-    (tmp / "report.md").write_text(render_multilabel_markdown(cmp, ["roc.png"]))
-    (tmp / "report.html").write_text(_markdown_to_html(render_multilabel_markdown(cmp, []), tmp))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir / "report.md"
+    markdown = render_multilabel_markdown(cmp, ["roc.png"])
+    (tmp / "report.md").write_text(markdown)
+    (tmp / "report.html").write_text(render_html(markdown, tmp))
 
 
 def _plot_roc_per_label(cmp: MultilabelComparison, path: Path) -> None:
     from sklearn.metrics import roc_curve
 
-    plt = _pyplot()
+    from featurestore.plots import new_figure, save_figure
+
     k = len(cmp.findings)
     cols = min(k, 4)
     n_rows = -(-k // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(3.4 * cols, 3.4 * n_rows), squeeze=False)
+    fig, axes = new_figure(
+        figsize=(3.4 * cols, 3.4 * n_rows), nrows=n_rows, ncols=cols, squeeze=False
+    )
     for ax in axes.flat[k:]:
         ax.axis("off")
     for c, (ax, f) in enumerate(zip(axes.flat, cmp.findings, strict=False)):
@@ -347,7 +351,7 @@ def _plot_roc_per_label(cmp: MultilabelComparison, path: Path) -> None:
         ax.set_title(f, fontsize=9)
         if ax.get_legend_handles_labels()[0]:  # a finding with one class on test has no curve
             ax.legend(loc="lower right", fontsize=6)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _fmt(value: Any) -> str:
