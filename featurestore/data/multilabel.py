@@ -186,8 +186,10 @@ def is_multilabel_csv(path: Path) -> bool:
     """A CSV with `path` and `split` columns, no `label` column, and finding columns (or a
     `findings` column). A bare `path,split[,patient]` is a single-label manifest missing its
     label column, and is left to `read_csv` to say so."""
-    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), [])
+    # Only the header line is decoded here: read_csv names any badly encoded line later.
+    with Path(path).open("rb") as handle:
+        first = handle.readline().decode("utf-8-sig", errors="replace")
+    header = next(csv.reader([first]), [])
     names = {c.strip().lower() for c in header}
     extra = names - {"path", "split", "patient"}
     return {"path", "split"} <= names and "label" not in names and bool(extra)
