@@ -88,3 +88,13 @@ def test_three_class_folders_are_multiclass(tmp_path: Path) -> None:
         target.write_bytes((data / r.key).read_bytes())
     three = read_folder(tmp_path / "three")
     assert three.class_names == ("BACTERIAL", "NORMAL", "VIRAL") and three.task == "multiclass"
+
+
+def test_kermany3_reads_the_real_radiographs_by_their_names(realsample: Path) -> None:
+    m = apply_label_scheme(read_folder(realsample), "kermany3")
+    assert m.class_names == KERMANY3_CLASSES
+    for r in m.records:
+        name = Path(r.key).name
+        expected = "BACTERIAL" if "_bacteria_" in name else "VIRAL" if "_virus_" in name else "NORMAL"
+        assert m.class_names[r.label] == expected
+    assert {m.class_names[r.label] for r in m.split("test")} == set(KERMANY3_CLASSES)
