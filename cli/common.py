@@ -61,11 +61,11 @@ def notice(msg: str) -> None:
     err_console.print(f"[cyan]{msg}[/]", highlight=False)
 
 
-def resolve_data(data: Path | None) -> Path:
+def resolve_data(data: Path | None, task: str = "binary") -> Path:
     """Apply the --data default chain; generates the synthetic set on first use."""
     from featurestore.data import resolve_data_dir
 
-    return resolve_data_dir(data, env=os.environ.get("XRAY_DATA"), notice=notice)
+    return resolve_data_dir(data, env=os.environ.get("XRAY_DATA"), notice=notice, task=task)
 
 
 def emit_table(

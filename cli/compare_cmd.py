@@ -10,7 +10,7 @@ import typer
 
 from featurestore.config import CompareConfig, EvaluateConfig, StudyConfig
 
-from .common import console, err_console, notice, resolve_data, user_errors
+from .common import console, emit_table, err_console, notice, resolve_data, user_errors
 from .options import (
     DEFAULT_CACHE,
     DEFAULT_REPORTS,
@@ -21,10 +21,17 @@ from .options import (
     Resample,
     RunsDir,
     SeedsOpt,
+    Task,
+    TaskOpt,
 )
 
 if TYPE_CHECKING:
-    from featurestore.compare import Comparison, Interval
+    from featurestore.compare import (
+        Comparison,
+        Interval,
+        MulticlassComparison,
+        MultilabelComparison,
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -128,6 +135,16 @@ def compare(
         seed=seed,
         allow_different_test=allow_different_test,
     )
+    out_dir = out or DEFAULT_REPORTS / datetime.now().strftime("%Y%m%d-%H%M%S")
+    from featurestore.compare import runs_task
+
+    task = runs_task(paths)
+    if task == "multiclass":
+        _compare_multiclass(paths, config, out_dir, explain=explain, as_json=as_json)
+        return
+    if task == "multilabel":
+        _compare_multilabel(paths, config, out_dir, as_json=as_json)
+        return
     if explain < 0:
         from featurestore.errors import XrayError
 
@@ -136,7 +153,6 @@ def compare(
     if as_json and out is None and not explain:  # a script asked for JSON, not for files
         render_comparison(cmp, as_json=True, report=None)
         return
-    out_dir = out or DEFAULT_REPORTS / datetime.now().strftime("%Y%m%d-%H%M%S")
     if explain:
         from featurestore.progress import make_progress
 
@@ -145,6 +161,85 @@ def compare(
     else:
         report = write_report(cmp, out_dir)
     render_comparison(cmp, as_json=as_json, report=report)
+
+
+def _compare_multiclass(
+    paths: list[Path], config: Any, out_dir: Path, *, explain: int, as_json: bool
+) -> None:
+    """Multi-class runs: headline metrics with intervals, McNemar, the report folder."""
+    from featurestore.compare import compare_multiclass_runs, write_multiclass_report
+
+    if explain:
+        notice("--explain: Grad-CAM in the report is for binary runs; use `xray explain` per run")
+    cmp = compare_multiclass_runs(paths, config)
+    report = write_multiclass_report(cmp, out_dir)
+    render_multiclass(cmp, as_json=as_json, report=report)
+
+
+def _compare_multilabel(paths: list[Path], config: Any, out_dir: Path, *, as_json: bool) -> None:
+    """Multi-label runs: macro and per-finding AUC with intervals, DeLong per finding (Holm)."""
+    from featurestore.compare import compare_multilabel_runs, write_multilabel_report
+
+    cmp = compare_multilabel_runs(paths, config)
+    report = write_multilabel_report(cmp, out_dir)
+    render_multilabel(cmp, as_json=as_json, report=report)
+
+
+def render_multilabel(cmp: MultilabelComparison, *, as_json: bool, report: Path) -> None:
+    """A multi-label comparison as a rich table of AUCs with intervals (or JSON)."""
+    from featurestore.compare import json_safe
+
+    config = cmp.config
+    if as_json:
+        import json
+
+        doc = json_safe(cmp.as_dict())
+        doc["report"] = str(report)
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    for note in cmp.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    emit_table(
+        f"Multi-label test AUC, 95% CI ({config.resample} bootstrap)",
+        ["run", "macro AUC", *cmp.findings],
+        [
+            [
+                r.label,
+                fmt_short(r.macro_auc),
+                *(fmt_short(r.per_label[f]["auc"]) for f in cmp.findings),
+            ]
+            for r in cmp.rows
+        ],
+        as_json=False,
+    )
+    console.print(f"report: [bold]{report}[/]", highlight=False)
+
+
+def render_multiclass(cmp: MulticlassComparison, *, as_json: bool, report: Path) -> None:
+    """A multi-class comparison as a rich table with the baseline (or JSON), and the report."""
+    from featurestore.compare import MULTICLASS_TABLE_METRICS, json_safe
+
+    config = cmp.config
+    if as_json:
+        import json
+
+        doc = json_safe(cmp.as_dict())
+        doc["report"] = str(report)
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    for note in cmp.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    emit_table(
+        f"Multi-class test metrics (argmax), 95% CI ({config.resample} bootstrap)",
+        ["run", *MULTICLASS_TABLE_METRICS],
+        [[r.label, *(fmt_short(r.metrics[m]) for m in MULTICLASS_TABLE_METRICS)] for r in cmp.rows]
+        + [
+            [f"majority ({cmp.baseline['majority_class']})"]
+            + [_fmt_value(cmp.baseline.get(m)) for m in MULTICLASS_TABLE_METRICS]
+        ],
+        as_json=False,
+    )
+    console.print(f"report: [bold]{report}[/]", highlight=False)
 
 
 CONSOLE_METRICS = ("accuracy", "f1_macro", "sensitivity", "specificity", "roc_auc")
@@ -340,6 +435,7 @@ def demo(
     cache: CacheDir = DEFAULT_CACHE,
     runs_dir: RunsDir = DEFAULT_RUNS,
     as_json: JsonFlag = False,
+    task: TaskOpt = Task(_STUDY.task),
 ) -> None:
     """The whole study in one command: each backbone frozen and fine-tuned, then compared.
 
@@ -353,6 +449,10 @@ def demo(
         xray demo --data data/chest_xray --full
 
         xray demo --model resnet18 --seeds 3 --json
+
+        xray demo --task multiclass   (NORMAL / BACTERIAL / VIRAL: --labels kermany3)
+
+        xray demo --task multilabel   (Cardiomegaly, Effusion, Opacity; masked uncertain labels)
     """
     from featurestore.models import get_spec
     from featurestore.progress import make_progress
@@ -361,12 +461,15 @@ def demo(
     chosen = tuple(models) if models else _STUDY.models
     for name in chosen:
         get_spec(name)  # an unknown name fails before any data is read or generated
-    base = StudyConfig(models=chosen, weights=weights, seeds=seeds, workers=workers)
+    base = StudyConfig(
+        models=chosen, weights=weights, seeds=seeds, workers=workers, task=task.value,
+        labels="kermany3" if task is Task.multiclass else "as-given",
+    )  # fmt: skip
     base = base.full_size() if full else base
     config = replace_some(
         base, image_size=image_size, head_epochs=head_epochs, finetune_epochs=finetune_epochs
     )
-    resolved = resolve_data(data)
+    resolved = resolve_data(data, task=task.value)
     with make_progress(err_console, transient=True) as progress:
         result = run_study(
             data=resolved,
@@ -381,12 +484,19 @@ def demo(
         err_console.print(
             "[bold yellow on red] RANDOM-INIT BACKBONES: a pipeline check, not a result [/]"
         )
-    render_comparison(
-        result.comparison,
-        as_json=as_json,
-        report=result.report,
-        extra={"commands": result.commands},
-    )
+    from featurestore.compare import MulticlassComparison, MultilabelComparison
+
+    if isinstance(result.comparison, MultilabelComparison):
+        render_multilabel(result.comparison, as_json=as_json, report=result.report)
+    elif isinstance(result.comparison, MulticlassComparison):
+        render_multiclass(result.comparison, as_json=as_json, report=result.report)
+    else:
+        render_comparison(
+            result.comparison,
+            as_json=as_json,
+            report=result.report,
+            extra={"commands": result.commands},
+        )
     if not as_json:
         console.print("\n[bold]The same study, step by step[/] (same settings, same runs):")
         for command in result.commands:

@@ -11,7 +11,7 @@ import typer
 from featurestore.config import SYNTHETIC_DIR, SynthConfig
 
 from .common import console, emit_table, err_console, user_errors
-from .options import DataPath, JsonFlag
+from .options import DataPath, JsonFlag, Task, TaskOpt
 
 _SYNTH = SynthConfig()
 
@@ -134,7 +134,15 @@ def _print_details(audit: DatasetAudit) -> None:
 @data_app.command("synth")
 @user_errors
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write.")] = SYNTHETIC_DIR,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder to write [default: data/synthetic; data/synthetic-3class for "
+            "multiclass; data/synthetic-multilabel for multilabel].",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option("--seed", help="Random seed: same seed, same images.")
     ] = _SYNTH.seed,
@@ -145,22 +153,60 @@ def synth(
         bool, typer.Option("--overwrite", help="Replace the folder if it already holds a dataset.")
     ] = False,
     as_json: JsonFlag = False,
+    task: TaskOpt = Task(_SYNTH.task),
 ) -> None:
     """Write the built-in synthetic dataset: seeded phantom chest radiographs, Kermany layout.
+
+    `--task multiclass` draws bacterial pneumonia (`_bacteria_` file names) as lobar and viral
+    (`_virus_`) as patchy opacity: read it with `--labels kermany3` for three classes.
+    `--task multilabel` writes labels.csv (Cardiomegaly, Effusion, Opacity; co-occurring,
+    8% uncertain -1 cells) and images/: pass the CSV as `--data`.
 
     Examples:
 
     * `xray data synth`
     * `xray data synth --out data/synth-s1 --seed 1 --patients 300`
     * `xray data synth --overwrite --json`
+    * `xray data synth --task multiclass`
+    * `xray data synth --task multilabel`
     """
-    from featurestore.data import synth
+    from featurestore.data import (
+        SYNTHETIC_MULTICLASS_DIR,
+        SYNTHETIC_MULTILABEL_DIR,
+        generate_synthetic_multilabel,
+        synth,
+    )
     from featurestore.progress import make_progress
 
+    default = {
+        Task.binary: SYNTHETIC_DIR,
+        Task.multiclass: SYNTHETIC_MULTICLASS_DIR,
+        Task.multilabel: SYNTHETIC_MULTILABEL_DIR,
+    }
+    out = out or default[task]
     with make_progress(err_console, transient=True) as progress:
-        summary = synth.generate_synthetic(
-            out, seed=seed, patients=patients, overwrite=overwrite, progress=progress
+        if task is Task.multilabel:
+            summary = generate_synthetic_multilabel(
+                out, seed=seed, patients=patients, overwrite=overwrite, progress=progress
+            )
+        else:
+            summary = synth.generate_synthetic(
+                out, seed=seed, patients=patients, overwrite=overwrite, progress=progress,
+                task=task.value,
+            )  # fmt: skip
+    if task is Task.multilabel:  # positives per finding (they co-occur), then images
+        findings = [c for c in next(iter(summary.counts.values())) if c != "images"]
+        emit_table(
+            f"synthetic multi-label dataset: {summary.root} (labels.csv)",
+            ["split", *findings, "images", "patients"],
+            [
+                [split, *(c[f] for f in findings), c["images"], summary.patients[split]]
+                for split, c in summary.counts.items()
+            ],
+            as_json=as_json,
+            extra={"root": str(summary.root), "csv": str(summary.root / "labels.csv")},
         )
+        return
     classes = sorted({c for per_class in summary.counts.values() for c in per_class})
     emit_table(
         f"synthetic dataset: {summary.root}",

@@ -18,11 +18,24 @@ from featurestore.config import (
     Device,
     FeatureDtype,
     HeadKind,
+    LabelScheme,
     Monitor,
     Resample,
+    Task,
+    Uncertain,
 )
 
-__all__ = ["ClassWeight", "Device", "FeatureDtype", "HeadKind", "Monitor", "Resample"]
+__all__ = [
+    "ClassWeight",
+    "Device",
+    "FeatureDtype",
+    "HeadKind",
+    "LabelScheme",
+    "Monitor",
+    "Resample",
+    "Task",
+    "Uncertain",
+]
 
 DEFAULT_CACHE = Path("cache")
 DEFAULT_RUNS = Path("runs")
@@ -64,6 +77,32 @@ SeedsOpt = Annotated[
     ),
 ]
 ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Input side in pixels.")]
+LabelsOpt = Annotated[
+    LabelScheme,
+    typer.Option(
+        "--labels",
+        help="How labels are read: as-given (class folders / CSV label column; 2 classes = "
+        "binary, more = multi-class) or kermany3 (Kermany NORMAL/PNEUMONIA relabelled from "
+        "file names as NORMAL / BACTERIAL / VIRAL: a three-class task).",
+    ),
+]
+UncertainOpt = Annotated[
+    Uncertain,
+    typer.Option(
+        "--uncertain",
+        help="Multi-label data (CheXpert, finding CSVs): uncertain (-1) labels count as absent "
+        "(zeros), present (ones), or are masked from the loss and the metrics (ignore).",
+    ),
+]
+TaskOpt = Annotated[
+    Task,
+    typer.Option(
+        "--task",
+        help="binary (NORMAL / PNEUMONIA), multiclass (NORMAL / BACTERIAL / VIRAL, the "
+        "Kermany three-class task read with --labels kermany3) or multilabel (findings "
+        "Cardiomegaly, Effusion, Opacity in a CSV, with patients and uncertain labels).",
+    ),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(

@@ -18,6 +18,10 @@ from .options import (
     FeatureDtype,
     ImageSizeOpt,
     JsonFlag,
+    LabelScheme,
+    LabelsOpt,
+    Uncertain,
+    UncertainOpt,
     WeightsOpt,
 )
 
@@ -97,6 +101,8 @@ def extract(
     ] = _EXTRACT.skip_bad,
     cache: CacheDir = DEFAULT_CACHE,
     as_json: JsonFlag = False,
+    labels: LabelsOpt = LabelScheme(_EXTRACT.labels),
+    uncertain: UncertainOpt = Uncertain(_EXTRACT.uncertain),
 ) -> None:
     """Stage 1: run a frozen backbone once per image and write its HDF5 feature store.
 
@@ -109,6 +115,7 @@ def extract(
     Examples:
 
     * `xray extract --model densenet121 --data data/chest_xray`
+    * `xray extract --model resnet50 --labels kermany3` (three classes, stores apart)
     * `torchrun --standalone --nproc-per-node 4 $(which xray) extract --model resnet50`
     """
     from featurestore import distributed
@@ -122,7 +129,8 @@ def extract(
         if launch is not None and launch.rank != 0:
             err_console.quiet = True  # rank 0 speaks for all: every rank's errors reach it
         # Rank 0 alone may generate the default dataset; the others then read it.
-        manifest = load_manifest(distributed.on_main(lambda: resolve_data(data)))
+        path = distributed.on_main(lambda: resolve_data(data))
+        manifest = load_manifest(path, labels=labels.value, uncertain=uncertain.value)
         result = extract_features(
             manifest,
             model=model,

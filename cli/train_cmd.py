@@ -32,11 +32,15 @@ from .options import (
     HeadKind,
     ImageSizeOpt,
     JsonFlag,
+    LabelScheme,
+    LabelsOpt,
     Monitor,
     RunsDir,
     SeedOpt,
     SeedsOpt,
     ThresholdOpt,
+    Uncertain,
+    UncertainOpt,
     WeightsOpt,
 )
 
@@ -55,12 +59,37 @@ METRIC_COLUMNS = (
 )
 
 
+MULTICLASS_COLUMNS = (
+    "accuracy",
+    "balanced_accuracy",
+    "f1_macro",
+    "f1_weighted",
+    "roc_auc_macro",
+    "loss",
+)
+
+
 def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
     """Test metrics at 0.5 and at the validation threshold, then the run folders.
+
+    Multi-class runs (metrics under "argmax") get their own table: headline metrics, then
+    per-class recall and one-vs-rest AUC.
 
     The table has one column per (run, threshold) so it fits a terminal; JSON has one record
     per (run, threshold) for scripts.
     """
+    tagged = [s for s in summaries if "at_label_thresholds" in s.test]
+    if tagged:
+        _report_multilabel(tagged, as_json=as_json)
+        summaries = [s for s in summaries if "at_label_thresholds" not in s.test]
+        if not summaries:
+            return
+    multi = [s for s in summaries if "argmax" in s.test]
+    if multi:
+        _report_multiclass(multi, as_json=as_json)
+        summaries = [s for s in summaries if "argmax" not in s.test]
+        if not summaries:
+            return
     title = "test metrics (threshold chosen on validation)"
     if as_json:
         rows: list[list[Any]] = []
@@ -106,6 +135,70 @@ def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
         [[format_cell(v) for v in row] for row in table_rows],
         legend=legend,
     )
+    for s in summaries:
+        console.print(f"run folder: [bold]{s.path}[/]", highlight=False)
+
+
+def _report_multilabel(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
+    """Multi-label test metrics: macro/micro AUC, then per label AUC, sensitivity and
+    specificity at the label's validation threshold; one column per run."""
+    title = "test metrics (multi-label, per-label thresholds chosen on validation)"
+    if as_json:
+        rows: list[list[Any]] = [
+            [str(s.path), s.model, s.mode, s.head, "at_label_thresholds",
+             s.test["at_label_thresholds"]]
+            for s in summaries
+        ]  # fmt: skip
+        emit_table(
+            title,
+            ["run", "model", "mode", "head", "at", "metrics"],
+            rows,
+            as_json=True,
+            extra={"runs": [str(s.path) for s in summaries]},
+        )
+        return
+    columns = ["metric"] + [f"{s.model} {s.mode} {s.head}" for s in summaries]
+    heads = ("macro_auc", "micro_auc", "macro_average_precision", "loss")
+    table_rows = [[m] + [s.test["at_label_thresholds"][m] for s in summaries] for m in heads]
+    for name in summaries[0].test["at_label_thresholds"]["labels"]:
+        for m in ("auc", "sensitivity", "specificity"):
+            table_rows.append(
+                [f"{name} {m}"]
+                + [s.test["at_label_thresholds"]["labels"][name][m] for s in summaries]
+            )
+    table_rows.append(["best epoch / run"] + [f"{s.best_epoch}/{s.epochs_run}" for s in summaries])
+    emit_table(title, columns, table_rows, as_json=False)
+    for s in summaries:
+        console.print(f"run folder: [bold]{s.path}[/]", highlight=False)
+
+
+def _report_multiclass(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
+    """Multi-class test metrics (argmax decisions), one column per run; undefined shown as -."""
+    title = "test metrics (multi-class, argmax)"
+    if as_json:
+        rows: list[list[Any]] = [
+            [str(s.path), s.model, s.mode, s.head, "argmax", s.test["argmax"]] for s in summaries
+        ]
+        emit_table(
+            title,
+            ["run", "model", "mode", "head", "at", "metrics"],
+            rows,
+            as_json=True,
+            extra={"runs": [str(s.path) for s in summaries]},
+        )
+        return
+    columns = ["metric"] + [f"{s.model} {s.mode} {s.head}" for s in summaries]
+    per_class = [
+        k
+        for k in summaries[0].test["argmax"]
+        if k.startswith(("recall_", "auc_")) and k != "roc_auc_macro"
+    ]
+    table_rows = [
+        [name] + [s.test["argmax"].get(name) for s in summaries]
+        for name in (*MULTICLASS_COLUMNS, *per_class)
+    ]
+    table_rows.append(["best epoch / run"] + [f"{s.best_epoch}/{s.epochs_run}" for s in summaries])
+    emit_table(title, columns, table_rows, as_json=False)
     for s in summaries:
         console.print(f"run folder: [bold]{s.path}[/]", highlight=False)
 
@@ -158,6 +251,8 @@ def fit_head(
     device: DeviceOpt = Device(_HEAD.train.device),
     config_file: ConfigOpt = None,
     as_json: JsonFlag = False,
+    labels: LabelsOpt = LabelScheme(_HEAD.labels),
+    uncertain: UncertainOpt = Uncertain(_HEAD.uncertain),
 ) -> None:
     """Stage 2: train a head on cached features, one run folder per feature store.
 
@@ -171,6 +266,7 @@ def fit_head(
     * `xray fit-head --threshold sensitivity:0.95` (the operating point, chosen on validation)
     * `xray fit-head --store cache/chest_xray/densenet121-imagenet-224px.h5 --json`
     * `xray fit-head --config runs/20261128-101500-resnet50-frozen-s0 --seed 1`
+    * `xray fit-head --data data/chest_xray --labels kermany3` (the three-class stores)
     """
     from featurestore.progress import make_progress
     from featurestore.train import TrainConfig, fit_heads
@@ -191,7 +287,8 @@ def fit_head(
         summaries = fit_heads(
             model=given["model"], store=store, data=data, cache_dir=cache, runs_dir=runs,
             head=str(given["head"]), config=config, progress=progress, console=err_console,
-            notice=notice, seeds=seeds,
+            notice=notice, seeds=seeds, labels=str(given["labels"]),
+            uncertain=str(given["uncertain"]),
         )  # fmt: skip
     _report(summaries, as_json=as_json)
 
@@ -256,6 +353,8 @@ def finetune(
     runs: RunsDir = DEFAULT_RUNS,
     config_file: ConfigOpt = None,
     as_json: JsonFlag = False,
+    labels: LabelsOpt = LabelScheme(_FT.labels),
+    uncertain: UncertainOpt = Uncertain(_FT.uncertain),
 ) -> None:
     """Fine-tune a backbone end to end on streamed images, through the same trainer.
 
@@ -269,6 +368,7 @@ def finetune(
     * `xray finetune --model densenet121 --freeze layer3 --epochs 20`
     * `xray finetune --model resnet18 --weights none --image-size 64 --resume`
     * `xray finetune --config runs/20261128-102000-resnet50-finetune-s0 --seed 1`
+    * `xray finetune --model resnet50 --labels kermany3` (NORMAL / BACTERIAL / VIRAL)
     * `torchrun --standalone --nproc-per-node 4 $(which xray) finetune --model resnet50`
     """
     from featurestore import distributed
@@ -308,6 +408,7 @@ def finetune(
                 freeze=given["freeze"], image_size=given["image_size"], augment=given["augment"],
                 hflip=given["hflip"], workers=workers, runs_dir=runs, config=cfg, resume=resume,
                 progress=progress, console=err_console, notice=notice,
+                labels=str(given["labels"]), uncertain=str(given["uncertain"]),
             ))  # fmt: skip
     if launch is None or launch.rank == 0:
         _report(summaries, as_json=as_json)

@@ -131,7 +131,7 @@ def predict(
             paths, batch_size=batch_size, progress=progress if len(paths) > batch_size else None
         )
     if csv_path is not None:
-        write_predictions_csv(csv_path, rows)
+        write_predictions_csv(csv_path, rows, predictor.class_names)
     counts = count_predictions(rows, predictor.class_names)
     failed = counts["unreadable"]
     warnings = warn_about(
@@ -140,19 +140,39 @@ def predict(
         else run_warnings(predictor.run.config)
     )
     shown, base = short_paths([r.path for r in rows]) if not as_json else ([], None)
-    emit_table(
-        f"{name}: P({predictor.class_names[predictor.positive_index]}), "
-        f"class at threshold {predictor.threshold:.3f}" + (f"\npaths in {base}" if base else ""),
-        ["path", "probability", "prediction", "error"],
-        [
+    where = f"\npaths in {base}" if base else ""
+    if predictor.task != "binary":  # one probability column per class / finding
+        names = list(predictor.class_names)
+        title = f"{name}: P(class), the most probable class{where}"
+        if predictor.task == "multilabel":
+            title = f"{name}: P(finding), findings at their thresholds{where}"
+        columns = ["path", *(f"P({c})" for c in names), "prediction", "error"]
+        table = [
+            [shown[i] if shown else r.path]
+            + [(r.probabilities or {}).get(c) for c in names]
+            + [r.prediction, r.error]
+            for i, r in enumerate(rows)
+        ]
+    else:
+        title = (
+            f"{name}: P({predictor.class_names[predictor.positive_index]}), "
+            f"class at threshold {predictor.threshold:.3f}{where}"
+        )
+        columns = ["path", "probability", "prediction", "error"]
+        table = [
             [shown[i] if shown else r.path, r.probability, r.prediction, r.error]
             for i, r in enumerate(rows)
-        ],
+        ]
+    emit_table(
+        title,
+        columns,
+        table,
         as_json=as_json,
         extra={
             "run": str(run) if run is not None else None,
             "model": str(model) if model is not None else None,
-            "threshold": predictor.threshold,
+            "threshold": None if predictor.task != "binary" else predictor.threshold,
+            "label_thresholds": predictor.label_thresholds,
             "counts": counts,
             "failed": failed,
             "csv": str(csv_path) if csv_path else None,
@@ -182,6 +202,15 @@ def explain(
     weights: RunWeights = None,
     device: DeviceOpt = Device.auto,
     as_json: JsonFlag = False,
+    target_class: Annotated[
+        str | None,
+        typer.Option(
+            "--class",
+            help="Explain this class (a name from the run's classes). Default: the positive "
+            "class of a binary run, each image's predicted class of a multi-class run.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Grad-CAM heatmaps: where the run's model looks for the positive class.
 
@@ -194,6 +223,8 @@ def explain(
         xray explain --run runs/20261128-102000-resnet50-finetune-s0 scan1.jpeg --out heat/
 
         xray explain --run runs/20261128-101500-densenet121-frozen-s0 data/new --out heat/ --json
+
+        xray explain --run runs/20261128-103000-resnet50-frozen-s0 a.jpeg --out h/ --class VIRAL
     """
     from featurestore.progress import make_progress
     from featurestore.runs import run_warnings
@@ -209,6 +240,7 @@ def explain(
             device=str(device),
             batch_size=batch_size,
             progress=progress,
+            target_class=target_class,
         )
     import json
 

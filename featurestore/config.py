@@ -71,6 +71,33 @@ class Resample(Choice):
     images = "images"
 
 
+class Task(Choice):
+    """What `xray data synth` writes and `xray demo` studies (`--task`)."""
+
+    binary = "binary"
+    multiclass = "multiclass"
+    multilabel = "multilabel"
+
+
+class Uncertain(Choice):
+    """What uncertain (-1) labels of multi-label data become (`--uncertain`): Irvin et al.
+    (2019), "CheXpert", AAAI: U-Zeros, U-Ones, U-Ignore."""
+
+    zeros = "zeros"
+    ones = "ones"
+    ignore = "ignore"
+    """Masked: left out of the loss and of every metric of that finding."""
+
+
+class LabelScheme(Choice):
+    """How a dataset's labels are read (`--labels`)."""
+
+    as_given = "as-given"
+    """The class folders / CSV label column as they are (2 classes binary, more multi-class)."""
+    kermany3 = "kermany3"
+    """Kermany's NORMAL/PNEUMONIA relabelled from file names: NORMAL, BACTERIAL, VIRAL."""
+
+
 def values(choice: type[Choice]) -> tuple[str, ...]:
     """The values of a choice enum, in declaration order."""
     return tuple(member.value for member in choice)
@@ -82,6 +109,9 @@ CLASS_WEIGHTS = values(ClassWeight)
 HEAD_KINDS = values(HeadKind)
 FEATURE_DTYPES = values(FeatureDtype)
 RESAMPLE_UNITS = values(Resample)
+LABEL_SCHEMES = values(LabelScheme)
+TASKS = values(Task)
+UNCERTAIN_POLICIES = values(Uncertain)
 SCHEDULES = ("cosine", "constant")
 THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "f1", "sensitivity", "specificity", "fixed")
 """Kinds of operating point; `sensitivity`, `specificity` and `fixed` take a value (`kind:0.95`)."""
@@ -237,6 +267,10 @@ class ExtractConfig:
     """How features are stored."""
     skip_bad: bool = False
     """Leave unreadable images out (listed in the store) instead of stopping."""
+    labels: Literal["as-given", "kermany3"] = "as-given"
+    """Label scheme (`LabelScheme`): `kermany3` reads Kermany as three classes."""
+    uncertain: Literal["zeros", "ones", "ignore"] = "ignore"
+    """Multi-label data: uncertain (-1) labels as absent, present, or masked (`Uncertain`)."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +281,10 @@ class FitHeadConfig:
     """Linear, MLP (one hidden layer) or scikit-learn logistic regression (C chosen on val)."""
     seeds: int = 1
     """Repeats with seeds train.seed, train.seed + 1, ... (compare reports mean and spread)."""
+    labels: Literal["as-given", "kermany3"] = "as-given"
+    """With --data: train on the stores of this label scheme (`kermany3`: three classes)."""
+    uncertain: Literal["zeros", "ones", "ignore"] = "ignore"
+    """With --data and multi-label data: train on the stores of this uncertainty policy."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The trainer's settings (heads on cached features: many cheap epochs)."""
 
@@ -271,6 +309,10 @@ class FinetuneConfig:
     """Image decoding processes; None: 0 on CPU, cores - 1 on a GPU."""
     seeds: int = 1
     """Repeats with seeds train.seed, train.seed + 1, ..."""
+    labels: Literal["as-given", "kermany3"] = "as-given"
+    """Label scheme (`LabelScheme`): `kermany3` fine-tunes the three-class Kermany task."""
+    uncertain: Literal["zeros", "ones", "ignore"] = "ignore"
+    """Multi-label data: uncertain (-1) labels as absent, present, or masked (`Uncertain`)."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             epochs=10, batch_size=32, patience=3, backbone_lr_mult=0.1
@@ -391,6 +433,11 @@ class StudyConfig:
     """DataLoader workers for extraction and fine-tuning; None: as `xray extract` chooses."""
     n_boot: int = 1000
     """Bootstrap resamples of the comparison."""
+    task: Literal["binary", "multiclass", "multilabel"] = "binary"
+    """What is studied (`--task`); `multiclass` reads Kermany-layout data as three classes,
+    `multilabel` a findings CSV (the built-in one by default)."""
+    labels: Literal["as-given", "kermany3"] = "as-given"
+    """Label scheme (`LabelScheme`): `kermany3` makes it the three-class study."""
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -421,3 +468,6 @@ class SynthConfig:
     """Smallest image side in pixels (sizes vary per image, as in real radiographs)."""
     max_side: int = 320
     """Largest image side in pixels."""
+    task: Literal["binary", "multiclass", "multilabel"] = "binary"
+    """`multiclass`: bacterial pneumonia drawn lobar, viral patchy (read with --labels
+    kermany3); `multilabel`: a findings CSV (`data.generate_synthetic_multilabel`)."""

@@ -105,7 +105,8 @@ def stamp(fig: Figure, note: str | None) -> None:
 def plot_roc(
     curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, note: str | None = None
 ) -> None:
-    """ROC curve per split from (y_positive, p_positive); splits with one class are skipped."""
+    """One ROC curve per entry (a split, or a class one-vs-rest) from (y_positive, p_positive);
+    entries with one class only are skipped."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fig, ax = new_figure(figsize=(4.5, 4.5))
@@ -143,6 +144,28 @@ def plot_reliability(
     save_figure(fig, path)
 
 
+def plot_label_confusions(
+    targets: np.ndarray, predictions: np.ndarray, names: Sequence[str], path: Path
+) -> None:
+    """One 2 x 2 confusion matrix per label (observed entries, at the label's threshold)."""
+    fig, axes = new_figure(
+        figsize=(2.4 * len(names) + 0.5, 2.8), nrows=1, ncols=len(names), squeeze=False
+    )
+    for k, (ax, name) in enumerate(zip(axes[0], names, strict=True)):
+        mask = ~np.isnan(targets[:, k])
+        y, d = targets[mask, k].astype(int), predictions[mask, k].astype(int)
+        cm = np.array([[np.sum((y == i) & (d == j)) for j in (0, 1)] for i in (0, 1)])
+        ax.imshow(cm, cmap="Blues")
+        ax.set_xticks([0, 1], ["-", "+"])
+        ax.set_yticks([0, 1], ["-", "+"])
+        ax.set_title(name, fontsize=8)
+        for i in (0, 1):
+            for j in (0, 1):
+                color = "white" if cm[i, j] > cm.max() / 2 else "black"
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color)
+    save_figure(fig, path)
+
+
 def write_plots(
     folder: Path,
     result: FitResult,
@@ -155,6 +178,30 @@ def write_plots(
     `note` (e.g. "random weights") is written in each figure's corner."""
     folder.mkdir(parents=True, exist_ok=True)
     plot_curves(result.history, folder / "curves.png", note=note)
+    if "at_label_thresholds" in result.test:  # multi-label: per-label confusion and ROC
+        sp = result.predictions["test"]
+        observed = ~np.isnan(sp.labels)  # (N, L)
+        plot_label_confusions(sp.labels, sp.predictions, class_names, folder / "confusion.png")
+        per_label = {
+            name: (sp.labels[observed[:, k], k].astype(int), sp.probabilities[observed[:, k], k])
+            for k, name in enumerate(class_names)
+        }
+        plot_roc(per_label, folder / "roc.png", note=note)
+        return
+    if "argmax" in result.test:  # multi-class: N x N confusion, one-vs-rest ROC per class
+        plot_confusion(
+            result.test["argmax"]["confusion_matrix"],
+            class_names,
+            folder / "confusion.png",
+            title="test (argmax)",
+        )
+        sp = result.predictions["test"]
+        per_class = {
+            name: ((sp.labels == k).astype(int), sp.probabilities[:, k])
+            for k, name in enumerate(class_names)
+        }
+        plot_roc(per_class, folder / "roc.png", note=note)
+        return
     plot_confusion(
         result.test["at_threshold"]["confusion_matrix"],
         class_names,

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from featurestore.compare import Comparison
+    from featurestore.compare import Comparison, MulticlassComparison, MultilabelComparison
 
 Notice = Callable[[str], None]
 
@@ -27,7 +27,8 @@ class StudyResult:
     random_init: bool
     runs: list[Path]
     report: Path
-    comparison: Comparison
+    comparison: Comparison | MulticlassComparison | MultilabelComparison
+    """Binary runs: Comparison; multi-class runs (`labels="kermany3"`): MulticlassComparison."""
     commands: list[str] = field(default_factory=list)
     """The same study as step-by-step commands (study_commands)."""
 
@@ -48,7 +49,9 @@ def study_commands(
     the same runs (on CPU, byte for byte) in `study_runs`, and `xray compare` the same table.
     """
     ft = _finetune_train(config)
-    common = f"--data {data}"
+    common = f"--data {data}" + (
+        f" --labels {config.labels}" if config.labels != "as-given" else ""
+    )
     seeds = f" --seeds {config.seeds}" if config.seeds > 1 else ""
     workers = f" --workers {config.workers}" if config.workers is not None else ""
     out = []
@@ -118,7 +121,7 @@ def run_study(
         )
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     study_runs = runs_dir / f"study-{stamp}"
-    manifest = load_manifest(data)
+    manifest = load_manifest(data, labels=config.labels)
     run_paths: list[Path] = []
     stores: dict[str, Path] = {}
     for model in config.models:
@@ -165,10 +168,23 @@ def run_study(
                 fingerprint=str(store.attrs["dataset_fingerprint"]),
             )
             run_paths.append(summary.path)
-    comparison = compare_runs(run_paths, CompareConfig(n_boot=config.n_boot))
-    report = write_report(comparison, reports_dir / f"study-{stamp}")
+    out = reports_dir / f"study-{stamp}"
     commands = study_commands(
         data=data, config=config, weights=weights, cache_dir=cache_dir, study_runs=study_runs,
         stores=stores,
     )  # fmt: skip
+    if manifest.task == "multilabel":
+        from featurestore.compare import compare_multilabel_runs, write_multilabel_report
+
+        tagged = compare_multilabel_runs(run_paths, CompareConfig(n_boot=config.n_boot))
+        report = write_multilabel_report(tagged, out)
+        return StudyResult(weights, random_init, run_paths, report, tagged, commands)
+    if manifest.task == "multiclass":
+        from featurestore.compare import compare_multiclass_runs, write_multiclass_report
+
+        multi = compare_multiclass_runs(run_paths, CompareConfig(n_boot=config.n_boot))
+        report = write_multiclass_report(multi, out)
+        return StudyResult(weights, random_init, run_paths, report, multi, commands)
+    comparison = compare_runs(run_paths, CompareConfig(n_boot=config.n_boot))
+    report = write_report(comparison, out)
     return StudyResult(weights, random_init, run_paths, report, comparison, commands)

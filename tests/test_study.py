@@ -92,3 +92,44 @@ def test_demo_commands_repeat_the_demo_step_by_step(
         }
 
     assert outputs(again) == outputs(study)
+
+
+@pytest.mark.slow
+def test_demo_multiclass_runs_the_three_class_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import write_tiny_kermany3
+
+    data = write_tiny_kermany3(tmp_path / "chest_xray")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    args = ["demo", "--task", "multiclass", "--data", str(data), "--model", "resnet18"]
+    args += ["--image-size", "32", "--head-epochs", "3", "--finetune-epochs", "1", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["task"] == "multiclass" and doc["class_names"] == ["NORMAL", "BACTERIAL", "VIRAL"]
+    assert sorted(r["mode"] for r in doc["runs"]) == ["finetune", "frozen"]
+    assert len(doc["pairs"]) == 1
+    assert Path(doc["report"]).is_file()
+    assert list((tmp_path / "cache" / "chest_xray-kermany3").glob("*.h5"))
+
+
+@pytest.mark.slow
+def test_demo_multilabel_runs_on_a_findings_csv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import write_tiny_multilabel
+
+    labels_csv = write_tiny_multilabel(tmp_path / "ml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    args = ["demo", "--task", "multilabel", "--data", str(labels_csv), "--model", "resnet18"]
+    args += ["--image-size", "32", "--head-epochs", "3", "--finetune-epochs", "1", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["task"] == "multilabel" and doc["findings"] == ["Blob", "Band"]
+    assert sorted(r["mode"] for r in doc["runs"]) == ["finetune", "frozen"]
+    assert set(doc["pairs"][0]["holm_p"]) == {"Blob", "Band"}
+    assert Path(doc["report"]).is_file()

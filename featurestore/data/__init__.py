@@ -1,6 +1,7 @@
 """Stage 0, the data: datasets read into a `Manifest` (Kermany folders, CSV manifests, MedMNIST
-npz, DICOM), patients, the validation carve, the dataset fingerprint, image decoding, the
-`xray data check` audit and the built-in synthetic data.
+npz, DICOM; the multi-label NIH ChestX-ray14, CheXpert and per-finding CSV layouts), task types
+and label schemes (Kermany-3), patients, the validation carve, the dataset fingerprint, image
+decoding, the `xray data check` audit and the built-in synthetic data.
 """
 
 from __future__ import annotations
@@ -36,6 +37,34 @@ from featurestore.data.readers import (
     read_csv,
     read_npz,
 )
+from featurestore.data.tasks import (
+    TaskType,
+    TASK_TYPES,
+    LabelScheme,
+    KERMANY3_CLASSES,
+    SYNTHETIC_MULTICLASS_DIR,
+    task_of,
+    kermany3_class,
+    apply_label_scheme,
+)
+from featurestore.data.multilabel import (
+    UncertainPolicy,
+    NIH_FINDINGS,
+    CHEXPERT_FINDINGS,
+    target_value,
+    read_multilabel_csv,
+    is_multilabel_csv,
+    is_nih_folder,
+    read_nih,
+    is_chexpert_folder,
+    read_chexpert,
+)
+from featurestore.data.synth_multilabel import (
+    SYNTHETIC_MULTILABEL_DIR,
+    SYNTH_FINDINGS,
+    UNCERTAIN_SHARE,
+    generate_synthetic_multilabel,
+)
 from featurestore.data.load import (
     load_manifest,
     check_labels_in_train,
@@ -68,6 +97,8 @@ from featurestore.data.synth import (
     CLEAR_STRENGTH,
     MARKER,
     CLASSES,
+    SYNTH_TASKS,
+    SYNTH_OPACITY,
     OpacityKind,
     SynthSummary,
     Anatomy,
@@ -77,9 +108,33 @@ from featurestore.data.synth import (
 )
 
 __all__ = [
+    "SYNTHETIC_MULTILABEL_DIR",
+    "SYNTH_FINDINGS",
+    "UNCERTAIN_SHARE",
+    "generate_synthetic_multilabel",
+    "CHEXPERT_FINDINGS",
+    "NIH_FINDINGS",
+    "UncertainPolicy",
+    "is_chexpert_folder",
+    "is_multilabel_csv",
+    "is_nih_folder",
+    "read_chexpert",
+    "read_multilabel_csv",
+    "read_nih",
+    "target_value",
+    "KERMANY3_CLASSES",
+    "SYNTHETIC_MULTICLASS_DIR",
+    "LabelScheme",
+    "TASK_TYPES",
+    "TaskType",
+    "apply_label_scheme",
+    "kermany3_class",
+    "task_of",
     "AUDIT_DECODE_SIZE",
     "Anatomy",
     "CLASSES",
+    "SYNTH_OPACITY",
+    "SYNTH_TASKS",
     "CLEAR_STRENGTH",
     "CarveInfo",
     "DICOM_SUFFIXES",

@@ -121,7 +121,9 @@ def _items(
     path: Path,
 ) -> tuple[str, Path, tuple[str, ...], tuple[Split, ...], list[_Item], tuple[str, ...]]:
     """(kind, root, classes, splits, items, ignored) without the strict checks of the readers."""
-    if path.is_dir():
+    from featurestore.data.multilabel import is_chexpert_folder, is_nih_folder
+
+    if path.is_dir() and not (is_nih_folder(path) or is_chexpert_folder(path)):
         scan = scan_folder(path)
         items = []
         for s, c, p in scan.files:
@@ -134,12 +136,21 @@ def _items(
     # CSV and npz: their readers' errors are structural (bad header, missing file), not
     # something to report; read without carving so splits stay as given.
     manifest = load_manifest(path, val_min=0)
-    items = [
-        _Item(r.key, r.source_split, manifest.class_names[r.label], r.group, r.key)
-        for r in manifest.records
-    ]
+    if manifest.task == "multilabel":
+        # Findings co-occur: the audit's one class per image is "any finding" or none
+        # (leakage, duplicates and the size shortcut are per image, not per finding).
+        names: tuple[str, ...] = ("No Finding", "any finding")
+        items = [
+            _Item(r.key, r.source_split, names[int(1.0 in (r.targets or ()))], r.group, r.key)
+            for r in manifest.records
+        ]
+    else:
+        names = manifest.class_names
+        items = [
+            _Item(r.key, r.source_split, names[r.label], r.group, r.key) for r in manifest.records
+        ]
     splits = tuple(s for s in SPLITS if any(i.split == s for i in items))
-    return manifest.kind, manifest.root, manifest.class_names, splits, items, ()
+    return manifest.kind, manifest.root, names, splits, items, ()
 
 
 def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAudit:

@@ -12,18 +12,56 @@ from featurestore.data.manifest import (
     Manifest,
     carve_validation,
 )
+from featurestore.data.multilabel import (
+    UncertainPolicy,
+    is_chexpert_folder,
+    is_multilabel_csv,
+    is_nih_folder,
+    read_chexpert,
+    read_multilabel_csv,
+    read_nih,
+)
 from featurestore.data.readers import read_csv, read_folder, read_npz
 from featurestore.data import synth
+from featurestore.data.synth_multilabel import (
+    SYNTHETIC_MULTILABEL_DIR,
+    generate_synthetic_multilabel,
+)
+from featurestore.data.tasks import SYNTHETIC_MULTICLASS_DIR, LabelScheme, apply_label_scheme
 from featurestore.errors import XrayError
 
 
 def load_manifest(
-    path: Path, *, val_min: int = 100, val_fraction: float = 0.1, seed: int = 0
+    path: Path,
+    *,
+    val_min: int = 100,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    labels: LabelScheme | str = LabelScheme.as_given,
+    uncertain: UncertainPolicy | str = UncertainPolicy.ignore,
 ) -> Manifest:
-    """Read a folder, .csv or .npz dataset, then carve a validation set when val is too small."""
+    """Read a folder, .csv or .npz dataset, relabel it by `labels` (`tasks.LabelScheme`), then
+    carve a validation set when val is too small.
+
+    Multi-label layouts are recognised by their files: a folder with `Data_Entry_2017*.csv`
+    (NIH ChestX-ray14), a folder with `train.csv` and `valid.csv` (CheXpert), a CSV with
+    `path,split` and finding columns but no `label` column. `uncertain` decides what their
+    uncertain (-1) labels become (`multilabel.UncertainPolicy`). `labels` may also be the
+    `uncertain-<policy>` scheme a multi-label store records.
+    """
     path = Path(path)
-    if path.is_dir():
+    scheme = str(getattr(labels, "value", labels))
+    if scheme.startswith("uncertain-"):  # recorded by a multi-label store
+        uncertain, labels = scheme.removeprefix("uncertain-"), LabelScheme.as_given
+    UncertainPolicy(uncertain)  # unknown policies fail here, whatever the layout
+    if path.is_dir() and is_nih_folder(path):
+        manifest = read_nih(path)
+    elif path.is_dir() and is_chexpert_folder(path):
+        manifest = read_chexpert(path, uncertain=uncertain)
+    elif path.is_dir():
         manifest = read_folder(path)
+    elif path.suffix.lower() == ".csv" and is_multilabel_csv(path):
+        manifest = read_multilabel_csv(path, uncertain=uncertain)
     elif path.suffix.lower() == ".csv":
         manifest = read_csv(path)
     elif path.suffix.lower() == ".npz":
@@ -32,6 +70,12 @@ def load_manifest(
         raise XrayError(f"dataset {path} does not exist: pass --data with a folder, .csv or .npz")
     else:
         raise XrayError(f"{path}: unsupported dataset (use a folder, a .csv manifest or a .npz)")
+    if manifest.task == "multilabel":
+        if LabelScheme(labels) is not LabelScheme.as_given:
+            raise XrayError(f"--labels {LabelScheme(labels).value} is for Kermany folders, "
+                            f"not the multi-label dataset {path}")  # fmt: skip
+        return carve_validation(manifest, fraction=val_fraction, min_val=val_min, seed=seed)
+    manifest = apply_label_scheme(manifest, labels)
     check_labels_in_train(manifest, path)
     return carve_validation(manifest, fraction=val_fraction, min_val=val_min, seed=seed)
 
@@ -51,8 +95,15 @@ def check_labels_in_train(m: Manifest, path: Path) -> None:
         )
 
 
-def resolve_data_dir(data: Path | None, *, env: str | None, notice: Callable[[str], None]) -> Path:
-    """--data, else $XRAY_DATA, else data/chest_xray if present, else data/synthetic (generated)."""
+def resolve_data_dir(
+    data: Path | None, *, env: str | None, notice: Callable[[str], None], task: str = "binary"
+) -> Path:
+    """--data, else $XRAY_DATA, else data/chest_xray if present, else data/synthetic (generated).
+
+    `task="multiclass"` generates the three-class synthetic set in data/synthetic-3class
+    instead (read with `--labels kermany3`, like the real Kermany data); `task="multilabel"`
+    the multi-label set in data/synthetic-multilabel and returns its labels.csv.
+    """
     for given, origin in ((data, "--data"), (Path(env) if env else None, "$XRAY_DATA")):
         if given is not None:
             if not given.exists():
@@ -60,6 +111,23 @@ def resolve_data_dir(data: Path | None, *, env: str | None, notice: Callable[[st
             return given
     if KERMANY_DIR.exists():
         return KERMANY_DIR
+    if task == "multilabel":
+        labels_csv = SYNTHETIC_MULTILABEL_DIR / "labels.csv"
+        if not labels_csv.is_file():
+            notice(
+                "no dataset given: generating the built-in multi-label synthetic dataset in "
+                f"{SYNTHETIC_MULTILABEL_DIR}"
+            )
+            generate_synthetic_multilabel(SYNTHETIC_MULTILABEL_DIR)
+        return labels_csv
+    if task == "multiclass":
+        if not (SYNTHETIC_MULTICLASS_DIR / "train").is_dir():
+            notice(
+                "no dataset given: generating the built-in three-class synthetic dataset in "
+                f"{SYNTHETIC_MULTICLASS_DIR}"
+            )
+            synth.generate_synthetic(SYNTHETIC_MULTICLASS_DIR, task="multiclass")
+        return SYNTHETIC_MULTICLASS_DIR
     if not (SYNTHETIC_DIR / "train").is_dir():
         notice(f"no dataset given: generating the built-in synthetic dataset in {SYNTHETIC_DIR}")
         synth.generate_synthetic(SYNTHETIC_DIR)

@@ -42,6 +42,9 @@ class Record:
     straddle train and val."""
     source_split: Split
     """The split the image was given in on disk, before any carving."""
+    targets: tuple[float, ...] | None = None
+    """Multi-label datasets only: one value per finding (`Manifest.class_names`), 1.0 present,
+    0.0 absent, NaN masked (uncertain under the `ignore` policy); `label` is then 0."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,17 @@ class Manifest:
     """Short dataset name used in cache paths (the folder or file stem)."""
     source: Path | None = None
     """What it was read from: the folder, the .csv file or the .npz file (for re-reading)."""
+    label_scheme: str = "as-given"
+    """How labels were read (`data.tasks.LabelScheme`): `as-given`, or `kermany3` (relabelled
+    from file names); recorded in stores so `fit-head` re-reads the dataset the same way."""
+
+    @property
+    def task(self) -> str:
+        """`multilabel` when records carry targets, else `binary` for two classes and
+        `multiclass` for more (`data.tasks.task_of`)."""
+        if self.records and self.records[0].targets is not None:
+            return "multilabel"
+        return "binary" if len(self.class_names) == 2 else "multiclass"
 
     def split(self, split: Split) -> list[Record]:
         """Records of one split, in manifest order."""
@@ -229,7 +243,9 @@ def dataset_fingerprint(m: Manifest, *, progress: Progress | None = None) -> str
         task = progress.add_task("fingerprint", total=len(records), unit="img")
     for r in records:
         content = "" if m.kind == "npz" else file_digest(m.root / r.key, algorithm="blake2b")
-        digest.update(f"{r.key}\0{r.label}\0{r.source_split}\0{content}\n".encode())
+        # Multi-label targets join the line (NaN for masked); single-label lines are unchanged.
+        targets = "" if r.targets is None else "\0" + ",".join(map(repr, r.targets))
+        digest.update(f"{r.key}\0{r.label}\0{r.source_split}\0{content}{targets}\n".encode())
         if task is not None and progress is not None:
             progress.advance(task)
     return digest.hexdigest()

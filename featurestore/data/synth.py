@@ -30,6 +30,11 @@ CLEAR_STRENGTH = (0.28, 0.48)
 MARKER = ".xray-synth.json"
 """Written at the dataset root; only folders carrying it (or empty ones) may be overwritten."""
 CLASSES = ("NORMAL", "PNEUMONIA")
+SYNTH_TASKS = ("binary", "multiclass")
+"""`binary`: opacity kinds drawn at random. `multiclass`: bacterial (`_bacteria_` in the name)
+pneumonia drawn as lobar consolidation, viral (`_virus_`) as patchy bilateral opacity, the
+textbook radiographic patterns, so `--labels kermany3` poses a learnable three-class task."""
+SYNTH_OPACITY: dict[str, OpacityKind] = {"bacteria": "lobar", "virus": "patchy"}
 OpacityKind = Literal["patchy", "lobar"]
 
 
@@ -290,8 +295,16 @@ def generate_synthetic(
     max_side: int = _SYNTH.max_side,
     overwrite: bool = False,
     progress: Progress | None = None,
+    task: str = _SYNTH.task,
 ) -> SynthSummary:
-    """Write the seeded phantom dataset to out_dir/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg."""
+    """Write the seeded phantom dataset to out_dir/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg.
+
+    `task="multiclass"` ties the opacity pattern to the file name's pneumonia kind (see
+    SYNTH_TASKS); the files and their layout are the same, and the summary counts NORMAL,
+    BACTERIAL and VIRAL (the classes `--labels kermany3` reads). The binary set is unchanged.
+    """
+    if task not in SYNTH_TASKS:
+        raise XrayError(f"unknown --task {task!r}; choose one of: {', '.join(SYNTH_TASKS)}")
     if seed < 0:
         raise XrayError(f"--seed must be >= 0, got {seed}")
     if patients < 12:
@@ -302,17 +315,21 @@ def generate_synthetic(
     _check_target(out_dir, overwrite)
     images = _plan_images(np.random.default_rng(seed), patients, min_side, max_side)
     anatomies: dict[int, Anatomy] = {}
-    counts = {s: dict.fromkeys(CLASSES, 0) for s in ("train", "val", "test")}
+    names = CLASSES if task == "binary" else ("NORMAL", "BACTERIAL", "VIRAL")
+    counts = {s: dict.fromkeys(names, 0) for s in ("train", "val", "test")}
     groups: dict[str, set[int]] = {s: set() for s in counts}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename at the end: no half-written dataset is ever left.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    task = progress.add_task("synth", total=len(images), unit="img") if progress else None
+    bar = progress.add_task("synth", total=len(images), unit="img") if progress else None
     try:
         for i, im in enumerate(images):
             if im.patient not in anatomies:
                 anatomies[im.patient] = draw_anatomy(np.random.default_rng((seed, 1, im.patient)))
+            kind = None  # binary: drawn at random by the opacity's own generator
+            if task == "multiclass" and im.label == "PNEUMONIA":
+                kind = SYNTH_OPACITY["bacteria" if "_bacteria_" in im.name else "virus"]
             # One generator per image: an image depends only on (seed, index).
             pixels, _ = render_radiograph(
                 np.random.default_rng((seed, 2, i)),
@@ -320,15 +337,26 @@ def generate_synthetic(
                 im.width,
                 pneumonia=im.label == "PNEUMONIA",
                 anatomy=anatomies[im.patient],
+                opacity_kind=kind,
             )
             folder = tmp / im.split / im.label
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(folder / im.name, format="JPEG", quality=92)
-            counts[im.split][im.label] += 1
+            shown = im.label
+            if task == "multiclass" and im.label == "PNEUMONIA":
+                shown = "BACTERIAL" if "_bacteria_" in im.name else "VIRAL"
+            counts[im.split][shown] += 1
             groups[im.split].add(im.patient)
-            if progress is not None and task is not None:
-                progress.advance(task)
-        settings = {"seed": seed, "patients": patients, "min_side": min_side, "max_side": max_side}
+            if progress is not None and bar is not None:
+                progress.advance(bar)
+        settings: dict[str, int | str] = {
+            "seed": seed,
+            "patients": patients,
+            "min_side": min_side,
+            "max_side": max_side,
+        }
+        if task != "binary":  # the binary marker stays as it was
+            settings["task"] = task
         marker = {"generator": "xray synth", **settings, "counts": counts}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if out_dir.exists():

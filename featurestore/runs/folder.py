@@ -93,7 +93,7 @@ def write_run(
         write_history(tmp / "history.csv", result.history)
         _write_json(tmp / "metrics.json", result.metrics_json())
         _write_json(tmp / "timing.json", result.timing_json())
-        write_predictions(tmp / "predictions.csv", result)
+        write_predictions(tmp / "predictions.csv", result, config.get("class_names"))
         torch.save(state_dict if state_dict is not None else result.best_state, tmp / "best.pt")
         if plots:
             from featurestore.plots import write_plots
@@ -139,8 +139,23 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
             writer.writerow([int(row["epoch"])] + ["" if v != v else repr(v) for v in values])
 
 
-def write_predictions(path: Path, result: FitResult) -> None:
-    """predictions.csv: val then test rows; probabilities at full float precision."""
+def prob_column(class_name: str) -> str:
+    """predictions.csv column of one class's probability in a multi-class run: `prob_<class>`."""
+    return f"prob_{class_name}"
+
+
+def write_predictions(path: Path, result: FitResult, class_names: list[str] | None = None) -> None:
+    """predictions.csv: val then test rows; probabilities at full float precision.
+
+    Binary: `PREDICTION_COLUMNS`. Multi-class (probabilities (N, C)): `split,key,patient,label,`
+    then one `prob_<class>` column per class in class order, then `prediction` (argmax).
+    """
+    if result.predictions["val"].labels.ndim == 2:
+        _write_multilabel_predictions(path, result, class_names)
+        return
+    if result.predictions["val"].probabilities.ndim == 2:
+        _write_multiclass_predictions(path, result, class_names)
+        return
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(PREDICTION_COLUMNS)
@@ -150,6 +165,49 @@ def write_predictions(path: Path, result: FitResult) -> None:
                 sp.keys, sp.groups, sp.labels, sp.probabilities, sp.predictions, strict=True
             ):
                 writer.writerow([split, key, group, int(label), repr(float(prob)), int(pred)])
+
+
+def _write_multilabel_predictions(
+    path: Path, result: FitResult, class_names: list[str] | None
+) -> None:
+    """`split,key,patient`, then per finding `y_<f>` (1, 0, empty = masked), `prob_<f>` and
+    `pred_<f>` (at the finding's validation threshold)."""
+    n_labels = result.predictions["val"].labels.shape[1]
+    names = list(class_names) if class_names is not None else [str(k) for k in range(n_labels)]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        head = [*PREDICTION_COLUMNS[:3]]
+        for n in names:
+            head += [f"y_{n}", prob_column(n), f"pred_{n}"]
+        writer.writerow(head)
+        for split in ("val", "test"):
+            sp = result.predictions[split]
+            for key, group, y, probs, pred in zip(
+                sp.keys, sp.groups, sp.labels, sp.probabilities, sp.predictions, strict=True
+            ):
+                row: list[Any] = [split, key, group]
+                for t, q, d in zip(y, probs, pred, strict=True):
+                    row += ["" if t != t else int(t), repr(float(q)), int(d)]
+                writer.writerow(row)
+
+
+def _write_multiclass_predictions(
+    path: Path, result: FitResult, class_names: list[str] | None
+) -> None:
+    n_classes = result.predictions["val"].probabilities.shape[1]
+    names = list(class_names) if class_names is not None else [str(k) for k in range(n_classes)]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            [*PREDICTION_COLUMNS[:4], *(prob_column(n) for n in names), "prediction"]
+        )
+        for split in ("val", "test"):
+            sp = result.predictions[split]
+            for key, group, label, probs, pred in zip(
+                sp.keys, sp.groups, sp.labels, sp.probabilities, sp.predictions, strict=True
+            ):
+                row = [split, key, group, int(label), *(repr(float(q)) for q in probs), int(pred)]
+                writer.writerow(row)
 
 
 @dataclass(frozen=True)
@@ -162,7 +220,8 @@ class RunRecord:
     history: dict[str, np.ndarray]
     """Column -> (epochs,) array; `epoch` is int64, the rest float64."""
     predictions: dict[str, np.ndarray]
-    """Column -> (rows,): split/key/patient str, label/prediction int64, probability float64."""
+    """Column -> (rows,): split/key/patient str, label/prediction int64, probability float64
+    (binary); a multi-class run has `probabilities` (rows, C) float64 instead of `probability`."""
     timing: dict[str, Any]
     """timing.json (seconds per epoch); empty for runs written before it existed."""
 
@@ -275,7 +334,36 @@ def _read_history(path: Path) -> dict[str, np.ndarray]:
 
 def _read_predictions(path: Path) -> dict[str, np.ndarray]:
     with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        columns = list(reader.fieldnames or [])
+    prob_columns = [c for c in columns if c.startswith("prob_")]
+    if any(c.startswith("y_") for c in columns):  # a multi-label run
+        names = [c.removeprefix("prob_") for c in prob_columns]
+
+        def grid(prefix: str, parse: Any) -> np.ndarray:
+            values = [[parse(r[f"{prefix}{n}"]) for n in names] for r in rows]
+            return np.array(values, dtype=np.float64).reshape(len(rows), len(names))
+
+        return {
+            "split": np.array([r["split"] for r in rows], dtype=str),
+            "key": np.array([r["key"] for r in rows], dtype=str),
+            "patient": np.array([r["patient"] for r in rows], dtype=str),
+            "targets": grid("y_", lambda v: float(v) if v != "" else np.nan),
+            "probabilities": grid("prob_", float),
+            "predictions": grid("pred_", float).astype(np.int64),
+        }
+    if prob_columns and "probability" not in columns:  # a multi-class run
+        return {
+            "split": np.array([r["split"] for r in rows], dtype=str),
+            "key": np.array([r["key"] for r in rows], dtype=str),
+            "patient": np.array([r["patient"] for r in rows], dtype=str),
+            "label": np.array([int(r["label"]) for r in rows], dtype=np.int64),
+            "probabilities": np.array(
+                [[float(r[c]) for c in prob_columns] for r in rows], dtype=np.float64
+            ).reshape(len(rows), len(prob_columns)),
+            "prediction": np.array([int(r["prediction"]) for r in rows], dtype=np.int64),
+        }
     return {
         "split": np.array([r["split"] for r in rows], dtype=str),
         "key": np.array([r["key"] for r in rows], dtype=str),

@@ -29,11 +29,13 @@ class RunSummary:
     mode: str
     head: str
     threshold: float
+    """The validation-chosen threshold (binary); NaN for a multi-class run (argmax)."""
     best_epoch: int
     epochs_run: int
     seconds_per_epoch: float
     test: dict[str, Any]
-    """{"at_0.5": {...}, "at_threshold": {...}} as in metrics.json."""
+    """{"at_0.5": {...}, "at_threshold": {...}} as in metrics.json ({"argmax": {...}} for a
+    multi-class run)."""
 
 
 def summarize(path: Path, model: str, mode: str, head: str, result: FitResult) -> RunSummary:
@@ -43,7 +45,9 @@ def summarize(path: Path, model: str, mode: str, head: str, result: FitResult) -
         model=model,
         mode=mode,
         head=head,
-        threshold=float(result.threshold["value"]),
+        threshold=(
+            float("nan") if result.threshold["value"] is None else float(result.threshold["value"])
+        ),
         best_epoch=result.best_epoch,
         epochs_run=result.epochs_run,
         seconds_per_epoch=result.seconds_per_epoch,
@@ -54,7 +58,15 @@ def summarize(path: Path, model: str, mode: str, head: str, result: FitResult) -
 def class_counts(
     class_names: Sequence[str], labels: dict[str, np.ndarray]
 ) -> dict[str, dict[str, int]]:
-    """Images per split and class (config.json; compare's majority baseline uses train's)."""
+    """Images per split and class (config.json; compare's majority baseline uses train's).
+
+    Multi-label targets (N, L): positive images per split and finding.
+    """
+    if any(np.ndim(y) == 2 for y in labels.values()):
+        return {
+            split: {name: int(np.sum(np.asarray(y)[:, i] == 1.0)) for i, name in enumerate(class_names)}
+            for split, y in labels.items()
+        }
     return {
         split: {name: int(np.sum(y == i)) for i, name in enumerate(class_names)}
         for split, y in labels.items()
@@ -80,6 +92,9 @@ def run_config(
         "class_names": names,
         "positive_index": pos,
         "positive_class": names[pos],
+        # The task follows from the labels: two classes binary, more multi-class (unless the
+        # caller says multi-label, whose class names are the findings).
+        "task": extra.pop("task", None) or ("binary" if len(names) == 2 else "multiclass"),
         "trainable_params": trainable,
         "total_params": total,
         **extra,

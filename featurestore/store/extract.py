@@ -123,6 +123,10 @@ def extract_features(
         "class_names": list(manifest.class_names),
         "positive_index": manifest.positive_index,
         "carve": manifest.carve.as_dict() if manifest.carve else None,
+        # Not provenance keys (the fingerprint already covers labels): what fit-head needs to
+        # re-read the dataset the same way and to pick the head, loss and metrics.
+        "task": manifest.task,
+        "label_scheme": manifest.label_scheme,
     }
     partial = store_write.PartialStore(path)
 

@@ -65,6 +65,8 @@ class SplitArrays:
     """Image keys (paths relative to the dataset root)."""
     groups: list[str]
     """Patient ids."""
+    targets: np.ndarray | None = None
+    """Multi-label stores: (N, L) float32, 1 present, 0 absent, NaN masked; else None."""
 
 
 class FeatureStore:
@@ -97,6 +99,17 @@ class FeatureStore:
     def feature_dim(self) -> int:
         return int(self.attrs["feature_dim"])
 
+    @property
+    def task(self) -> str:
+        """`binary` or `multiclass`: recorded, else (older stores) from the class count."""
+        derived = "binary" if len(self.class_names) == 2 else "multiclass"
+        return str(self.attrs.get("task") or derived)
+
+    @property
+    def label_scheme(self) -> str:
+        """How the dataset's labels were read (`as-given`, `kermany3`); older stores: as-given."""
+        return str(self.attrs.get("label_scheme") or "as-given")
+
     def split(self, split: str) -> SplitArrays:
         """Features (as float32), labels, keys and groups of one split."""
         import numpy as np
@@ -111,6 +124,7 @@ class FeatureStore:
                     labels=group["labels"][:].astype(np.int64),
                     keys=[str(k) for k in group["keys"].asstr()[:]],
                     groups=[str(g) for g in group["groups"].asstr()[:]],
+                    targets=group["targets"][:] if "targets" in group else None,
                 )
             except (OSError, KeyError) as exc:
                 raise _corrupt(self.path, exc) from None

@@ -171,6 +171,9 @@ class PartialStore:
         skipped: list[str] = []
         seconds = 0.0
         text = h5py.string_dtype()
+        # Multi-label datasets: a (N, L) float32 `targets` dataset per split (NaN = masked).
+        first = next((r for recs in records.values() for r in recs), None)
+        n_targets = len(first.targets) if first is not None and first.targets is not None else 0
         with (
             atomic_path(self.store, kept=KEPT, sync_folder=True) as tmp,
             _create_h5(tmp) as fh,
@@ -189,6 +192,12 @@ class PartialStore:
                     name: group.create_dataset(name, (0,), dtype=dt, maxshape=(None,), chunks=rows)
                     for name, dt in (("labels", "int64"), ("keys", text), ("groups", text))
                 }
+                targets = None
+                if n_targets:
+                    targets = group.create_dataset(
+                        "targets", (0, n_targets), dtype="float32", maxshape=(None, n_targets),
+                        chunks=(rows[0], n_targets),
+                    )  # fmt: skip
                 n = 0
                 for start in plan.get(split, ()):
                     chunk = self.read_chunk(split, start)
@@ -201,6 +210,9 @@ class PartialStore:
                     recs = [records[split][i] for i in idx]
                     cols["keys"][n : n + m] = np.array([r.key for r in recs], dtype=object)
                     cols["groups"][n : n + m] = np.array([r.group for r in recs], dtype=object)
+                    if targets is not None:
+                        targets.resize(n + m, axis=0)
+                        targets[n : n + m] = np.array([r.targets for r in recs], dtype=np.float32)
                     n += m
                     skipped.extend(str(k) for k in chunk["skipped"])
                     seconds += float(chunk["seconds"])

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featurestore import devices, distributed
@@ -28,9 +27,10 @@ class SplitPredictions:
     labels: np.ndarray
     """(N,) int64 class indices."""
     probabilities: np.ndarray
-    """(N,) float64 P(positive class)."""
+    """(N,) float64 P(positive class) for a binary task; (N, C) class probabilities for a
+    multi-class one."""
     predictions: np.ndarray
-    """(N,) int64 class indices at the validation-chosen threshold."""
+    """(N,) int64 class indices at the validation-chosen threshold (binary) or argmax."""
 
 
 @dataclass
@@ -55,6 +55,9 @@ class FitResult:
     "note": why they differ or None}."""
     calibration: dict[str, Any] | None = None
     """Platt scaling fitted on val, with ECE/Brier before and after on val and test."""
+    task: str = "binary"
+    """`binary` or `multiclass`; metrics.json names it for anything but binary (whose
+    metrics.json stays as it always was)."""
 
     def timing_json(self) -> dict[str, Any]:
         """timing.json: wall-clock figures, kept apart so metrics.json repeats exactly."""
@@ -62,7 +65,9 @@ class FitResult:
 
     def metrics_json(self) -> dict[str, Any]:
         """The metrics.json document of the run-folder contract (no timings: repeatable)."""
+        task = {} if self.task == "binary" else {"task": self.task}
         return {
+            **task,
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
             "stopped_early": self.stopped_early,
@@ -83,8 +88,11 @@ def predict(
     Under torchrun a source with `eval_positions` scores one shard per rank; the shards are
     gathered by position, so every rank gets the whole split in records() order, each image once.
     """
+    from featurestore.train.objectives import source_task, summed_loss, to_probabilities
+
     model.eval()
     device = next(model.parameters()).device
+    task = source_task(source)
     probs: list[Tensor] = []
     labels: list[Tensor] = []
     loss_sum = 0.0
@@ -92,8 +100,8 @@ def predict(
         x, y = devices.to_device(x, y, device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
             logits = model(x).float()  # (B, C)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        probs.append(logits.softmax(1).cpu())
+        loss_sum += summed_loss(logits, y, task)
+        probs.append(to_probabilities(logits, task).cpu())
         labels.append(y.cpu())
     # A rank's shard may be empty (fewer images than ranks): (0, C) and (0,) then.
     p = torch.cat(probs).double().numpy() if probs else np.zeros((0, len(source.class_names)))
@@ -142,7 +150,21 @@ def conclude(
         operating_point,
         parse_threshold_policy,
     )
+    from featurestore.train.objectives import source_task
 
+    selection = selection or {"requested": config.monitor, "used": config.monitor, "note": None}
+    if source_task(source) == "multilabel":
+        return conclude_multilabel(
+            model, source, config, best_state=best_state, history=history,
+            best_epoch=best_epoch, stopped_early=stopped_early,
+            seconds_per_epoch=seconds_per_epoch, selection=selection,
+        )  # fmt: skip
+    if len(source.class_names) > 2:
+        return conclude_multiclass(
+            model, source, best_state=best_state, history=history, best_epoch=best_epoch,
+            stopped_early=stopped_early, seconds_per_epoch=seconds_per_epoch,
+            selection=selection,
+        )  # fmt: skip
     pos = source.positive_index
     common = {"class_names": source.class_names, "positive_index": pos}
     p_val, y_val, loss_val = evaluate(model, source, "val")
@@ -194,4 +216,93 @@ def conclude(
         predictions=predictions,
         selection=selection or {"requested": config.monitor, "used": config.monitor, "note": None},
         calibration=calibrated,
+    )
+
+
+def conclude_multiclass(
+    model: nn.Module,
+    source: Source,
+    *,
+    best_state: dict[str, Tensor],
+    history: list[dict[str, float]],
+    best_epoch: int,
+    stopped_early: bool,
+    seconds_per_epoch: float,
+    selection: dict[str, Any] | None = None,
+) -> FitResult:
+    """`conclude` for a multi-class task: argmax decisions (nothing is tuned on val), val and
+    test scored once with `compare.multiclass_metrics`; predictions keep every class's probability.
+    """
+    from featurestore.compare import evaluate_multiclass_split
+
+    splits: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, SplitPredictions] = {}
+    for split in ("val", "test"):
+        split = cast("Split", split)
+        p, y, loss = predict(model, source, split)  # (N, C), (N,)
+        splits[split] = evaluate_multiclass_split(y, p, class_names=source.class_names, loss=loss)
+        keys, groups, labels = source.records(split)
+        if not np.array_equal(labels, y):
+            raise RuntimeError(f"{split}: records() order differs from batches(shuffle=False)")
+        predictions[split] = SplitPredictions(keys, groups, labels, p, p.argmax(1).astype(np.int64))
+    return FitResult(
+        best_state=best_state,
+        history=history,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        stopped_early=stopped_early,
+        seconds_per_epoch=seconds_per_epoch,
+        threshold={"policy": "argmax", "value": None},
+        val=splits["val"],
+        test=splits["test"],
+        predictions=predictions,
+        task="multiclass",
+        selection=selection or {},
+    )
+
+
+def conclude_multilabel(
+    model: nn.Module,
+    source: Source,
+    config: TrainConfig,
+    *,
+    best_state: dict[str, Tensor],
+    history: list[dict[str, float]],
+    best_epoch: int,
+    stopped_early: bool,
+    seconds_per_epoch: float,
+    selection: dict[str, Any] | None = None,
+) -> FitResult:
+    """`conclude` for a multi-label task: one threshold per label chosen on val (over its
+    observed entries, `config.threshold_policy`), then val and test scored once at them."""
+    from featurestore.compare import choose_label_thresholds, evaluate_multilabel_split
+
+    names = source.class_names
+    scored = {s: predict(model, source, cast("Split", s)) for s in ("val", "test")}
+    p_val, y_val, _ = scored["val"]  # (N, L) each
+    thresholds = choose_label_thresholds(y_val, p_val, names, policy=config.threshold_policy)
+    t = np.array([thresholds[n] for n in names])  # (L,)
+    splits: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, SplitPredictions] = {}
+    for split, (p, y, loss) in scored.items():
+        splits[split] = evaluate_multilabel_split(
+            y, p, names=names, thresholds=thresholds, loss=loss
+        )
+        keys, groups, labels = source.records(cast("Split", split))
+        if not np.array_equal(labels, y, equal_nan=True):
+            raise RuntimeError(f"{split}: records() order differs from batches(shuffle=False)")
+        predictions[split] = SplitPredictions(keys, groups, labels, p, (p >= t).astype(np.int64))
+    return FitResult(
+        best_state=best_state,
+        history=history,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        stopped_early=stopped_early,
+        seconds_per_epoch=seconds_per_epoch,
+        threshold={"policy": config.threshold_policy, "value": None, "per_label": thresholds},
+        val=splits["val"],
+        test=splits["test"],
+        predictions=predictions,
+        task="multilabel",
+        selection=selection or {},
     )

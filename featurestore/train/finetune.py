@@ -6,7 +6,7 @@ import contextlib
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from featurestore.data import Manifest
+    from featurestore.data import Manifest, Record
 
 _FT = FinetuneConfig()
 
@@ -42,13 +42,17 @@ def finetune(
     notice: Notice | None = None,
     manifest: Manifest | None = None,
     fingerprint: str | None = None,
+    labels: str = "as-given",
+    uncertain: str = "ignore",
 ) -> RunSummary:
     """Fine-tune backbone + linear head on streamed images; resumable from runs/.inprogress.
 
     A caller that already read `data` (the study) passes its `manifest` and `fingerprint`,
     so the dataset is not listed and hashed again. Under torchrun (a process group set up by
     the caller) it trains with DDP, `batch_size` per rank; rank 0 alone writes the checkpoint
-    and the run folder, whose path every rank gets.
+    and the run folder, whose path every rank gets. `labels` is the label scheme
+    (`data.LabelScheme`: `kermany3` makes Kermany a three-class task); the head has one output
+    per class (per finding for multi-label data, whose uncertain labels follow `uncertain`).
     """
     import torch
 
@@ -71,13 +75,14 @@ def finetune(
     device = resolve_device(config.device)
     workers = default_workers(device.type) if workers is None else workers
     say = notice or (lambda _msg: None)
-    manifest = manifest or load_manifest(data)
+    manifest = manifest or load_manifest(data, labels=labels, uncertain=uncertain)
     if fingerprint is None:
         fingerprint = distributed.on_main(lambda: dataset_fingerprint(manifest, progress=progress))
     torch.manual_seed(config.seed)  # random-init trunks and the head repeat per seed
     loaded = load_backbone(model, weights)
     pre = preprocessing_for(model, weights, image_size)
-    net = TrunkHead(loaded.trunk, build_head("linear", loaded.spec.feature_dim, 2))
+    n_classes = len(manifest.class_names)  # one output per class: 2 (binary) or N (multi-class)
+    net = TrunkHead(loaded.trunk, build_head("linear", loaded.spec.feature_dim, n_classes))
     apply_freeze(net, loaded.spec.stages, freeze)
     source = ImageSource(
         manifest,
@@ -136,9 +141,11 @@ def finetune(
         positive_index=manifest.positive_index,
         dataset_fingerprint=fingerprint,
         dataset_root=str(manifest.root),
+        label_scheme=manifest.label_scheme,
+        task=manifest.task,
         class_counts=class_counts(
             manifest.class_names,
-            {s: np.array([r.label for r in manifest.split(s)]) for s in SPLITS},
+            {s: np.array([_target(r) for r in manifest.split(s)]) for s in SPLITS},
         ),
         carve=manifest.carve.as_dict() if manifest.carve else None,
         weights=weights,
@@ -164,3 +171,8 @@ def finetune(
 
     path = distributed.on_main(write)  # one run folder, written by rank 0
     return summarize(path, model, "finetune", "linear", result)
+
+
+def _target(record: Record) -> Any:
+    """The class index, or the per-finding targets of a multi-label record."""
+    return record.label if record.targets is None else record.targets

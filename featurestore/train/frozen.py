@@ -23,7 +23,13 @@ _HEAD = FitHeadConfig()
 
 
 def select_stores(
-    *, cache_dir: Path, model: str | None, store: Path | None, data: Path | None
+    *,
+    cache_dir: Path,
+    model: str | None,
+    store: Path | None,
+    data: Path | None,
+    labels: str = "as-given",
+    uncertain: str = "ignore",
 ) -> list[Path]:
     """The stores `fit-head` trains on: --store, else the cache's complete stores (of --model)."""
     from featurestore.store import find_stores, read_attrs
@@ -35,7 +41,7 @@ def select_stores(
     paths = find_stores(cache_dir)
     if data is not None:
         # Stores live in cache/<dataset name>/: keep the given dataset's folder only.
-        paths = [p for p in paths if p.parent.name == _dataset_name(data)]
+        paths = [p for p in paths if p.parent.name == _dataset_name(data, labels, uncertain)]
     if model is not None:
         paths = [p for p in paths if read_attrs(p).get("backbone") == model]
     if not paths:
@@ -48,11 +54,11 @@ def select_stores(
     return paths
 
 
-def _dataset_name(data: Path) -> str:
-    """The folder name `xray extract` files this dataset's stores under."""
+def _dataset_name(data: Path, labels: str = "as-given", uncertain: str = "ignore") -> str:
+    """The folder name `xray extract` files this dataset's stores under (`-kermany3` suffixed)."""
     from featurestore.data import load_manifest
 
-    manifest = load_manifest(data)
+    manifest = load_manifest(data, labels=labels, uncertain=uncertain)
     return manifest.name or manifest.root.stem
 
 
@@ -81,10 +87,13 @@ def open_checked_store(
         notice(f"dataset of {path.name} not found ({root}): its freshness is not checked")
         return open_store(path)
     memo = fingerprints if fingerprints is not None else {}
-    key = root.resolve()
+    # The store says how its labels were read (kermany3 relabels from file names): same here.
+    scheme = str(attrs.get("label_scheme") or "as-given")
+    key = root.resolve() if scheme == "as-given" else Path(f"{root.resolve()}#{scheme}")
     if key not in memo:
         # The fingerprint covers files, labels and given splits, not the validation carving.
-        memo[key] = dataset_fingerprint(load_manifest(root), progress=progress)
+        manifest = load_manifest(root, labels=scheme)
+        memo[key] = dataset_fingerprint(manifest, progress=progress)
     return open_store(path, expect_fingerprint=memo[key])
 
 
@@ -101,9 +110,13 @@ def fit_heads(
     console: Console | None = None,
     notice: Notice | None = None,
     seeds: int = _HEAD.seeds,
+    labels: str = "as-given",
+    uncertain: str = "ignore",
 ) -> list[RunSummary]:
     """Train a head on each selected feature store (all complete ones by default); one run each.
 
+    `labels` and `uncertain` (with `data`) pick the stores of that label scheme (`kermany3`: the
+    three-class ones) or uncertainty policy (multi-label data).
     With `seeds` > 1 each store gets runs with seeds config.seed, config.seed + 1, ...; the
     stores are checked against their datasets once, not once per seed.
     """
@@ -114,7 +127,9 @@ def fit_heads(
     repeats = seeded(config, seeds)  # refuses seeds < 1 before any store is read
     if head not in HEAD_KINDS:
         raise XrayError(f"unknown --head {head!r}; choose one of: {', '.join(HEAD_KINDS)}")
-    paths = select_stores(cache_dir=cache_dir, model=model, store=store, data=data)
+    paths = select_stores(
+        cache_dir=cache_dir, model=model, store=store, data=data, labels=labels, uncertain=uncertain
+    )
     # Check every store before training any: a stale one stops the command up front.
     memo: dict[Path, str] = {}
     stores = [
@@ -204,6 +219,8 @@ def _fit_head(
         class_names=store.class_names,
         positive_index=store.positive_index,
         dataset_fingerprint=store.attrs.get("dataset_fingerprint"),
+        label_scheme=store.label_scheme,
+        task=store.task,
         store={"path": str(store.path), **store.attrs},
         extraction_seconds=store.attrs.get("extraction_seconds"),
         # Labels already in memory: re-reading the store would load every feature again.

@@ -40,8 +40,8 @@ def radiograph_augmentation(*, hflip: bool = False) -> Any:
     return T.Compose(steps)
 
 
-ImageItem = tuple[Tensor, int, str, "np.ndarray | None"]
-"""(x (3, S, S), label, key, freshly decoded pixels to cache or None)."""
+ImageItem = tuple[Tensor, "int | Tensor", str, "np.ndarray | None"]
+"""(x (3, S, S), label (or (L,) targets), key, freshly decoded pixels to cache or None)."""
 
 
 class _ImageDataset(torch.utils.data.Dataset[ImageItem]):
@@ -97,7 +97,9 @@ class _ImageDataset(torch.utils.data.Dataset[ImageItem]):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed((self.augment_seed * 1_000_003 + i) % 2**63)
                 image = self.augment(image)
-        return self.preprocessing(image), rec.label, rec.key, fresh
+        # Multi-label: a (L,) float32 target (NaN = masked) instead of the class index.
+        target = rec.label if rec.targets is None else torch.tensor(rec.targets)
+        return self.preprocessing(image), target, rec.key, fresh
 
 
 def collate_images(
@@ -163,6 +165,8 @@ class ImageSource:
         self.preprocessing = preprocessing
         self.class_names = tuple(manifest.class_names)
         self.positive_index = manifest.positive_index
+        self.task = manifest.task
+        """`binary`, `multiclass` or `multilabel` (y is then (B, L) float targets)."""
         self.batch_size = batch_size
         self.workers = workers
         self.seed = seed
@@ -250,5 +254,8 @@ class ImageSource:
     def records(self, split: Split) -> tuple[list[str], list[str], np.ndarray]:
         """(keys, groups, labels) in `batches(shuffle=False)` order (manifest order)."""
         recs = self._records[split]
+        if self.task == "multilabel":  # (N, L) float targets, NaN = masked
+            targets = np.array([r.targets for r in recs], dtype=np.float32)
+            return [r.key for r in recs], [r.group for r in recs], targets
         labels = np.array([r.label for r in recs], dtype=np.int64)
         return [r.key for r in recs], [r.group for r in recs], labels

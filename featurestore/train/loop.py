@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featurestore import devices, distributed
@@ -18,6 +17,14 @@ from featurestore.errors import XrayError
 from featurestore.train import checkpoints
 from featurestore.train.checkpoints import LoopState
 from featurestore.train.evaluation import FitResult, conclude, predict
+from featurestore.train.objectives import (
+    MaskedBCEWithLogits,
+    label_pos_weights,
+    multilabel_summary,
+    source_task,
+    summed_loss,
+    to_probabilities,
+)
 from featurestore.train.optim import class_weights, make_optimizer, make_scheduler
 
 if TYPE_CHECKING:
@@ -28,16 +35,28 @@ if TYPE_CHECKING:
 
 
 def _summary(probs: np.ndarray, labels: np.ndarray, positive_index: int) -> dict[str, float]:
-    """Accuracy, macro F1 and AUC of the argmax predictions, for the history and the monitor."""
+    """Accuracy, macro F1 and AUC of the argmax predictions, for the history and the monitor.
+
+    The AUC is the positive class's for two classes, the macro one-vs-rest AUC for more (NaN
+    when a class is missing from the split: undefined, and it never counts as improving).
+    """
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
+    if labels.ndim == 2:  # multi-label targets (N, L): per-label figures at 0.5
+        return multilabel_summary(probs, labels)
     pred = probs.argmax(1)
-    y_pos = labels == positive_index
-    auc = (
-        float(roc_auc_score(y_pos, probs[:, positive_index]))
-        if 0 < y_pos.sum() < len(y_pos)
-        else math.nan
-    )
+    if probs.shape[1] > 2:
+        from featurestore.compare import one_vs_rest_auc
+
+        aucs = [one_vs_rest_auc(labels, probs, k) for k in range(probs.shape[1])]
+        auc = math.nan if None in aucs else float(np.mean(aucs))  # type: ignore[arg-type]
+    else:
+        y_pos = labels == positive_index
+        auc = (
+            float(roc_auc_score(y_pos, probs[:, positive_index]))
+            if 0 < y_pos.sum() < len(y_pos)
+            else math.nan
+        )
     return {
         "acc": float(accuracy_score(labels, pred)),
         "f1": float(f1_score(labels, pred, average="macro", zero_division=0)),
@@ -115,6 +134,7 @@ def train_one_epoch(
     model.train()
     device = next(model.parameters()).device
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    task = source_task(source)
     loss_sum, lr_sum, probs, labels = 0.0, 0.0, [], []
     for x, y in source.batches("train", shuffle=True, epoch=epoch):
         x, y = devices.to_device(x, y, device)
@@ -132,8 +152,8 @@ def train_one_epoch(
         scheduler.step()
         # History reports the unweighted cross-entropy so train and val losses compare.
         detached = logits.detach()
-        loss_sum += float(F.cross_entropy(detached, y, reduction="sum"))
-        probs.append(detached.softmax(1).cpu())
+        loss_sum += summed_loss(detached, y, task)
+        probs.append(to_probabilities(detached, task).cpu())
         labels.append(y.cpu())
         if bar is not None:
             bar[0].advance(bar[1], len(y))
@@ -162,12 +182,14 @@ def fit(
 ) -> FitResult:
     """Train `model` on `source`: AdamW, warmup+cosine, early stopping, best weights restored.
 
+    Two classes: a binary task (threshold chosen on val); more: multi-class softmax
+    cross-entropy, the monitor's AUC being the macro one-vs-rest AUC, decisions by argmax.
     Writes `run_dir/last.pt` after every epoch (when run_dir is given) so `resume_from` can
     continue an interrupted run exactly. The threshold is chosen on val; test is scored once.
     """
-    if len(source.class_names) != 2:
+    if len(source.class_names) < 2 and source_task(source) != "multilabel":
         raise XrayError(
-            f"xray trains binary classifiers; the dataset has {len(source.class_names)} classes"
+            f"the dataset has {len(source.class_names)} class: at least two are needed to train"
         )
     device = devices.resolve_device(config.device)
     # Under torchrun the seed is offset by rank so augmentation differs between ranks (DDP
@@ -183,11 +205,16 @@ def fit(
     monitor, monitor_note = selection_monitor(
         config.monitor, source.records("val")[2], source.class_names
     )
-    criterion = nn.CrossEntropyLoss(
-        weight=class_weights(
-            y_train, len(source.class_names), config.class_weight, source.class_names
-        ).to(device)
-    )
+    criterion: nn.Module
+    if source_task(source) == "multilabel":  # y_train (N, L) with NaN = masked
+        weights = label_pos_weights(y_train, source.class_names, config.class_weight)
+        criterion = MaskedBCEWithLogits(weights.to(device))
+    else:
+        criterion = nn.CrossEntropyLoss(
+            weight=class_weights(
+                y_train, len(source.class_names), config.class_weight, source.class_names
+            ).to(device)
+        )
     n_train = source.train_size()  # images this rank trains on per epoch
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, source.steps_per_epoch())

@@ -81,6 +81,9 @@ class FeatureSplit:
     """(N,) int64 class indices."""
     keys: list[str]
     groups: list[str]
+    targets: np.ndarray | None = None
+    """Multi-label only: (N, L) float, 1 present, 0 absent, NaN masked; batches then yield
+    these as y (B, L) instead of the class indices."""
 
 
 class FeatureSource:
@@ -135,10 +138,17 @@ class FeatureSource:
             self.std = torch.ones(dim)
         self._x: dict[Split, Tensor] = {}
         self._y: dict[Split, Tensor] = {}
+        # Multi-label when the splits carry per-finding targets: y is then (N, L) float32.
+        self.task = "multilabel" if splits["train"].targets is not None else None
         for split, sp in splits.items():
             x = torch.from_numpy(np.asarray(sp.features, dtype=np.float32))
             self._x[split] = ((x - self.mean) / self.std).contiguous()  # (N, D) float32
-            self._y[split] = torch.from_numpy(np.asarray(sp.labels, dtype=np.int64))
+            if self.task == "multilabel":
+                if sp.targets is None or np.shape(sp.targets) != (len(sp.labels), n_classes):
+                    raise XrayError(f"{split}: targets must be (N, {n_classes}) for every split")
+                self._y[split] = torch.from_numpy(np.asarray(sp.targets, dtype=np.float32))
+            else:
+                self._y[split] = torch.from_numpy(np.asarray(sp.labels, dtype=np.int64))
 
     @classmethod
     def from_store(
@@ -149,8 +159,9 @@ class FeatureSource:
         for split in SPLITS:
             arr = store.split(split)
             splits[split] = FeatureSplit(
-                arr.features, np.asarray(arr.labels), list(arr.keys), list(arr.groups)
-            )
+                arr.features, np.asarray(arr.labels), list(arr.keys), list(arr.groups),
+                targets=arr.targets,
+            )  # fmt: skip
         return cls(
             splits,
             class_names=store.class_names,

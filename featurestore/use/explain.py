@@ -86,9 +86,12 @@ def grad_cam(
     classify: Callable[[Tensor], Tensor],
     x: Tensor,
     *,
-    target: int,
+    target: int | None,
 ) -> tuple[Tensor, Tensor]:
     """Grad-CAM of class `target`: (cams (N, h, w) >= 0, logits (N, C)), both detached.
+
+    `target` None explains each image's own most probable class (Selvaraju et al. 2017,
+    "Grad-CAM", ICCV: the map of the predicted class by default).
 
     cam = ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of d logit_target / d A_k.
     Samples do not interact in eval mode, so one backward of the summed logits serves the batch.
@@ -97,19 +100,30 @@ def grad_cam(
         x = x.detach().requires_grad_(True)  # a graph even when every weight is frozen
         a = activations(x)  # (N, C, h, w)
         logits = classify(a)  # (N, K)
-        (grads,) = torch.autograd.grad(logits[:, target].sum(), a)  # (N, C, h, w)
+        if target is None:
+            chosen = logits.gather(1, logits.detach().argmax(1, keepdim=True))  # (N, 1)
+        else:
+            chosen = logits[:, target]  # (N,)
+        (grads,) = torch.autograd.grad(chosen.sum(), a)  # (N, C, h, w)
     alpha = grads.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
     cams = F.relu((alpha * a).sum(1))  # (N, h, w)
     return cams.detach().float(), logits.detach().float()
 
 
-def predictor_cam(predictor: Predictor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Grad-CAM of the positive class through a run's trunk + head as one model."""
+def predictor_cam(
+    predictor: Predictor, x: Tensor, *, target: int | None = -1
+) -> tuple[Tensor, Tensor]:
+    """Grad-CAM through a run's trunk + head as one model.
+
+    `target`: a class index; -1 (default) the positive class of a binary run and each image's
+    predicted class for a multi-class run; None each image's predicted class.
+    """
     acts, pool = cam_stages(predictor.trunk, predictor.family)
     x = predictor.prepare(x)
-    return grad_cam(
-        acts, lambda a: predictor.head(pool(a).float()), x, target=predictor.positive_index
-    )
+    if target == -1:
+        binary = predictor.task == "binary"
+        target = predictor.positive_index if binary else None
+    return grad_cam(acts, lambda a: predictor.head(pool(a).float()), x, target=target)
 
 
 def cam_to_image(
@@ -174,12 +188,31 @@ def explain_images(
     batch_size: int = 8,
     titles: Sequence[str] | None = None,
     progress: Progress | None = None,
+    target_class: str | None = None,
 ) -> ExplainResult:
-    """Write one overlay PNG per image (its original size) and a contact sheet into out_dir."""
+    """Write one overlay PNG per image (its original size) and a contact sheet into out_dir.
+
+    The heat is of `target_class` (a class name) when given; otherwise of the positive class
+    for a binary run and of each image's predicted class for a multi-class run. Multi-class
+    rows give the explained class's probability and the predicted class.
+    """
     from featurestore.data import decode_image
 
     if batch_size < 1:
         raise XrayError(f"--batch-size must be at least 1, got {batch_size}")
+    if predictor.task == "multilabel" and target_class is None:
+        return explain_findings(
+            predictor, paths, out_dir, batch_size=batch_size, titles=titles, progress=progress
+        )
+    class_index: int | None = -1
+    if target_class is not None:
+        if target_class not in predictor.class_names:
+            raise XrayError(
+                f"--class {target_class!r} is not a class of the run; choose one of: "
+                f"{', '.join(predictor.class_names)}"
+            )
+        class_index = predictor.class_names.index(target_class)
+    multiclass = predictor.task != "binary"  # multi-label too: one map per image, of one finding
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = _unique_names(paths)
@@ -198,9 +231,23 @@ def explain_images(
         results: dict[int, ExplainRow] = {}
         if batch:
             x = torch.stack([predictor.preprocessing(small) for _, small, _ in batch])
-            cams, logits = predictor_cam(predictor, x)  # (B, h, w), (B, C)
-            p_pos = logits.softmax(1)[:, predictor.positive_index].double().tolist()
-            for (i, small, full), cam, p in zip(batch, cams.cpu().numpy(), p_pos, strict=True):
+            cams, logits = predictor_cam(predictor, x, target=class_index)  # (B, h, w), (B, C)
+            multilabel = predictor.task == "multilabel"
+            probs = (logits.sigmoid() if multilabel else logits.softmax(1)).double()  # (B, C)
+            if multiclass:
+                if class_index is None or class_index < 0:
+                    explained = probs.argmax(1)  # (B,) each image's predicted class
+                else:
+                    explained = torch.full((len(batch),), class_index)
+                p_pos = probs.gather(1, explained[:, None])[:, 0].tolist()
+            else:
+                p_pos = probs[:, predictor.positive_index].tolist()
+            # Multi-label rows name the explained finding, the others the predicted class.
+            named = explained if multilabel else probs.argmax(1)
+            predicted = named.tolist()  # (B,)
+            for (i, small, full), cam, p, k in zip(
+                batch, cams.cpu().numpy(), p_pos, predicted, strict=True
+            ):
                 heat = cam_to_image(cam, predictor.preprocessing, small.size, full.size)
                 picture = overlay(full, heat)
                 target = out_dir / names[i]
@@ -208,7 +255,10 @@ def explain_images(
                     picture.save(tmp, format="PNG")
                 y, xx = np.unravel_index(int(np.argmax(heat)), heat.shape)
                 peak = (int(xx), int(y)) if heat.max() > 0 else None
-                label = predictor.classify(p)
+                if multiclass:  # p is the explained class's (or finding's) probability
+                    label = predictor.class_names[int(k)]
+                else:
+                    label = predictor.classify(p)
                 results[i] = ExplainRow(str(paths[i]), str(target), p, label, peak)
                 picture.thumbnail((320, 320))
                 title = titles[i] if titles is not None else Path(paths[i]).name
@@ -222,6 +272,76 @@ def explain_images(
             progress.advance(task, min(batch_size, len(paths) - start))
     from featurestore.runs import plot_note
 
+    note = plot_note(predictor.run.config)
+    sheet = write_contact_sheet(thumbs, out_dir / CONTACT_SHEET, note=note) if thumbs else None
+    return ExplainResult(rows, sheet)
+
+
+def explain_findings(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    batch_size: int = 8,
+    titles: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> ExplainResult:
+    """Multi-label runs: one Grad-CAM overlay per image and positive finding (probability at
+    or above the finding's validation threshold), `<stem>-<finding>.png`; an image with no
+    positive finding gets the map of its most probable one. Rows: one per overlay, in input
+    order then finding order; unreadable files one row each with the error."""
+    from featurestore.data import decode_image
+    from featurestore.runs import plot_note
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = _unique_names(paths)
+    thresholds = predictor.label_thresholds or {}
+    rows: list[ExplainRow] = []
+    thumbs: list[tuple[Image.Image, str]] = []
+    task = progress.add_task("explain", total=len(paths), unit="img") if progress else None
+    for start in range(0, len(paths), batch_size):
+        stop = min(start + batch_size, len(paths))
+        batch: list[tuple[int, Image.Image, Image.Image]] = []
+        found: dict[int, list[ExplainRow]] = {i: [] for i in range(start, stop)}
+        for i in range(start, stop):
+            try:
+                small = predictor.load_image(Path(paths[i]))
+                batch.append((i, small, decode_image(Path(paths[i]))))
+            except XrayError as exc:
+                found[i].append(ExplainRow(str(paths[i]), None, None, None, None, str(exc)))
+        if batch:
+            x = torch.stack([predictor.preprocessing(small) for _, small, _ in batch])
+            with torch.inference_mode():
+                probs = predictor.logits(x).sigmoid().double().cpu()  # (B, L)
+            t = torch.tensor([thresholds.get(c, 0.5) for c in predictor.class_names])
+            chosen = probs >= t  # (B, L) positive findings
+            none = ~chosen.any(1)
+            chosen[none, probs[none].argmax(1)] = True  # else the most probable finding
+            for k, finding in enumerate(predictor.class_names):
+                members = torch.nonzero(chosen[:, k]).flatten().tolist()
+                if not members:
+                    continue
+                cams, _ = predictor_cam(predictor, x[members], target=k)  # (M, h, w)
+                for b, cam in zip(members, cams.cpu().numpy(), strict=True):
+                    i, small, full = batch[b]
+                    heat = cam_to_image(cam, predictor.preprocessing, small.size, full.size)
+                    picture = overlay(full, heat)
+                    target = out_dir / names[i].replace(".png", f"-{finding}.png")
+                    with atomic_path(target) as tmp:
+                        picture.save(tmp, format="PNG")
+                    y, xx = np.unravel_index(int(np.argmax(heat)), heat.shape)
+                    peak = (int(xx), int(y)) if heat.max() > 0 else None
+                    p = float(probs[b, k])
+                    found[i].append(ExplainRow(str(paths[i]), str(target), p, finding, peak))
+                    picture.thumbnail((320, 320))
+                    title = titles[i] if titles is not None else Path(paths[i]).name
+                    thumbs.append((picture, f"{title}\n{finding} p={p:.2f}"))
+        for i in range(start, stop):
+            order = {c: n for n, c in enumerate(predictor.class_names)}
+            rows.extend(sorted(found[i], key=lambda r: order.get(r.prediction or "", -1)))
+        if progress is not None and task is not None:
+            progress.advance(task, stop - start)
     note = plot_note(predictor.run.config)
     sheet = write_contact_sheet(thumbs, out_dir / CONTACT_SHEET, note=note) if thumbs else None
     return ExplainResult(rows, sheet)
@@ -266,12 +386,16 @@ def explain_run(
     device: str = "auto",
     batch_size: int = 8,
     progress: Progress | None = None,
+    target_class: str | None = None,
 ) -> ExplainResult:
-    """`xray explain`: load the run's model, then explain_images."""
+    """`xray explain`: load the run's model, then explain_images (of `target_class` if given)."""
     from featurestore.use.predict import load_predictor
 
     predictor = load_predictor(run_dir, weights=weights, device=device)
-    return explain_images(predictor, paths, out_dir, batch_size=batch_size, progress=progress)
+    return explain_images(
+        predictor, paths, out_dir, batch_size=batch_size, progress=progress,
+        target_class=target_class,
+    )  # fmt: skip
 
 
 def pick_test_images(record: RunRecord, n: int) -> list[tuple[str, int, int, float]]:

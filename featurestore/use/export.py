@@ -254,6 +254,8 @@ class OnnxModel:
         self.threshold = float(self.metadata["threshold"])
         self.preprocessing = _preprocessing(self.metadata["preprocessing"])
         self.warnings: list[str] = list(self.metadata.get("warnings", []))
+        self.task = "binary"  # exported models are binary classifiers
+        self.label_thresholds: dict[str, float] | None = None
 
     def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, 3, S, S) float32 -> P(positive) (B,), recalibrated (B,), class index (B,)."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -35,6 +36,9 @@ class PredictionRow:
     """Class name at the run's validation-chosen threshold; None on error."""
     error: str | None = None
     """Why the file could not be read (one line); None when it was scored."""
+    probabilities: dict[str, float] | None = None
+    """Multi-class runs: P(class) for every class, in class order (`probability` is then the
+    predicted class's); None for binary runs and on error."""
 
 
 class RunHead(nn.Module):
@@ -94,10 +98,36 @@ class Predictor:
             features = self.trunk(x).float()  # (B, D)
         return self.head(features).float()
 
+    label_thresholds: dict[str, float] | None = None
+    """Multi-label runs: each finding's validation-chosen threshold; None otherwise."""
+
+    @property
+    def task(self) -> str:
+        """`binary` (decided at the threshold), `multiclass` (argmax) or `multilabel` (each
+        finding at its own threshold)."""
+        if self.label_thresholds is not None:
+            return "multilabel"
+        return "binary" if len(self.class_names) == 2 else "multiclass"
+
     def classify(self, p_pos: float) -> str:
         """The class name at the run's threshold (argmax-free: binary runs only)."""
         pos = self.positive_index
         return self.class_names[pos if p_pos >= self.threshold else 1 - pos]
+
+    def multiclass_row(self, path: str, probs: list[float]) -> PredictionRow:
+        """A multi-class result: the most probable class, its probability and every class's."""
+        k = int(np.argmax(probs))
+        per_class = dict(zip(self.class_names, probs, strict=True))
+        return PredictionRow(path, probs[k], self.class_names[k], None, per_class)
+
+    def multilabel_row(self, path: str, probs: list[float]) -> PredictionRow:
+        """A multi-label result: every finding's probability; `prediction` lists the findings
+        at or above their thresholds (`|`-separated, `No Finding` when none), `probability` is
+        the highest finding probability."""
+        thresholds = self.label_thresholds or {}
+        per_label = dict(zip(self.class_names, probs, strict=True))
+        on = [c for c, q in per_label.items() if q >= thresholds[c]]
+        return PredictionRow(path, max(probs), "|".join(on) or "No Finding", None, per_label)
 
     def load_image(self, path: Path) -> Image.Image:
         """Decode a file the way training did (reduced-scale JPEG decode down to the resize)."""
@@ -129,10 +159,19 @@ class Predictor:
                     rows[i] = PredictionRow(printable(str(paths[i])), None, None, str(exc))
             if tensors:
                 with torch.inference_mode():
-                    probs = self.logits(torch.stack(tensors)).softmax(1)  # (B, C) float32
-                p_pos = probs[:, self.positive_index].double().cpu().tolist()
-                for i, p in zip(good, p_pos, strict=True):
-                    rows[i] = PredictionRow(printable(str(paths[i])), p, self.classify(p))
+                    logits = self.logits(torch.stack(tensors))  # (B, C) float32
+                    multilabel = self.task == "multilabel"
+                    probs = logits.sigmoid() if multilabel else logits.softmax(1)
+                if self.task == "multilabel":
+                    for i, q in zip(good, probs.double().cpu().tolist(), strict=True):
+                        rows[i] = self.multilabel_row(str(paths[i]), q)
+                elif self.task == "multiclass":
+                    for i, q in zip(good, probs.double().cpu().tolist(), strict=True):
+                        rows[i] = self.multiclass_row(printable(str(paths[i])), q)
+                else:
+                    p_pos = probs[:, self.positive_index].double().cpu().tolist()
+                    for i, p in zip(good, p_pos, strict=True):
+                        rows[i] = PredictionRow(printable(str(paths[i])), p, self.classify(p))
             if progress is not None and task is not None:
                 progress.advance(task, len(chunk))
         return [r for r in rows if r is not None]
@@ -189,11 +228,20 @@ def load_predictor(
     try:
         class_names = tuple(str(c) for c in cfg["class_names"])
         positive_index = class_names.index(str(cfg["positive_class"]))
-        threshold = float(run.metrics["threshold"]["value"])
+        value = run.metrics["threshold"]["value"]
+        per_label = run.metrics["threshold"].get("per_label")
+        # Multi-class runs decide by argmax, multi-label runs per finding: no single threshold.
+        threshold = (
+            math.nan if value is None and (len(class_names) > 2 or per_label) else float(value)
+        )
     except (KeyError, ValueError, TypeError) as exc:
         raise XrayError(f"{run.path} lacks what a run records ({exc}): retrain it") from None
-    if len(class_names) != 2 or not math.isfinite(threshold):
-        raise XrayError(f"{run.path}: predict supports binary runs with a finite threshold")
+    if not per_label and (
+        len(class_names) < 2 or (len(class_names) == 2 and not math.isfinite(threshold))
+    ):
+        raise XrayError(
+            f"{run.path}: predict supports binary runs with a finite threshold and multi-class runs"
+        )
     if mode == "finetune" and weights is not None:
         raise XrayError(
             "--weights is only for frozen runs extracted with a weights file: "
@@ -213,7 +261,7 @@ def load_predictor(
         trunk.to(memory_format=torch.channels_last)
     return Predictor(
         run, trunk, head, pre, class_names, positive_index, threshold, torch_device,
-        spec.family, mirror,
+        spec.family, mirror, label_thresholds=per_label,
     )  # fmt: skip
 
 
@@ -340,19 +388,40 @@ def _finetune_parts(
 
 
 def count_predictions(rows: Sequence[PredictionRow], class_names: Sequence[str]) -> dict[str, int]:
-    """Images per predicted class, plus `unreadable`."""
+    """Images per predicted class (multi-label: per finding, and `No Finding`), plus
+    `unreadable`."""
     counts = {c: 0 for c in class_names}
     counts["unreadable"] = 0
     for row in rows:
-        counts[row.prediction if row.prediction is not None else "unreadable"] += 1
+        if row.prediction is None:
+            counts["unreadable"] += 1
+        elif row.prediction in counts:
+            counts[row.prediction] += 1
+        else:  # multi-label: `A|B` counts once for each finding, `No Finding` once
+            for name in row.prediction.split("|"):
+                counts[name] = counts.get(name, 0) + 1
     return counts
 
 
-def write_predictions_csv(path: Path, rows: Sequence[PredictionRow]) -> None:
-    """`path,probability,prediction,error`; probabilities at full precision."""
+def write_predictions_csv(
+    path: Path, rows: Sequence[PredictionRow], class_names: Sequence[str] | None = None
+) -> None:
+    """`path,probability,prediction,error`; probabilities at full precision.
+
+    Multi-class (`class_names` of more than two classes): `path,prob_<class>...,prediction,error`.
+    """
     import csv
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    if class_names is not None and (len(class_names) > 2 or any(r.probabilities for r in rows)):
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", *(f"prob_{c}" for c in class_names), "prediction", "error"])
+            for r in rows:
+                q = r.probabilities or {}
+                probs = [repr(q[c]) if c in q else "" for c in class_names]
+                writer.writerow([r.path, *probs, r.prediction or "", r.error or ""])
+        return
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "probability", "prediction", "error"])

@@ -292,3 +292,109 @@ def test_fit_head_logreg_names_the_c_it_swept_at_80_columns(  # type: ignore[no-
     assert "…" not in result.stdout
     metrics = load_run(run).metrics["test"]["at_threshold"]
     assert f"{metrics['accuracy']:.3f}" in result.stdout
+
+
+@pytest.mark.slow
+def test_kermany3_extract_fit_head_finetune_compare_end_to_end(tmp_path: Path) -> None:
+    """The three-class task through the CLI; metrics.json agrees with sklearn on predictions.csv."""
+    import numpy as np
+    from conftest import write_tiny_kermany3
+    from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+    data = write_tiny_kermany3(tmp_path / "chest_xray")
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    common = ["--data", str(data), "--labels", "kermany3"]
+    result = runner.invoke(app, ["extract", "--model", "resnet18", "--weights", "none",
+                                 "--image-size", "32", "--workers", "0", "--device", "cpu",
+                                 "--cache", str(cache), *common])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (cache / "chest_xray-kermany3").is_dir()
+    result = runner.invoke(app, ["fit-head", "--cache", str(cache), "--runs", str(runs),
+                                 "--epochs", "3", *common])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "multi-class" in result.output and "recall_VIRAL" in result.output
+    tune = [*TINY_TUNE, "--epochs", "1", "--runs", str(runs), *common]
+    result = runner.invoke(app, ["finetune", *tune])
+    assert result.exit_code == 0, result.output
+    paths = sorted(p for p in runs.iterdir() if not p.name.startswith("."))
+    assert len(paths) == 2
+    for path in paths:
+        run = load_run(path)
+        assert run.config["task"] == "multiclass" and run.config["label_scheme"] == "kermany3"
+        assert run.config["class_names"] == ["NORMAL", "BACTERIAL", "VIRAL"]
+        assert run.metrics["task"] == "multiclass"
+        test = run.split_predictions("test")
+        y, p = test["label"], test["probabilities"]  # (N,), (N, 3) from prob_<class> columns
+        assert np.array_equal(test["prediction"], p.argmax(1))
+        m = run.metrics["test"]["argmax"]
+        pred = p.argmax(1)
+        assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+        assert m["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
+        for k, name in enumerate(run.config["class_names"]):
+            assert m[f"auc_{name}"] == pytest.approx(roc_auc_score(y == k, p[:, k]))
+        assert m["roc_auc_macro"] == pytest.approx(
+            roc_auc_score(y, p, multi_class="ovr", average="macro")
+        )
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["compare", "--runs", str(runs), "--bootstrap", "200",
+                                 "--out", str(out), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["task"] == "multiclass" and len(doc["runs"]) == 2 and len(doc["pairs"]) == 1
+    assert doc["pairs"][0]["mcnemar"]["method"] in ("exact", "chi2-cc")
+    assert doc["baseline"]["majority_class"] in ("NORMAL", "BACTERIAL", "VIRAL")
+    for name in ("report.md", "report.html", "table.csv", "roc.png", "confusion.png"):
+        assert (out / name).is_file()
+    assert "Per class" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_nih_layout_multilabel_end_to_end(tmp_path: Path) -> None:
+    """NIH ChestX-ray14 layout through the CLI: extract, fit-head, finetune one epoch, compare;
+    per-finding metrics in metrics.json agree with sklearn recomputed from predictions.csv."""
+    import numpy as np
+    from conftest import write_tiny_nih
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    data = write_tiny_nih(tmp_path / "nih")
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    result = runner.invoke(app, ["extract", "--model", "resnet18", "--weights", "none",
+                                 "--image-size", "32", "--workers", "0", "--device", "cpu",
+                                 "--cache", str(cache), "--data", str(data)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["fit-head", "--cache", str(cache), "--runs", str(runs),
+                                 "--epochs", "5", "--lr", "0.01"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "multi-label" in result.output and "Effusion auc" in result.output
+    tune = [*TINY_TUNE, "--epochs", "1", "--runs", str(runs), "--data", str(data)]
+    result = runner.invoke(app, ["finetune", *tune])
+    assert result.exit_code == 0, result.output
+    paths = sorted(p for p in runs.iterdir() if not p.name.startswith("."))
+    assert len(paths) == 2
+    for path in paths:
+        run = load_run(path)
+        assert run.config["task"] == "multilabel" and len(run.config["class_names"]) == 14
+        test = run.split_predictions("test")
+        y, p = test["targets"], test["probabilities"]  # (N, 14) each
+        thresholds = run.metrics["threshold"]["per_label"]
+        m = run.metrics["test"]["at_label_thresholds"]
+        for k, name in enumerate(run.config["class_names"]):
+            got = m["labels"][name]
+            assert np.array_equal(test["predictions"][:, k], p[:, k] >= thresholds[name])
+            if 0 < y[:, k].sum() < len(y):
+                assert got["auc"] == pytest.approx(roc_auc_score(y[:, k], p[:, k]))
+                assert got["average_precision"] == pytest.approx(
+                    average_precision_score(y[:, k], p[:, k])
+                )
+            else:  # Atelectasis, Mass, ...: never present in this data, so undefined
+                assert got["auc"] is None
+        assert m["n_labels_auc"] == 2
+    result = runner.invoke(app, ["compare", "--runs", str(runs), "--bootstrap", "200",
+                                 "--out", str(tmp_path / "report"), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["task"] == "multilabel" and len(doc["pairs"]) == 1
+    pair = doc["pairs"][0]
+    assert pair["delong"]["Atelectasis"] is None  # one class on test: no test
+    assert set(pair["holm_p"]) == {"Cardiomegaly", "Effusion"}
+    assert (tmp_path / "report" / "roc.png").is_file()

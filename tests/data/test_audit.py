@@ -176,3 +176,16 @@ def test_realsample_audit(realsample: Path) -> None:
     assert audit.sizes["PNEUMONIA"].width_max == max(widths)
     assert any("width differs by class" in w for w in audit.warnings)  # NORMAL ~2x larger
     assert "split(s) missing: val" in audit.warnings
+
+
+def test_audit_of_a_multilabel_csv_counts_images_with_and_without_findings(
+    tmp_path: Path,
+) -> None:
+    from conftest import write_tiny_multilabel
+
+    from featurestore.data import audit_dataset
+
+    audit = audit_dataset(write_tiny_multilabel(tmp_path / "ml"))
+    assert audit.class_names == ("No Finding", "any finding")
+    total = sum(sum(per.values()) for per in audit.counts.values())
+    assert total == 76 and not audit.leakage

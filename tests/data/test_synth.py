@@ -285,3 +285,60 @@ def test_render_opacity_lies_where_the_mask_says(kind: str) -> None:
     assert diff[mask].mean() > diff[~mask].mean() + 25
     # Opacities stay inside the thorax: the image border is untouched.
     assert not mask[:, :5].any() and not mask[:, -5:].any()
+
+
+def test_multiclass_set_ties_the_opacity_to_the_pneumonia_kind(tmp_path: Path) -> None:
+    from featurestore.data import load_manifest
+
+    kw = {"seed": 3, "patients": 14, "min_side": 32, "max_side": 40}
+    binary = generate_synthetic(tmp_path / "b", **kw)
+    multi = generate_synthetic(tmp_path / "m", task="multiclass", **kw)
+    for split, per_class in multi.counts.items():
+        assert set(per_class) == {"NORMAL", "BACTERIAL", "VIRAL"}
+        pneumonia = binary.counts[split]["PNEUMONIA"]
+        assert per_class["BACTERIAL"] + per_class["VIRAL"] == pneumonia
+    # Same files and NORMAL images; only pneumonia opacities follow the name's kind.
+    b_files = {p.relative_to(binary.root).as_posix() for p in files(binary.root)}
+    assert b_files == {p.relative_to(multi.root).as_posix() for p in files(multi.root)}
+    for key in b_files:
+        if "/NORMAL/" in key:
+            assert (binary.root / key).read_bytes() == (multi.root / key).read_bytes()
+    m = load_manifest(multi.root, labels="kermany3", val_min=0)
+    assert m.class_names == ("NORMAL", "BACTERIAL", "VIRAL")
+    totals = {c: sum(pc[c] for pc in multi.counts.values()) for c in m.class_names}
+    assert totals == {c: sum(r.label == k for r in m.records) for k, c in enumerate(m.class_names)}
+    with pytest.raises(XrayError, match="--task"):
+        generate_synthetic(tmp_path / "x", task="multilabel", **kw)
+
+
+def test_the_multiclass_opacities_differ_by_kind() -> None:
+    rng = np.random.default_rng(0)
+    lobar = [render_radiograph(rng, 64, 64, pneumonia=True, opacity_kind="lobar")[1] for _ in "ab"]
+    patchy = [render_radiograph(rng, 64, 64, pneumonia=True, opacity_kind="patchy")[1] for _ in "ab"]
+    assert synth.SYNTH_OPACITY == {"bacteria": "lobar", "virus": "patchy"}
+    assert all(m.any() for m in lobar + patchy)
+
+
+def test_multilabel_set_has_patients_co_occurring_findings_and_uncertain_labels(
+    tmp_path: Path,
+) -> None:
+    import csv
+
+    from featurestore.data import SYNTH_FINDINGS, generate_synthetic_multilabel, load_manifest
+
+    kw = {"seed": 2, "patients": 60, "min_side": 32, "max_side": 40}
+    summary = generate_synthetic_multilabel(tmp_path / "ml", **kw)
+    rows = list(csv.DictReader((summary.root / "labels.csv").open()))
+    assert len(rows) == sum(c["images"] for c in summary.counts.values())
+    cells = [r[f] for r in rows for f in SYNTH_FINDINGS]
+    assert "-1" in cells and set(cells) <= {"0", "1", "-1"}
+    both = sum(r["Cardiomegaly"] == "1" and r["Effusion"] == "1" for r in rows)
+    assert both > 0  # findings co-occur
+    by_patient: dict[str, set[str]] = {}
+    for r in rows:
+        by_patient.setdefault(r["patient"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_patient.values())  # a patient is in one split
+    m = load_manifest(summary.root / "labels.csv", val_min=0)
+    assert m.task == "multilabel" and m.class_names == SYNTH_FINDINGS
+    again = generate_synthetic_multilabel(tmp_path / "again", **kw)
+    assert (again.root / "labels.csv").read_text() == (summary.root / "labels.csv").read_text()

@@ -203,13 +203,35 @@ def test_param_groups_lower_backbone_lr_and_skip_decay_on_norms() -> None:
         make_optimizer(model, TrainConfig())
 
 
-def test_multiclass_is_refused() -> None:
+def test_multiclass_trains_with_argmax_metrics_and_macro_auc_monitor() -> None:
+    # Three separable clusters: a linear head learns them; metrics are argmax, no threshold.
     rng = np.random.default_rng(0)
-    feats = {s: rng.normal(size=(9, 2)).astype(np.float32) for s in ("train", "val", "test")}
-    labels = {s: np.arange(9) % 3 for s in feats}
+    centres = np.array([[3.0, 0.0], [0.0, 3.0], [-3.0, -3.0]])
+    labels = {s: np.arange(30) % 3 for s in ("train", "val", "test")}
+    feats = {
+        s: (centres[y] + rng.normal(size=(30, 2))).astype(np.float32) for s, y in labels.items()
+    }
     src = FeatureSource.from_arrays(feats, labels, class_names=("a", "b", "c"), positive_index=2)
-    with pytest.raises(XrayError, match="binary"):
-        fit(build_head("linear", 2, 3), src, FAST)
+    result = fit(
+        build_head("linear", 2, 3), src, replace(FAST, epochs=20, batch_size=8, patience=20)
+    )
+    assert result.threshold == {"policy": "argmax", "value": None}
+    test = result.test["argmax"]
+    assert test["accuracy"] > 0.8 and test["roc_auc_macro"] > 0.9
+    assert np.array(test["confusion_matrix"]).shape == (3, 3)
+    assert result.metrics_json()["task"] == "multiclass"
+    # The monitored val AUC is the macro one-vs-rest AUC of the same predictions.
+    best = result.history[result.best_epoch - 1]
+    assert 0.5 < best["val_auc"] <= 1.0
+    assert result.predictions["test"].probabilities.shape == (30, 3)
+
+
+def test_one_class_is_refused() -> None:
+    feats = {s: np.zeros((4, 2), dtype=np.float32) for s in ("train", "val", "test")}
+    labels = {s: np.zeros(4, dtype=np.int64) for s in feats}
+    src = FeatureSource.from_arrays(feats, labels, class_names=("a",), positive_index=0)
+    with pytest.raises(XrayError, match="at least two"):
+        fit(build_head("linear", 2, 2), src, FAST)
 
 
 class Interrupt(Exception):

@@ -289,3 +289,62 @@ def test_compare_explain_adds_what_the_model_looks_at(
     assert len(links) == 1 + 2  # the contact sheet and one image per class
     assert all((tmp_path / "rep" / link).is_file() for link in links)
     assert runner.invoke(app, [*args, "--explain", "-1"]).exit_code == 2
+
+
+def test_grad_cam_without_a_target_explains_each_predicted_class() -> None:
+    torch.manual_seed(0)
+    loaded = load_backbone("resnet18", "none")
+    trunk = loaded.trunk.eval()
+    head = nn.Linear(loaded.spec.feature_dim, 3)
+    acts, pool = cam_stages(trunk, loaded.spec.family)
+    x = torch.randn(4, 3, 64, 64)
+    cams, logits = grad_cam(acts, lambda a: head(pool(a)), x, target=None)
+    for i, k in enumerate(logits.argmax(1).tolist()):
+        one, _ = grad_cam(acts, lambda a: head(pool(a)), x[i : i + 1], target=k)
+        torch.testing.assert_close(cams[i : i + 1], one, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_multilabel_explain_maps_each_positive_finding(tmp_path: Path) -> None:
+    """One overlay per image and finding at or above its threshold (else the most probable
+    finding); `--class` picks one finding for every image."""
+    from conftest import write_tiny_multilabel
+
+    from featurestore.data import load_manifest
+    from featurestore.store import extract_features
+    from featurestore.train import fit_heads
+    from featurestore.use import load_predictor
+
+    labels_csv = write_tiny_multilabel(tmp_path / "ml")
+    extract_features(
+        load_manifest(labels_csv), model="resnet18", weights="none",
+        cache_dir=tmp_path / "cache", image_size=32, workers=0,
+    )  # fmt: skip
+    config = TrainConfig(epochs=5, lr=0.01, batch_size=16, patience=5, device="cpu")
+    (summary,) = fit_heads(cache_dir=tmp_path / "cache", runs_dir=tmp_path / "runs", config=config)
+    images = sorted((labels_csv.parent / "img").glob("test-*.png"))[:6]
+    predicted = load_predictor(summary.path, device="cpu").predict(images)
+    result = CliRunner().invoke(
+        app, ["explain", "--run", str(summary.path), "--out", str(tmp_path / "heat"),
+              "--device", "cpu", "--json", *map(str, images)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    for image, pred in zip(images, predicted, strict=True):
+        mine = [r["prediction"] for r in rows if r["path"] == str(image)]
+        probs = pred.probabilities or {}
+        expected = (
+            pred.prediction.split("|")
+            if pred.prediction != "No Finding"
+            else [max(probs, key=lambda c: probs[c])]
+        )
+        assert mine == expected
+        for r in rows:
+            if r["path"] == str(image):
+                assert Path(r["heatmap"]).name == f"{image.stem}-{r['prediction']}.png"
+    result = CliRunner().invoke(
+        app, ["explain", "--run", str(summary.path), "--out", str(tmp_path / "band"),
+              "--device", "cpu", "--class", "Band", "--json", *map(str, images)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [r["prediction"] for r in json.loads(result.stdout)["rows"]] == ["Band"] * len(images)

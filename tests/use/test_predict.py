@@ -290,3 +290,70 @@ def test_undecodable_dicom_and_a_name_that_is_not_utf8_become_error_rows(
     assert rows["caf\\xe9.jpeg"]["error"] == "" and rows["caf\\xe9.jpeg"]["probability"]
     why = rows["lossless.dcm"]["error"]
     assert "lossless.dcm" in why and ("xray[dicom-codecs]" in why or "unreadable DICOM" in why)
+
+
+@pytest.mark.slow
+def test_multiclass_run_predicts_every_class_probability(tmp_path: Path) -> None:
+    """A Kermany-3 frozen run: predict gives P(class) for all three classes, equal to the
+    run's predictions.csv, the argmax class, and a prob_<class> CSV."""
+    from conftest import write_tiny_kermany3
+
+    from featurestore.data import load_manifest
+    from featurestore.store import extract_features
+    from featurestore.train import fit_heads
+
+    data = write_tiny_kermany3(tmp_path / "chest_xray")
+    extract_features(
+        load_manifest(data, labels="kermany3"), model="resnet18", weights="none",
+        cache_dir=tmp_path / "cache", image_size=32, workers=0,
+    )  # fmt: skip
+    (summary,) = fit_heads(
+        data=data, labels="kermany3", cache_dir=tmp_path / "cache", runs_dir=tmp_path / "runs",
+        config=HEAD,
+    )  # fmt: skip
+    run = load_run(summary.path)
+    test = run.split_predictions("test")
+    predictor = load_predictor(summary.path, device="cpu")
+    assert predictor.task == "multiclass" and np.isnan(predictor.threshold)
+    rows = predictor.predict([data / k for k in test["key"]], batch_size=4)
+    got = np.array([[r.probabilities[c] for c in predictor.class_names] for r in rows])
+    np.testing.assert_allclose(got, test["probabilities"], atol=1e-5)
+    names = list(run.config["class_names"])
+    assert [r.prediction for r in rows] == [names[i] for i in test["prediction"]]
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(
+        app, ["predict", "--run", str(summary.path), "--device", "cpu", "--csv", str(out),
+              str(data / "test")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    header = out.read_text().splitlines()[0]
+    assert header == "path,prob_NORMAL,prob_BACTERIAL,prob_VIRAL,prediction,error"
+
+
+@pytest.mark.slow
+def test_multilabel_run_predicts_each_finding_at_its_threshold(tmp_path: Path) -> None:
+    """A multi-label frozen run: predict reproduces predictions.csv's per-finding
+    probabilities and decisions (each finding at its validation threshold)."""
+    from conftest import write_tiny_multilabel
+
+    from featurestore.data import load_manifest
+    from featurestore.store import extract_features
+    from featurestore.train import fit_heads
+
+    labels_csv = write_tiny_multilabel(tmp_path / "ml")
+    extract_features(
+        load_manifest(labels_csv), model="resnet18", weights="none",
+        cache_dir=tmp_path / "cache", image_size=32, workers=0,
+    )  # fmt: skip
+    (summary,) = fit_heads(cache_dir=tmp_path / "cache", runs_dir=tmp_path / "runs", config=HEAD)
+    run = load_run(summary.path)
+    test = run.split_predictions("test")
+    predictor = load_predictor(summary.path, device="cpu")
+    assert predictor.task == "multilabel"
+    rows = predictor.predict([labels_csv.parent / k for k in test["key"]], batch_size=4)
+    names = predictor.class_names
+    got = np.array([[r.probabilities[c] for c in names] for r in rows])
+    np.testing.assert_allclose(got, test["probabilities"], atol=1e-5)
+    for row, decided in zip(rows, test["predictions"], strict=True):
+        on = [c for c, d in zip(names, decided, strict=True) if d]
+        assert row.prediction == ("|".join(on) or "No Finding")
