@@ -16,12 +16,12 @@ from torch import Tensor, nn
 from featurestore.errors import XrayError
 from featurestore.fileio import file_digest
 from featurestore.models.preprocessing import Preprocessing
-from featurestore.models.providers import PRETRAINED, ProviderSpec, token_poolings
+from featurestore.models.provider_spec import PRETRAINED, ProviderSpec, token_poolings
 from featurestore.models.tokens import TokenTrunk
 from featurestore.models.weights import read_state_dict, weights_path
 
 if TYPE_CHECKING:
-    from featurestore.models.providers import Alias
+    from featurestore.models.provider_spec import Alias
 
 
 class TimmViT(TokenTrunk):
