@@ -19,7 +19,7 @@ from featurestore.errors import XrayError
 from featurestore.fileio import file_digest
 from featurestore.models.preprocessing import Preprocessing
 from featurestore.models.provider_spec import PRETRAINED, ProviderSpec, token_poolings
-from featurestore.models.tokens import TokenTrunk
+from featurestore.models.tokens import TokenTrunk, pool_tokens
 from featurestore.models.weights import read_state_dict, weights_path
 
 if TYPE_CHECKING:
@@ -66,6 +66,28 @@ class HFEncoder(TokenTrunk):
         if self.model_type == "clip_vision_model":  # CLIP normalises its class token after
             return tokens, out.pooler_output
         return tokens, tokens[:, 0]  # DINOv2 / ViT: last_hidden_state is already normed
+
+    def before_last_block(self, x: Tensor) -> tuple[Tensor, int]:
+        if not self.model_type.startswith("dinov2"):
+            raise XrayError(
+                f"no token-grid CAM for {self.model_type} encoders yet (DINOv2 and timm ViTs have "
+                "one): explain a run on a CNN or a DINOv2-family backbone"
+            )
+        m: Any = self.model
+        t = m.embeddings(x)  # (N, T, C): class, registers, patches
+        for layer in m.encoder.layer[:-1]:
+            t = _first(layer(t))
+        return t, int(m.config.patch_size)
+
+    def from_last_block(self, tokens: Tensor) -> Tensor:
+        m: Any = self.model
+        t = m.layernorm(_first(m.encoder.layer[-1](tokens)))
+        return pool_tokens(t, self.prefix, t[:, 0])
+
+
+def _first(out: Any) -> Tensor:
+    """A transformers layer returns a tensor or a tuple led by one (it varies by version)."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 def blocks_path(model: nn.Module) -> str:

@@ -17,7 +17,7 @@ from featurestore.errors import XrayError
 from featurestore.fileio import file_digest
 from featurestore.models.preprocessing import Preprocessing
 from featurestore.models.provider_spec import PRETRAINED, ProviderSpec, token_poolings
-from featurestore.models.tokens import TokenTrunk
+from featurestore.models.tokens import TokenTrunk, pool_tokens
 from featurestore.models.weights import read_state_dict, weights_path
 
 if TYPE_CHECKING:
@@ -36,6 +36,18 @@ class TimmViT(TokenTrunk):
     def tokens(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         tokens: Tensor = self.model.forward_features(x)  # type: ignore[operator]  # (N, T, C)
         return tokens, tokens[:, 0] if self.has_cls else None
+
+    def before_last_block(self, x: Tensor) -> tuple[Tensor, int]:
+        m: Any = self.model  # timm's VisionTransformer.forward_features, less the last block
+        t = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
+        for block in m.blocks[:-1]:
+            t = block(t)
+        return t, int(m.patch_embed.patch_size[0])
+
+    def from_last_block(self, tokens: Tensor) -> Tensor:
+        m: Any = self.model
+        t = m.norm(m.blocks[-1](tokens))
+        return pool_tokens(t, self.prefix, t[:, 0] if self.has_cls else None)
 
 
 def _is_vit(model: nn.Module) -> bool:

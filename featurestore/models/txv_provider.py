@@ -47,6 +47,10 @@ class TxvTrunk(nn.Module):
     def pool(a: Tensor) -> Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(a, (1, 1)), 1)
 
+    def cam_split(self) -> tuple[Any, Any]:
+        """(x -> A (N, 1024, h, w), A -> pooled features) for Grad-CAM."""
+        return self.activations, self.pool
+
 
 def _canonical(model_id: str) -> str:
     urls = xrv.models.model_urls

@@ -185,7 +185,7 @@ class FeatureSource:
             raise XrayError("no feature store given")
         chosen = list(poolings) if poolings is not None else [None] * len(stores)
         first = stores[0]
-        for other in stores[1:]:
+        for other in stores[1:]:  # a single store is not compared with anything
             for key in ("dataset_fingerprint", "class_names", "positive_index", "carve"):
                 if other.attrs.get(key) != first.attrs.get(key):
                     raise XrayError(
@@ -204,8 +204,11 @@ class FeatureSource:
                         "rows are different images or in another order (skipped images?)"
                     )
                 base = base or arr
-                start, stop = store.columns(pooling)
-                parts.append(arr.features[:, start:stop])
+                if pooling is None:
+                    parts.append(arr.features)
+                else:
+                    start, stop = store.columns(pooling)
+                    parts.append(arr.features[:, start:stop])
             assert base is not None
             features = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
             splits[split] = FeatureSplit(

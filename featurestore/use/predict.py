@@ -70,6 +70,11 @@ class Columns(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.trunk(x)[:, self.start : self.stop]
 
+    def cam_split(self) -> tuple[Any, Any]:
+        """The wrapped trunk's Grad-CAM split, its pooled output sliced alike."""
+        acts, pool = self.trunk.cam_split()  # type: ignore[operator]
+        return acts, lambda a: pool(a)[:, self.start : self.stop]
+
 
 @dataclass
 class Predictor:
