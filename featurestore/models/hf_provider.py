@@ -260,11 +260,11 @@ def _processor(spec: ProviderSpec, weights: str) -> Any:
     """The repo's image processor: the snapshot's (or --weights DIR's) preprocessor_config.json
     when on disk, else the copy shipped with the alias; built by transformers either way."""
     folder: Path | None = None
+    cached = _cached(spec.model_id, "preprocessor_config.json")
     if weights not in ("none", *PRETRAINED) and Path(weights).expanduser().is_dir():
-        folder = Path(weights).expanduser()
-    elif weights in PRETRAINED:
-        found = _cached(spec.model_id, "preprocessor_config.json")
-        folder = found.parent if found else None
+        folder = Path(weights).expanduser()  # --weights DIR brings its own
+    elif cached is not None and (weights in PRETRAINED or spec.processor is None):
+        folder = cached.parent  # the snapshot's; the shipped copy serves random init offline
     if folder is not None and (folder / "preprocessor_config.json").is_file():
         doc = json.loads((folder / "preprocessor_config.json").read_text())
     elif spec.processor is not None:
