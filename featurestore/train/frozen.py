@@ -44,6 +44,10 @@ def select_stores(
         # Stores live in cache/<dataset name>/: keep the given dataset's folder only.
         paths = [p for p in paths if p.parent.name == _dataset_name(data, labels, uncertain)]
     if model is not None:
+        from featurestore.models import get_spec, is_provider_name
+
+        # `hf:microsoft/rad-dino` and `txv:all` are filed under their aliases.
+        model = get_spec(model).name if is_provider_name(model) else model
         paths = [p for p in paths if read_attrs(p).get("backbone") == model]
     if not paths:
         what = f" for {model}" if model else ""
