@@ -1,6 +1,8 @@
 """Bench: `extract_features` end to end vs the backbone's forward pass alone, plus decode cost.
 
 Run: .venv/bin/python bench/extract.py [--quick] [--models resnet50,densenet121] [--images 32]
+ViTs: --models vit-small,dinov2-small (timm ViT-S/16 and DINOv2 ViT-S/14, random init, 224 px;
+needs the timm / hf extras). Any name `xray models` lists works.
 Target: extraction images/s >= 0.85 x forward-only images/s on 2 cores, full-size JPEGs.
 
 Both sides use the same trunk (random init, --weights none), batch size, torch threads,

@@ -12,7 +12,10 @@ from typer.core import TyperGroup
 try:  # Typer >= 0.20 vendors click as typer._click; older Typer uses click itself.
     from typer._click.exceptions import BadParameter, ClickException
 except ImportError:  # pragma: no cover - depends on the installed Typer
-    from click.exceptions import BadParameter, ClickException  # type: ignore[no-redef]
+    from click.exceptions import (  # type: ignore[no-redef, assignment, unused-ignore]
+        BadParameter,
+        ClickException,
+    )
 
 
 _NOT_ONE_OF = re.compile(r"'(?P<given>[^']*)' is not one of (?P<choices>.+?)\.?$")

@@ -63,8 +63,9 @@ WeightsOpt = Annotated[
     str,
     typer.Option(
         "--weights",
-        help="Backbone weights: imagenet (torch hub cache), none (random init) or a state-dict "
-        "PATH.",
+        help="Backbone weights: imagenet (torch hub cache; for timm:/hf:/txv: backbones their "
+        "published weights from the library's cache, also `pretrained`), none (random init) or "
+        "a state-dict PATH (hf: also a model folder).",
     ),
 ]
 SeedOpt = Annotated[

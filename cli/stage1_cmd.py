@@ -28,7 +28,9 @@ from .options import (
 
 @user_errors
 def models(as_json: JsonFlag = False) -> None:
-    """List the registered backbones: feature size, parameters, ImageNet weights offline or not.
+    """List the backbones: torchvision names, provider aliases (rad-dino, medsiglip, dinov2-*,
+    txv-*, ...) and the timm: / hf: / txv: schemes, with feature size, parameters, whether
+    the provider's library is installed and whether the weights are on disk.
 
     Example: `xray models --json`
     """
@@ -36,35 +38,50 @@ def models(as_json: JsonFlag = False) -> None:
     from featurestore.models import hub_checkpoint_dir as hub_dir
 
     infos = describe_models()
+
+    def on_disk(offline: bool | None) -> str:
+        return "-" if offline is None else "yes" if offline else "no"
+
     if as_json:
         columns: tuple[str, ...] = (
             "name",
+            "provider",
+            "target",
+            "installed",
             "family",
             "features",
+            "poolings",
             "parameters",
             "weights",
             "weights_file",
             "offline",
+            "licence",
         )
         rows: list[tuple[object, ...]] = [
-            (m.name, m.family, m.feature_dim, m.parameters, m.weights_id, m.weights_file, m.offline)
+            (m.name, m.provider, m.target, m.installed, m.family, m.feature_dim, m.poolings,
+             m.parameters, m.weights_id, m.weights_file, m.offline, m.licence)
             for m in infos
-        ]
+        ]  # fmt: skip
         emit_table("Backbones", columns, rows, as_json=True, extra={"hub": str(hub_dir())})
         return
-    columns = ("name", "features", "parameters", "weights", "offline")
+    columns = ("name", "provider", "installed", "features", "parameters", "weights on disk")
     rows = [
         (
-            m.name,
-            m.feature_dim,
-            f"{m.parameters / 1e6:.1f}M",
-            m.weights_id,
-            "yes" if m.offline else "no",
+            m.name if m.target in ("", m.name) else f"{m.name} = {m.target}",
+            m.provider,
+            "yes" if m.installed else f"no: pip install 'xray[{m.provider}]'",
+            "-" if m.feature_dim is None else f"{m.feature_dim} ({'+'.join(m.poolings)})",
+            "-" if m.parameters is None else f"{m.parameters / 1e6:.1f}M",
+            on_disk(m.offline),
         )
         for m in infos
     ]
     emit_table("Backbones", columns, rows, as_json=False)
-    err_console.print(f"ImageNet weights are read from {hub_dir()}", highlight=False)
+    err_console.print(
+        f"torchvision weights are read from {hub_dir()}; `xray models --json` gives each "
+        "provider's file or snapshot folder",
+        highlight=False,
+    )
 
 
 _EXTRACT = ExtractConfig()

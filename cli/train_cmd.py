@@ -213,7 +213,10 @@ def fit_head(
         str | None,
         typer.Option("--model", help="Train on the cached stores of this backbone only."),
     ] = None,
-    store: Annotated[Path | None, typer.Option("--store", help="Train on this store file.")] = None,
+    store: Annotated[
+        list[Path] | None,
+        typer.Option("--store", help="Train on this store file (repeat for several; see --fuse)."),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -249,6 +252,22 @@ def fit_head(
     seed: SeedOpt = _HEAD.train.seed,
     seeds: SeedsOpt = _HEAD.seeds,
     device: DeviceOpt = Device(_HEAD.train.device),
+    pooling: Annotated[
+        str | None,
+        typer.Option(
+            "--pooling",
+            help="Transformer stores: train on one pooling (cls, mean, or map for SigLIP) of "
+            "the stored cls+mean features; default: all of them.",
+            show_default=False,
+        ),
+    ] = _HEAD.pooling,
+    fuse: Annotated[
+        bool,
+        typer.Option(
+            "--fuse",
+            help="One head on the --store files side by side (same dataset, rows checked).",
+        ),
+    ] = _HEAD.fuse,
     config_file: ConfigOpt = None,
     as_json: JsonFlag = False,
     labels: LabelsOpt = LabelScheme(_HEAD.labels),
@@ -267,6 +286,9 @@ def fit_head(
     * `xray fit-head --store cache/chest_xray/densenet121-imagenet-224px.h5 --json`
     * `xray fit-head --config runs/20261128-101500-resnet50-frozen-s0 --seed 1`
     * `xray fit-head --data data/chest_xray --labels kermany3` (the three-class stores)
+    * `xray fit-head --model rad-dino --pooling cls`
+    * `xray fit-head --fuse --store cache/x/densenet121-imagenet-224px.h5
+      --store cache/x/rad-dino-pretrained-224px-cls+mean.h5`
     """
     from featurestore.progress import make_progress
     from featurestore.train import TrainConfig, fit_heads
@@ -288,7 +310,7 @@ def fit_head(
             model=given["model"], store=store, data=data, cache_dir=cache, runs_dir=runs,
             head=str(given["head"]), config=config, progress=progress, console=err_console,
             notice=notice, seeds=seeds, labels=str(given["labels"]),
-            uncertain=str(given["uncertain"]),
+            uncertain=str(given["uncertain"]), pooling=given["pooling"], fuse=fuse,
         )  # fmt: skip
     _report(summaries, as_json=as_json)
 
@@ -417,7 +439,7 @@ def finetune(
 # Options a run's config.json can give back (`--config`): the settings that decide the result.
 # Paths, devices' availability and output choices stay the command line's.
 REPEATABLE = (
-    "model", "head", "epochs", "lr", "batch_size", "patience", "monitor", "class_weight",
+    "model", "pooling", "head", "epochs", "lr", "batch_size", "patience", "monitor", "class_weight",
     "seed", "device", "weights", "freeze", "backbone_lr_mult", "image_size", "augment", "hflip",
     "threshold_policy",
 )  # fmt: skip
@@ -447,6 +469,8 @@ def from_config(
         raise XrayError(f"--config {path} is not a readable config.json ({exc})") from None
     if not isinstance(recorded, dict):
         raise XrayError(f"--config {path} is not a run's config.json (not a JSON object)")
+    if recorded.get("backbone_name"):  # a run on one pooling is labelled `rad-dino-cls`
+        recorded = {**recorded, "model": recorded["backbone_name"]}
     for name in REPEATABLE:
         source = ctx.get_parameter_source(name)
         if name in values and name in recorded and (source is None or source.name == "DEFAULT"):

@@ -285,6 +285,10 @@ class FitHeadConfig:
     """With --data: train on the stores of this label scheme (`kermany3`: three classes)."""
     uncertain: Literal["zeros", "ones", "ignore"] = "ignore"
     """With --data and multi-label data: train on the stores of this uncertainty policy."""
+    pooling: str | None = None
+    """Transformer stores: the one pooling to train on (`cls`, `mean`, `map`); None: all."""
+    fuse: bool = False
+    """One head on all the selected stores side by side instead of one head per store."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The trainer's settings (heads on cached features: many cheap epochs)."""
 

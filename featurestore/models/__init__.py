@@ -1,5 +1,6 @@
-"""The networks: the backbone registry (`BackboneSpec`, weights, preprocessing) and the heads
-trained on top of them (linear, MLP, logistic regression).
+"""The networks: the backbone registry (`BackboneSpec`, weights, preprocessing), the providers
+beyond torchvision (`timm:`, `hf:`, `txv:` and aliases, `ProviderSpec`) and the heads trained on
+top of them (linear, MLP, logistic regression).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from featurestore.models.heads import (
     export_head,
     fit_logreg,
 )
+from featurestore.models.provider_spec import Alias, ProviderSpec, token_poolings
+from featurestore.models.providers import ALIASES, PROVIDERS, file_stem, is_provider_name
+from featurestore.models.providers import installed as provider_installed
 from featurestore.models.weights import (
     download_imagenet,
     hub_checkpoint_dir,
@@ -46,10 +50,13 @@ from featurestore.models.weights import (
 )
 
 __all__ = [
+    "ALIASES",
     "FAMILIES",
     "FREEZE_POLICIES",
     "HEAD_KINDS",
     "LOGREG_CS",
+    "PROVIDERS",
+    "Alias",
     "BackboneSpec",
     "HeadKind",
     "LoadedBackbone",
@@ -57,6 +64,7 @@ __all__ = [
     "MLPHead",
     "ModelInfo",
     "Preprocessing",
+    "ProviderSpec",
     "Standardize",
     "TrunkHead",
     "apply_freeze",
@@ -66,17 +74,21 @@ __all__ = [
     "describe_models",
     "download_imagenet",
     "export_head",
+    "file_stem",
     "fit_logreg",
     "get_spec",
     "hub_checkpoint_dir",
     "imagenet_available",
+    "is_provider_name",
     "list_specs",
     "load_backbone",
     "load_imagenet",
     "load_state_file",
     "preprocessing_for",
+    "provider_installed",
     "read_state_dict",
     "register",
+    "token_poolings",
     "weights_identity",
     "weights_path",
     "weights_tag",

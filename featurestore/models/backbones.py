@@ -1,18 +1,22 @@
-"""Backbone registry: torchvision builders, their weights, preprocessing, feature size, stages."""
+"""Backbone registry: torchvision builders, their weights, preprocessing, feature size, stages;
+names of other providers (`timm:`, `hf:`, `txv:`, aliases) are handed to `providers`.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from featurestore.errors import XrayError
 from featurestore.fileio import file_digest
+from featurestore.models import providers
 from featurestore.models.heads import count_params
+from featurestore.models.preprocessing import Preprocessing
+from featurestore.models.providers import ProviderSpec
 from featurestore.models.weights import (
     hub_checkpoint_dir,
     load_imagenet,
@@ -21,8 +25,6 @@ from featurestore.models.weights import (
 )
 
 if TYPE_CHECKING:  # torch is imported where a backbone is actually built (fast CLI start)
-    import torch
-    from PIL import Image
     from torch import nn
     from torchvision.models import WeightsEnum
 
@@ -71,67 +73,14 @@ class BackboneSpec:
 class LoadedBackbone:
     """A built trunk and the identity of the weights it holds."""
 
-    spec: BackboneSpec
+    spec: BackboneSpec | ProviderSpec
     trunk: nn.Module
-    """(N, 3, H, W) -> (N, D); the torchvision model with its classifier replaced by Identity."""
+    """(N, C, H, W) -> (N, D): a torchvision model with its classifier replaced by Identity, or a
+    provider's trunk (for transformers every pooling side by side, see `ProviderSpec.poolings`)."""
     weights_id: str
-    """`IMAGENET1K_V2`, `none` or `file:<name>`."""
+    """`IMAGENET1K_V2`, `none`, `file:<name>`, or a provider's id (`hf:<repo>@<commit>`)."""
     weights_sha256: str | None
     """SHA-256 of the weights file; None for random init."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """The resize / center-crop / normalize the weights were trained with, scaled to a size."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    resize: int
-    """Shorter side after resizing, in pixels."""
-    crop: int
-    """Side of the square center crop fed to the network, in pixels."""
-    interpolation: str
-    """torchvision InterpolationMode value (`bilinear`, `bicubic`)."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.crop <= self.resize:
-            raise ValueError(f"need 0 < crop <= resize, got crop={self.crop} resize={self.resize}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError("mean and std need 3 channels")
-
-    @cached_property
-    def _transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        from torchvision import transforms as T
-
-        return T.Compose(
-            [
-                T.Resize(self.resize, interpolation=T.InterpolationMode(self.interpolation)),
-                T.CenterCrop(self.crop),
-                T.ToTensor(),
-                T.Normalize(self.mean, self.std),
-            ]
-        )
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL image -> normalized float tensor (3, crop, crop)."""
-        return self._transform(image)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready description (recorded in stores and runs).
-
-        `intensity` names the decoder's intensity rule (`featurestore.data.INTENSITY_RULE`):
-        a store made under another rule has other preprocessing, so `extract` rebuilds it.
-        """
-        from featurestore.data import INTENSITY_RULE
-
-        return {
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "resize": self.resize,
-            "crop": self.crop,
-            "interpolation": self.interpolation,
-            "intensity": INTENSITY_RULE,
-        }
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -145,14 +94,28 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
-def get_spec(name: str) -> BackboneSpec:
-    """The registered backbone called `name` (XrayError listing the valid names otherwise)."""
+def get_spec(name: str) -> BackboneSpec | ProviderSpec:
+    """The backbone called `name`: a torchvision registry entry, or a provider's model
+    (`timm:<model>`, `hf:<repo id>`, `txv:<weights>`, an alias); XrayError listing the names."""
+    if providers.is_provider_name(name):
+        return providers.resolve(name)
     _register_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:
-        valid = ", ".join(sorted(_REGISTRY))
-        raise XrayError(f"unknown backbone {name!r}: choose one of {valid}") from None
+        valid = ", ".join([*sorted(_REGISTRY), *providers.ALIASES])
+        raise XrayError(
+            f"unknown backbone {name!r}: choose one of {valid}, "
+            "or timm:<model>, hf:<repo id>, txv:<weights>"
+        ) from None
+
+
+def torchvision_spec(name: str) -> BackboneSpec:
+    """The torchvision registry entry `name` (XrayError for any other backbone)."""
+    spec = get_spec(name)
+    if not isinstance(spec, BackboneSpec):
+        raise XrayError(f"{name} is not a torchvision backbone")
+    return spec
 
 
 def list_specs() -> list[BackboneSpec]:
@@ -211,8 +174,11 @@ def _register_builtins() -> None:
 
 
 def imagenet_available(name: str) -> bool:
-    """Whether the ImageNet weights file of `name` is already in the torch hub cache."""
-    return (hub_checkpoint_dir() / get_spec(name).weights_file).is_file()
+    """Whether the pretrained weights of `name` are on disk (torch hub cache, provider cache)."""
+    spec = get_spec(name)
+    if isinstance(spec, ProviderSpec):
+        return providers.weights_location(spec)[0]
+    return (hub_checkpoint_dir() / spec.weights_file).is_file()
 
 
 def count_parameters(name: str) -> int:
@@ -220,6 +186,8 @@ def count_parameters(name: str) -> int:
     import torch
 
     spec = get_spec(name)
+    if isinstance(spec, ProviderSpec):
+        return providers.count_parameters(spec)
     with torch.device("meta"):
         trunk = _to_trunk(spec, spec.builder(weights=None))
     return count_params(trunk)[1]
@@ -233,8 +201,10 @@ def preprocessing_for(name: str, weights: str, image_size: int) -> Preprocessing
     """
     if image_size < 16:
         raise XrayError(f"--image-size must be at least 16 pixels, got {image_size}")
-    del weights  # same preprocessing for every weights choice (see above)
-    preset = get_spec(name).default_weights.transforms()
+    spec = get_spec(name)
+    if isinstance(spec, ProviderSpec):  # the provider library's own configuration
+        return providers.preprocessing(spec, weights, image_size)
+    preset = spec.default_weights.transforms()
     # Keep the weights' resize/crop ratio (e.g. 232/224 for ResNet-50 V2) at any crop size.
     ratio = preset.resize_size[0] / preset.crop_size[0]
     return Preprocessing(
@@ -253,6 +223,8 @@ def weights_identity(name: str, weights: str) -> tuple[str, str | None]:
     on download), so their sha256 is None here; a file's sha256 is always computed.
     """
     spec = get_spec(name)
+    if isinstance(spec, ProviderSpec):
+        return providers.weights_identity(spec, weights)
     if weights == "imagenet":
         return spec.default_weights.name, None
     if weights == "none":
@@ -262,18 +234,28 @@ def weights_identity(name: str, weights: str) -> tuple[str, str | None]:
 
 
 def weights_tag(weights_id: str, sha256: str | None) -> str:
-    """Short file-name-safe tag of the weights: `imagenet`, `none`, `<stem>-<sha8>`."""
+    """Short file-name-safe tag of the weights: `imagenet`, `none`, `<stem>-<sha8>`,
+    `pretrained` (a provider's published weights)."""
     if weights_id == "none":
         return "none"
-    if weights_id.startswith("file:"):
-        stem = Path(weights_id[5:]).stem.replace(" ", "_")
+    if weights_id.startswith(("file:", "dir:")):
+        stem = Path(weights_id[weights_id.index(":") + 1 :]).stem.replace(" ", "_")
         return f"{stem}-{(sha256 or '')[:8]}"
+    if weights_id.partition(":")[0] in providers.PROVIDERS:
+        return "pretrained"
     return "imagenet" if weights_id.startswith("IMAGENET") else weights_id.lower()
 
 
 def load_backbone(name: str, weights: str = "imagenet") -> LoadedBackbone:
-    """Build the trunk of `name`: ImageNet weights, random init ("none") or a state dict file."""
+    """Build the trunk of `name`: ImageNet weights, random init ("none") or a state dict file.
+
+    Provider backbones take `pretrained` (or `imagenet`, the CLI default) for their published
+    weights, read from their library's cache; `none`; or a file (a Hugging Face folder too).
+    """
     spec = get_spec(name)
+    if isinstance(spec, ProviderSpec):
+        trunk, weights_id, sha = providers.build_trunk(spec, weights)
+        return LoadedBackbone(spec, trunk, weights_id, sha)
     if weights == "imagenet":
         model = load_imagenet(spec)
         sha = file_digest(hub_checkpoint_dir() / spec.weights_file)
@@ -298,21 +280,29 @@ def _to_trunk(spec: BackboneSpec, model: nn.Module) -> nn.Module:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One row of `xray models`."""
+    """One row of `xray models` (None: unknown until the provider's extra is installed)."""
 
     name: str
     family: str
-    feature_dim: int
-    parameters: int
+    feature_dim: int | None
+    parameters: int | None
     weights_id: str
     weights_file: str
-    offline: bool
+    """The weights file or snapshot folder the offline check looks for."""
+    offline: bool | None
     stages: list[str] = field(default_factory=list)
+    provider: str = "torchvision"
+    installed: bool = True
+    """Whether the provider's library is importable (`pip install 'xray[<provider>]'`)."""
+    target: str = ""
+    """What an alias stands for (`hf:microsoft/rad-dino`); the name itself otherwise."""
+    poolings: list[str] = field(default_factory=list)
+    licence: str = ""
 
 
 def describe_models() -> list[ModelInfo]:
-    """Registry rows for `xray models`: feature size, parameters, weights, offline availability."""
-    return [
+    """Rows for `xray models`: the torchvision registry, every alias, each provider's scheme."""
+    rows = [
         ModelInfo(
             name=s.name,
             family=s.family,
@@ -322,6 +312,43 @@ def describe_models() -> list[ModelInfo]:
             weights_file=s.weights_file,
             offline=imagenet_available(s.name),
             stages=list(s.stages),
+            target=s.name,
+            poolings=["avg"],
+            licence="BSD-3-Clause (torchvision)",
         )
         for s in list_specs()
     ]
+    for alias, entry in providers.ALIASES.items():
+        provider = entry.target.partition(":")[0]
+        if not providers.installed(provider):
+            rows.append(
+                ModelInfo(alias, "", None, None, "pretrained", "", None, provider=provider,
+                          installed=False, target=entry.target, licence=entry.licence)
+            )  # fmt: skip
+            continue
+        spec = providers.resolve(alias)
+        offline, where = providers.weights_location(spec)
+        rows.append(
+            ModelInfo(
+                name=alias,
+                family=spec.family,
+                feature_dim=spec.feature_dim,
+                parameters=providers.count_parameters(spec),
+                weights_id="pretrained",
+                weights_file=where,
+                offline=offline,
+                stages=list(spec.stages),
+                provider=provider,
+                target=entry.target,
+                poolings=list(spec.poolings),
+                licence=spec.licence,
+            )
+        )
+    for provider, scheme in zip(
+        providers.PROVIDERS, ("timm:<model>", "hf:<repo id>", "txv:<weights>"), strict=True
+    ):
+        rows.append(
+            ModelInfo(scheme, "", None, None, "pretrained", "", None, provider=provider,
+                      installed=providers.installed(provider), target=scheme)
+        )  # fmt: skip
+    return rows

@@ -48,7 +48,8 @@ HISTORY_COLUMNS = (
 def run_name(model: str, mode: str, seed: int, *, when: datetime | None = None) -> str:
     """`<YYYYmmdd-HHMMSS>-<model>-<mode>-s<seed>`."""
     stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{model}-{mode}-s{seed}"
+    safe = model.replace(":", "_").replace("/", "--")  # `hf:org/model` -> `hf_org--model`
+    return f"{stamp}-{safe}-{mode}-s{seed}"
 
 
 def config_hash(payload: dict[str, Any]) -> str:
@@ -59,7 +60,8 @@ def config_hash(payload: dict[str, Any]) -> str:
 
 def inprogress_dir(runs_dir: Path, model: str, mode: str, settings: dict[str, Any]) -> Path:
     """Stable folder of an a training's last.pt: `runs/.inprogress/<model>-<mode>-<hash>`."""
-    return runs_dir / INPROGRESS / f"{model}-{mode}-{config_hash(settings)}"
+    safe = model.replace(":", "_").replace("/", "--")
+    return runs_dir / INPROGRESS / f"{safe}-{mode}-{config_hash(settings)}"
 
 
 def write_run(

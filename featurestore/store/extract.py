@@ -99,6 +99,7 @@ def extract_features(
     if workers < 0:
         raise XrayError(f"--workers must be 0 or more, got {workers}")
     spec = backbones.get_spec(model)
+    model = spec.name  # `hf:microsoft/rad-dino` is filed under its alias `rad-dino`
     pre = backbones.preprocessing_for(model, weights, image_size)
     weights_id, weights_sha = backbones.weights_identity(model, weights)
     path = store.store_path(
@@ -107,6 +108,21 @@ def extract_features(
         model,
         backbones.weights_tag(weights_id, weights_sha),
         image_size,
+        # Token models hold every pooling side by side; the name says which (cls+mean).
+        pooling=spec.pooling
+        if isinstance(spec, backbones.ProviderSpec) and spec.family == "vit"
+        else None,
+    )
+    # Torchvision stores keep the attributes they always had (so they stay up to date).
+    provider_attrs: dict[str, Any] = (
+        {
+            "provider": spec.provider,
+            "provider_model": spec.model_id,
+            "pooling": spec.pooling,
+            "poolings": {k: list(v) for k, v in spec.poolings.items()},
+        }
+        if isinstance(spec, backbones.ProviderSpec)
+        else {}
     )
     provenance: dict[str, Any] = {
         "format_version": store.FORMAT_VERSION,
@@ -127,6 +143,7 @@ def extract_features(
         # re-read the dataset the same way and to pick the head, loss and metrics.
         "task": manifest.task,
         "label_scheme": manifest.label_scheme,
+        **provider_attrs,
     }
     partial = store_write.PartialStore(path)
 
@@ -213,7 +230,7 @@ def extract_features(
 
         def assemble() -> tuple[dict[str, int], list[str]]:
             sha = loaded_sha
-            if sha is None and weights == "imagenet":
+            if sha is None and weights == "imagenet" and isinstance(spec, backbones.BackboneSpec):
                 hub_file = backbones.hub_checkpoint_dir() / spec.weights_file
                 sha = file_digest(hub_file) if hub_file.is_file() else None
             attrs = {

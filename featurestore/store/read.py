@@ -21,7 +21,7 @@ FORMAT_VERSION = 1
 SPLIT_NAMES: tuple[Split, ...] = ("train", "val", "test")
 
 # Attributes stored as JSON strings (HDF5 attributes hold scalars and strings only).
-JSON_ATTRS = ("preprocessing", "class_names", "carve", "skipped", "versions")
+JSON_ATTRS = ("preprocessing", "class_names", "carve", "skipped", "versions", "poolings")
 # Attributes that identify what a store was computed from: any difference means rebuild.
 PROVENANCE_KEYS = (
     "format_version",
@@ -35,14 +35,26 @@ PROVENANCE_KEYS = (
     "class_names",
     "positive_index",
     "carve",
+    "pooling",  # provider backbones only (torchvision stores predate it)
 )
 
 
 def store_path(
-    cache_dir: Path, dataset_name: str, backbone: str, weights_tag: str, image_size: int
+    cache_dir: Path,
+    dataset_name: str,
+    backbone: str,
+    weights_tag: str,
+    image_size: int,
+    *,
+    pooling: str | None = None,
 ) -> Path:
-    """`cache/<dataset name>/<backbone>-<weights tag>-<size>px.h5`."""
-    return Path(cache_dir) / dataset_name / f"{backbone}-{weights_tag}-{image_size}px.h5"
+    """`cache/<dataset name>/<backbone>-<weights tag>-<size>px[-<pooling>].h5`.
+
+    The backbone name is made file-safe (`hf:org/model` -> `hf_org--model`).
+    """
+    stem = backbone.replace(":", "_").replace("/", "--")
+    tail = f"-{pooling}" if pooling else ""
+    return Path(cache_dir) / dataset_name / f"{stem}-{weights_tag}-{image_size}px{tail}.h5"
 
 
 class StoreInUseError(XrayError):
@@ -109,6 +121,24 @@ class FeatureStore:
     def label_scheme(self) -> str:
         """How the dataset's labels were read (`as-given`, `kermany3`); older stores: as-given."""
         return str(self.attrs.get("label_scheme") or "as-given")
+
+    @property
+    def poolings(self) -> dict[str, tuple[int, int]]:
+        """Pooling name -> (start, stop) feature columns; one `avg` for CNN stores."""
+        doc = self.attrs.get("poolings") or {"avg": [0, self.feature_dim]}
+        return {str(k): (int(v[0]), int(v[1])) for k, v in doc.items()}
+
+    def columns(self, pooling: str | None) -> tuple[int, int]:
+        """(start, stop) columns of `pooling` (all for None or `all`); XrayError if absent."""
+        spans = self.poolings
+        if pooling in (None, "all", "+".join(spans)):
+            return 0, self.feature_dim
+        if pooling not in spans:
+            raise XrayError(
+                f"store {self.path.name} has no pooling {pooling!r}: choose one of "
+                f"{', '.join(spans)} or all"
+            )
+        return spans[pooling]
 
     def split(self, split: str) -> SplitArrays:
         """Features (as float32), labels, keys and groups of one split."""

@@ -26,6 +26,7 @@ from featurestore.train.finetune import (
 )
 from featurestore.train.frozen import (
     fit_head_on_store,
+    fit_head_on_stores,
     fit_heads,
     one_thread_on_cpu,
     open_checked_store,
@@ -107,6 +108,7 @@ __all__ = [
     "finetune",
     "fit",
     "fit_head_on_store",
+    "fit_head_on_stores",
     "fit_heads",
     "format_epoch",
     "head_trainer",

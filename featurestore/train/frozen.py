@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +26,7 @@ def select_stores(
     *,
     cache_dir: Path,
     model: str | None,
-    store: Path | None,
+    store: Path | Sequence[Path] | None,
     data: Path | None,
     labels: str = "as-given",
     uncertain: str = "ignore",
@@ -34,15 +34,20 @@ def select_stores(
     """The stores `fit-head` trains on: --store, else the cache's complete stores (of --model)."""
     from featurestore.store import find_stores, read_attrs
 
-    if model is not None and store is not None:
+    stores = [store] if isinstance(store, (str, Path)) else list(store or [])
+    if model is not None and stores:
         raise XrayError("pass either --model or --store, not both")
-    if store is not None:
-        return [Path(store)]
+    if stores:
+        return [Path(s) for s in stores]
     paths = find_stores(cache_dir)
     if data is not None:
         # Stores live in cache/<dataset name>/: keep the given dataset's folder only.
         paths = [p for p in paths if p.parent.name == _dataset_name(data, labels, uncertain)]
     if model is not None:
+        from featurestore.models import get_spec, is_provider_name
+
+        # `hf:microsoft/rad-dino` and `txv:all` are filed under their aliases.
+        model = get_spec(model).name if is_provider_name(model) else model
         paths = [p for p in paths if read_attrs(p).get("backbone") == model]
     if not paths:
         what = f" for {model}" if model else ""
@@ -100,7 +105,7 @@ def open_checked_store(
 def fit_heads(
     *,
     model: str | None = None,
-    store: Path | None = None,
+    store: Path | Sequence[Path] | None = None,
     data: Path | None = None,
     cache_dir: Path = Path("cache"),
     runs_dir: Path = Path("runs"),
@@ -112,13 +117,17 @@ def fit_heads(
     seeds: int = _HEAD.seeds,
     labels: str = "as-given",
     uncertain: str = "ignore",
+    pooling: str | None = _HEAD.pooling,
+    fuse: bool = _HEAD.fuse,
 ) -> list[RunSummary]:
     """Train a head on each selected feature store (all complete ones by default); one run each.
 
     `labels` and `uncertain` (with `data`) pick the stores of that label scheme (`kermany3`: the
     three-class ones) or uncertainty policy (multi-label data).
     With `seeds` > 1 each store gets runs with seeds config.seed, config.seed + 1, ...; the
-    stores are checked against their datasets once, not once per seed.
+    stores are checked against their datasets once, not once per seed. `pooling` picks one
+    pooling of token-model stores (`cls`, `mean`; None: all they hold). `fuse` trains one head
+    on the selected stores side by side (the same images in the same order, checked).
     """
     from featurestore.models import HEAD_KINDS
 
@@ -136,12 +145,29 @@ def fit_heads(
         open_checked_store(p, data=data, progress=progress, notice=say, fingerprints=memo)
         for p in paths
     ]
+    if fuse and len(stores) < 2:
+        raise XrayError("fusion needs two or more stores: pass --store several times")
+    groups = [stores] if fuse else [[s] for s in stores]
+    picks = [_poolings(g, pooling) for g in groups]
     return [
-        fit_head_on_store(s, head=head, config=cfg, runs_dir=runs_dir, progress=progress,
-                          console=console)
+        fit_head_on_stores(g, head=head, config=cfg, runs_dir=runs_dir, progress=progress,
+                           console=console, poolings=p)
         for cfg in repeats
-        for s in stores
+        for g, p in zip(groups, picks, strict=True)
     ]  # fmt: skip
+
+
+def _poolings(stores: Sequence[FeatureStore], pooling: str | None) -> list[str | None]:
+    """`pooling` for each store that has it, all columns for the others; one must have it."""
+    if pooling is None or pooling == "all":
+        return [None] * len(stores)
+    picks = [pooling if pooling in s.poolings else None for s in stores]
+    if all(p is None for p in picks):
+        names = sorted({k for s in stores for k in s.poolings})
+        raise XrayError(
+            f"--pooling {pooling}: no selected store holds it (they hold {', '.join(names)})"
+        )
+    return picks
 
 
 def fit_head_on_store(
@@ -152,16 +178,37 @@ def fit_head_on_store(
     runs_dir: Path,
     progress: Progress | None = None,
     console: Console | None = None,
+    pooling: str | None = None,
 ) -> RunSummary:
     """Frozen mode: a head on one store's cached features; writes and returns its run folder."""
+    return fit_head_on_stores(
+        [store], head=head, config=config, runs_dir=runs_dir, progress=progress,
+        console=console, poolings=[pooling],
+    )  # fmt: skip
+
+
+def fit_head_on_stores(
+    stores: Sequence[FeatureStore],
+    *,
+    head: str,
+    config: TrainConfig,
+    runs_dir: Path,
+    progress: Progress | None = None,
+    console: Console | None = None,
+    poolings: Sequence[str | None] | None = None,
+) -> RunSummary:
+    """A head on one store, or on several fused side by side (`poolings[i]` of store i)."""
     import torch
 
     from featurestore.train.sources import FeatureSource
 
+    picks = list(poolings) if poolings is not None else [None] * len(stores)
     torch.manual_seed(config.seed)
-    source = FeatureSource.from_store(store, batch_size=config.batch_size, seed=config.seed)
+    source = FeatureSource.from_stores(
+        stores, batch_size=config.batch_size, seed=config.seed, poolings=picks
+    )
     with one_thread_on_cpu(config.device):
-        return _fit_head(store, source, head=head, config=config, runs_dir=runs_dir,
+        return _fit_head(stores, picks, source, head=head, config=config, runs_dir=runs_dir,
                          progress=progress, console=console)  # fmt: skip
 
 
@@ -187,8 +234,14 @@ def one_thread_on_cpu(device: str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _label(store: FeatureStore, pooling: str | None) -> str:
+    """The model name a run records: the backbone, `-<pooling>` when one was picked."""
+    return store.backbone + (f"-{pooling}" if pooling else "")
+
+
 def _fit_head(
-    store: FeatureStore,
+    stores: Sequence[FeatureStore],
+    poolings: Sequence[str | None],
     source: FeatureSource,
     *,
     head: str,
@@ -201,9 +254,12 @@ def _fit_head(
     from featurestore.runs import write_run
     from featurestore.train.head_fit import head_trainer
 
+    store = stores[0]
+    model = "+".join(_label(s, p) for s, p in zip(stores, poolings, strict=True))
     if console is not None:
         console.print(
-            f"[bold]{store.backbone}[/] frozen, {head} head on {store.path} "
+            f"[bold]{model}[/] frozen, {head} head on "
+            f"{', '.join(str(s.path) for s in stores)} "
             f"({source.feature_dim} features)"
         )
     trainer = head_trainer(head, source.feature_dim, len(source.class_names))
@@ -214,7 +270,7 @@ def _fit_head(
         config,
         net,
         mode="frozen",
-        backbone=store.backbone,
+        backbone=model,
         head=head,
         class_names=store.class_names,
         positive_index=store.positive_index,
@@ -222,14 +278,29 @@ def _fit_head(
         label_scheme=store.label_scheme,
         task=store.task,
         store={"path": str(store.path), **store.attrs},
-        extraction_seconds=store.attrs.get("extraction_seconds"),
+        backbone_name=store.backbone,
+        # Which columns of the store the head reads (predict slices the trunk output alike).
+        pooling=poolings[0],
+        feature_columns=list(store.columns(poolings[0])),
+        # Fusion: every store's provenance and columns, in the order they were concatenated.
+        fused=(
+            [
+                {"path": str(s.path), "pooling": p, "columns": list(s.columns(p)), **s.attrs}
+                for s, p in zip(stores, poolings, strict=True)
+            ]
+            if len(stores) > 1
+            else None
+        ),
+        extraction_seconds=sum(float(s.attrs.get("extraction_seconds") or 0) for s in stores)
+        if len(stores) > 1
+        else store.attrs.get("extraction_seconds"),
         # Labels already in memory: re-reading the store would load every feature again.
         class_counts=class_counts(store.class_names, {s: source.records(s)[2] for s in SPLITS}),
         checkpoint="best.pt: standardize.{mean,std} then head.* over backbone features",
         **trainer.record(),
     )
     path = write_run(
-        runs_dir, model=store.backbone, mode="frozen", config=doc, result=result,
+        runs_dir, model=model, mode="frozen", config=doc, result=result,
         state_dict=exported.state_dict(),
     )  # fmt: skip
-    return summarize(path, store.backbone, "frozen", head, result)
+    return summarize(path, model, "frozen", head, result)

@@ -152,20 +152,73 @@ class FeatureSource:
 
     @classmethod
     def from_store(
-        cls, store: FeatureStore, *, batch_size: int = 256, seed: int = 0, standardize: bool = True
+        cls,
+        store: FeatureStore,
+        *,
+        batch_size: int = 256,
+        seed: int = 0,
+        standardize: bool = True,
+        pooling: str | None = None,
     ) -> FeatureSource:
-        """Load every split of a feature store into memory."""
+        """Load every split of a feature store into memory (only `pooling`'s columns)."""
+        return cls.from_stores(
+            [store], batch_size=batch_size, seed=seed, standardize=standardize, poolings=[pooling]
+        )
+
+    @classmethod
+    def from_stores(
+        cls,
+        stores: Sequence[FeatureStore],
+        *,
+        batch_size: int = 256,
+        seed: int = 0,
+        standardize: bool = True,
+        poolings: Sequence[str | None] | None = None,
+    ) -> FeatureSource:
+        """Several stores of one dataset side by side: features (N, D1 + D2 + ...) per split.
+
+        Feature fusion: rows are matched by key, so every store must hold the same images in
+        the same order (same dataset fingerprint, carve and classes); XrayError otherwise.
+        `poolings[i]` picks columns of store i (None: all).
+        """
+        if not stores:
+            raise XrayError("no feature store given")
+        chosen = list(poolings) if poolings is not None else [None] * len(stores)
+        first = stores[0]
+        for other in stores[1:]:  # a single store is not compared with anything
+            for key in ("dataset_fingerprint", "class_names", "positive_index", "carve"):
+                if other.attrs.get(key) != first.attrs.get(key):
+                    raise XrayError(
+                        f"cannot fuse {first.path.name} and {other.path.name}: their "
+                        f"{key.replace('_', ' ')} differ (extract both from the same dataset)"
+                    )
         splits: dict[Split, FeatureSplit] = {}
         for split in SPLITS:
-            arr = store.split(split)
+            parts = []
+            base = None
+            for store, pooling in zip(stores, chosen, strict=True):
+                arr = store.split(split)
+                if base is not None and arr.keys != base.keys:
+                    raise XrayError(
+                        f"cannot fuse {first.path.name} and {store.path.name}: their {split} "
+                        "rows are different images or in another order (skipped images?)"
+                    )
+                base = base or arr
+                if pooling is None:
+                    parts.append(arr.features)
+                else:
+                    start, stop = store.columns(pooling)
+                    parts.append(arr.features[:, start:stop])
+            assert base is not None
+            features = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
             splits[split] = FeatureSplit(
-                arr.features, np.asarray(arr.labels), list(arr.keys), list(arr.groups),
-                targets=arr.targets,
+                features, np.asarray(base.labels), list(base.keys), list(base.groups),
+                targets=base.targets,
             )  # fmt: skip
         return cls(
             splits,
-            class_names=store.class_names,
-            positive_index=store.positive_index,
+            class_names=first.class_names,
+            positive_index=first.positive_index,
             batch_size=batch_size,
             seed=seed,
             standardize=standardize,

@@ -62,6 +62,11 @@ def cam_stages(
     place, so A is the post-ReLU map the pooling sees and its gradient is not overwritten.
     """
     t: Any = trunk
+    if hasattr(t, "cam_split"):  # provider trunks (txv DenseNet, ViT token grid) know theirs
+        acts_, pool_ = t.cam_split()
+        return acts_, pool_
+    if family == "cnn":  # a timm CNN: its own feature map and pooled head (num_classes=0)
+        return t.forward_features, lambda a: t.forward_head(a, pre_logits=True)
     if family == "resnet":
 
         def acts(x: Tensor) -> Tensor:
@@ -138,7 +143,9 @@ def cam_to_image(
     """
     w, h = decoded
     # torchvision Resize(int): the short side becomes `resize`, the long one int(resize * ratio).
-    if w <= h:
+    if pre.squash:  # Resize((s, s)): both sides become `resize`
+        new_w = new_h = pre.resize
+    elif w <= h:
         new_w, new_h = pre.resize, int(pre.resize * h / w)
     else:
         new_w, new_h = int(pre.resize * w / h), pre.resize

@@ -59,6 +59,23 @@ class RunHead(nn.Module):
         return self.head(features)
 
 
+class Columns(nn.Module):
+    """A trunk whose output keeps columns [start, stop) only: (N, D) -> (N, stop - start)."""
+
+    def __init__(self, trunk: nn.Module, start: int, stop: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.start, self.stop = start, stop
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.trunk(x)[:, self.start : self.stop]
+
+    def cam_split(self) -> tuple[Any, Any]:
+        """The wrapped trunk's Grad-CAM split, its pooled output sliced alike."""
+        acts, pool = self.trunk.cam_split()  # type: ignore[operator]
+        return acts, lambda a: pool(a)[:, self.start : self.stop]
+
+
 @dataclass
 class Predictor:
     """A run's model rebuilt for inference: trunk, head, preprocessing, threshold."""
@@ -221,6 +238,12 @@ def load_predictor(
             f"{run.path} is not a run of this xray (mode {mode!r}, model {name!r}): "
             "pass a folder written by `xray fit-head` or `xray finetune`"
         )
+    if cfg.get("fused"):
+        raise XrayError(
+            f"{run.name} is a fused run (a head over several stores): predict and explain "
+            "take runs on one backbone"
+        )
+    name = str(cfg.get("backbone_name") or name)  # frozen runs with --pooling: `rad-dino-cls`
     spec = get_spec(name)
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise XrayError(f"--device must be auto, cpu or cuda, got {device!r}")
@@ -302,14 +325,8 @@ def _preprocessing(doc: Any, run: RunRecord) -> Preprocessing:
             f"({rule or 'none recorded'}; this xray uses {INTENSITY_RULE}): train it again"
         )
     try:
-        return Preprocessing(
-            mean=tuple(float(v) for v in doc["mean"]),
-            std=tuple(float(v) for v in doc["std"]),
-            resize=int(doc["resize"]),
-            crop=int(doc["crop"]),
-            interpolation=str(doc["interpolation"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
+        return Preprocessing.from_dict(doc)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise XrayError(f"{run.path}: no usable preprocessing recorded ({exc})") from None
 
 
@@ -323,7 +340,7 @@ def _frozen_parts(
     store = run.config.get("store")
     if not isinstance(store, dict) or "weights_id" not in store:
         raise XrayError(f"{run.path}: a frozen run without store provenance in config.json")
-    name = str(run.config["model"])
+    name = str(run.config.get("backbone_name") or run.config["model"])
     weights_id = str(store["weights_id"])
     recorded_sha = store.get("weights_sha256")
     if weights is not None and not weights_id.startswith("file:"):
@@ -357,7 +374,9 @@ def _frozen_parts(
                 f"{run.name} used ImageNet weights {weights_id} (sha256 {recorded_sha}), but "
                 f"this torchvision gives {loaded.weights_id} ({loaded.weights_sha256})"
             )
-    dim = loaded.spec.feature_dim
+    # A head trained on some columns of the store (one pooling) reads those columns only.
+    start, stop = run.config.get("feature_columns") or (0, loaded.spec.feature_dim)
+    dim = int(stop) - int(start)
     kind = str(run.config.get("head", "linear"))
     if kind == "mlp" and "head.net.0.weight" in state:
         hidden = int(state["head.net.0.weight"].shape[0])
@@ -370,7 +389,10 @@ def _frozen_parts(
     _load_strict(exported, state, run, f"frozen {kind} head")
     dtype = torch.float16 if str(store.get("dtype", "float32")) == "float16" else None
     pre = _preprocessing(store.get("preprocessing"), run)
-    return loaded.trunk, RunHead(exported, feature_dtype=dtype), pre
+    trunk = loaded.trunk
+    if (int(start), int(stop)) != (0, loaded.spec.feature_dim):
+        trunk = Columns(trunk, int(start), int(stop))
+    return trunk, RunHead(exported, feature_dtype=dtype), pre
 
 
 def _finetune_parts(
@@ -379,7 +401,7 @@ def _finetune_parts(
     """Trunk + linear head, both from best.pt (`trunk.*`, `head.*`)."""
     from featurestore.models import TrunkHead, build_head, load_backbone
 
-    name = str(run.config["model"])
+    name = str(run.config.get("backbone_name") or run.config["model"])
     loaded = load_backbone(name, "none")  # random init, overwritten by best.pt below
     net = TrunkHead(loaded.trunk, build_head("linear", loaded.spec.feature_dim, n_classes))
     _load_strict(net, state, run, "fine-tune model")

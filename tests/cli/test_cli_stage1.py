@@ -21,11 +21,28 @@ def test_models_json_lists_the_registry(offline_hub: Path) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     rows = {r["name"]: r for r in doc["rows"]}
-    assert set(rows) == {"resnet18", "resnet50", "densenet121", "efficientnet_b0", "convnext_tiny"}
+    torchvision = {n for n, r in rows.items() if r["provider"] == "torchvision"}
+    assert torchvision == {
+        "resnet18",
+        "resnet50",
+        "densenet121",
+        "efficientnet_b0",
+        "convnext_tiny",
+    }
     assert rows["resnet50"]["features"] == 2048 and rows["resnet50"]["weights"] == "IMAGENET1K_V2"
     assert rows["densenet121"]["parameters"] == 6953856  # trunk only, counted without download
-    assert all(r["offline"] is False for r in rows.values())
+    assert all(rows[n]["offline"] is False for n in torchvision)
     assert doc["hub"] == str(offline_hub)
+    # Providers: every alias with what it stands for, and each scheme with its install state.
+    assert rows["rad-dino"]["target"] == "hf:microsoft/rad-dino"
+    assert rows["medsiglip"]["poolings"] == ["map", "mean"]
+    assert rows["txv-all"]["features"] == 1024 and rows["txv-all"]["licence"]
+    for scheme, provider in (
+        ("timm:<model>", "timm"),
+        ("hf:<repo id>", "hf"),
+        ("txv:<weights>", "txv"),
+    ):
+        assert rows[scheme]["provider"] == provider and rows[scheme]["installed"] is True
 
 
 def test_models_table_shows_offline_weights(offline_hub: Path) -> None:

@@ -324,3 +324,37 @@ def test_real_radiographs_extract_into_a_plain_hdf5_store(realsample: Path, tmp_
         assert fh["test/features"].shape == (result.counts["test"], 512)
         assert json.loads(fh.attrs["carve"]) == m.carve.as_dict()  # type: ignore[union-attr]
         assert bool(fh.attrs["complete"])
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "pooling"),
+    [
+        (
+            "timm:vit_tiny_patch16_224",
+            "timm_vit_tiny_patch16_224-none-32px-cls+mean.h5",
+            "cls+mean",
+        ),
+        ("txv:all", "txv-all-none-32px.h5", "avg"),
+    ],
+)
+def test_provider_stores_record_provider_pooling_and_preprocessing(
+    tiny_data_ro: Path, tmp_path: Path, model: str, name: str, pooling: str
+) -> None:
+    pytest.importorskip("timm")
+    pytest.importorskip("torchxrayvision")
+    result = _extract(load_manifest(tiny_data_ro), tmp_path, model=model)
+    assert result.path.name == name  # the alias names the store; the pooling is in the name
+    store = open_store(result.path)
+    assert store.attrs["pooling"] == pooling and store.attrs["provider"] == model.partition(":")[0]
+    assert store.attrs["preprocessing"] == backbones.preprocessing_for(model, "none", 32).as_dict()
+    assert store.feature_dim == max(b for _, b in store.poolings.values())
+    features = store.split("train").features
+    assert features.shape[1] == store.feature_dim and np.isfinite(features).all()
+    if model.startswith("txv"):
+        assert store.attrs["preprocessing"]["channels"] == 1
+    else:
+        assert store.columns("cls") == (0, 192) and store.columns("mean") == (192, 384)
+        with pytest.raises(XrayError, match="no pooling 'map'"):
+            store.columns("map")
+    again = _extract(load_manifest(tiny_data_ro), tmp_path, model=model)
+    assert again.status == "reused"

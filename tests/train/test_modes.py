@@ -230,3 +230,65 @@ def test_store_whose_dataset_is_gone_is_used_with_a_notice(frozen_env, tmp_path:
     )  # fmt: skip
     assert any("freshness is not checked" in n for n in notices)
     assert load_run(summary.path).config["store"]["path"] == str(copy)
+
+
+def test_pooling_and_fusion_of_provider_stores(frozen_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("timm")
+    from featurestore.data import load_manifest
+    from featurestore.store import extract_features, open_store
+
+    torch.manual_seed(0)
+    vit = extract_features(
+        load_manifest(frozen_env["data"]), model="timm:vit_tiny_patch16_224", weights="none",
+        cache_dir=tmp_path / "cache", image_size=32, workers=0, dtype="float32",
+    ).path  # fmt: skip
+    (cls,) = fit_heads(store=vit, runs_dir=tmp_path / "runs", config=HEAD, pooling="cls")
+    doc = load_run(cls.path).config
+    assert cls.model == doc["model"] == "timm:vit_tiny_patch16_224-cls"
+    assert doc["backbone_name"] == "timm:vit_tiny_patch16_224" and doc["pooling"] == "cls"
+    assert doc["feature_columns"] == [0, 192]
+    state = torch.load(cls.path / "best.pt", weights_only=True)
+    assert state["head.weight"].shape == (2, 192)  # the head read the class token only
+    with pytest.raises(XrayError, match="no selected store holds it"):
+        fit_heads(store=frozen_env["store"], runs_dir=tmp_path / "runs", pooling="cls")
+
+    # Fusion: resnet18 (512) next to the ViT's patch mean (192), rows matched by key.
+    (fused,) = fit_heads(
+        store=[frozen_env["store"], vit], fuse=True, pooling="mean", runs_dir=tmp_path / "runs",
+        config=HEAD,
+    )  # fmt: skip
+    doc = load_run(fused.path).config
+    assert fused.model == "resnet18+timm:vit_tiny_patch16_224-mean"
+    assert [f["columns"] for f in doc["fused"]] == [[0, 512], [192, 384]]
+    assert [f["backbone"] for f in doc["fused"]] == ["resnet18", "timm:vit_tiny_patch16_224"]
+    state = torch.load(fused.path / "best.pt", weights_only=True)
+    assert state["head.weight"].shape == (2, 512 + 192)
+    with pytest.raises(XrayError, match="fusion needs two or more stores"):
+        fit_heads(store=vit, fuse=True, runs_dir=tmp_path / "runs")
+    # A store of another dataset cannot be fused: its fingerprint differs.
+    other = write_tiny_dataset(tmp_path / "other", seed=3)
+    alien = extract_features(
+        load_manifest(other), model="resnet18", weights="none", cache_dir=tmp_path / "c2",
+        image_size=32, workers=0,
+    ).path  # fmt: skip
+    assert (
+        open_store(alien).attrs["dataset_fingerprint"]
+        != open_store(vit).attrs["dataset_fingerprint"]
+    )
+    with pytest.raises(XrayError, match=r"cannot fuse .* dataset fingerprint differ"):
+        fit_heads(store=[vit, alien], fuse=True, runs_dir=tmp_path / "runs", config=HEAD)
+
+
+def test_finetune_a_vit_with_blocks_frozen(tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    data = write_tiny_dataset(tmp_path / "chest_xray")
+    summary = finetune(
+        data=data, model="timm:vit_tiny_patch16_224", weights="none", image_size=32,
+        freeze="model.blocks.10", runs_dir=tmp_path / "runs", config=TUNE,
+    )  # fmt: skip
+    run = load_run(summary.path)
+    # Only the last block, the final norm and the head (2 x 384 + 2) train.
+    # norms 2 x 384, qkv 192 x 576 + 576, proj 192 x 192 + 192, mlp 2 x 192 x 768 + 768 + 192
+    block = 2 * 384 + (192 * 576 + 576) + (192 * 192 + 192) + (2 * 192 * 768 + 768 + 192)
+    assert run.config["trainable_params"] == block + 2 * 192 + 2 * 384 + 2
+    assert summary.path.name.endswith("-timm_vit_tiny_patch16_224-finetune-s0")

@@ -57,6 +57,64 @@ def test_cam_stages_reproduce_the_trunk(name: str) -> None:
         torch.testing.assert_close(pool(a), trunk(x), atol=1e-5, rtol=1e-5)
 
 
+PROVIDER_CAMS = [
+    ("timm:resnet10t", 3, 64),
+    ("txv-all", 1, 64),
+    ("timm:vit_tiny_patch16_224", 3, 64),
+]
+
+
+@pytest.mark.parametrize(("name", "channels", "size"), PROVIDER_CAMS)
+def test_provider_cam_splits_reproduce_the_trunk(name: str, channels: int, size: int) -> None:
+    pytest.importorskip("timm")
+    pytest.importorskip("torchxrayvision")
+    torch.manual_seed(0)
+    loaded = load_backbone(name, "none")
+    trunk = loaded.trunk.eval()
+    acts, pool = cam_stages(trunk, loaded.spec.family)
+    x = torch.randn(2, channels, size, size)
+    with torch.no_grad():
+        a = acts(x)
+        assert a.ndim == 4 and a.shape[0] == 2
+        torch.testing.assert_close(pool(a), trunk(x), atol=1e-5, rtol=1e-5)
+    if loaded.spec.family == "vit":
+        assert a.shape[-2:] == (4, 4)  # the 16-px patch grid of a 64-px image
+    head = nn.Linear(loaded.spec.feature_dim, 2)
+    cams, _ = grad_cam(acts, lambda t: head(pool(t)), x, target=1)
+    assert cams.shape == (2, *a.shape[-2:]) and float(cams.max()) > 0
+
+
+def test_dinov2_token_grid_cam_and_a_refusal_for_siglip(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("transformers")
+    from featurestore.errors import XrayError
+    from featurestore.models import ALIASES, Alias, providers
+
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 8}
+    monkeypatch.setattr(providers, "_RESOLVED", {})
+    monkeypatch.setitem(
+        ALIASES, "tiny-dino", Alias("hf:t/dino", {"model_type": "dinov2", **small, "mlp_ratio": 2})
+    )
+    monkeypatch.setitem(
+        ALIASES,
+        "tiny-siglip",
+        Alias(
+            "hf:t/siglip", {"model_type": "siglip_vision_model", **small, "intermediate_size": 64}
+        ),
+    )
+    torch.manual_seed(0)
+    trunk = load_backbone("tiny-dino", "none").trunk.eval()
+    acts, pool = cam_stages(trunk, "vit")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a = acts(x)
+        torch.testing.assert_close(pool(a), trunk(x), atol=1e-5, rtol=1e-5)
+    assert a.shape == (2, 32, 4, 4)
+    siglip = load_backbone("tiny-siglip", "none").trunk.eval()
+    acts, _ = cam_stages(siglip, "vit")
+    with pytest.raises(XrayError, match="no token-grid CAM for siglip_vision_model"):
+        acts(x)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "densenet121", "efficientnet_b0"])
 def test_grad_cam_equals_the_closed_form_for_a_linear_head(name: str) -> None:
     # With global average pooling and a linear head, d logit_1 / d A_k = w_1k / (h w), so

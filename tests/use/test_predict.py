@@ -357,3 +357,21 @@ def test_multilabel_run_predicts_each_finding_at_its_threshold(tmp_path: Path) -
     for row, decided in zip(rows, test["predictions"], strict=True):
         on = [c for c, d in zip(names, decided, strict=True) if d]
         assert row.prediction == ("|".join(on) or "No Finding")
+
+
+def test_pooled_vit_run_from_images_reproduces_predictions_csv(tiny: Path, tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    from featurestore.data import load_manifest
+    from featurestore.store import extract_features
+    from featurestore.train import fit_heads
+
+    extract_features(
+        load_manifest(tiny), model="timm:vit_tiny_patch16_224", weights="none",
+        cache_dir=tmp_path / "cache", image_size=32, workers=0,
+    )  # fmt: skip
+    (summary,) = fit_heads(
+        data=tiny, cache_dir=tmp_path / "cache", runs_dir=tmp_path / "runs", config=HEAD,
+        pooling="mean",
+    )  # fmt: skip
+    recorded, predicted, _ = test_probabilities(summary.path, tiny)
+    np.testing.assert_allclose(predicted, recorded, rtol=0, atol=1e-5)
