@@ -432,12 +432,23 @@ def demo(
             "--full", help="The hand-written study's scale: 224 px, 100 head / 10 fine-tune epochs."
         ),
     ] = False,
+    sweeps: Annotated[
+        bool,
+        typer.Option(
+            "--sweeps/--no-sweeps",
+            help="Also a head sweep and a label-efficiency curve per backbone (frozen mode).",
+        ),
+    ] = _STUDY.sweeps,
     cache: CacheDir = DEFAULT_CACHE,
     runs_dir: RunsDir = DEFAULT_RUNS,
     as_json: JsonFlag = False,
     task: TaskOpt = Task(_STUDY.task),
 ) -> None:
     """The whole study in one command: each backbone frozen and fine-tuned, then compared.
+
+    Each frozen backbone also gets a small head sweep (9 linear heads in one module) and
+    label-efficiency runs on nested quarter and half subsets of the train patients, drawn in
+    the report as a curve (`--no-sweeps` leaves them out).
 
     On the default data (generated on first use) with small images and few epochs it
     finishes in minutes on a 2-core CPU; `--full` runs it at the hand-written study's scale.
@@ -463,7 +474,7 @@ def demo(
         get_spec(name)  # an unknown name fails before any data is read or generated
     base = StudyConfig(
         models=chosen, weights=weights, seeds=seeds, workers=workers, task=task.value,
-        labels="kermany3" if task is Task.multiclass else "as-given",
+        labels="kermany3" if task is Task.multiclass else "as-given", sweeps=sweeps,
     )  # fmt: skip
     base = base.full_size() if full else base
     config = replace_some(

@@ -251,6 +251,34 @@ def fit_head(
     threshold_policy: ThresholdOpt = _HEAD.train.threshold_policy,
     seed: SeedOpt = _HEAD.train.seed,
     seeds: SeedsOpt = _HEAD.seeds,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sweep",
+            help="Train a grid of heads at once and keep the best on validation: 'default' "
+            "(lr 1e-4..1e-2 x wd 0,1e-4,1e-2 x linear,mlp), or axis=v1,v2 items among lr, wd, "
+            "head (repeat the option or quote them together); an axis left out keeps --lr/--head.",
+            show_default=False,
+        ),
+    ] = None,
+    train_fraction: Annotated[
+        str | None,
+        typer.Option(
+            "--train-fraction",
+            help="Label efficiency: one run per fraction of the train patients, e.g. "
+            "0.01,0.1,0.5,1 (nested, class-stratified, drawn with each run's seed).",
+            show_default=False,
+        ),
+    ] = None,
+    shots: Annotated[
+        str | None,
+        typer.Option(
+            "--shots",
+            help="Label efficiency: one run per K train images per class, e.g. 5,10,50 "
+            "(whole patients first, nested).",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOpt = Device(_HEAD.train.device),
     pooling: Annotated[
         str | None,
@@ -289,7 +317,10 @@ def fit_head(
     * `xray fit-head --model rad-dino --pooling cls`
     * `xray fit-head --fuse --store cache/x/densenet121-imagenet-224px.h5
       --store cache/x/rad-dino-pretrained-224px-cls+mean.h5`
+    * `xray fit-head --sweep default` (or `--sweep "lr=1e-4,1e-3,1e-2 wd=0,1e-4"`)
+    * `xray fit-head --train-fraction 0.01,0.05,0.1,0.25,0.5,1 --seeds 3`
     """
+    from featurestore.config import parse_fractions, parse_shots, parse_sweep
     from featurestore.progress import make_progress
     from featurestore.train import TrainConfig, fit_heads
 
@@ -305,12 +336,19 @@ def fit_head(
         seed=given["seed"],
         device=str(given["device"]),  # type: ignore[arg-type]
     )
+    grid = None
+    if sweep:
+        grid = parse_sweep(sweep, head=str(given["head"]), lr=config.lr,
+                           weight_decay=config.weight_decay)  # fmt: skip
+    fractions = parse_fractions(train_fraction) if train_fraction is not None else ()
+    shot_counts = parse_shots(shots) if shots is not None else ()
     with make_progress(err_console, transient=True) as progress:
         summaries = fit_heads(
             model=given["model"], store=store, data=data, cache_dir=cache, runs_dir=runs,
             head=str(given["head"]), config=config, progress=progress, console=err_console,
             notice=notice, seeds=seeds, labels=str(given["labels"]),
             uncertain=str(given["uncertain"]), pooling=given["pooling"], fuse=fuse,
+            sweep=grid, train_fractions=fractions, shots=shot_counts,
         )  # fmt: skip
     _report(summaries, as_json=as_json)
 
@@ -368,6 +406,23 @@ def finetune(
     threshold_policy: ThresholdOpt = _FT.train.threshold_policy,
     seed: SeedOpt = _FT.train.seed,
     seeds: SeedsOpt = _FT.seeds,
+    train_fraction: Annotated[
+        str | None,
+        typer.Option(
+            "--train-fraction",
+            help="Label efficiency: one run per fraction of the train patients, e.g. 0.1,0.5,1 "
+            "(nested, class-stratified, drawn with each run's seed).",
+            show_default=False,
+        ),
+    ] = None,
+    shots: Annotated[
+        str | None,
+        typer.Option(
+            "--shots",
+            help="Label efficiency: one run per K train images per class, e.g. 5,50.",
+            show_default=False,
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the interrupted run with the same settings.")
     ] = False,
@@ -391,10 +446,11 @@ def finetune(
     * `xray finetune --model resnet18 --weights none --image-size 64 --resume`
     * `xray finetune --config runs/20261128-102000-resnet50-finetune-s0 --seed 1`
     * `xray finetune --model resnet50 --labels kermany3` (NORMAL / BACTERIAL / VIRAL)
+    * `xray finetune --model resnet18 --train-fraction 0.1,0.5 --seeds 2`
     * `torchrun --standalone --nproc-per-node 4 $(which xray) finetune --model resnet50`
     """
     from featurestore import distributed
-    from featurestore.config import seeded
+    from featurestore.config import parse_fractions, parse_shots, seeded
     from featurestore.models import get_spec
     from featurestore.progress import make_progress
     from featurestore.train import TrainConfig
@@ -416,6 +472,10 @@ def finetune(
         backbone_lr_mult=given["backbone_lr_mult"],
         device=str(given["device"]),  # type: ignore[arg-type]
     )
+    subsets: list[tuple[float | None, int | None]] = [
+        *((f, None) for f in (parse_fractions(train_fraction) if train_fraction else ())),
+        *((None, k) for k in (parse_shots(shots) if shots else ())),
+    ] or [(None, None)]
     summaries = []
     with (
         distributed.process_group(config.device) as launch,
@@ -425,13 +485,15 @@ def finetune(
             err_console.quiet = True  # rank 0 speaks for all: every rank's errors reach it
         path = distributed.on_main(lambda: resolve_data(data))  # rank 0 may generate it
         for cfg in seeded(config, seeds):
-            summaries.append(run_finetune(
-                data=path, model=given["model"], weights=given["weights"],
-                freeze=given["freeze"], image_size=given["image_size"], augment=given["augment"],
-                hflip=given["hflip"], workers=workers, runs_dir=runs, config=cfg, resume=resume,
-                progress=progress, console=err_console, notice=notice,
-                labels=str(given["labels"]), uncertain=str(given["uncertain"]),
-            ))  # fmt: skip
+            for fraction, k in subsets:
+                summaries.append(run_finetune(
+                    data=path, model=given["model"], weights=given["weights"],
+                    freeze=given["freeze"], image_size=given["image_size"],
+                    augment=given["augment"], hflip=given["hflip"], workers=workers,
+                    runs_dir=runs, config=cfg, resume=resume, progress=progress,
+                    console=err_console, notice=notice, labels=str(given["labels"]),
+                    uncertain=str(given["uncertain"]), train_fraction=fraction, shots=k,
+                ))  # fmt: skip
     if launch is None or launch.rank == 0:
         _report(summaries, as_json=as_json)
 

@@ -8,6 +8,7 @@ its config.json; `--config` reads it back to repeat the run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -274,6 +275,106 @@ class ExtractConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """The grid of a head sweep (`xray fit-head --sweep`): every lr x weight decay x head.
+
+    All members train at once as one batched module on the same batches, each stops early on
+    its own, and the member with the best validation monitor becomes the run. The defaults
+    bracket the single-run lr (1e-3) by 10x either way, with and without weight decay.
+    """
+
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+    """Peak AdamW learning rates tried."""
+    weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-2)
+    """AdamW weight decays tried (decoupled; never on biases and norm weights)."""
+    heads: tuple[str, ...] = ("linear", "mlp")
+    """Head kinds tried: linear and/or mlp (logreg sweeps its own C and cannot be batched)."""
+
+    def __post_init__(self) -> None:
+        if not self.lrs or not self.weight_decays or not self.heads:
+            raise XrayError("every --sweep axis needs at least one value")
+        if any(not v > 0 for v in self.lrs):
+            raise XrayError(f"--sweep lr values must be positive, got {list(self.lrs)}")
+        if any(not v >= 0 for v in self.weight_decays):
+            raise XrayError(f"--sweep wd values must be >= 0, got {list(self.weight_decays)}")
+        bad = [h for h in self.heads if h not in ("linear", "mlp")]
+        if bad:
+            raise XrayError(f"--sweep head takes linear and mlp, got {', '.join(bad)}")
+
+    def members(self) -> list[tuple[str, float, float]]:
+        """(head, lr, weight decay) of every member, heads outermost, in grid order."""
+        return [(h, lr, wd) for h in self.heads for lr in self.lrs for wd in self.weight_decays]
+
+
+SWEEP_AXES = {"lr": "lrs", "wd": "weight_decays", "head": "heads"}
+
+
+def parse_sweep(specs: Sequence[str], *, head: str, lr: float, weight_decay: float) -> SweepConfig:
+    """`--sweep` values -> SweepConfig. "default" is the default grid; else `axis=v1,v2` items.
+
+    Items may share one value ("lr=1e-4,1e-3 wd=0,1e-4") or come as repeated options. An axis
+    that is not named keeps the single-run value (`--head`, `--lr`, the default weight decay).
+
+    Raises:
+        XrayError: an unknown axis, a value that is not a number, or an empty list.
+    """
+    items = [item for spec in specs for item in spec.split()]
+    if items == ["default"]:
+        return SweepConfig()
+    chosen: dict[str, tuple[object, ...]] = {
+        "heads": (head,),
+        "lrs": (lr,),
+        "weight_decays": (weight_decay,),
+    }
+    for item in items:
+        axis, sep, raw = item.partition("=")
+        if not sep or axis not in SWEEP_AXES:
+            raise XrayError(
+                f"--sweep takes 'default' or axis=v1,v2 items with axis one of "
+                f"{', '.join(SWEEP_AXES)}; got {item!r}"
+            )
+        parts = [v for v in raw.split(",") if v]
+        if axis == "head":
+            chosen["heads"] = tuple(parts)
+            continue
+        try:
+            chosen[SWEEP_AXES[axis]] = tuple(float(v) for v in parts)
+        except ValueError:
+            raise XrayError(f"--sweep {axis} values must be numbers, got {raw!r}") from None
+    return SweepConfig(**chosen)  # type: ignore[arg-type]
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """`--train-fraction 0.01,0.1,1` -> (0.01, 0.1, 1.0), sorted; each in (0, 1].
+
+    Raises:
+        XrayError: a value that is not a number in (0, 1].
+    """
+    try:
+        values_ = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise XrayError(f"--train-fraction takes numbers in (0, 1], got {text!r}") from None
+    if not values_ or any(not 0.0 < v <= 1.0 for v in values_):
+        raise XrayError(f"--train-fraction takes numbers in (0, 1], got {text!r}")
+    return tuple(values_)
+
+
+def parse_shots(text: str) -> tuple[int, ...]:
+    """`--shots 5,10,50` -> (5, 10, 50): training images per class, sorted; each >= 1.
+
+    Raises:
+        XrayError: a value that is not a whole number >= 1.
+    """
+    try:
+        values_ = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise XrayError(f"--shots takes whole numbers >= 1, got {text!r}") from None
+    if not values_ or any(v < 1 for v in values_):
+        raise XrayError(f"--shots takes whole numbers >= 1, got {text!r}")
+    return tuple(values_)
+
+
+@dataclass(frozen=True)
 class FitHeadConfig:
     """Stage 2 on cached features (`xray fit-head`): which head, how it trains, how often."""
 
@@ -291,6 +392,11 @@ class FitHeadConfig:
     """One head on all the selected stores side by side instead of one head per store."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The trainer's settings (heads on cached features: many cheap epochs)."""
+    train_fractions: tuple[float, ...] = ()
+    """Label efficiency: train on these fractions of the train patients (nested, stratified,
+    seeded by the run seed); () trains on all of train."""
+    shots_per_class: tuple[int, ...] = ()
+    """Label efficiency: train on K images per class (whole patients first, nested)."""
 
 
 @dataclass(frozen=True)
@@ -442,8 +548,21 @@ class StudyConfig:
     `multilabel` a findings CSV (the built-in one by default)."""
     labels: Literal["as-given", "kermany3"] = "as-given"
     """Label scheme (`LabelScheme`): `kermany3` makes it the three-class study."""
+    sweeps: bool = True
+    """Also show a head sweep and a label-efficiency curve per backbone (frozen mode)."""
+    sweep: SweepConfig = field(
+        default_factory=lambda: SweepConfig(
+            lrs=(1e-4, 1e-3, 1e-2), weight_decays=(0.0, 1e-4, 1e-2), heads=("linear",)
+        )
+    )
+    """The demo's small grid: 3 lr x 3 weight decays = 9 linear heads in one module (MLP
+    members multiply the cost by the hidden width; `xray fit-head --sweep default` has them)."""
+    train_fractions: tuple[float, ...] = (0.25, 0.5)
+    """Label-efficiency subsets of train; the head on all of train is the curve's last point."""
 
     def __post_init__(self) -> None:
+        if any(not 0.0 < f < 1.0 for f in self.train_fractions):
+            raise XrayError(f"study train fractions must lie in (0, 1), got {self.train_fractions}")
         if not self.models:
             raise XrayError("the study needs at least one model")
         if self.image_size < 32:

@@ -221,3 +221,42 @@ def _save(fig: Figure, path: Path, note: str | None = None) -> None:
     fig.tight_layout()
     stamp(fig, note)
     save_figure(fig, path, tight=False)
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], monitor: str, path: Path) -> None:
+    """A sweep's grid: the validation monitor at each member's best epoch, lr x weight decay,
+    one heat map per head kind; the chosen member is ringed."""
+    kinds = list(dict.fromkeys(str(r["head"]) for r in rows))
+    fig, axes = new_figure(figsize=(5.2 * len(kinds), 4.0), ncols=len(kinds), squeeze=False)
+    fig.set_layout_engine("constrained")  # room for the shared colour bar
+    values = [float(r["score"]) for r in rows if np.isfinite(float(r["score"]))]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    image = None
+    for k, (ax, kind) in enumerate(zip(axes[0], kinds, strict=True)):
+        mine = [r for r in rows if r["head"] == kind]
+        lrs = sorted({float(r["lr"]) for r in mine})
+        wds = sorted({float(r["weight_decay"]) for r in mine})
+        grid = np.full((len(wds), len(lrs)), np.nan)
+        for r in mine:
+            i, j = wds.index(float(r["weight_decay"])), lrs.index(float(r["lr"]))
+            grid[i, j] = float(r["score"])
+            if r["chosen"]:
+                ax.scatter([j], [i], s=300, facecolors="none", edgecolors="red", linewidths=2)
+        image = ax.imshow(grid, cmap="viridis", vmin=lo, vmax=hi, origin="lower", aspect="auto")
+        for i in range(len(wds)):
+            for j in range(len(lrs)):
+                if np.isfinite(grid[i, j]):
+                    box = {"facecolor": "black", "alpha": 0.3, "lw": 0}
+                    ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                            color="w", bbox=box)  # fmt: skip
+        ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
+        ax.set_yticks(range(len(wds)), [f"{v:g}" for v in wds])
+        ax.set_xlabel("learning rate")
+        if k == 0:
+            ax.set_ylabel("weight decay")
+        ax.set_title(f"{kind} heads")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes[0]), label=f"best {monitor}")
+    fig.suptitle(f"sweep: {monitor} at each member's best epoch (chosen ringed)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, path, dpi=110, tight=False)

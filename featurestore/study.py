@@ -64,6 +64,19 @@ def study_commands(
             f"xray fit-head --store {stores[model]} --head {config.head} "
             f"--epochs {config.head_epochs} --runs {study_runs}{seeds}"
         )
+        if config.sweeps and config.task == "binary":
+            g = config.sweep
+            grid = (
+                f"lr={','.join(f'{v:g}' for v in g.lrs)} "
+                f"wd={','.join(f'{v:g}' for v in g.weight_decays)} head={','.join(g.heads)}"
+            )
+            head_run = (
+                f"xray fit-head --store {stores[model]} --head {config.head} "
+                f"--epochs {config.head_epochs} --runs {study_runs}{seeds}"
+            )
+            out.append(f'{head_run} --sweep "{grid}"')
+            fractions = ",".join(f"{f:g}" for f in config.train_fractions)
+            out.append(f"{head_run} --train-fraction {fractions}")
         out.append(
             f"xray finetune --model {model} --weights {weights} --image-size "
             f"{config.image_size} --epochs {ft.epochs} --batch-size {ft.batch_size} "
@@ -103,7 +116,11 @@ def run_study(
     console: Console | None = None,
     notice: Notice | None = None,
 ) -> StudyResult:
-    """Extract + fit a head and fine-tune each model, then compare the runs into one report."""
+    """Extract + fit a head and fine-tune each model, then compare the runs into one report.
+
+    With `config.sweeps` each model's store also gets a head sweep and label-efficiency runs
+    (`config.train_fractions`), so the report shows the sweep's pick and the curve.
+    """
     from featurestore.compare import CompareConfig, compare_runs, write_report
     from featurestore.data import load_manifest
     from featurestore.store import extract_features, open_store
@@ -153,6 +170,20 @@ def run_study(
                 console=console,
             )
             run_paths.append(summary.path)
+            if config.sweeps and manifest.task == "binary":
+                # The same store, two more questions: which head settings (one batched sweep),
+                # and how many labels (nested patient subsets; the run above is all of train).
+                swept = fit_head_on_store(
+                    store, head=config.head, config=head_cfg, runs_dir=study_runs,
+                    progress=progress, console=console, sweep=config.sweep,
+                )  # fmt: skip
+                run_paths.append(swept.path)
+                for fraction in config.train_fractions:
+                    subset = fit_head_on_store(
+                        store, head=config.head, config=head_cfg, runs_dir=study_runs,
+                        progress=progress, console=console, train_fraction=fraction,
+                    )  # fmt: skip
+                    run_paths.append(subset.path)
             summary = finetune(
                 data=data,
                 model=model,

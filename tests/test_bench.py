@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 EXPECTED = {
     "startup": ["commands", "python_floor_s", "meets_target"],
     "extract": ["models", "decode_images_per_s_per_core", "memory", "best_ratio"],
-    "head": ["results", "meets_target", "frozen_epoch_is_estimate"],
+    "head": ["results", "meets_target", "frozen_epoch_is_estimate", "sweep_meets_target"],
     "finetune": ["first_epoch_ratio", "later_epoch_ratio", "loader_profile", "cached_images"],
 }
 

@@ -41,15 +41,19 @@ def test_demo_cli_runs_the_whole_study(
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     modes = sorted(r["mode"] for r in doc["runs"])
-    assert modes == ["finetune", "frozen"]
-    assert len(doc["pairs"]) == 1
+    # frozen head, its sweep, two label-efficiency subsets, fine-tune
+    assert modes == ["finetune", "frozen", "frozen", "frozen", "frozen"]
+    assert len(doc["pairs"]) == 10
     assert any("randomly initialised" in w for w in doc["warnings"])
     assert doc["commands"][-1].startswith("xray compare ")
     report = Path(doc["report"])
     assert report.is_file() and (report.parent / "roc.png").is_file()
+    assert (report.parent / "label_efficiency.png").is_file()
+    assert "## Label efficiency" in report.read_text()
     # The study's runs live in their own folder under runs/, the store under cache/.
     runs = [p for p in (tmp_path / "runs").glob("study-*/*") if not p.name.startswith(".")]
-    assert len(runs) == 2
+    assert len(runs) == 5
+    assert sum((p / "sweep.csv").is_file() for p in runs) == 1
     assert list((tmp_path / "cache").rglob("resnet18-none-32px.h5"))
 
 

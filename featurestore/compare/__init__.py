@@ -1,7 +1,7 @@
 """Judging runs: metrics at a threshold, bootstrap intervals, clustered paired tests (McNemar,
 DeLong) with Holm's correction, run labels, the majority baseline, the verdict, `compare_runs`
 and the report files behind `xray compare`; the multi-class and multi-label metrics,
-comparisons and reports beside them; external validation and recalibration.
+comparisons and reports beside them; external validation and recalibration; label-efficiency curves.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ from featurestore.compare.calibration import (
     calibration_report,
     fit_calibration,
     logit,
+)
+from featurestore.compare.curves import (
+    CurvePoint,
+    curve_points,
+    curve_section,
+    plot_curves,
 )
 from featurestore.compare.external import EvaluationResult, Scores, evaluate_run
 from featurestore.compare.external_report import external_section, find_evaluations
@@ -145,6 +151,7 @@ __all__ = [
     "Calibration",
     "CompareConfig",
     "Comparison",
+    "CurvePoint",
     "DeLongResult",
     "EvaluationResult",
     "Interval",
@@ -180,6 +187,8 @@ __all__ = [
     "compare_multilabel_runs",
     "compare_runs",
     "counts_line",
+    "curve_points",
+    "curve_section",
     "delong_ci",
     "delong_roc_test",
     "describe_dataset",
@@ -212,6 +221,7 @@ __all__ = [
     "paired_bootstrap",
     "parse_threshold_policy",
     "patient_interval",
+    "plot_curves",
     "prevalence_baseline",
     "render_html",
     "render_markdown",

@@ -31,6 +31,13 @@ NOT_SETTINGS = frozenset(
         "weights_sha256",
         "weights_id",
         "seed",
+        # Label-efficiency runs: `subset_tag` (f0.1, k5) is the setting; the subset's size and
+        # seed follow from it and the run seed.
+        "train_fraction",
+        "shots",
+        "train_images",
+        "train_patients",
+        "subset_seed",
     }
 )
 # Store attributes that are settings of the features a frozen run trained on.
@@ -58,6 +65,11 @@ def run_settings(config: dict[str, Any]) -> dict[str, Any]:
     evaluation = config.get("evaluation")  # an `xray evaluate` folder: the dataset it scored
     if isinstance(evaluation, dict) and evaluation.get("dataset"):
         out["on"] = str(evaluation["dataset"])
+    if isinstance(config.get("sweep"), dict):
+        # A sweep chose the head, lr and weight decay on validation: outcomes, not settings
+        # (its sweep.csv and config.json say which), so its seeds group as one configuration.
+        out["head"] = "sweep"
+        out["lr"] = out["weight_decay"] = None
     for key in STORE_SETTINGS:
         if key in store and key not in config:
             out[key] = store[key]
@@ -73,6 +85,8 @@ def _part(key: str, value: Any) -> str:
     """One label part: `64px`, `weights=none`, `lr=0.01`."""
     if key == "image_size":
         return f"{value}px"
+    if key == "subset_tag":
+        return f"@{value}"  # a label-efficiency subset: @f0.1 of the patients, @k5 shots
     return f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
 
 

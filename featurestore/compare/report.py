@@ -67,6 +67,9 @@ def _write_report_files(
         extra = report_section(
             cmp.records, tmp / "explain", n=explain, device=device, progress=progress
         )
+    from featurestore.compare.curves import curve_section
+
+    extra = [*curve_section(cmp, tmp), *extra]  # label-efficiency curve, when runs make one
     _write_table_csv(cmp, tmp / "table.csv")
     (tmp / "comparison.json").write_text(json.dumps(json_safe(cmp.as_dict()), indent=2))
     plots = {

@@ -1,6 +1,7 @@
 """Stage 0, the data: datasets read into a `Manifest` (Kermany folders, CSV manifests, MedMNIST
 npz, DICOM; the multi-label NIH ChestX-ray14, CheXpert and per-finding CSV layouts), task types
-and label schemes (Kermany-3), patients, the validation carve, the dataset fingerprint, image
+and label schemes (Kermany-3), patients, the validation carve, label-efficiency train subsets, the dataset
+fingerprint, image
 decoding, the `xray data check` audit and the built-in synthetic data.
 """
 
@@ -91,6 +92,10 @@ from featurestore.data.audit import (
     DatasetAudit,
     audit_dataset,
 )
+from featurestore.data.subsets import (
+    TrainSubset,
+    train_subsets,
+)
 from featurestore.data.synth import (
     SUBTLE_SHARE,
     SUBTLE_STRENGTH,
@@ -166,6 +171,7 @@ __all__ = [
     "SizeRange",
     "Split",
     "SynthSummary",
+    "TrainSubset",
     "audit_dataset",
     "carve_validation",
     "check_labels_in_train",
@@ -188,4 +194,5 @@ __all__ = [
     "scan_folder",
     "sorted_records",
     "to_rgb",
+    "train_subsets",
 ]

@@ -1,6 +1,6 @@
 """The networks: the backbone registry (`BackboneSpec`, weights, preprocessing), the providers
 beyond torchvision (`timm:`, `hf:`, `txv:` and aliases, `ProviderSpec`) and the heads trained on
-top of them (linear, MLP, logistic regression).
+top of them (linear, MLP, logistic regression, and stacks of them for sweeps).
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ from featurestore.models.heads import (
 from featurestore.models.provider_spec import Alias, ProviderSpec, token_poolings
 from featurestore.models.providers import ALIASES, PROVIDERS, file_stem, is_provider_name
 from featurestore.models.providers import installed as provider_installed
+from featurestore.models.stacked import (
+    StackedHeads,
+)
 from featurestore.models.weights import (
     download_imagenet,
     hub_checkpoint_dir,
@@ -65,6 +68,7 @@ __all__ = [
     "ModelInfo",
     "Preprocessing",
     "ProviderSpec",
+    "StackedHeads",
     "Standardize",
     "TrunkHead",
     "apply_freeze",

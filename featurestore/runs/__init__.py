@@ -5,6 +5,8 @@ written atomically and read back (`write_run`, `load_run`, `list_runs`).
 from __future__ import annotations
 
 from featurestore.runs.folder import (
+    TRAIN_SUBSET_FILE,
+    write_train_subset,
     RUN_FILES,
     EVALUATION_FILE,
     EVALUATION_FILES,
@@ -50,6 +52,7 @@ __all__ = [
     "PLOT_FILES",
     "PREDICTION_COLUMNS",
     "RUN_FILES",
+    "TRAIN_SUBSET_FILE",
     "RunRecord",
     "RunSummary",
     "class_counts",
@@ -70,4 +73,5 @@ __all__ = [
     "run_dataset_root",
     "run_warnings",
     "run_weights",
+    "write_train_subset",
 ]

@@ -6,7 +6,7 @@ import csv
 import hashlib
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -74,11 +74,13 @@ def write_run(
     state_dict: dict[str, Tensor] | None = None,
     plots: bool = True,
     when: datetime | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a complete run folder under `.<name>.tmp`, then rename it; returns the final path.
 
     `config` is the resolved config.json document (it must hold `seed`); `state_dict` defaults to
-    the best state of `result`.
+    the best state of `result`; `extra(folder)` writes mode-specific files (a sweep's
+    sweep.csv) into the folder before it is renamed, so they are as atomic as the rest.
     """
     import torch
 
@@ -109,6 +111,8 @@ def write_run(
                 positive_index=int(config["positive_index"]),
                 note=plot_note(config),
             )
+        if extra is not None:
+            extra(tmp)
     return final
 
 
@@ -139,6 +143,22 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
             values = [float(row[c]) for c in (*HISTORY_COLUMNS[1:], *extra)]
             # NaN (no learning rate for a C sweep) is an empty cell, never "nan".
             writer.writerow([int(row["epoch"])] + ["" if v != v else repr(v) for v in values])
+
+
+TRAIN_SUBSET_FILE = "train_subset.csv"
+"""A label-efficiency run's training rows (`key,patient,label`): what it learnt from."""
+
+
+def write_train_subset(
+    path: Path, keys: Sequence[str], groups: Sequence[str], labels: Sequence[int]
+) -> None:
+    """train_subset.csv: the train images a label-efficiency run used, so nesting and patient
+    disjointness from val/test (predictions.csv) can be checked from the run folders alone."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("key", "patient", "label"))
+        for key, group, label in zip(keys, groups, labels, strict=True):
+            writer.writerow([key, group, int(label)])
 
 
 def prob_column(class_name: str) -> str:

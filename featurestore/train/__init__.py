@@ -1,6 +1,6 @@
 """Stage 2, training: batch sources (cached features or streamed images), the one trainer
 (`fit`), evaluation on val/test, checkpoints, and the two modes that drive it: frozen
-(`fit_heads`, behind `xray fit-head`) and fine-tune (`finetune`).
+(`fit_heads`, behind `xray fit-head`, with batched head sweeps) and fine-tune (`finetune`).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from featurestore.train.objectives import (
 )
 from featurestore.train.optim import (
     class_weights,
+    lr_factor,
     make_optimizer,
     make_scheduler,
 )
@@ -77,12 +78,21 @@ from featurestore.train.sources import (
     epoch_generator,
     steps_for,
 )
+from featurestore.train.sweep import (
+    SWEEP_COLUMNS,
+    SweepHead,
+    SweepResult,
+    fit_sweep,
+    sweep_files,
+    write_sweep_csv,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "DEFAULT_CACHE_MB",
     "EPOCH_HEADER",
     "MONITORS",
+    "SWEEP_COLUMNS",
     "DecodedCache",
     "FeatureSource",
     "FeatureSplit",
@@ -96,6 +106,8 @@ __all__ = [
     "MaskedBCEWithLogits",
     "Source",
     "SplitPredictions",
+    "SweepHead",
+    "SweepResult",
     "TrainConfig",
     "class_weights",
     "collate_images",
@@ -110,9 +122,11 @@ __all__ = [
     "fit_head_on_store",
     "fit_head_on_stores",
     "fit_heads",
+    "fit_sweep",
     "format_epoch",
     "head_trainer",
     "label_pos_weights",
+    "lr_factor",
     "make_optimizer",
     "make_scheduler",
     "multilabel_summary",
@@ -128,6 +142,8 @@ __all__ = [
     "source_task",
     "steps_for",
     "summed_loss",
+    "sweep_files",
     "to_probabilities",
     "train_one_epoch",
+    "write_sweep_csv",
 ]

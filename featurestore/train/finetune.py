@@ -13,7 +13,15 @@ import numpy as np
 from featurestore.config import FinetuneConfig, TrainConfig
 from featurestore.data import SPLITS
 from featurestore.errors import XrayError
-from featurestore.runs import Notice, RunSummary, class_counts, run_config, summarize
+from featurestore.runs import (
+    TRAIN_SUBSET_FILE,
+    Notice,
+    RunSummary,
+    class_counts,
+    run_config,
+    summarize,
+    write_train_subset,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -44,6 +52,8 @@ def finetune(
     fingerprint: str | None = None,
     labels: str = "as-given",
     uncertain: str = "ignore",
+    train_fraction: float | None = None,
+    shots: int | None = None,
 ) -> RunSummary:
     """Fine-tune backbone + linear head on streamed images; resumable from runs/.inprogress.
 
@@ -53,6 +63,9 @@ def finetune(
     and the run folder, whose path every rank gets. `labels` is the label scheme
     (`data.LabelScheme`: `kermany3` makes Kermany a three-class task); the head has one output
     per class (per finding for multi-label data, whose uncertain labels follow `uncertain`).
+    `train_fraction` / `shots` train on that label-efficiency subset of the train patients
+    (`featurestore.data.train_subsets`, drawn with `config.seed`); validation and test are
+    untouched.
     """
     import torch
 
@@ -75,9 +88,11 @@ def finetune(
     device = resolve_device(config.device)
     workers = default_workers(device.type) if workers is None else workers
     say = notice or (lambda _msg: None)
-    manifest = manifest or load_manifest(data, labels=labels, uncertain=uncertain)
+    full = manifest or load_manifest(data, labels=labels, uncertain=uncertain)
     if fingerprint is None:
-        fingerprint = distributed.on_main(lambda: dataset_fingerprint(manifest, progress=progress))
+        fingerprint = distributed.on_main(lambda: dataset_fingerprint(full, progress=progress))
+    # The fingerprint above is the whole dataset's: a subset run still belongs to it.
+    manifest, subset = _train_subset(full, train_fraction, shots, seed=config.seed)
     torch.manual_seed(config.seed)  # random-init trunks and the head repeat per seed
     loaded = load_backbone(model, weights)
     pre = preprocessing_for(model, weights, image_size)
@@ -103,6 +118,7 @@ def finetune(
         "augment": augment,
         "hflip": hflip,
         "dataset_fingerprint": fingerprint,
+        **subset,
     }
     work = inprogress_dir(runs_dir, model, "finetune", settings)
     checkpoint = work / "last.pt"
@@ -160,10 +176,19 @@ def finetune(
         resumed=resume,
         world_size=distributed.world_size(),
         checkpoint="best.pt: trunk.* (backbone) then head.*",
+        **subset,
     )
+    folder_model = f"{model}-{subset['subset_tag']}" if subset else model
+
+    train = manifest.split("train")
+
+    def subset_file(folder: Path) -> None:
+        write_train_subset(folder / TRAIN_SUBSET_FILE, [r.key for r in train],
+                           [r.group for r in train], [r.label for r in train])  # fmt: skip
 
     def write() -> Path:
-        path = write_run(runs_dir, model=model, mode="finetune", config=doc, result=result)
+        path = write_run(runs_dir, model=folder_model, mode="finetune", config=doc, result=result,
+                         extra=subset_file if subset else None)  # fmt: skip
         shutil.rmtree(work, ignore_errors=True)
         with contextlib.suppress(OSError):  # leave no empty runs/.inprogress behind
             work.parent.rmdir()  # fails, as it should, while other runs are in progress
@@ -176,3 +201,39 @@ def finetune(
 def _target(record: Record) -> Any:
     """The class index, or the per-finding targets of a multi-label record."""
     return record.label if record.targets is None else record.targets
+
+
+def _train_subset(
+    manifest: Manifest, fraction: float | None, shots: int | None, *, seed: int
+) -> tuple[Manifest, dict[str, Any]]:
+    """The manifest with train cut to a label-efficiency subset, and what config.json records."""
+    from dataclasses import replace
+
+    from featurestore.data import train_subsets
+
+    if fraction is None and shots is None:
+        return manifest, {}
+    if any(r.targets is not None for r in manifest.records):
+        raise XrayError(
+            "--train-fraction and --shots stratify by class: multi-label datasets are not "
+            "supported yet; use a single-label dataset"
+        )
+    train = manifest.split("train")
+    (sub,) = train_subsets(
+        [r.group for r in train],
+        np.array([r.label for r in train]),
+        fractions=() if fraction is None else (fraction,),
+        shots=() if shots is None else (shots,),
+        seed=seed,
+    )
+    keep = {train[i].key for i in sub.indices}
+    records = tuple(r for r in manifest.records if r.split != "train" or r.key in keep)
+    info = {
+        "train_fraction": sub.fraction,
+        "shots": sub.shots,
+        "train_images": len(sub.indices),
+        "train_patients": sub.patients,
+        "subset_seed": seed,
+        "subset_tag": sub.tag,
+    }
+    return replace(manifest, records=records), info

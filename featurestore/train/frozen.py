@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from featurestore.config import FitHeadConfig, TrainConfig, seeded
+from featurestore.config import FitHeadConfig, SweepConfig, TrainConfig, seeded
 from featurestore.data import SPLITS
 from featurestore.errors import XrayError
-from featurestore.runs import Notice, RunSummary, class_counts, run_config, summarize
+from featurestore.runs import (
+    TRAIN_SUBSET_FILE,
+    Notice,
+    RunSummary,
+    class_counts,
+    run_config,
+    summarize,
+    write_train_subset,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -119,6 +127,9 @@ def fit_heads(
     uncertain: str = "ignore",
     pooling: str | None = _HEAD.pooling,
     fuse: bool = _HEAD.fuse,
+    sweep: SweepConfig | None = None,
+    train_fractions: tuple[float, ...] = _HEAD.train_fractions,
+    shots: tuple[int, ...] = _HEAD.shots_per_class,
 ) -> list[RunSummary]:
     """Train a head on each selected feature store (all complete ones by default); one run each.
 
@@ -127,7 +138,11 @@ def fit_heads(
     With `seeds` > 1 each store gets runs with seeds config.seed, config.seed + 1, ...; the
     stores are checked against their datasets once, not once per seed. `pooling` picks one
     pooling of token-model stores (`cls`, `mean`; None: all they hold). `fuse` trains one head
-    on the selected stores side by side (the same images in the same order, checked).
+    on the selected stores side by side (the same images in the same order, checked). `sweep`
+    trains its whole grid per run and keeps the member chosen on validation (`head` is then
+    ignored). `train_fractions` / `shots` make one run per training subset (label
+    efficiency): nested patient subsets of train drawn with each run's seed, validation and
+    test untouched.
     """
     from featurestore.models import HEAD_KINDS
 
@@ -149,11 +164,15 @@ def fit_heads(
         raise XrayError("fusion needs two or more stores: pass --store several times")
     groups = [stores] if fuse else [[s] for s in stores]
     picks = [_poolings(g, pooling) for g in groups]
+    subsets: list[tuple[float | None, int | None]] = [(f, None) for f in sorted(train_fractions)]
+    subsets += [(None, k) for k in sorted(shots)]
     return [
         fit_head_on_stores(g, head=head, config=cfg, runs_dir=runs_dir, progress=progress,
-                           console=console, poolings=p)
+                           console=console, poolings=p, sweep=sweep, train_fraction=f,
+                           shots=k)
         for cfg in repeats
         for g, p in zip(groups, picks, strict=True)
+        for f, k in (subsets or [(None, None)])
     ]  # fmt: skip
 
 
@@ -179,11 +198,20 @@ def fit_head_on_store(
     progress: Progress | None = None,
     console: Console | None = None,
     pooling: str | None = None,
+    sweep: SweepConfig | None = None,
+    train_fraction: float | None = None,
+    shots: int | None = None,
 ) -> RunSummary:
-    """Frozen mode: a head on one store's cached features; writes and returns its run folder."""
+    """Frozen mode: a head on one store's cached features; writes and returns its run folder.
+
+    `sweep`: train that grid of heads at once and keep the one chosen on validation.
+    `train_fraction` / `shots`: train on that label-efficiency subset of train (see
+    `featurestore.data.train_subsets`), drawn with `config.seed`.
+    """
     return fit_head_on_stores(
         [store], head=head, config=config, runs_dir=runs_dir, progress=progress,
-        console=console, poolings=[pooling],
+        console=console, poolings=[pooling], sweep=sweep, train_fraction=train_fraction,
+        shots=shots,
     )  # fmt: skip
 
 
@@ -196,10 +224,15 @@ def fit_head_on_stores(
     progress: Progress | None = None,
     console: Console | None = None,
     poolings: Sequence[str | None] | None = None,
+    sweep: SweepConfig | None = None,
+    train_fraction: float | None = None,
+    shots: int | None = None,
 ) -> RunSummary:
-    """A head on one store, or on several fused side by side (`poolings[i]` of store i)."""
+    """A head on one store, or on several fused side by side (`poolings[i]` of store i);
+    `sweep`, `train_fraction` and `shots` as in `fit_head_on_store`."""
     import torch
 
+    from featurestore.data import train_subsets
     from featurestore.train.sources import FeatureSource
 
     picks = list(poolings) if poolings is not None else [None] * len(stores)
@@ -207,9 +240,37 @@ def fit_head_on_stores(
     source = FeatureSource.from_stores(
         stores, batch_size=config.batch_size, seed=config.seed, poolings=picks
     )
-    with one_thread_on_cpu(config.device):
+    subset: dict[str, Any] = {}
+    if train_fraction is not None or shots is not None:
+        _, groups, labels = source.records("train")
+        if labels.ndim != 1:
+            raise XrayError(
+                "--train-fraction and --shots stratify by class: multi-label stores are not "
+                "supported yet; use a single-label store"
+            )
+        (sub,) = train_subsets(
+            groups,
+            labels,
+            fractions=() if train_fraction is None else (train_fraction,),
+            shots=() if shots is None else (shots,),
+            seed=config.seed,
+        )
+        source = source.with_train_rows(sub.indices)
+        subset = {
+            "train_fraction": sub.fraction,
+            "shots": sub.shots,
+            "train_images": len(sub.indices),
+            "train_patients": sub.patients,
+            "subset_seed": config.seed,
+            "subset_tag": sub.tag,
+        }
+    # MLP sweeps multiply (B, D) by (D, G * hidden): big enough for every core; linear heads
+    # and linear sweeps are the tiny matmuls one thread does best.
+    threads = nullcontext() if sweep is not None and "mlp" in sweep.heads else None
+    with threads or one_thread_on_cpu(config.device):
         return _fit_head(stores, picks, source, head=head, config=config, runs_dir=runs_dir,
-                         progress=progress, console=console)  # fmt: skip
+                         progress=progress, console=console, sweep=sweep,
+                         subset=subset)  # fmt: skip
 
 
 @contextmanager
@@ -249,22 +310,36 @@ def _fit_head(
     runs_dir: Path,
     progress: Progress | None,
     console: Console | None,
+    sweep: SweepConfig | None = None,
+    subset: dict[str, Any] | None = None,
 ) -> RunSummary:
     from featurestore.models import export_head
     from featurestore.runs import write_run
-    from featurestore.train.head_fit import head_trainer
+    from featurestore.train.head_fit import HeadTrainer, head_trainer
+    from featurestore.train.sweep import SweepHead
 
     store = stores[0]
+    subset = subset or {}
     model = "+".join(_label(s, p) for s, p in zip(stores, poolings, strict=True))
     if console is not None:
+        what = f"a sweep of {len(sweep.members())} heads" if sweep else f"{head} head"
+        on = f", train subset {subset['subset_tag']}" if subset else ""
         console.print(
-            f"[bold]{model}[/] frozen, {head} head on "
+            f"[bold]{model}[/] frozen, {what} on "
             f"{', '.join(str(s.path) for s in stores)} "
-            f"({source.feature_dim} features)"
+            f"({source.feature_dim} features{on})"
         )
-    trainer = head_trainer(head, source.feature_dim, len(source.class_names))
+    write_extra: Callable[[Path], None] | None = None
+    trainer: HeadTrainer
+    if sweep is not None:
+        trainer = SweepHead(sweep)
+    else:
+        trainer = head_trainer(head, source.feature_dim, len(source.class_names))
     result = trainer.fit(source, config, progress=progress, console=console)
     net = trainer.module
+    if isinstance(trainer, SweepHead):
+        # The run is the chosen member: its head kind, lr and weight decay go in config.json.
+        head, config, write_extra = trainer.kind, trainer.chosen_config, trainer.write_files
     exported = export_head(net.cpu(), source.mean, source.std)
     doc = run_config(
         config,
@@ -298,9 +373,22 @@ def _fit_head(
         class_counts=class_counts(store.class_names, {s: source.records(s)[2] for s in SPLITS}),
         checkpoint="best.pt: standardize.{mean,std} then head.* over backbone features",
         **trainer.record(),
+        **subset,
     )
+    if subset:
+        keys, groups, labels = source.records("train")
+        files = write_extra
+
+        def write_extra_files(folder: Path) -> None:
+            write_train_subset(folder / TRAIN_SUBSET_FILE, keys, groups, labels.tolist())
+            if files is not None:
+                files(folder)
+
+        write_extra = write_extra_files
+    # The folder name says which subset/sweep it is; config.json's `model` stays the backbone.
+    tags = [t for t in (subset.get("subset_tag"), "sweep" if sweep else None) if t]
     path = write_run(
-        runs_dir, model=model, mode="frozen", config=doc, result=result,
-        state_dict=exported.state_dict(),
+        runs_dir, model="-".join([model, *tags]), mode="frozen", config=doc, result=result,
+        state_dict=exported.state_dict(), extra=write_extra,
     )  # fmt: skip
     return summarize(path, model, "frozen", head, result)

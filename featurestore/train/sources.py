@@ -127,6 +127,7 @@ class FeatureSource:
         if dims["train"][0] == 0 or dims["val"][0] == 0:
             raise XrayError("the train and val splits must not be empty")
         self._splits = dict(splits)
+        self._standardize = standardize
         x_train = torch.from_numpy(np.asarray(splits["train"].features, dtype=np.float32))
         if standardize:
             # Statistics of TRAIN only, applied to every split: val/test never leak into them.
@@ -253,6 +254,29 @@ class FeatureSource:
             batch_size=batch_size,
             seed=seed,
             standardize=standardize,
+        )
+
+    def with_train_rows(self, indices: np.ndarray) -> FeatureSource:
+        """The same source trained on train rows `indices` only (a label-efficiency subset).
+
+        Standardisation is recomputed from those rows: a study with that few labelled images
+        would not have the statistics of the rest. Validation and test are unchanged.
+        """
+        idx = np.asarray(indices, dtype=np.int64)
+        sp = self._splits["train"]
+        train = FeatureSplit(
+            np.asarray(sp.features)[idx],
+            np.asarray(sp.labels)[idx],
+            [sp.keys[i] for i in idx],
+            [sp.groups[i] for i in idx],
+        )
+        return FeatureSource(
+            {**self._splits, "train": train},
+            class_names=self.class_names,
+            positive_index=self.positive_index,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            standardize=self._standardize,
         )
 
     @property

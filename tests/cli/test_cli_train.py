@@ -17,7 +17,7 @@ from conftest import extract_tiny_store, write_tiny_dataset
 from featurestore.cli.main import app
 from typer.testing import CliRunner
 
-from featurestore.runs import load_run
+from featurestore.runs import TRAIN_SUBSET_FILE, load_run
 
 runner = CliRunner()
 torch.set_num_threads(1)
@@ -398,3 +398,41 @@ def test_nih_layout_multilabel_end_to_end(tmp_path: Path) -> None:
     assert pair["delong"]["Atelectasis"] is None  # one class on test: no test
     assert set(pair["holm_p"]) == {"Cardiomegaly", "Effusion"}
     assert (tmp_path / "report" / "roc.png").is_file()
+
+
+def test_fit_head_sweep_and_label_efficiency_options(store_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base = ["fit-head", "--cache", str(store_env["cache"]), "--epochs", "2", "--device", "cpu"]
+    result = runner.invoke(app, [*base, "--runs", str(tmp_path / "a"), "--sweep",
+                                 "lr=1e-3,1e-2 wd=0,1e-4", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (run,) = json.loads(result.stdout)["runs"]
+    assert (Path(run) / "sweep.csv").is_file() and "sweep" in Path(run).name
+    assert load_run(Path(run)).config["sweep"]["members"] == 4
+    result = runner.invoke(app, [*base, "--runs", str(tmp_path / "b"), "--train-fraction",
+                                 "0.5,1", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    fractions = sorted(load_run(Path(r)).config["train_fraction"]
+                       for r in json.loads(result.stdout)["runs"])  # fmt: skip
+    assert fractions == [0.5, 1.0]
+    for bad in (["--sweep", "lr=fast"], ["--train-fraction", "0,2"], ["--shots", "-1"]):
+        result = runner.invoke(app, [*base, "--runs", str(tmp_path / "c"), *bad])
+        assert result.exit_code == 2 and "error:" in result.output, result.output
+
+
+def test_finetune_label_efficiency_subsets_train_only(tiny_data_ro: Path, tmp_path: Path) -> None:
+    args = ["finetune", "--data", str(tiny_data_ro), "--runs", str(tmp_path), "--epochs", "1",
+            "--train-fraction", "0.5", "--shots", "2", "--no-augment", "--json",
+            *TINY_TUNE]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    runs = [load_run(Path(r)) for r in json.loads(result.stdout)["runs"]]
+    half, two = sorted(runs, key=lambda r: r.config["subset_tag"])
+    assert half.config["subset_tag"] == "f0.5" and two.config["subset_tag"] == "k2"
+    assert set(two.config["class_counts"]["train"].values()) == {2}
+    assert half.config["train_images"] == sum(half.config["class_counts"]["train"].values())
+    # Validation and test are the whole dataset's in both runs.
+    assert half.config["class_counts"]["test"] == two.config["class_counts"]["test"]
+    assert half.config["class_counts"]["val"] == two.config["class_counts"]["val"]
+    assert half.config["dataset_fingerprint"] == two.config["dataset_fingerprint"]
+    rows = (two.path / TRAIN_SUBSET_FILE).read_text().splitlines()
+    assert rows[0] == "key,patient,label" and len(rows) == 1 + 4  # 2 images x 2 classes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from conftest import extract_tiny_store, write_tiny_dataset
 
 from featurestore.errors import XrayError
-from featurestore.runs import load_run
+from featurestore.runs import TRAIN_SUBSET_FILE, load_run
 from featurestore.train import TrainConfig, checkpoints, finetune, fit_heads
 
 torch.set_num_threads(1)
@@ -292,3 +293,47 @@ def test_finetune_a_vit_with_blocks_frozen(tmp_path: Path) -> None:
     block = 2 * 384 + (192 * 576 + 576) + (192 * 192 + 192) + (2 * 192 * 768 + 768 + 192)
     assert run.config["trainable_params"] == block + 2 * 192 + 2 * 384 + 2
     assert summary.path.name.endswith("-timm_vit_tiny_patch16_224-finetune-s0")
+
+
+def test_label_efficiency_runs_train_on_nested_patient_subsets(frozen_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from featurestore.store import open_store
+
+    store = open_store(frozen_env["store"])
+    train, val, test = (store.split(s) for s in ("train", "val", "test"))
+    summaries = fit_heads(
+        cache_dir=frozen_env["cache"], runs_dir=tmp_path, config=HEAD, seeds=2,
+        train_fractions=(0.5, 1.0), shots=(2,),
+    )  # fmt: skip
+    assert len(summaries) == 6  # 2 seeds x (2 fractions + 1 shots)
+    runs = [load_run(s.path) for s in summaries]
+    by_seed: dict[int, dict[str, object]] = {}
+    held_out = set(val.groups) | set(test.groups)
+    for run in runs:
+        cfg = run.config
+        counts = cfg["class_counts"]
+        assert cfg["train_images"] == sum(counts["train"].values())
+        assert counts["val"] == {c: int((val.labels == i).sum()) for i, c in
+                                 enumerate(store.class_names)}  # fmt: skip
+        assert run.split_predictions("test")["key"].tolist() == test.keys  # test untouched
+        by_seed.setdefault(cfg["seed"], {})[cfg["subset_tag"]] = cfg
+        assert not held_out & set(train.groups)  # the store's own carve is patient-disjoint
+        if cfg["shots"] is not None:
+            assert set(counts["train"].values()) == {2}
+    for seed, tags in by_seed.items():
+        assert set(tags) == {"f0.5", "f1", "k2"}
+        half, full = tags["f0.5"], tags["f1"]
+        assert half["train_images"] < full["train_images"] == len(train.labels)  # type: ignore[index]
+        assert half["train_fraction"] == 0.5 and half["subset_seed"] == seed  # type: ignore[index]
+    # From the run folders alone: train_subset.csv is nested per seed and shares no patient
+    # with the val and test rows of predictions.csv.
+    subsets: dict[tuple[int, str], set[str]] = {}
+    for run in runs:
+        with (run.path / TRAIN_SUBSET_FILE).open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == run.config["train_images"]
+        held = set(run.predictions["patient"].tolist())
+        assert not held & {r["patient"] for r in rows}
+        subsets[(run.config["seed"], run.config["subset_tag"])] = {r["key"] for r in rows}
+    for seed in by_seed:
+        assert subsets[(seed, "f0.5")] < subsets[(seed, "f1")]
+        assert subsets[(seed, "k2")] <= subsets[(seed, "f1")]

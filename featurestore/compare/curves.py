@@ -1,0 +1,135 @@
+"""Label-efficiency curves: test ROC-AUC with its bootstrap interval against training-set size."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from featurestore.compare.analysis import Comparison, Interval
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One run on a label-efficiency curve."""
+
+    line: str
+    """`<backbone> <mode>[/<head>]`: one line per backbone and mode (and head kind)."""
+    run: str
+    """The run's label in the comparison."""
+    train_images: int
+    train_patients: int | None
+    subset: str
+    """`f0.1` (fraction of train patients), `k5` (images per class) or `all`."""
+    seed: int
+    auc: Interval
+    """Test ROC-AUC and its bootstrap interval (the comparison's resampling)."""
+
+
+def curve_points(cmp: Comparison) -> list[CurvePoint]:
+    """The runs of lines that were trained at two or more training-set sizes, smallest first.
+
+    A run's size is config.json's `train_images` (label-efficiency runs), else the sum of its
+    recorded train class counts (a run on all of train). Lines with one size have no curve.
+    """
+    points: list[CurvePoint] = []
+    for row, record in zip(cmp.rows, cmp.records, strict=True):
+        cfg = record.config
+        counts = (cfg.get("class_counts") or {}).get("train") or {}
+        size = cfg.get("train_images", sum(int(v) for v in counts.values()) or None)
+        if size is None:
+            continue
+        sweep = " sweep" if cfg.get("sweep") else ""
+        head = f"/{row.head}" if row.mode == "frozen" and not sweep else ""
+        points.append(
+            CurvePoint(
+                line=f"{row.model} {row.mode}{head}{sweep}",
+                run=row.label,
+                train_images=int(size),
+                train_patients=cfg.get("train_patients"),
+                subset=str(cfg.get("subset_tag") or "all"),
+                seed=row.seed,
+                auc=row.metrics["at_0.5"]["roc_auc"],
+            )
+        )
+    sizes: dict[str, set[int]] = {}
+    for p in points:
+        sizes.setdefault(p.line, set()).add(p.train_images)
+    kept = [p for p in points if len(sizes[p.line]) > 1]
+    return sorted(kept, key=lambda p: (p.line, p.train_images, p.seed))
+
+
+def plot_curves(points: Sequence[CurvePoint], path: Path) -> bool:
+    """label_efficiency.png: each run's AUC with its interval; a line through the seed means."""
+    if not points:
+        return False
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    from featurestore.plots import new_figure, save_figure
+
+    fig, ax = new_figure(figsize=(7, 4.5))
+    lines = list(dict.fromkeys(p.line for p in points))
+    for k, line in enumerate(lines):
+        mine = [p for p in points if p.line == line]
+        color = f"C{k % 10}"
+        # Runs whose AUC is undefined (one-class test set) are left off, not drawn at 0.
+        ok = [p for p in mine if math.isfinite(p.auc.estimate)]
+        x = np.array([p.train_images for p in ok], dtype=float)
+        y = np.array([p.auc.estimate for p in ok])
+        err = np.array(
+            [[p.auc.estimate - p.auc.lo for p in ok], [p.auc.hi - p.auc.estimate for p in ok]]
+        )
+        ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt="o", color=color, alpha=0.6, capsize=3)
+        sizes = sorted(set(x.tolist()))
+        means = [float(y[x == s].mean()) for s in sizes]
+        ax.plot(sizes, means, "-", color=color, label=line)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # 10, 100, 1000 rather than 10^1 ...
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training images (log scale)")
+    ax.set_ylabel("test ROC-AUC")
+    ax.set_title("label efficiency: test ROC-AUC with bootstrap intervals")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path, dpi=110)
+    return True
+
+
+def curve_section(cmp: Comparison, folder: Path) -> list[str]:
+    """The report's "Label efficiency" section (Markdown lines) and its plot; [] when no line
+    of the comparison was trained at several training-set sizes."""
+    points = curve_points(cmp)
+    if not plot_curves(points, folder / "label_efficiency.png"):
+        return []
+    level = f"{100 * (1 - cmp.config.alpha):.0f}%"
+    out = [
+        "## Label efficiency",
+        "",
+        f"Test ROC-AUC with its {level} bootstrap interval against the number of training "
+        "images: subsets of train drawn by patient, class-stratified, nested and seeded; "
+        "validation and test untouched.",
+        "",
+        "| line | train images | patients | subset | seed | test ROC-AUC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        out.append(
+            f"| {p.line} | {p.train_images} | {_or_dash(p.train_patients)} | {p.subset} | "
+            f"{p.seed} | {_interval(p.auc)} |"
+        )
+    return [*out, "", "![label_efficiency.png](label_efficiency.png)", ""]
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _interval(iv: Interval) -> str:
+    if not math.isfinite(iv.estimate):
+        return "undefined"
+    return f"{iv.estimate:.3f} [{iv.lo:.3f}, {iv.hi:.3f}]"
