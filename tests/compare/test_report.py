@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -113,6 +116,33 @@ def four_runs(tmp_path: Path) -> list[Path]:
         write_fake_run(root, "r50-fz", model="resnet50", mode="frozen", skill=1.0),
         write_fake_run(root, "d121-fz", model="densenet121", mode="frozen", skill=0.2),
     ]
+
+
+HASH_SEED_SCRIPT = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from test_report import write_fake_run
+from featurestore.compare import CompareConfig, compare_runs
+root = Path(sys.argv[1])
+runs = [write_fake_run(root, n, model="resnet50", mode="frozen", skill=s) for n, s in
+        (("a", 1.0), ("b", 0.5))]
+print(json.dumps(compare_runs(runs, CompareConfig(n_boot=100)).as_dict(), sort_keys=True))
+"""
+
+
+def test_fake_runs_and_their_comparison_ignore_the_hash_seed(tmp_path: Path) -> None:
+    """Fake data seeded with hash() changed with every process; crc32 keeps it fixed."""
+    outputs = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run(
+            [sys.executable, "-c", HASH_SEED_SCRIPT, str(tmp_path / hash_seed),
+             str(Path(__file__).parent)],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1]
 
 
 def test_compare_table_has_intervals_and_pairs(four_runs: list[Path]) -> None:
