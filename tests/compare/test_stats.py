@@ -141,6 +141,77 @@ def test_cluster_bootstrap_is_wider_on_clustered_data() -> None:
         assert by_patient.hi - by_patient.lo > 2 * (by_image.hi - by_image.lo)  # ~sqrt(10)
 
 
+class Recording:
+    """A vectorised metric that keeps every resample it scores: weights (B, N), values (B,)."""
+
+    def __init__(self, metric: BootMetric) -> None:
+        self.metric = metric
+        self.weights: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+
+    def __call__(self, y: np.ndarray, p: np.ndarray) -> float:
+        return self.metric(y, p)
+
+    def weighted(self, y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+        out = self.metric.weighted(y, p, w)
+        self.weights.append(w.copy())
+        self.values.append(out.copy())
+        return out
+
+
+def small_clustered(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """14 images of 7 patients, 2 of them negative: some resamples draw no negative (AUC NaN)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1, 1, 0, 1, 1, 1], 2)
+    p = np.clip(0.3 * y + 0.7 * rng.random(y.size), 0, 1)
+    return y, p, np.repeat([f"p{i}" for i in range(7)], 2)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.2])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_interval_ends_are_quantiles_of_the_resamples(alpha: float, clustered: bool) -> None:
+    """lo, hi = np.quantile of the defined resampled values at alpha/2 and 1 - alpha/2; the
+    undefined ones are counted, not used; patients are drawn whole."""
+    y, p, groups = small_clustered()
+    g = groups if clustered else None
+    metric = Recording(BootMetric("roc_auc"))
+    r = bootstrap_interval(metric, y, p, groups=g, n_boot=400, alpha=alpha, seed=5)
+    values = np.concatenate(metric.values)
+    assert values.shape == (400,)
+    defined = values[np.isfinite(values)]
+    assert 0 < r.n_skipped == 400 - defined.size  # the test covers the skipping
+    assert (r.lo, r.hi) == tuple(np.quantile(defined, [alpha / 2, 1 - alpha / 2]))
+    assert r.lo < r.hi and r.alpha == alpha and r.n_boot == 400
+    w = np.concatenate(metric.weights)  # (B, N) multiplicities
+    if clustered:
+        assert r.unit == "patients"
+        per_patient = w.reshape(400, 7, 2)
+        assert (per_patient[:, :, 0] == per_patient[:, :, 1]).all()  # a patient moves whole
+        assert (per_patient[:, :, 0].sum(axis=1) == 7).all()  # 7 patients drawn per resample
+    else:
+        assert r.unit == "images"
+        assert (w.sum(axis=1) == y.size).all()
+        assert (w.reshape(400, 7, 2)[:, :, 0] != w.reshape(400, 7, 2)[:, :, 1]).any()
+
+
+def test_paired_interval_ends_and_p_value_come_from_the_same_resamples() -> None:
+    """Both models are scored on one set of resamples; lo, hi and p from their differences."""
+    y, a, groups = small_clustered(seed=1)
+    b = np.clip(a + np.random.default_rng(2).normal(0, 0.3, a.size), 0, 1)
+    metric = Recording(BootMetric("roc_auc"))
+    r = paired_bootstrap(metric, y, a, b, groups=groups, n_boot=400, alpha=0.1, seed=4)
+    (wa, wb), (va, vb) = metric.weights, metric.values
+    np.testing.assert_array_equal(wa, wb)
+    d = (va - vb)[np.isfinite(va - vb)]
+    assert 0 < r.n_skipped == 400 - d.size
+    assert (r.lo, r.hi) == tuple(np.quantile(d, [0.05, 0.95]))
+    tail = min(np.sum(d <= 0), np.sum(d >= 0)) + 1
+    assert r.p_value == min(1.0, 2 * tail / (d.size + 1))
+    assert 0 < r.p_value < 1 and r.unit == "patients"
+    assert (r.estimate_a, r.estimate_b) == (roc_auc_score(y, a), roc_auc_score(y, b))
+    assert r.diff == r.estimate_a - r.estimate_b
+
+
 def test_undefined_resamples_are_skipped_and_counted() -> None:
     y = np.array([0, 1, 1, 1, 1, 1])
     p = np.array([0.2, 0.6, 0.7, 0.4, 0.9, 0.8])
