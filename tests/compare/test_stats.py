@@ -13,6 +13,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from featurestore.compare import (
     BOOT_METRICS,
     BootMetric,
+    McNemarResult,
     binary_metrics,
     bootstrap,
     bootstrap_ci,
@@ -321,13 +322,30 @@ def test_mcnemar_switches_method_at_25_and_handles_no_discordance() -> None:
     assert mcnemar(*correctness(13, 12)).method == "chi2-cc"
     assert mcnemar(*correctness(13, 12)).p_value == pytest.approx(1.0)  # (|1| - 1)^2 = 0
     r = mcnemar(*correctness(0, 0))
-    assert (r.b, r.c, r.p_value) == (0, 0, 1.0)
+    assert r == McNemarResult(0, 0, 0.0, 1.0, "exact")
     json.dumps(r.as_dict(), allow_nan=False)
 
 
+def test_mcnemar_every_field_when_b_equals_c() -> None:
+    """b = c > 0 is a discordance (not the no-discordance case): exact below 25, chi2 above."""
+    r = mcnemar(*correctness(3, 3))
+    assert r == McNemarResult(3, 3, 3.0, 1.0, "exact")  # binomial p of 3 of 6 is 1
+    r = mcnemar(*correctness(15, 15))
+    assert (r.b, r.c, r.method) == (15, 15, "chi2-cc")
+    assert r.statistic == pytest.approx(1 / 30)  # (|0| - 1)^2 / 30
+    assert r.p_value == pytest.approx(sps.chi2.sf(1 / 30, 1))
+    r = mcnemar(*correctness(20, 9))
+    assert (r.b, r.c, r.method) == (20, 9, "chi2-cc")
+    r = mcnemar(*correctness(7, 2))
+    assert (r.b, r.c, r.statistic, r.method) == (7, 2, 7.0, "exact")
+
+
 def test_mcnemar_unhappy_paths() -> None:
-    with pytest.raises(ValueError, match="boolean"):
+    with pytest.raises(ValueError, match=r"^correct_a and correct_b must be boolean arrays"):
         mcnemar(np.array([1, 0]), np.array([0, 1]))
+    for a, b in ((np.array([True, False]), np.array([0, 1])), (np.array([1, 0]), np.ones(2, bool))):
+        with pytest.raises(ValueError, match="boolean"):  # one of the two is not boolean
+            mcnemar(a, b)
     with pytest.raises(ValueError, match="equal length"):
         mcnemar(np.ones(3, bool), np.ones(4, bool))
 
@@ -361,6 +379,41 @@ def test_delong_matches_slow_reference_with_ties(seed: int) -> None:
     assert r.z == pytest.approx((aucs[0] - aucs[1]) / np.sqrt(var))
     assert r.p_value == pytest.approx(2 * sps.norm.sf(abs(r.z)))
     assert r.auc_a == pytest.approx(roc_auc_score(y, a))
+
+
+@pytest.mark.parametrize(("n_pos", "n_neg"), [(1, 5), (5, 1), (2, 2), (2, 7)])
+def test_delong_with_one_or_two_of_a_class(n_pos: int, n_neg: int) -> None:
+    """A class with one image contributes no variance term (np.cov of one value is undefined);
+    with two it does. Finite results that equal the definition's where it is defined."""
+    rng = np.random.default_rng(n_pos * 10 + n_neg)
+    y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+    a = rng.random(y.size).round(2)
+    b = np.clip(a + rng.normal(0, 0.2, y.size), 0, 1).round(2)
+    r = delong_roc_test(y, a, b)
+    assert np.isfinite([r.var_a, r.var_b, r.cov, r.p_value]).all()
+    x_a, z_a = a[y == 1], a[y == 0]
+    x_b, z_b = b[y == 1], b[y == 0]
+    psi = [
+        (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
+        for x, z in ((x_a, z_a), (x_b, z_b))
+    ]
+    v10 = np.array([k.mean(axis=1) for k in psi])  # (2, m)
+    v01 = np.array([k.mean(axis=0) for k in psi])  # (2, n)
+    cov = np.zeros((2, 2))
+    if n_pos > 1:
+        cov += np.cov(v10) / n_pos
+    if n_neg > 1:
+        cov += np.cov(v01) / n_neg
+    assert (r.var_a, r.var_b, r.cov) == pytest.approx((cov[0, 0], cov[1, 1], cov[0, 1]))
+    _, lo, hi = delong_ci(y, a)
+    assert np.isfinite([lo, hi]).all()
+
+
+def test_delong_certain_difference_has_p_zero() -> None:
+    """Zero variance but different AUCs (a perfect and a perfectly wrong ranking): p = 0."""
+    y = np.array([0, 0, 1, 1])
+    r = delong_roc_test(y, np.array([0.1, 0.2, 0.8, 0.9]), np.array([0.9, 0.8, 0.2, 0.1]))
+    assert (r.auc_a, r.auc_b, r.diff, r.z, r.p_value) == (1.0, 0.0, 1.0, None, 0.0)
 
 
 def test_delong_identical_predictors() -> None:
@@ -399,8 +452,15 @@ def test_delong_published_hanley_mcneil_example() -> None:
 def test_delong_ci_clips_and_rejects_one_class() -> None:
     y = np.array([1, 1, 0, 0])
     assert delong_ci(y, np.array([0.9, 0.8, 0.2, 0.1])) == (1.0, 1.0, 1.0)
-    with pytest.raises(XrayError, match="one class"):
+    # AUC 0.9375 with a wide interval: the upper end is clipped to 1, the lower one is not.
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    auc, lo, hi = delong_ci(y, np.array([0.9, 0.8, 0.7, 0.3, 0.6, 0.2, 0.1, 0.05]))
+    assert auc == pytest.approx(15 / 16) and hi == 1.0 and 0 < lo < auc
+    with pytest.raises(XrayError, match=r"^AUC needs both classes in the labels"):
         delong_ci(np.ones(4, int), np.linspace(0, 1, 4))
+    for alpha in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"^alpha must lie in \(0, 1\)"):
+            delong_ci(y, np.linspace(0, 1, 8), alpha=alpha)
     with pytest.raises(XrayError, match="one class"):
         delong_roc_test(np.zeros(4, int), np.linspace(0, 1, 4), np.linspace(0, 1, 4))
 
@@ -425,8 +485,20 @@ def test_majority_baseline_negative_majority_and_empty_train() -> None:
     m = majority_baseline(np.array([0, 0, 0, 1]), np.array([0, 1, 1, 1]))
     assert m["majority_class"] == "NORMAL"
     assert (m["accuracy"], m["sensitivity"], m["specificity"]) == (0.25, 0.0, 1.0)
-    with pytest.raises(XrayError, match="training labels are empty"):
+    with pytest.raises(XrayError, match=r"^the training labels are empty"):
         majority_baseline(np.array([], int), np.array([0, 1]))
+
+
+def test_majority_baseline_passes_on_class_names_and_positive_index() -> None:
+    """Positive class at index 0 with other names; a 50/50 train predicts the positive class."""
+    names = ("sick", "well")
+    m = majority_baseline(
+        np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1]), class_names=names, positive_index=0
+    )
+    assert m["majority_class"] == "sick" and m["prior_positive"] == 0.5
+    assert (m["sensitivity"], m["specificity"], m["accuracy"]) == (1.0, 0.0, 0.75)
+    assert {"precision_sick", "recall_well"} <= set(m)
+    assert m["threshold"] == 0.5
 
 
 # ---------------------------------------------------------------- clustered paired tests, Holm
