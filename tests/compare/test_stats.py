@@ -18,6 +18,7 @@ from featurestore.compare import (
     bootstrap,
     bootstrap_ci,
     bootstrap_interval,
+    check_labels,
     clustered_delong_test,
     clustered_mcnemar,
     delong_ci,
@@ -97,7 +98,7 @@ def test_blocked_resampling_gives_the_same_interval(monkeypatch: pytest.MonkeyPa
     whole = [
         bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=500) for g in (None, groups)
     ]
-    monkeypatch.setattr(bootstrap, "_CHUNK_CELLS", 1000)  # blocks of 10 resamples
+    monkeypatch.setattr(bootstrap, "_CHUNK_CELLS", 700)  # blocks of 7 resamples, the last of 3
     blocked = [
         bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=500) for g in (None, groups)
     ]
@@ -243,6 +244,106 @@ def test_bootstrap_unhappy_paths() -> None:
         bootstrap_ci(BootMetric("accuracy"), y, p, alpha=1.5)
     with pytest.raises(XrayError, match="NaN"):
         bootstrap_ci(BootMetric("accuracy"), y, np.full(20, np.nan))
+
+
+@pytest.mark.parametrize(
+    ("y", "p"),
+    [
+        ([1, 0, 1, 0, 1], [0.9, 0.8, 0.7, 0.6, 0.1]),  # the lowest score is a positive
+        ([1, 1, 0], [0.9, 0.8, 0.1]),  # the only negative scores lowest
+        ([1, 0, 1, 1], [0.9, 0.5, 0.6, 0.2]),  # a single negative
+    ],
+)
+def test_pr_auc_at_the_edges_equals_sklearn(y: list[int], p: list[float]) -> None:
+    from sklearn.metrics import average_precision_score
+
+    assert BootMetric("pr_auc")(np.array(y), np.array(p)) == pytest.approx(
+        average_precision_score(y, p)
+    )
+
+
+def test_check_labels_shapes_types_and_messages() -> None:
+    y, (s,) = check_labels(np.array([1]), np.array([1]))  # one image is enough
+    assert y.dtype == s.dtype == np.float64
+    for bad in (np.ones((2, 2), int), np.array([], int)):
+        with pytest.raises(ValueError, match=r"^y must be a non-empty 1-D array, got shape"):
+            check_labels(bad)
+    with pytest.raises(ValueError, match=r"^y must hold 1 for the positive class and 0 otherwise$"):
+        check_labels(np.array([0, 2]))
+
+
+def test_generic_metrics_undefined_on_one_class_are_skipped_real_errors_raised() -> None:
+    """A scorer that refuses one class (ValueError) or returns None is skipped on resamples
+    that drew one class; a ValueError on two classes is a bug and propagates."""
+    y, p = np.array([0, 1, 1, 1, 1, 1]), np.array([0.2, 0.6, 0.7, 0.4, 0.9, 0.8])
+
+    def refuses(t: np.ndarray, s: np.ndarray) -> float:
+        if np.unique(t).size < 2:
+            raise ValueError("one class")
+        return float(roc_auc_score(t, s))
+
+    def none_on_one_class(t: np.ndarray, s: np.ndarray) -> float | None:
+        return None if np.unique(t).size < 2 else float(roc_auc_score(t, s))
+
+    fast = bootstrap_interval(BootMetric("roc_auc"), y, p, n_boot=300, seed=1)
+    for metric in (refuses, none_on_one_class):
+        slow = bootstrap_interval(metric, y, p, n_boot=300, seed=1)  # type: ignore[arg-type]
+        assert (slow.lo, slow.hi, slow.n_skipped) == (fast.lo, fast.hi, fast.n_skipped)
+
+    def broken(t: np.ndarray, s: np.ndarray) -> float:
+        raise ValueError("a real bug")
+
+    with pytest.raises(ValueError, match="a real bug"):
+        bootstrap_interval(broken, y, p, n_boot=100)
+
+
+def test_undefined_everywhere_is_one_line() -> None:
+    y, p = make_scores(20)
+    calls: list[int] = []
+    points = [1]  # how many first calls score the full sample (one per model)
+
+    def only_on_the_full_sample(t: np.ndarray, s: np.ndarray) -> float:
+        calls.append(1)
+        return 0.5 if len(calls) <= points[0] else float("nan")
+
+    with pytest.raises(
+        XrayError,
+        match=r"^the metric was undefined on every bootstrap resample; too few samples$",
+    ):
+        bootstrap_interval(only_on_the_full_sample, y, p, n_boot=100)
+    calls.clear()
+    points[0] = 2
+    with pytest.raises(XrayError, match=r"^the metric was undefined on every bootstrap resample"):
+        paired_bootstrap(only_on_the_full_sample, y, p, p, n_boot=100)
+    with pytest.raises(
+        XrayError,
+        match=r"^the metric is undefined on these labels \(the test set holds one class only\?\); "
+        r"evaluate on a test set with both classes$",
+    ):
+        bootstrap_interval(BootMetric("roc_auc"), np.ones(4, int), np.linspace(0, 1, 4))
+
+
+def test_defaults_bounds_and_the_ci_shortcut() -> None:
+    """2000 resamples seeded 0 by default; n_boot = 1 is allowed, alpha must lie in (0, 1)."""
+    y, p = make_scores(60, seed=2, decimals=3)
+    b = make_scores(60, seed=3, decimals=3)[1]
+    metric = BootMetric("accuracy")
+    default = bootstrap_interval(metric, y, p)
+    assert default == bootstrap_interval(metric, y, p, n_boot=2000, seed=0)
+    assert default.n_boot == 2000
+    assert bootstrap_ci(metric, y, p) == (default.estimate, default.lo, default.hi)
+    r = bootstrap_interval(metric, y, p, n_boot=300, seed=4, alpha=0.2)
+    assert bootstrap_ci(metric, y, p, n_boot=300, seed=4, alpha=0.2) == (r.estimate, r.lo, r.hi)
+    paired = paired_bootstrap(metric, y, p, b)
+    assert paired == paired_bootstrap(metric, y, p, b, n_boot=2000, seed=0)
+    assert paired.n_skipped == 0
+    assert bootstrap_interval(metric, y, p, n_boot=1).n_boot == 1
+    assert paired_bootstrap(metric, y, p, b, n_boot=1).n_skipped == 0
+    for bad in ({"n_boot": 0}, {"alpha": 0.0}, {"alpha": 1.0}):
+        with pytest.raises(ValueError, match=r"^need n_boot >= 1 and 0 < alpha < 1"):
+            bootstrap_interval(metric, y, p, **bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"^need n_boot >= 1 and 0 < alpha < 1"):
+            paired_bootstrap(metric, y, p, b, **bad)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- paired bootstrap
