@@ -13,7 +13,9 @@ Not part of CI (minutes per module on two cores). Usage, from the repository roo
     python tools/mutation.py --all --max-children 2
 
 Each target runs in its own scratch copy of the repository (default under the system temp
-folder, kept so that a rerun only retests what changed), so the working tree is never touched.
+folder), so the working tree is never touched. The copy is kept: a rerun reuses mutmut's
+verdicts and retests only new mutants and the survivors; `--fresh` starts over (needed after
+tests were removed or weakened).
 """
 
 from __future__ import annotations
@@ -133,10 +135,18 @@ def function_of(name: str) -> tuple[str, str]:
     return match["module"], function.replace("xǁ", "").replace("ǁ", ".")
 
 
-def run_target(target: str, root: Path, max_children: int) -> dict[str, object]:
-    workdir = scratch_copy(target, root / target.replace("/", "_").removesuffix(".py"))
+def run_target(target: str, root: Path, max_children: int, *, fresh: bool) -> dict[str, object]:
+    workdir = root / target.replace("/", "_").removesuffix(".py")
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    scratch_copy(target, workdir)
     print(f"== {target}: mutmut in {workdir}", flush=True)
     mutmut(workdir, "run", "--max-children", str(max_children), check=False)
+    # mutmut keeps earlier verdicts: retest the survivors by name, so that a test written
+    # since then gets its chance (a killed mutant stays killed while tests are only added).
+    survivors = [n for n, s in results(workdir).items() if s not in KILLED and s != "skipped"]
+    if survivors:
+        mutmut(workdir, "run", "--max-children", str(max_children), *survivors, check=False)
     statuses = results(workdir)
     if not statuses:
         raise SystemExit(f"mutmut produced no results for {target}; see {workdir}")
@@ -177,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(tempfile.gettempdir()) / "xray-mutation",
         help="where the scratch copies live (kept between runs)",
     )
+    parser.add_argument(
+        "--fresh", action="store_true", help="forget earlier verdicts (after removing tests)"
+    )
     args = parser.parse_args(argv)
     targets = list(TARGETS) if args.all else args.targets
     unknown = [t for t in targets if t not in TARGETS]
@@ -184,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"choose targets among {list(TARGETS)} (unknown: {unknown})")
     failed = False
     for target in targets:
-        r = run_target(target, args.workdir, args.max_children)
+        r = run_target(target, args.workdir, args.max_children, fresh=args.fresh)
         print(
             f"{target}: {r['killed']}/{r['mutants']} killed ({r['score']:.1%}); "
             f"{r['equivalent']} listed equivalent -> {r['score_without_equivalent']:.1%} of the "
