@@ -204,6 +204,8 @@ def test_paired_interval_ends_and_p_value_come_from_the_same_resamples() -> None
     r = paired_bootstrap(metric, y, a, b, groups=groups, n_boot=400, alpha=0.1, seed=4)
     (wa, wb), (va, vb) = metric.weights, metric.values
     np.testing.assert_array_equal(wa, wb)
+    per_patient = wa.reshape(400, 7, 2)
+    assert (per_patient[:, :, 0] == per_patient[:, :, 1]).all()  # a patient moves whole
     d = (va - vb)[np.isfinite(va - vb)]
     assert 0 < r.n_skipped == 400 - d.size
     assert (r.lo, r.hi) == tuple(np.quantile(d, [0.05, 0.95]))
@@ -212,6 +214,8 @@ def test_paired_interval_ends_and_p_value_come_from_the_same_resamples() -> None
     assert 0 < r.p_value < 1 and r.unit == "patients"
     assert (r.estimate_a, r.estimate_b) == (roc_auc_score(y, a), roc_auc_score(y, b))
     assert r.diff == r.estimate_a - r.estimate_b
+    by_image = paired_bootstrap(BootMetric("accuracy"), y, a, b, n_boot=100)
+    assert by_image.unit == "images"
 
 
 def test_undefined_resamples_are_skipped_and_counted() -> None:
