@@ -216,6 +216,7 @@ def test_paired_interval_ends_and_p_value_come_from_the_same_resamples() -> None
     assert r.diff == r.estimate_a - r.estimate_b
     by_image = paired_bootstrap(BootMetric("accuracy"), y, a, b, n_boot=100)
     assert by_image.unit == "images"
+    assert json.loads(json.dumps(r.as_dict())) == {**r.__dict__}
 
 
 def test_undefined_resamples_are_skipped_and_counted() -> None:
