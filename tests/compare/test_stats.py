@@ -70,8 +70,28 @@ def test_weighted_rows_equal_explicit_resamples(name: str) -> None:
 
 
 def test_unknown_boot_metric_lists_names() -> None:
-    with pytest.raises(XrayError, match="accuracy"):
+    with pytest.raises(
+        XrayError, match=r"^unknown metric 'kappa'; choose one of: loss, accuracy, "
+    ):
         BootMetric("kappa")
+    for threshold in (0.0, 1.0):  # both ends are thresholds one may ask for
+        assert BootMetric("accuracy", threshold).threshold == threshold
+    for threshold in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"^threshold must lie in \[0, 1\], got"):
+            BootMetric("accuracy", threshold)
+
+
+def test_boot_metrics_on_tiny_and_one_class_samples() -> None:
+    """One positive gives sensitivity 1 or 0 (defined); no positive leaves it undefined and
+    F1 of the positive class 0 (sklearn's zero_division=0), so macro F1 is the negatives' 1 / 2."""
+    y1, p1 = np.array([1, 0]), np.array([0.9, 0.1])
+    assert BootMetric("sensitivity")(y1, p1) == 1.0
+    assert BootMetric("specificity")(y1, p1) == 1.0
+    y0, p0 = np.array([0, 0, 0]), np.array([0.1, 0.2, 0.3])
+    assert np.isnan(BootMetric("sensitivity")(y0, p0))
+    assert BootMetric("f1_positive")(y0, p0) == 0.0
+    assert BootMetric("f1_macro")(y0, p0) == 0.5
+    assert np.isnan(BootMetric("specificity")(1 - y0, p0))
 
 
 # ---------------------------------------------------------------- bootstrap intervals
@@ -247,7 +267,9 @@ def test_bootstrap_unhappy_paths() -> None:
         bootstrap_ci(BootMetric("accuracy"), y + 1, p)
     with pytest.raises(ValueError, match="alpha"):
         bootstrap_ci(BootMetric("accuracy"), y, p, alpha=1.5)
-    with pytest.raises(XrayError, match="NaN"):
+    with pytest.raises(
+        XrayError, match=r"^predicted probabilities contain NaN/inf; re-run the training$"
+    ):
         bootstrap_ci(BootMetric("accuracy"), y, np.full(20, np.nan))
 
 
