@@ -206,6 +206,11 @@ def test_interval_ends_are_quantiles_of_the_resamples(alpha: float, clustered: b
     assert 0 < r.n_skipped == 400 - defined.size  # the test covers the skipping
     assert (r.lo, r.hi) == tuple(np.quantile(defined, [alpha / 2, 1 - alpha / 2]))
     assert r.lo < r.hi and r.alpha == alpha and r.n_boot == 400
+    # The same resamples are what bootstrap_replicates returns (external test sets use them).
+    replicates = bootstrap.bootstrap_replicates(
+        BootMetric("roc_auc"), y, p, groups=g, n_boot=400, seed=5
+    )
+    np.testing.assert_array_equal(replicates, values)
     w = np.concatenate(metric.weights)  # (B, N) multiplicities
     if clustered:
         assert r.unit == "patients"
@@ -367,6 +372,12 @@ def test_defaults_bounds_and_the_ci_shortcut() -> None:
     assert paired == paired_bootstrap(metric, y, p, b, n_boot=2000, seed=0)
     assert paired.n_skipped == 0
     assert bootstrap_interval(metric, y, p, n_boot=1).n_boot == 1
+    replicates = bootstrap.bootstrap_replicates(metric, y, p)
+    assert replicates.shape == (2000,)
+    np.testing.assert_array_equal(
+        replicates, bootstrap.bootstrap_replicates(metric, y, p, n_boot=2000, seed=0)
+    )
+    assert np.quantile(replicates, [0.025, 0.975]).tolist() == [default.lo, default.hi]
     assert paired_bootstrap(metric, y, p, b, n_boot=1).n_skipped == 0
     for bad in ({"n_boot": 0}, {"alpha": 0.0}, {"alpha": 1.0}):
         with pytest.raises(ValueError, match=r"^need n_boot >= 1 and 0 < alpha < 1"):
