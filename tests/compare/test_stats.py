@@ -304,6 +304,8 @@ def test_check_labels_shapes_types_and_messages() -> None:
             check_labels(bad)
     with pytest.raises(ValueError, match=r"^y must hold 1 for the positive class and 0 otherwise$"):
         check_labels(np.array([0, 2]))
+    with pytest.raises(ValueError, match=r"^scores must match y's shape \(2,\), got \(3,\)$"):
+        check_labels(np.array([0, 1]), np.zeros(3))
 
 
 def test_generic_metrics_undefined_on_one_class_are_skipped_real_errors_raised() -> None:
