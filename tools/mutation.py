@@ -140,6 +140,9 @@ def run_target(target: str, root: Path, max_children: int, *, fresh: bool) -> di
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
     scratch_copy(target, workdir)
+    # Which tests cover which function is collected once and cached: collect it again, so a
+    # function that had no test meets the ones written since.
+    (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     print(f"== {target}: mutmut in {workdir}", flush=True)
     mutmut(workdir, "run", "--max-children", str(max_children), check=False)
     # mutmut keeps earlier verdicts: retest the survivors by name, so that a test written

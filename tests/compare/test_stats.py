@@ -92,6 +92,8 @@ def test_boot_metrics_on_tiny_and_one_class_samples() -> None:
     assert BootMetric("f1_positive")(y0, p0) == 0.0
     assert BootMetric("f1_macro")(y0, p0) == 0.5
     assert np.isnan(BootMetric("specificity")(1 - y0, p0))
+    # All positive and all predicted positive: F1 of the negatives is 0, macro F1 is 1 / 2.
+    assert BootMetric("f1_macro")(1 - y0, p0 + 0.5) == 0.5
     for name in ("loss", "brier", "accuracy", "f1_macro"):  # boolean labels read as 0 / 1
         assert BootMetric(name)(y1.astype(bool), p1) == BootMetric(name)(y1, p1)
 
