@@ -20,9 +20,9 @@ from featurestore.compare import (
     BootMetric,
     CompareConfig,
     bootstrap_interval,
+    clustered_delong_test,
     clustered_mcnemar,
     compare_runs,
-    delong_roc_test,
     json_safe,
     mcnemar,
     write_report,
@@ -207,7 +207,12 @@ def test_mcnemar_uses_each_runs_own_threshold(tmp_path: Path) -> None:
     pair = compare_runs([a, b], CompareConfig(n_boot=200)).pairs[0]
     assert (pair.mcnemar.b, pair.mcnemar.c) == expected
     order = sorted(ca)
-    ref = mcnemar(np.array([ca[k] for k in order]), np.array([cb[k] for k in order]))
+    patient = dict(zip(make_test_set()[0], make_test_set()[1], strict=True))
+    ref = clustered_mcnemar(
+        np.array([ca[k] for k in order]),
+        np.array([cb[k] for k in order]),
+        [patient[k] for k in order],
+    )
     assert pair.mcnemar == ref
 
 
@@ -329,10 +334,10 @@ def test_compare_gives_the_paired_tests_the_same_images(tmp_path: Path) -> None:
     (b / "predictions.csv").write_text("\n".join([lines[0], *body]) + "\n")
     pair = compare_runs([a, b], CompareConfig(n_boot=200)).pairs[0]
 
-    def by_key(run: Path) -> dict[str, tuple[int, float]]:
+    def by_key(run: Path) -> dict[str, tuple[int, float, str]]:
         with (run / "predictions.csv").open() as fh:
             return {
-                r["key"]: (int(r["label"]), float(r["probability"]))
+                r["key"]: (int(r["label"]), float(r["probability"]), r["patient"])
                 for r in csv.DictReader(fh)
                 if r["split"] == "test"
             }
@@ -340,10 +345,11 @@ def test_compare_gives_the_paired_tests_the_same_images(tmp_path: Path) -> None:
     ra, rb = by_key(a), by_key(b)
     order = sorted(ra)
     y = np.array([ra[k][0] for k in order])
-    ref = delong_roc_test(
-        y, np.array([ra[k][1] for k in order]), np.array([rb[k][1] for k in order])
-    )
-    assert pair.delong == ref
+    pa, pb = np.array([ra[k][1] for k in order]), np.array([rb[k][1] for k in order])
+    # Resampling patients (the default): DeLong clustered by patient.
+    assert pair.delong == clustered_delong_test(y, pa, pb, [ra[k][2] for k in order])
+    by_image = compare_runs([a, b], CompareConfig(n_boot=200, resample="images")).pairs[0]
+    assert by_image.delong == clustered_delong_test(y, pa, pb, None)
 
 
 def test_write_report_files(four_runs: list[Path], tmp_path: Path) -> None:

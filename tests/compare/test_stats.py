@@ -82,18 +82,19 @@ def test_unknown_boot_metric_lists_names() -> None:
 
 
 def test_boot_metrics_on_tiny_and_one_class_samples() -> None:
-    """One positive gives sensitivity 1 or 0 (defined); no positive leaves it undefined and
-    F1 of the positive class 0 (sklearn's zero_division=0), so macro F1 is the negatives' 1 / 2."""
+    """One positive gives sensitivity 1 (defined); without positives sensitivity, the positive
+    class's F1 and so the macro F1 are undefined (NaN), never 0; likewise without negatives."""
     y1, p1 = np.array([1, 0]), np.array([0.9, 0.1])
     assert BootMetric("sensitivity")(y1, p1) == 1.0
     assert BootMetric("specificity")(y1, p1) == 1.0
     y0, p0 = np.array([0, 0, 0]), np.array([0.1, 0.2, 0.3])
     assert np.isnan(BootMetric("sensitivity")(y0, p0))
-    assert BootMetric("f1_positive")(y0, p0) == 0.0
-    assert BootMetric("f1_macro")(y0, p0) == 0.5
+    assert np.isnan(BootMetric("f1_positive")(y0, p0))
+    assert np.isnan(BootMetric("f1_macro")(y0, p0))
     assert np.isnan(BootMetric("specificity")(1 - y0, p0))
-    # All positive and all predicted positive: F1 of the negatives is 0, macro F1 is 1 / 2.
-    assert BootMetric("f1_macro")(1 - y0, p0 + 0.5) == 0.5
+    # All positive and all predicted positive: F1 of the negatives, so the macro F1, undefined.
+    assert BootMetric("f1_positive")(1 - y0, p0 + 0.5) == 1.0
+    assert np.isnan(BootMetric("f1_macro")(1 - y0, p0 + 0.5))
     for name in ("loss", "brier", "accuracy", "f1_macro"):  # boolean labels read as 0 / 1
         assert BootMetric(name)(y1.astype(bool), p1) == BootMetric(name)(y1, p1)
 
