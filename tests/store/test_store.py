@@ -190,7 +190,7 @@ def test_provenance_difference_says_what_changed() -> None:
 @pytest.mark.parametrize("key", [*PROVENANCE_KEYS, "chunk_size"])
 def test_every_provenance_key_changed_alone_is_a_difference(key: str) -> None:
     """Each key alone (a file's weights, so that its sha256 counts) is named as a change."""
-    old = _provenance(weights_id="file:w.pt", weights_sha256="1" * 64, chunk_size=4)
+    old = _provenance(weights_id="file:w.pt", weights_sha256="1" * 64, chunk_size=4, pooling="avg")
     assert set(old) == {*PROVENANCE_KEYS, "chunk_size"}
     new = {**old, key: "something else"}
     diff = provenance_difference(old, new)
