@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,11 @@ from featurestore.cli.main import app
 from typer.testing import CliRunner
 
 from featurestore.compare import (
+    TABLE_METRICS,
+    BootMetric,
     CompareConfig,
+    bootstrap_interval,
+    clustered_delong_test,
     clustered_mcnemar,
     compare_runs,
     json_safe,
@@ -48,11 +56,15 @@ def write_fake_run(
     seed: int = 0,
     test: tuple[list[str], list[str], np.ndarray] | None = None,
     threshold: float = 0.5,
+    probs: np.ndarray | None = None,
 ) -> Path:
-    """A run folder of the contract with predictions of a given skill (noise added to labels)."""
+    """A run folder of the contract: the given probabilities, else ones of a given skill (noise
+    added to the labels, seeded by name and seed)."""
     keys, groups, labels = test or make_test_set()
-    rng = np.random.default_rng(hash((name, seed)) % 2**32)
-    probs = 1 / (1 + np.exp(-(skill * (labels - 0.5) * 4 + rng.normal(0, 1, labels.size))))
+    # crc32, not hash(): str hashes change per process (PYTHONHASHSEED), and so would the data.
+    rng = np.random.default_rng(zlib.crc32(f"{name}/{seed}".encode()))
+    if probs is None:
+        probs = 1 / (1 + np.exp(-(skill * (labels - 0.5) * 4 + rng.normal(0, 1, labels.size))))
     run = root / name
     run.mkdir(parents=True)
     config = {
@@ -106,6 +118,33 @@ def four_runs(tmp_path: Path) -> list[Path]:
     ]
 
 
+HASH_SEED_SCRIPT = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from test_report import write_fake_run
+from featurestore.compare import CompareConfig, compare_runs
+root = Path(sys.argv[1])
+runs = [write_fake_run(root, n, model="resnet50", mode="frozen", skill=s) for n, s in
+        (("a", 1.0), ("b", 0.5))]
+print(json.dumps(compare_runs(runs, CompareConfig(n_boot=100)).as_dict(), sort_keys=True))
+"""
+
+
+def test_fake_runs_and_their_comparison_ignore_the_hash_seed(tmp_path: Path) -> None:
+    """Fake data seeded with hash() changed with every process; crc32 keeps it fixed."""
+    outputs = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run(
+            [sys.executable, "-c", HASH_SEED_SCRIPT, str(tmp_path / hash_seed),
+             str(Path(__file__).parent)],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1]
+
+
 def test_compare_table_has_intervals_and_pairs(four_runs: list[Path]) -> None:
     cmp = compare_runs(four_runs, CompareConfig(n_boot=300))
     assert len(cmp.rows) == 4
@@ -134,22 +173,54 @@ def test_accuracy_interval_recomputed_from_predictions(four_runs: list[Path]) ->
     assert cmp.rows[0].metrics["at_0.5"]["accuracy"].estimate == pytest.approx(acc)
 
 
+def correct_at(run: Path, threshold: float) -> dict[str, bool]:
+    """Key -> is the run's test prediction at `threshold` right (from predictions.csv)."""
+    with (run / "predictions.csv").open() as fh:
+        return {
+            r["key"]: (float(r["probability"]) >= threshold) == (r["label"] == "1")
+            for r in csv.DictReader(fh)
+            if r["split"] == "test"
+        }
+
+
+def discordant(ca: dict[str, bool], cb: dict[str, bool]) -> tuple[int, int]:
+    """(only A right, only B right)."""
+    return sum(ca[k] and not cb[k] for k in ca), sum(cb[k] and not ca[k] for k in ca)
+
+
+def test_mcnemar_uses_each_runs_own_threshold(tmp_path: Path) -> None:
+    """Two runs with other thresholds than 0.5: the discordant counts are those at 0.3 and 0.7."""
+    labels = make_test_set()[2]
+    rng = np.random.default_rng(1)
+    pa = 1 / (1 + np.exp(-(3.0 * (labels - 0.5) + rng.normal(0, 1, labels.size))))
+    pb = 1 / (1 + np.exp(-(2.0 * (labels - 0.5) + rng.normal(0, 1, labels.size))))
+    a = write_fake_run(tmp_path, "a", model="resnet50", mode="frozen", skill=0, threshold=0.3,
+                       probs=pa)  # fmt: skip
+    b = write_fake_run(tmp_path, "b", model="resnet18", mode="frozen", skill=0, threshold=0.7,
+                       probs=pb)  # fmt: skip
+    ca, cb = correct_at(a, 0.3), correct_at(b, 0.7)
+    expected = discordant(ca, cb)
+    assert expected == (18, 8)  # by hand from the seeded scores above
+    # The test can fail: at 0.5 (or with the thresholds swapped) the counts are others.
+    assert discordant(correct_at(a, 0.5), correct_at(b, 0.5)) != expected
+    assert discordant(correct_at(a, 0.7), correct_at(b, 0.3)) != expected
+    pair = compare_runs([a, b], CompareConfig(n_boot=200)).pairs[0]
+    assert (pair.mcnemar.b, pair.mcnemar.c) == expected
+    order = sorted(ca)
+    patient = dict(zip(make_test_set()[0], make_test_set()[1], strict=True))
+    ref = clustered_mcnemar(
+        np.array([ca[k] for k in order]),
+        np.array([cb[k] for k in order]),
+        [patient[k] for k in order],
+    )
+    assert pair.mcnemar == ref
+
+
 def test_mcnemar_pair_matches_hand_count(four_runs: list[Path]) -> None:
     cmp = compare_runs(four_runs[:2], CompareConfig(n_boot=200))
     pair = cmp.pairs[0]
-
-    def correct(run: Path) -> dict[str, bool]:
-        with (run / "predictions.csv").open() as fh:
-            return {
-                r["key"]: (float(r["probability"]) >= 0.5) == (r["label"] == "1")
-                for r in csv.DictReader(fh)
-                if r["split"] == "test"
-            }
-
-    ca, cb = correct(four_runs[0]), correct(four_runs[1])
-    b = sum(ca[k] and not cb[k] for k in ca)
-    c = sum(cb[k] and not ca[k] for k in ca)
-    assert (pair.mcnemar.b, pair.mcnemar.c) == (b, c)
+    ca, cb = correct_at(four_runs[0], 0.5), correct_at(four_runs[1], 0.5)
+    assert (pair.mcnemar.b, pair.mcnemar.c) == discordant(ca, cb)
     keys = sorted(ca)
     a, b_ = np.array([ca[k] for k in keys]), np.array([cb[k] for k in keys])
     patients = [k.rsplit("/", 1)[1].split("_")[0] for k in keys]
@@ -184,13 +255,101 @@ def test_seed_groups_report_mean_and_spread(tmp_path: Path) -> None:
     assert group.std["roc_auc"] == pytest.approx(np.std(aucs, ddof=1))
 
 
-def test_patient_bootstrap_is_not_narrower_than_image_bootstrap(four_runs: list[Path]) -> None:
-    by_patient = compare_runs(four_runs[:1], CompareConfig(n_boot=1000, resample="patients"))
-    by_image = compare_runs(four_runs[:1], CompareConfig(n_boot=1000, resample="images"))
-    # Two images per patient with identical labels: clustering widens (or keeps) the interval.
-    iv_p = by_patient.rows[0].metrics["at_0.5"]["roc_auc"]
-    iv_i = by_image.rows[0].metrics["at_0.5"]["roc_auc"]
-    assert iv_p.hi - iv_p.lo >= 0.8 * (iv_i.hi - iv_i.lo)
+def clustered_test_set(
+    n_patients: int = 30, per_patient: int = 8, seed: int = 0
+) -> tuple[tuple[list[str], list[str], np.ndarray], np.ndarray]:
+    """A test split whose images are strongly correlated within a patient, and P(positive).
+
+    Each patient has one label and one score (signal plus patient-level noise); its images
+    differ only by a little image noise. AUC is ~0.8, neither 0.5 nor 1.
+    """
+    rng = np.random.default_rng(seed)
+    keys, groups, labels, logits = [], [], [], []
+    for i in range(n_patients):
+        y = i % 2
+        patient_logit = 1.2 * y + rng.normal(0, 1)
+        for j in range(per_patient):
+            keys.append(f"test/{CLASSES[y]}/p{i}_{j}.jpeg")
+            groups.append(f"p{i}")
+            labels.append(y)
+            logits.append(patient_logit + rng.normal(0, 0.05))
+    probs = 1 / (1 + np.exp(-np.array(logits)))
+    return (keys, groups, np.array(labels)), probs
+
+
+def test_patient_resampling_is_clearly_wider_on_correlated_images(tmp_path: Path) -> None:
+    """Eight near-copies per patient: the patient interval is ~sqrt(8) times wider."""
+    test, probs = clustered_test_set()
+    run = write_fake_run(tmp_path, "clustered", model="resnet50", mode="frozen", skill=0,
+                         test=test, probs=probs)  # fmt: skip
+    widths = {}
+    for unit in ("patients", "images"):
+        row = compare_runs([run], CompareConfig(n_boot=1000, resample=unit)).rows[0]
+        iv = row.metrics["at_0.5"]["roc_auc"]
+        assert 0.6 < iv.estimate < 0.95  # not degenerate: both intervals have a width
+        widths[unit] = iv.hi - iv.lo
+    assert widths["images"] > 0.02
+    assert widths["patients"] > 1.8 * widths["images"], widths
+
+
+@pytest.mark.parametrize("resample", ["patients", "images"])
+def test_compare_gives_the_bootstrap_labels_groups_and_threshold(
+    tmp_path: Path, resample: str
+) -> None:
+    """Every interval of the table is bootstrap_interval on the run's own test arrays: labels
+    as 1 = positive class (here index 0), patient groups when resampling patients, and the
+    run's threshold at "at_threshold"."""
+    (keys, groups, labels), probs = clustered_test_set(n_patients=12, per_patient=3)
+    run = write_fake_run(tmp_path, "r", model="resnet50", mode="frozen", skill=0,
+                         test=(keys, groups, labels), probs=probs, threshold=0.37)  # fmt: skip
+    # Make class index 0 the positive one: label 1 in predictions.csv now means negative.
+    config = json.loads((run / "config.json").read_text())
+    config.update(class_names=["PNEUMONIA", "NORMAL"], positive_index=0, positive_class="PNEUMONIA")
+    (run / "config.json").write_text(json.dumps(config))
+    cfg = CompareConfig(n_boot=300, resample=resample, alpha=0.1, seed=3)
+    row = compare_runs([run], cfg).rows[0]
+    order = np.argsort(keys, kind="stable")
+    y = (labels[order] == 0).astype(np.int64)
+    p = probs[order]
+    g = np.array(groups)[order] if resample == "patients" else None
+    for t_name, t in (("at_0.5", 0.5), ("at_threshold", 0.37)):
+        for name in TABLE_METRICS:
+            ref = bootstrap_interval(
+                BootMetric(name, t), y, p, groups=g, n_boot=300, alpha=0.1, seed=3
+            )
+            got = row.metrics[t_name][name]
+            assert (got.estimate, got.lo, got.hi) == (ref.estimate, ref.lo, ref.hi), (t_name, name)
+    assert row.threshold == 0.37
+
+
+def test_compare_gives_the_paired_tests_the_same_images(tmp_path: Path) -> None:
+    """DeLong on both runs' probabilities of the same keys, whatever order the files list them."""
+    test, _ = clustered_test_set(n_patients=10, per_patient=2)
+    a = write_fake_run(tmp_path, "a", model="resnet50", mode="frozen", skill=1.0, test=test)
+    b = write_fake_run(tmp_path, "b", model="resnet18", mode="frozen", skill=0.3, test=test)
+    # Shuffle b's rows: compare must pair images by key, not by row.
+    lines = (b / "predictions.csv").read_text().splitlines()
+    body = lines[1:]
+    np.random.default_rng(0).shuffle(body)
+    (b / "predictions.csv").write_text("\n".join([lines[0], *body]) + "\n")
+    pair = compare_runs([a, b], CompareConfig(n_boot=200)).pairs[0]
+
+    def by_key(run: Path) -> dict[str, tuple[int, float, str]]:
+        with (run / "predictions.csv").open() as fh:
+            return {
+                r["key"]: (int(r["label"]), float(r["probability"]), r["patient"])
+                for r in csv.DictReader(fh)
+                if r["split"] == "test"
+            }
+
+    ra, rb = by_key(a), by_key(b)
+    order = sorted(ra)
+    y = np.array([ra[k][0] for k in order])
+    pa, pb = np.array([ra[k][1] for k in order]), np.array([rb[k][1] for k in order])
+    # Resampling patients (the default): DeLong clustered by patient.
+    assert pair.delong == clustered_delong_test(y, pa, pb, [ra[k][2] for k in order])
+    by_image = compare_runs([a, b], CompareConfig(n_boot=200, resample="images")).pairs[0]
+    assert by_image.delong == clustered_delong_test(y, pa, pb, None)
 
 
 def test_write_report_files(four_runs: list[Path], tmp_path: Path) -> None:

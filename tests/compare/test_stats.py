@@ -13,10 +13,12 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from featurestore.compare import (
     BOOT_METRICS,
     BootMetric,
+    McNemarResult,
     binary_metrics,
     bootstrap,
     bootstrap_ci,
     bootstrap_interval,
+    check_labels,
     clustered_delong_test,
     clustered_mcnemar,
     delong_ci,
@@ -68,8 +70,33 @@ def test_weighted_rows_equal_explicit_resamples(name: str) -> None:
 
 
 def test_unknown_boot_metric_lists_names() -> None:
-    with pytest.raises(XrayError, match="accuracy"):
+    with pytest.raises(
+        XrayError, match=r"^unknown metric 'kappa'; choose one of: loss, accuracy, "
+    ):
         BootMetric("kappa")
+    for threshold in (0.0, 1.0):  # both ends are thresholds one may ask for
+        assert BootMetric("accuracy", threshold).threshold == threshold
+    for threshold in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"^threshold must lie in \[0, 1\], got"):
+            BootMetric("accuracy", threshold)
+
+
+def test_boot_metrics_on_tiny_and_one_class_samples() -> None:
+    """One positive gives sensitivity 1 (defined); without positives sensitivity, the positive
+    class's F1 and so the macro F1 are undefined (NaN), never 0; likewise without negatives."""
+    y1, p1 = np.array([1, 0]), np.array([0.9, 0.1])
+    assert BootMetric("sensitivity")(y1, p1) == 1.0
+    assert BootMetric("specificity")(y1, p1) == 1.0
+    y0, p0 = np.array([0, 0, 0]), np.array([0.1, 0.2, 0.3])
+    assert np.isnan(BootMetric("sensitivity")(y0, p0))
+    assert np.isnan(BootMetric("f1_positive")(y0, p0))
+    assert np.isnan(BootMetric("f1_macro")(y0, p0))
+    assert np.isnan(BootMetric("specificity")(1 - y0, p0))
+    # All positive and all predicted positive: F1 of the negatives, so the macro F1, undefined.
+    assert BootMetric("f1_positive")(1 - y0, p0 + 0.5) == 1.0
+    assert np.isnan(BootMetric("f1_macro")(1 - y0, p0 + 0.5))
+    for name in ("loss", "brier", "accuracy", "f1_macro"):  # boolean labels read as 0 / 1
+        assert BootMetric(name)(y1.astype(bool), p1) == BootMetric(name)(y1, p1)
 
 
 # ---------------------------------------------------------------- bootstrap intervals
@@ -96,7 +123,7 @@ def test_blocked_resampling_gives_the_same_interval(monkeypatch: pytest.MonkeyPa
     whole = [
         bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=500) for g in (None, groups)
     ]
-    monkeypatch.setattr(bootstrap, "_CHUNK_CELLS", 1000)  # blocks of 10 resamples
+    monkeypatch.setattr(bootstrap, "_CHUNK_CELLS", 700)  # blocks of 7 resamples, the last of 3
     blocked = [
         bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=500) for g in (None, groups)
     ]
@@ -141,6 +168,87 @@ def test_cluster_bootstrap_is_wider_on_clustered_data() -> None:
         assert by_patient.hi - by_patient.lo > 2 * (by_image.hi - by_image.lo)  # ~sqrt(10)
 
 
+class Recording:
+    """A vectorised metric that keeps every resample it scores: weights (B, N), values (B,)."""
+
+    def __init__(self, metric: BootMetric) -> None:
+        self.metric = metric
+        self.weights: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+
+    def __call__(self, y: np.ndarray, p: np.ndarray) -> float:
+        return self.metric(y, p)
+
+    def weighted(self, y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+        out = self.metric.weighted(y, p, w)
+        self.weights.append(w.copy())
+        self.values.append(out.copy())
+        return out
+
+
+def small_clustered(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """14 images of 7 patients, 2 of them negative: some resamples draw no negative (AUC NaN)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1, 1, 0, 1, 1, 1], 2)
+    p = np.clip(0.3 * y + 0.7 * rng.random(y.size), 0, 1)
+    return y, p, np.repeat([f"p{i}" for i in range(7)], 2)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.2])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_interval_ends_are_quantiles_of_the_resamples(alpha: float, clustered: bool) -> None:
+    """lo, hi = np.quantile of the defined resampled values at alpha/2 and 1 - alpha/2; the
+    undefined ones are counted, not used; patients are drawn whole."""
+    y, p, groups = small_clustered()
+    g = groups if clustered else None
+    metric = Recording(BootMetric("roc_auc"))
+    r = bootstrap_interval(metric, y, p, groups=g, n_boot=400, alpha=alpha, seed=5)
+    values = np.concatenate(metric.values)
+    assert values.shape == (400,)
+    defined = values[np.isfinite(values)]
+    assert 0 < r.n_skipped == 400 - defined.size  # the test covers the skipping
+    assert (r.lo, r.hi) == tuple(np.quantile(defined, [alpha / 2, 1 - alpha / 2]))
+    assert r.lo < r.hi and r.alpha == alpha and r.n_boot == 400
+    # The same resamples are what bootstrap_replicates returns (external test sets use them).
+    replicates = bootstrap.bootstrap_replicates(
+        BootMetric("roc_auc"), y, p, groups=g, n_boot=400, seed=5
+    )
+    np.testing.assert_array_equal(replicates, values)
+    w = np.concatenate(metric.weights)  # (B, N) multiplicities
+    if clustered:
+        assert r.unit == "patients"
+        per_patient = w.reshape(400, 7, 2)
+        assert (per_patient[:, :, 0] == per_patient[:, :, 1]).all()  # a patient moves whole
+        assert (per_patient[:, :, 0].sum(axis=1) == 7).all()  # 7 patients drawn per resample
+    else:
+        assert r.unit == "images"
+        assert (w.sum(axis=1) == y.size).all()
+        assert (w.reshape(400, 7, 2)[:, :, 0] != w.reshape(400, 7, 2)[:, :, 1]).any()
+
+
+def test_paired_interval_ends_and_p_value_come_from_the_same_resamples() -> None:
+    """Both models are scored on one set of resamples; lo, hi and p from their differences."""
+    y, a, groups = small_clustered(seed=1)
+    b = np.clip(a + np.random.default_rng(2).normal(0, 0.3, a.size), 0, 1)
+    metric = Recording(BootMetric("roc_auc"))
+    r = paired_bootstrap(metric, y, a, b, groups=groups, n_boot=400, alpha=0.1, seed=4)
+    (wa, wb), (va, vb) = metric.weights, metric.values
+    np.testing.assert_array_equal(wa, wb)
+    per_patient = wa.reshape(400, 7, 2)
+    assert (per_patient[:, :, 0] == per_patient[:, :, 1]).all()  # a patient moves whole
+    d = (va - vb)[np.isfinite(va - vb)]
+    assert 0 < r.n_skipped == 400 - d.size
+    assert (r.lo, r.hi) == tuple(np.quantile(d, [0.05, 0.95]))
+    tail = min(np.sum(d <= 0), np.sum(d >= 0)) + 1
+    assert r.p_value == min(1.0, 2 * tail / (d.size + 1))
+    assert 0 < r.p_value < 1 and r.unit == "patients"
+    assert (r.estimate_a, r.estimate_b) == (roc_auc_score(y, a), roc_auc_score(y, b))
+    assert r.diff == r.estimate_a - r.estimate_b
+    by_image = paired_bootstrap(BootMetric("accuracy"), y, a, b, n_boot=100)
+    assert by_image.unit == "images"
+    assert json.loads(json.dumps(r.as_dict())) == {**r.__dict__}
+
+
 def test_undefined_resamples_are_skipped_and_counted() -> None:
     y = np.array([0, 1, 1, 1, 1, 1])
     p = np.array([0.2, 0.6, 0.7, 0.4, 0.9, 0.8])
@@ -169,8 +277,118 @@ def test_bootstrap_unhappy_paths() -> None:
         bootstrap_ci(BootMetric("accuracy"), y + 1, p)
     with pytest.raises(ValueError, match="alpha"):
         bootstrap_ci(BootMetric("accuracy"), y, p, alpha=1.5)
-    with pytest.raises(XrayError, match="NaN"):
+    with pytest.raises(
+        XrayError, match=r"^predicted probabilities contain NaN/inf; re-run the training$"
+    ):
         bootstrap_ci(BootMetric("accuracy"), y, np.full(20, np.nan))
+
+
+@pytest.mark.parametrize(
+    ("y", "p"),
+    [
+        ([1, 0, 1, 0, 1], [0.9, 0.8, 0.7, 0.6, 0.1]),  # the lowest score is a positive
+        ([1, 1, 0], [0.9, 0.8, 0.1]),  # the only negative scores lowest
+        ([1, 0, 1, 1], [0.9, 0.5, 0.6, 0.2]),  # a single negative
+    ],
+)
+def test_pr_auc_at_the_edges_equals_sklearn(y: list[int], p: list[float]) -> None:
+    from sklearn.metrics import average_precision_score
+
+    assert BootMetric("pr_auc")(np.array(y), np.array(p)) == pytest.approx(
+        average_precision_score(y, p)
+    )
+
+
+def test_check_labels_shapes_types_and_messages() -> None:
+    y, (s,) = check_labels(np.array([1]), np.array([1]))  # one image is enough
+    assert y.dtype == s.dtype == np.float64
+    for bad in (np.ones((2, 2), int), np.array([], int)):
+        with pytest.raises(ValueError, match=r"^y must be a non-empty 1-D array, got shape"):
+            check_labels(bad)
+    with pytest.raises(ValueError, match=r"^y must hold 1 for the positive class and 0 otherwise$"):
+        check_labels(np.array([0, 2]))
+    with pytest.raises(ValueError, match=r"^scores must match y's shape \(2,\), got \(3,\)$"):
+        check_labels(np.array([0, 1]), np.zeros(3))
+
+
+def test_generic_metrics_undefined_on_one_class_are_skipped_real_errors_raised() -> None:
+    """A scorer that refuses one class (ValueError) or returns None is skipped on resamples
+    that drew one class; a ValueError on two classes is a bug and propagates."""
+    y, p = np.array([0, 1, 1, 1, 1, 1]), np.array([0.2, 0.6, 0.7, 0.4, 0.9, 0.8])
+
+    def refuses(t: np.ndarray, s: np.ndarray) -> float:
+        if np.unique(t).size < 2:
+            raise ValueError("one class")
+        return float(roc_auc_score(t, s))
+
+    def none_on_one_class(t: np.ndarray, s: np.ndarray) -> float | None:
+        return None if np.unique(t).size < 2 else float(roc_auc_score(t, s))
+
+    fast = bootstrap_interval(BootMetric("roc_auc"), y, p, n_boot=300, seed=1)
+    for metric in (refuses, none_on_one_class):
+        slow = bootstrap_interval(metric, y, p, n_boot=300, seed=1)  # type: ignore[arg-type]
+        assert (slow.lo, slow.hi, slow.n_skipped) == (fast.lo, fast.hi, fast.n_skipped)
+
+    def broken(t: np.ndarray, s: np.ndarray) -> float:
+        raise ValueError("a real bug")
+
+    with pytest.raises(ValueError, match="a real bug"):
+        bootstrap_interval(broken, y, p, n_boot=100)
+
+
+def test_undefined_everywhere_is_one_line() -> None:
+    y, p = make_scores(20)
+    calls: list[int] = []
+    points = [1]  # how many first calls score the full sample (one per model)
+
+    def only_on_the_full_sample(t: np.ndarray, s: np.ndarray) -> float:
+        calls.append(1)
+        return 0.5 if len(calls) <= points[0] else float("nan")
+
+    with pytest.raises(
+        XrayError,
+        match=r"^the metric was undefined on every bootstrap resample; too few samples$",
+    ):
+        bootstrap_interval(only_on_the_full_sample, y, p, n_boot=100)
+    calls.clear()
+    points[0] = 2
+    with pytest.raises(XrayError, match=r"^the metric was undefined on every bootstrap resample"):
+        paired_bootstrap(only_on_the_full_sample, y, p, p, n_boot=100)
+    with pytest.raises(
+        XrayError,
+        match=r"^the metric is undefined on these labels \(the test set holds one class only\?\); "
+        r"evaluate on a test set with both classes$",
+    ):
+        bootstrap_interval(BootMetric("roc_auc"), np.ones(4, int), np.linspace(0, 1, 4))
+
+
+def test_defaults_bounds_and_the_ci_shortcut() -> None:
+    """2000 resamples seeded 0 by default; n_boot = 1 is allowed, alpha must lie in (0, 1)."""
+    y, p = make_scores(60, seed=2, decimals=3)
+    b = make_scores(60, seed=3, decimals=3)[1]
+    metric = BootMetric("accuracy")
+    default = bootstrap_interval(metric, y, p)
+    assert default == bootstrap_interval(metric, y, p, n_boot=2000, seed=0)
+    assert default.n_boot == 2000
+    assert bootstrap_ci(metric, y, p) == (default.estimate, default.lo, default.hi)
+    r = bootstrap_interval(metric, y, p, n_boot=300, seed=4, alpha=0.2)
+    assert bootstrap_ci(metric, y, p, n_boot=300, seed=4, alpha=0.2) == (r.estimate, r.lo, r.hi)
+    paired = paired_bootstrap(metric, y, p, b)
+    assert paired == paired_bootstrap(metric, y, p, b, n_boot=2000, seed=0)
+    assert paired.n_skipped == 0
+    assert bootstrap_interval(metric, y, p, n_boot=1).n_boot == 1
+    replicates = bootstrap.bootstrap_replicates(metric, y, p)
+    assert replicates.shape == (2000,)
+    np.testing.assert_array_equal(
+        replicates, bootstrap.bootstrap_replicates(metric, y, p, n_boot=2000, seed=0)
+    )
+    assert np.quantile(replicates, [0.025, 0.975]).tolist() == [default.lo, default.hi]
+    assert paired_bootstrap(metric, y, p, b, n_boot=1).n_skipped == 0
+    for bad in ({"n_boot": 0}, {"alpha": 0.0}, {"alpha": 1.0}):
+        with pytest.raises(ValueError, match=r"^need n_boot >= 1 and 0 < alpha < 1"):
+            bootstrap_interval(metric, y, p, **bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"^need n_boot >= 1 and 0 < alpha < 1"):
+            paired_bootstrap(metric, y, p, b, **bad)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- paired bootstrap
@@ -250,13 +468,30 @@ def test_mcnemar_switches_method_at_25_and_handles_no_discordance() -> None:
     assert mcnemar(*correctness(13, 12)).method == "chi2-cc"
     assert mcnemar(*correctness(13, 12)).p_value == pytest.approx(1.0)  # (|1| - 1)^2 = 0
     r = mcnemar(*correctness(0, 0))
-    assert (r.b, r.c, r.p_value) == (0, 0, 1.0)
+    assert r == McNemarResult(0, 0, 0.0, 1.0, "exact")
     json.dumps(r.as_dict(), allow_nan=False)
 
 
+def test_mcnemar_every_field_when_b_equals_c() -> None:
+    """b = c > 0 is a discordance (not the no-discordance case): exact below 25, chi2 above."""
+    r = mcnemar(*correctness(3, 3))
+    assert r == McNemarResult(3, 3, 3.0, 1.0, "exact")  # binomial p of 3 of 6 is 1
+    r = mcnemar(*correctness(15, 15))
+    assert (r.b, r.c, r.method) == (15, 15, "chi2-cc")
+    assert r.statistic == pytest.approx(1 / 30)  # (|0| - 1)^2 / 30
+    assert r.p_value == pytest.approx(sps.chi2.sf(1 / 30, 1))
+    r = mcnemar(*correctness(20, 9))
+    assert (r.b, r.c, r.method) == (20, 9, "chi2-cc")
+    r = mcnemar(*correctness(7, 2))
+    assert (r.b, r.c, r.statistic, r.method) == (7, 2, 7.0, "exact")
+
+
 def test_mcnemar_unhappy_paths() -> None:
-    with pytest.raises(ValueError, match="boolean"):
+    with pytest.raises(ValueError, match=r"^correct_a and correct_b must be boolean arrays"):
         mcnemar(np.array([1, 0]), np.array([0, 1]))
+    for a, b in ((np.array([True, False]), np.array([0, 1])), (np.array([1, 0]), np.ones(2, bool))):
+        with pytest.raises(ValueError, match="boolean"):  # one of the two is not boolean
+            mcnemar(a, b)
     with pytest.raises(ValueError, match="equal length"):
         mcnemar(np.ones(3, bool), np.ones(4, bool))
 
@@ -290,6 +525,41 @@ def test_delong_matches_slow_reference_with_ties(seed: int) -> None:
     assert r.z == pytest.approx((aucs[0] - aucs[1]) / np.sqrt(var))
     assert r.p_value == pytest.approx(2 * sps.norm.sf(abs(r.z)))
     assert r.auc_a == pytest.approx(roc_auc_score(y, a))
+
+
+@pytest.mark.parametrize(("n_pos", "n_neg"), [(1, 5), (5, 1), (2, 2), (2, 7)])
+def test_delong_with_one_or_two_of_a_class(n_pos: int, n_neg: int) -> None:
+    """A class with one image contributes no variance term (np.cov of one value is undefined);
+    with two it does. Finite results that equal the definition's where it is defined."""
+    rng = np.random.default_rng(n_pos * 10 + n_neg)
+    y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+    a = rng.random(y.size).round(2)
+    b = np.clip(a + rng.normal(0, 0.2, y.size), 0, 1).round(2)
+    r = delong_roc_test(y, a, b)
+    assert np.isfinite([r.var_a, r.var_b, r.cov, r.p_value]).all()
+    x_a, z_a = a[y == 1], a[y == 0]
+    x_b, z_b = b[y == 1], b[y == 0]
+    psi = [
+        (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
+        for x, z in ((x_a, z_a), (x_b, z_b))
+    ]
+    v10 = np.array([k.mean(axis=1) for k in psi])  # (2, m)
+    v01 = np.array([k.mean(axis=0) for k in psi])  # (2, n)
+    cov = np.zeros((2, 2))
+    if n_pos > 1:
+        cov += np.cov(v10) / n_pos
+    if n_neg > 1:
+        cov += np.cov(v01) / n_neg
+    assert (r.var_a, r.var_b, r.cov) == pytest.approx((cov[0, 0], cov[1, 1], cov[0, 1]))
+    _, lo, hi = delong_ci(y, a)
+    assert np.isfinite([lo, hi]).all()
+
+
+def test_delong_certain_difference_has_p_zero() -> None:
+    """Zero variance but different AUCs (a perfect and a perfectly wrong ranking): p = 0."""
+    y = np.array([0, 0, 1, 1])
+    r = delong_roc_test(y, np.array([0.1, 0.2, 0.8, 0.9]), np.array([0.9, 0.8, 0.2, 0.1]))
+    assert (r.auc_a, r.auc_b, r.diff, r.z, r.p_value) == (1.0, 0.0, 1.0, None, 0.0)
 
 
 def test_delong_identical_predictors() -> None:
@@ -328,8 +598,15 @@ def test_delong_published_hanley_mcneil_example() -> None:
 def test_delong_ci_clips_and_rejects_one_class() -> None:
     y = np.array([1, 1, 0, 0])
     assert delong_ci(y, np.array([0.9, 0.8, 0.2, 0.1])) == (1.0, 1.0, 1.0)
-    with pytest.raises(XrayError, match="one class"):
+    # AUC 0.9375 with a wide interval: the upper end is clipped to 1, the lower one is not.
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    auc, lo, hi = delong_ci(y, np.array([0.9, 0.8, 0.7, 0.3, 0.6, 0.2, 0.1, 0.05]))
+    assert auc == pytest.approx(15 / 16) and hi == 1.0 and 0 < lo < auc
+    with pytest.raises(XrayError, match=r"^AUC needs both classes in the labels"):
         delong_ci(np.ones(4, int), np.linspace(0, 1, 4))
+    for alpha in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"^alpha must lie in \(0, 1\)"):
+            delong_ci(y, np.linspace(0, 1, 8), alpha=alpha)
     with pytest.raises(XrayError, match="one class"):
         delong_roc_test(np.zeros(4, int), np.linspace(0, 1, 4), np.linspace(0, 1, 4))
 
@@ -354,8 +631,20 @@ def test_majority_baseline_negative_majority_and_empty_train() -> None:
     m = majority_baseline(np.array([0, 0, 0, 1]), np.array([0, 1, 1, 1]))
     assert m["majority_class"] == "NORMAL"
     assert (m["accuracy"], m["sensitivity"], m["specificity"]) == (0.25, 0.0, 1.0)
-    with pytest.raises(XrayError, match="training labels are empty"):
+    with pytest.raises(XrayError, match=r"^the training labels are empty"):
         majority_baseline(np.array([], int), np.array([0, 1]))
+
+
+def test_majority_baseline_passes_on_class_names_and_positive_index() -> None:
+    """Positive class at index 0 with other names; a 50/50 train predicts the positive class."""
+    names = ("sick", "well")
+    m = majority_baseline(
+        np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1]), class_names=names, positive_index=0
+    )
+    assert m["majority_class"] == "sick" and m["prior_positive"] == 0.5
+    assert (m["sensitivity"], m["specificity"], m["accuracy"]) == (1.0, 0.0, 0.75)
+    assert {"precision_sick", "recall_well"} <= set(m)
+    assert m["threshold"] == 0.5
 
 
 # ---------------------------------------------------------------- clustered paired tests, Holm

@@ -21,10 +21,14 @@ from featurestore.data import Manifest, dataset_fingerprint, load_manifest
 from featurestore.errors import XrayError
 from featurestore.models import backbones
 from featurestore.store import (
+    FORMAT_VERSION,
+    JSON_ATTRS,
+    PROVENANCE_KEYS,
     ExtractResult,
     PartialStore,
     extract_features,
     open_store,
+    read_attrs,
     store_lock,
     store_path,
 )
@@ -110,6 +114,91 @@ def test_reuse_runs_no_model(
     assert again.status == "reused" and again.images_per_second is None
     assert again.counts == reference.counts
     assert reference.path.stat().st_mtime_ns == before
+
+
+def test_extract_records_every_provenance_key_from_its_inputs(
+    tiny_data_ro: Path, reference: ExtractResult
+) -> None:
+    """What extract hands the provenance check: each key computed from the call's own inputs."""
+    m = load_manifest(tiny_data_ro)
+    expected = {
+        "format_version": FORMAT_VERSION,
+        "backbone": "resnet18",
+        "weights_id": "none",
+        "weights_sha256": None,
+        "preprocessing": backbones.preprocessing_for("resnet18", "none", 32).as_dict(),
+        "image_size": 32,
+        "dtype": "float16",
+        "dataset_fingerprint": dataset_fingerprint(m),
+        "class_names": list(m.class_names),
+        "positive_index": m.positive_index,
+        "carve": m.carve.as_dict(),  # type: ignore[union-attr]
+    }
+    # A new key needs its expected value here; pooling is recorded for provider backbones only.
+    assert set(expected) == set(PROVENANCE_KEYS) - {"pooling"}
+    attrs = read_attrs(reference.path)
+    assert {k: attrs[k] for k in expected} == expected
+    assert "pooling" not in attrs
+
+
+@pytest.fixture(scope="module")
+def file_weights_store(
+    tiny_data_ro: Path, tmp_path_factory: pytest.TempPathFactory
+) -> ExtractResult:
+    """A store extracted with a weights file (its sha256 then identifies the weights)."""
+    folder = tmp_path_factory.mktemp("weights_file")
+    torch.manual_seed(0)
+    weights = folder / "trunk.pt"
+    torch.save(backbones.load_backbone("resnet18", "none").trunk.state_dict(), weights)
+    return _extract(load_manifest(tiny_data_ro), folder / "cache", weights=str(weights))
+
+
+def _changed(key: str, value: Any) -> Any:
+    """Another value of the same kind, as h5py stores it."""
+    if key in JSON_ATTRS:
+        return json.dumps({"changed": json.loads(value)})
+    if isinstance(value, (bytes, str)):
+        return str(value if isinstance(value, str) else value.decode()) + "-changed"
+    return value + 1
+
+
+@pytest.mark.parametrize("key", [None, *PROVENANCE_KEYS])
+def test_each_provenance_key_changed_alone_makes_the_store_stale(
+    key: str | None,
+    tiny_data_ro: Path,
+    reference: ExtractResult,
+    file_weights_store: ExtractResult,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store whose recorded `key` differs from what extract computes now is rebuilt, not
+    reused (None: nothing changed, reused). The weights' sha256 identifies file weights only."""
+    base = file_weights_store if key == "weights_sha256" else reference
+    cache = tmp_path / "cache"
+    path = cache / base.path.relative_to(base.path.parents[1])
+    path.parent.mkdir(parents=True)
+    path.write_bytes(base.path.read_bytes())
+    if key is not None:
+        with h5py.File(path, "r+") as fh:
+            if key not in fh.attrs:
+                pytest.skip(f"a torchvision store records no {key} (provider backbones only)")
+            fh.attrs[key] = _changed(key, fh.attrs[key])
+
+    class Rebuilding(Exception):
+        pass
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise Rebuilding  # the decision is made; computing the rows is not this test's business
+
+    monkeypatch.setattr(backbones, "load_backbone", no_model)
+    kw = {"weights": str(base.path.parents[2] / "trunk.pt")} if key == "weights_sha256" else {}
+    notices: list[str] = []
+    if key is None:
+        assert _extract(load_manifest(tiny_data_ro), cache, **kw).status == "reused"
+        return
+    with pytest.raises(Rebuilding):
+        _extract(load_manifest(tiny_data_ro), cache, notice=notices.append, **kw)
+    assert len(notices) == 1 and notices[0].endswith(": rebuilding"), notices
 
 
 def test_rows_do_not_depend_on_workers(

@@ -14,6 +14,7 @@ from featurestore.data import Record
 from featurestore.errors import XrayError
 from featurestore.store import (
     FORMAT_VERSION,
+    PROVENANCE_KEYS,
     PartialStore,
     StoreInUseError,
     find_stores,
@@ -184,6 +185,17 @@ def test_provenance_difference_says_what_changed() -> None:
     )
     net = _provenance(weights_id="IMAGENET1K_V1", weights_sha256="3" * 64)
     assert provenance_difference(net, {**net, "weights_sha256": None}) is None
+
+
+@pytest.mark.parametrize("key", [*PROVENANCE_KEYS, "chunk_size"])
+def test_every_provenance_key_changed_alone_is_a_difference(key: str) -> None:
+    """Each key alone (a file's weights, so that its sha256 counts) is named as a change."""
+    old = _provenance(weights_id="file:w.pt", weights_sha256="1" * 64, chunk_size=4, pooling="avg")
+    assert set(old) == {*PROVENANCE_KEYS, "chunk_size"}
+    new = {**old, key: "something else"}
+    diff = provenance_difference(old, new)
+    assert diff is not None and "changed" in diff
+    assert provenance_difference(old, dict(old)) is None
 
 
 def test_partial_chunks_survive_and_are_atomic(tmp_path: Path) -> None:

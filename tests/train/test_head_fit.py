@@ -52,3 +52,23 @@ def test_the_schedule_counts_steps_from_the_source() -> None:
         batch_size=16,
     )
     assert odd.steps_per_epoch() == 1  # the lonely 17th row is dropped, as batches() drops it
+
+
+@pytest.mark.parametrize(("policy", "low", "high"), [("balanced", 0.35, 0.65), ("none", 0.03, 0.2)])
+def test_the_logreg_head_is_fitted_with_the_class_weight_asked_for(
+    policy: str, low: float, high: float
+) -> None:
+    """Signal-free features with 10% positives: the fitted prior is 50/50 with balanced weights
+    and 10% without, so the head was given the policy (not a fixed one)."""
+    rng = np.random.default_rng(3)
+    feats, labels = {}, {}
+    for split, n in (("train", 1000), ("val", 200), ("test", 200)):
+        labels[split] = (rng.random(n) < 0.1).astype(np.int64)
+        feats[split] = rng.normal(size=(n, 2))
+    source = FeatureSource.from_arrays(feats, labels, batch_size=64)
+    trainer = head_trainer("logreg", 2, 2)
+    trainer.fit(source, TrainConfig(device="cpu", class_weight=policy))  # type: ignore[arg-type]
+    x, _ = source.arrays("train")
+    with torch.no_grad():
+        mean_p = float(trainer.module.eval()(x).softmax(1)[:, 1].mean())
+    assert low < mean_p < high, mean_p

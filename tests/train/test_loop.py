@@ -175,6 +175,59 @@ def test_class_weights() -> None:
         class_weights(np.array([1, 1]), 2, "balanced", ("NORMAL", "PNEUMONIA"))
 
 
+def noise_source(n: int = 2000, positive: float = 0.1, seed: int = 0) -> FeatureSource:
+    """Features that carry no signal, `positive` of the labels 1: only the prior can be learnt."""
+    rng = np.random.default_rng(seed)
+    feats, labels = {}, {}
+    for split, size in (("train", n), ("val", 200), ("test", 200)):
+        labels[split] = (rng.random(size) < positive).astype(np.int64)
+        feats[split] = rng.normal(size=(size, 2)).astype(np.float32)
+    return FeatureSource.from_arrays(feats, labels, batch_size=32, seed=seed)
+
+
+@pytest.mark.parametrize(("policy", "low", "high"), [("balanced", 0.35, 0.65), ("none", 0.03, 0.2)])
+def test_training_uses_the_class_weights(policy: str, low: float, high: float) -> None:
+    """On signal-free features with 10% positives the head learns the prior the loss sees:
+    balanced weights n / (C n_c) make it 50/50, no weights leave it at 10%."""
+    src = noise_source()
+    # One epoch of 63 steps at a constant rate: the bias settles, and the only epoch is the best.
+    config = replace(FAST, epochs=1, warmup_epochs=0, schedule="constant", class_weight=policy)
+    torch.manual_seed(0)
+    model = build_head("linear", 2, 2)
+    fit(model, src, config)
+    with torch.no_grad():
+        x = torch.cat([xb for xb, _ in src.batches("train", shuffle=False)])
+        mean_p = float(model(x).softmax(1)[:, 1].mean())
+    assert low < mean_p < high, mean_p
+
+
+@pytest.mark.parametrize("policy", ["balanced", "none"])
+def test_fit_gives_the_loss_the_train_class_weights(monkeypatch, policy: str) -> None:  # type: ignore[no-untyped-def]
+    """The criterion fit hands to each epoch weighs class c by n / (C n_c) of the train labels."""
+    src = noise_source(n=300, positive=0.25)
+    seen: list[nn.Module] = []
+    real = trainer.train_one_epoch
+
+    def spy(model, source, epoch, criterion, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(criterion)
+        return real(model, source, epoch, criterion, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", spy)
+    torch.manual_seed(0)
+    fit(build_head("linear", 2, 2), src, replace(FAST, epochs=2, class_weight=policy))
+    assert len(seen) == 2
+    y = src.records("train")[2]
+    n_c = np.bincount(y, minlength=2)
+    expected = len(y) / (2 * n_c) if policy == "balanced" else np.ones(2)
+    assert n_c[1] / len(y) < 0.35  # imbalanced: the two policies differ
+    logits = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 1] * 8)
+    weight = torch.tensor(expected, dtype=torch.float32)
+    reference = nn.functional.cross_entropy(logits, target, weight=weight)
+    for criterion in seen:
+        assert torch.allclose(criterion(logits, target), reference)
+
+
 def test_warmup_then_cosine_per_step() -> None:
     opt = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = make_scheduler(opt, TrainConfig(epochs=3, warmup_epochs=1, lr=1.0), steps_per_epoch=4)

@@ -133,6 +133,32 @@ def test_expand_inputs_recurses_sorted_and_skips_hidden(tmp_path: Path) -> None:
         expand_inputs([tmp_path / "empty"])
 
 
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_predict_preprocesses_as_the_run_recorded(
+    mode: str, frozen16: Path, finetuned: Path, tiny: Path, tmp_path: Path
+) -> None:
+    """The predictor's preprocessing is the one the run recorded (the store's for frozen runs),
+    not one recomputed from the backbone name: edit the record and the predictions follow."""
+    run_dir = frozen16 if mode == "frozen" else finetuned
+    doc = json.loads((run_dir / "config.json").read_text())
+    recorded = doc["store"]["preprocessing"] if mode == "frozen" else doc["preprocessing"]
+    assert load_predictor(run_dir, device="cpu").preprocessing.as_dict() == recorded
+    edited_run = tmp_path / "edited"
+    shutil.copytree(run_dir, edited_run)
+    edited = {**recorded, "mean": [0.2, 0.3, 0.4], "std": [0.5, 0.6, 0.7], "resize": 40}
+    if mode == "frozen":
+        doc["store"]["preprocessing"] = edited
+    else:
+        doc["preprocessing"] = edited
+    (edited_run / "config.json").write_text(json.dumps(doc))
+    predictor = load_predictor(edited_run, device="cpu")
+    assert predictor.preprocessing.as_dict() == edited
+    keys = load_run(run_dir).split_predictions("test")["key"]
+    before = load_predictor(run_dir, device="cpu").predict([tiny / k for k in keys])
+    after = predictor.predict([tiny / k for k in keys])
+    assert [r.probability for r in after] != [r.probability for r in before]
+
+
 def test_run_from_elsewhere_is_refused(frozen16: Path, finetuned: Path, tmp_path: Path) -> None:
     alien = tmp_path / "alien"
     shutil.copytree(finetuned, alien)
