@@ -197,8 +197,10 @@ def test_real_radiographs_extract_then_fit_head_beats_the_majority_baseline(
     run = load_run(summary.path)
     test = run.split_predictions("test")
     assert len(test["key"]) == 23
-    # The majority-class baseline scores AUC 0.5 whatever its accuracy.
-    assert run.metrics["test"]["at_threshold"]["roc_auc"] > 0.75
+    # The majority-class baseline scores AUC 0.5 whatever its accuracy. (0.99 before the one
+    # intensity rule, when raw brightness let random features ride the NORMAL-vs-PNEUMONIA size
+    # shortcut; with each image stretched to its own range it measured 0.74.)
+    assert run.metrics["test"]["at_threshold"]["roc_auc"] > 0.65
     assert run.metrics["test"]["at_0.5"]["roc_auc"] == pytest.approx(
         roc_auc_score(test["label"], test["probability"]), abs=1e-12
     )
