@@ -126,6 +126,7 @@ def bench_model(
                 batch_size=batch_size,
                 workers=w,
                 device="cpu",
+                precision="fp32",  # forward-only runs in float32 (bench/precision.py: bf16)
             )
             assert result.status == "built" and sum(result.counts.values()) == len(keys)
             calls[f"workers={w}"].append(len(keys) / result.seconds)

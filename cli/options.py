@@ -20,6 +20,7 @@ from featurestore.config import (
     HeadKind,
     LabelScheme,
     Monitor,
+    Precision,
     Resample,
     Task,
     Uncertain,
@@ -32,6 +33,7 @@ __all__ = [
     "HeadKind",
     "LabelScheme",
     "Monitor",
+    "Precision",
     "Resample",
     "Task",
     "Uncertain",
@@ -102,6 +104,15 @@ TaskOpt = Annotated[
         help="binary (NORMAL / PNEUMONIA), multiclass (NORMAL / BACTERIAL / VIRAL, the "
         "Kermany three-class task read with --labels kermany3) or multilabel (findings "
         "Cardiomegaly, Effusion, Opacity in a CSV, with patients and uncertain labels).",
+    ),
+]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help="What the backbone computes in: auto (bf16 on a CPU with native bf16/AMX, else "
+        "fp32; autocast on CUDA as before), fp32 or bf16. Recorded; a store of another "
+        "precision is another store.",
     ),
 ]
 ConfigOpt = Annotated[

@@ -20,6 +20,8 @@ from .options import (
     JsonFlag,
     LabelScheme,
     LabelsOpt,
+    Precision,
+    PrecisionOpt,
     Uncertain,
     UncertainOpt,
     WeightsOpt,
@@ -109,6 +111,7 @@ def extract(
     dtype: Annotated[
         FeatureDtype, typer.Option("--dtype", help="How the features are stored.")
     ] = FeatureDtype(_EXTRACT.dtype),
+    precision: PrecisionOpt = Precision(_EXTRACT.precision),
     skip_bad: Annotated[
         bool,
         typer.Option(
@@ -158,6 +161,7 @@ def extract(
             workers=workers,
             device=str(device),
             dtype=str(dtype),
+            precision=str(precision),
             skip_bad=skip_bad,
             progress=progress,
             notice=notice,
@@ -172,6 +176,7 @@ def extract(
         "store": str(result.path),
         "backbone": result.backbone,
         "weights": result.weights_id,
+        "precision": result.precision,
         "status": result.status,
         **{f"{split} rows": n for split, n in result.counts.items()},
         "D": result.feature_dim,

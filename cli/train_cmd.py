@@ -35,6 +35,8 @@ from .options import (
     LabelScheme,
     LabelsOpt,
     Monitor,
+    Precision,
+    PrecisionOpt,
     RunsDir,
     SeedOpt,
     SeedsOpt,
@@ -427,6 +429,7 @@ def finetune(
         bool, typer.Option("--resume", help="Continue the interrupted run with the same settings.")
     ] = False,
     device: DeviceOpt = Device(_FT.train.device),
+    precision: PrecisionOpt = Precision(_FT.train.precision),
     runs: RunsDir = DEFAULT_RUNS,
     config_file: ConfigOpt = None,
     as_json: JsonFlag = False,
@@ -471,6 +474,7 @@ def finetune(
         seed=given["seed"],
         backbone_lr_mult=given["backbone_lr_mult"],
         device=str(given["device"]),  # type: ignore[arg-type]
+        precision=str(given["precision"]),  # type: ignore[arg-type]
     )
     subsets: list[tuple[float | None, int | None]] = [
         *((f, None) for f in (parse_fractions(train_fraction) if train_fraction else ())),
@@ -503,7 +507,7 @@ def finetune(
 REPEATABLE = (
     "model", "pooling", "head", "epochs", "lr", "batch_size", "patience", "monitor", "class_weight",
     "seed", "device", "weights", "freeze", "backbone_lr_mult", "image_size", "augment", "hflip",
-    "threshold_policy",
+    "threshold_policy", "precision",
 )  # fmt: skip
 
 

@@ -99,6 +99,19 @@ class LabelScheme(Choice):
     """Kermany's NORMAL/PNEUMONIA relabelled from file names: NORMAL, BACTERIAL, VIRAL."""
 
 
+class Precision(Choice):
+    """What the forward pass (and backward, when training) computes in.
+
+    `auto`: bfloat16 autocast on a CPU that computes bfloat16 natively (AVX512-BF16 or AMX on
+    x86, BF16 on Arm), else float32; on CUDA, autocast as before (float16 for extraction,
+    bfloat16 where supported for training). See `featurestore.devices.resolve_precision`.
+    """
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 def values(choice: type[Choice]) -> tuple[str, ...]:
     """The values of a choice enum, in declaration order."""
     return tuple(member.value for member in choice)
@@ -113,6 +126,7 @@ RESAMPLE_UNITS = values(Resample)
 LABEL_SCHEMES = values(LabelScheme)
 TASKS = values(Task)
 UNCERTAIN_POLICIES = values(Uncertain)
+PRECISIONS = values(Precision)
 SCHEDULES = ("cosine", "constant")
 THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "f1", "sensitivity", "specificity", "fixed")
 """Kinds of operating point; `sensitivity`, `specificity` and `fixed` take a value (`kind:0.95`)."""
@@ -153,6 +167,7 @@ def parse_threshold_policy(policy: str) -> tuple[str, float | None]:
 
 
 DeviceName = Literal["auto", "cpu", "cuda"]
+PrecisionName = Literal["auto", "fp32", "bf16"]
 
 KERMANY_DIR = Path("data/chest_xray")
 """Where the Kaggle Kermany dataset is looked for when no --data is given."""
@@ -199,7 +214,12 @@ class TrainConfig:
     specificity - 1), f1, sensitivity:T (the highest threshold reaching sensitivity >= T),
     specificity:T (the lowest reaching specificity >= T) or fixed:T (fixed alone is 0.5)."""
     amp: bool = True
-    """Mixed precision on CUDA (bfloat16 where supported); ignored on CPU."""
+    """Mixed precision on CUDA (bfloat16 where supported) when `precision` is auto."""
+    precision: PrecisionName = "auto"
+    """Forward/backward arithmetic: bf16 autocast, fp32, or auto (bf16 on a CPU that computes
+    it natively, else fp32; AMP on CUDA as `amp` says). Parameters and the optimizer stay
+    fp32, and the final val/test scoring (predictions.csv) is fp32. Heads on cached features
+    (fit-head) resolve auto to fp32 on CPU."""
     device: DeviceName = "auto"
     """"auto" uses CUDA when available."""
 
@@ -229,6 +249,10 @@ class TrainConfig:
             (
                 self.device in DEVICES,
                 f"--device must be auto, cpu or cuda, got {self.device!r}",
+            ),
+            (
+                self.precision in PRECISIONS,
+                f"--precision must be auto, fp32 or bf16, got {self.precision!r}",
             ),
         ]
         for ok, message in checks:
@@ -266,12 +290,17 @@ class ExtractConfig:
     """"auto" uses CUDA when available."""
     dtype: Literal["float16", "float32"] = "float16"
     """How features are stored."""
+    precision: PrecisionName = "auto"
+    """What the trunk computes in (see `Precision`); part of the store's identity."""
     skip_bad: bool = False
     """Leave unreadable images out (listed in the store) instead of stopping."""
     labels: Literal["as-given", "kermany3"] = "as-given"
     """Label scheme (`LabelScheme`): `kermany3` reads Kermany as three classes."""
     uncertain: Literal["zeros", "ones", "ignore"] = "ignore"
     """Multi-label data: uncertain (-1) labels as absent, present, or masked (`Uncertain`)."""
+    rehash: bool = False
+    """Hash every image to check a finished store is fresh, instead of reusing the digests
+    recorded under the cache folder for files whose stat is unchanged."""
 
 
 @dataclass(frozen=True)
@@ -390,6 +419,8 @@ class FitHeadConfig:
     """Transformer stores: the one pooling to train on (`cls`, `mean`, `map`); None: all."""
     fuse: bool = False
     """One head on all the selected stores side by side instead of one head per store."""
+    rehash: bool = False
+    """Hash every image to check the stores are fresh (see `ExtractConfig.rehash`)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The trainer's settings (heads on cached features: many cheap epochs)."""
     train_fractions: tuple[float, ...] = ()

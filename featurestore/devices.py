@@ -1,11 +1,19 @@
-"""Where training runs: device choice, autocast dtype and the channels_last memory format."""
+"""Where models run: device choice, numeric precision, autocast dtype and channels_last."""
 
 from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from featurestore.config import PRECISIONS, Precision
 from featurestore.errors import XrayError
+
+RESOLVED_PRECISIONS = ("fp32", "bf16", "fp16")
+"""What `resolve_precision` returns: the name recorded in stores and runs."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -25,11 +33,67 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype on CUDA (bfloat16 when supported, else float16), None elsewhere."""
-    if not amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+@functools.cache
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (Linux /proc/cpuinfo flags).
+
+    x86: `avx512_bf16` or `amx_bf16`; Arm: `bf16`. Elsewhere (or unreadable) False, so `auto`
+    falls back to float32, which is never wrong, only slower.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "bf16" in flags
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str | Precision, device: torch.device, *, cuda_auto: str) -> str:
+    """`auto` | `fp32` | `bf16` on `device` -> "fp32" | "bf16" | "fp16" (what actually runs).
+
+    `cuda_auto` is what `auto` means on CUDA (callers keep their earlier behaviour there).
+
+    Raises:
+        XrayError: an unknown name.
+    """
+    value = str(precision)
+    if value not in PRECISIONS:
+        raise XrayError(f"--precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    if value != "auto":
+        return value
+    if device.type == "cuda":
+        return cuda_auto
+    return "bf16" if device.type == "cpu" and cpu_computes_bf16() else "fp32"
+
+
+def autocast_dtype(resolved: str) -> torch.dtype | None:
+    """The torch.autocast dtype of a resolved precision; None for float32 (autocast off)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[resolved]
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """An autocast dtype's recorded name: None -> "fp32", bfloat16 -> "bf16", float16 -> "fp16"."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def amp_dtype(
+    amp: bool, device: torch.device, precision: str | Precision = "auto"
+) -> torch.dtype | None:
+    """Training autocast dtype: `precision` resolved, with CUDA's `auto` meaning AMP as before.
+
+    On CUDA `auto` is bfloat16 where supported, else float16, and off when `amp` is False.
+    """
+    if device.type == "cuda" and amp:
+        cuda_auto = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    else:
+        cuda_auto = "fp32"
+    return autocast_dtype(resolve_precision(precision, device, cuda_auto=cuda_auto))
 
 
 def channels_last_for(device: torch.device) -> bool:

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # `XRAY_FAULT_SEED=100 pytest tests/test_faults.py` re-runs the random kills at other points.
 SEED_BASE = int(os.environ.get("XRAY_FAULT_SEED", "0"))
 SETTINGS: dict[str, Any] = {
+    "precision": "fp32",  # the same store name on every CPU (auto is bf16 on some)
     "model": "resnet18",
     "weights": "none",
     "image_size": 32,
@@ -40,7 +41,7 @@ SETTINGS: dict[str, Any] = {
     "chunk_size": 4,
 }
 CLI_SETTINGS = ["--model", "resnet18", "--weights", "none", "--image-size", "32",
-                "--workers", "0", "--batch-size", "4"]  # fmt: skip
+                "--workers", "0", "--batch-size", "4", "--precision", "fp32"]  # fmt: skip
 # What `xray extract` uses (its chunk size is the library default).
 CLI_EQUIVALENT = {**SETTINGS, "chunk_size": 256}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -66,7 +67,7 @@ CHILD = textwrap.dedent(
             time.sleep(0.02)
     store_write.PartialStore.write_chunk = paced_write
     extract_features(load_manifest(data), cache_dir=cache, model="resnet18", weights="none",
-                     image_size=32, workers=0, batch_size=4, chunk_size=4)
+                     image_size=32, workers=0, batch_size=4, chunk_size=4, precision="fp32")
     """
 )
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from featurestore import distributed, library_versions
 from featurestore.config import FEATURE_DTYPES, ExtractConfig
-from featurestore.devices import resolve_device
+from featurestore.devices import autocast_dtype, resolve_device, resolve_precision
 from featurestore.errors import XrayError
 from featurestore.fileio import file_digest
 from featurestore.models import backbones
@@ -30,13 +30,13 @@ DTYPES = FEATURE_DTYPES
 
 
 def default_workers(device_type: str = "cpu") -> int:
-    """Decoding workers: none on CPU; on a GPU all cores but one, at most 8 per process.
+    """Decoding worker processes: none on CPU; on a GPU all cores but one, at most 8 per process.
 
-    On CPU the forward pass already uses every core through torch's threads, and a draft-mode
-    decode costs ~2-4% of a ResNet-50/DenseNet-121 forward: decoding in the main process
-    between batches measured 0.95/0.94 of forward-only throughput on 2 cores, while one forked
-    worker beside the torch threads measured 0.86/0.61 (bench/README.md). On a GPU the cores
-    are free for decoding, which then must overlap the forward pass.
+    On CPU the forward pass already uses every core through torch's threads: one forked
+    worker beside the torch threads measured 0.86/0.61 of forward-only (resnet50/densenet121,
+    bench/README.md), so with 0 workers images decode in a thread of the main process,
+    overlapping the model (Pillow and torch both release the GIL). On a GPU the cores are
+    free for decoding, which then must keep up with the forward pass.
     """
     if device_type != "cuda":
         return 0
@@ -55,6 +55,8 @@ class ExtractResult:
     """Why the store was reused, resumed, built or rebuilt, in words."""
     backbone: str
     weights_id: str
+    precision: str
+    """What the trunk computed in: fp32, bf16 or fp16."""
     counts: dict[str, int]
     """Rows per split in the store."""
     feature_dim: int
@@ -80,12 +82,19 @@ def extract_features(
     workers: int | None = _EXTRACT.workers,
     device: str = _EXTRACT.device,
     dtype: str = _EXTRACT.dtype,
+    precision: str = _EXTRACT.precision,
     skip_bad: bool = _EXTRACT.skip_bad,
     progress: Progress | None = None,
     chunk_size: int = 256,
     notice: Callable[[str], None] | None = None,
 ) -> ExtractResult:
-    """Extract (or reuse, or resume) the store of `model` x `weights` x preprocessing x dataset."""
+    """Extract (or reuse, or resume) the store of `model` x `weights` x preprocessing x
+    precision x dataset.
+
+    `precision` (auto | fp32 | bf16, see `featurestore.config.Precision`) is what the trunk
+    computes in; the features are stored as `dtype` either way. It is part of the store's
+    identity: its file name and its `precision` attribute (fp32, bf16 or fp16 on CUDA).
+    """
     from featurestore.data import dataset_fingerprint
 
     began = time.perf_counter()
@@ -98,6 +107,8 @@ def extract_features(
     workers = default_workers(torch_device.type) if workers is None else workers
     if workers < 0:
         raise XrayError(f"--workers must be 0 or more, got {workers}")
+    # On CUDA `auto` keeps torch.autocast's float16, as extraction always did there.
+    resolved = resolve_precision(precision, torch_device, cuda_auto="fp16")
     spec = backbones.get_spec(model)
     model = spec.name  # `hf:microsoft/rad-dino` is filed under its alias `rad-dino`
     pre = backbones.preprocessing_for(model, weights, image_size)
@@ -112,6 +123,7 @@ def extract_features(
         pooling=spec.pooling
         if isinstance(spec, backbones.ProviderSpec) and spec.family == "vit"
         else None,
+        precision=resolved,
     )
     # Torchvision stores keep the attributes they always had (so they stay up to date).
     provider_attrs: dict[str, Any] = (
@@ -131,6 +143,7 @@ def extract_features(
         "weights_sha256": weights_sha,
         "preprocessing": pre.as_dict(),
         "image_size": image_size,
+        "precision": resolved,
         "dtype": dtype,
         # Hashing every file is rank 0's job; torchrun's other ranks get the result.
         "dataset_fingerprint": distributed.on_main(
@@ -156,6 +169,7 @@ def extract_features(
             reason,
             model,
             weights_id,
+            resolved,
             counts,
             spec.feature_dim,
             round(time.perf_counter() - began, 3),
@@ -219,6 +233,7 @@ def extract_features(
                 skip_bad=skip_bad,
                 progress=progress,
                 label=f"extract {model}" + (f" (1 of {world} shards)" if world > 1 else ""),
+                autocast=autocast_dtype(resolved),
             )
             return rate, loaded.weights_sha256
 

@@ -1,15 +1,19 @@
-"""Stage 1's inner loop: decode images in loader workers, run the frozen trunk, persist chunks."""
+"""Stage 1's inner loop: decode images beside the model, run the frozen trunk, persist chunks."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from featurestore.errors import XrayError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from rich.progress import Progress
     from torch import nn
@@ -28,8 +32,23 @@ class Chunk:
     stop: int
 
 
+Batch = tuple[list[int], "torch.Tensor | None", list[tuple[int, str]]]
+"""(item positions of the good images, their uint8 pixels (B, S, S, 3), [(item, error)])."""
+
+
+def _pixels(
+    manifest: Manifest, key: str, pre: Preprocessing
+) -> tuple[np.ndarray | None, str | None]:
+    """One image -> (uint8 (S, S, 3) pixels, None), or (None, error) for an unreadable file."""
+    try:
+        image = manifest.open_image(key, min_size=pre.resize)
+    except XrayError as exc:  # ImageDecodeError: reported by the main process
+        return None, str(exc)
+    return pre.pixels(image), None
+
+
 class _ImageDataset:
-    """Item i -> (i, (3, crop, crop) tensor or None, error or None); never raises on bad files."""
+    """Item i -> (i, uint8 (S, S, 3) pixels or None, error or None); never raises on bad files."""
 
     def __init__(self, manifest: Manifest, keys: Sequence[str], pre: Preprocessing) -> None:
         self.manifest, self.keys, self.pre = manifest, list(keys), pre
@@ -37,24 +56,54 @@ class _ImageDataset:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            image = self.manifest.open_image(self.keys[i], min_size=self.pre.resize)
-        except XrayError as exc:  # ImageDecodeError: reported by the main process
-            return i, None, str(exc)
-        return i, self.pre(image), None
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
+        return (i, *_pixels(self.manifest, self.keys[i], self.pre))
 
 
-def _collate(
-    items: list[tuple[int, torch.Tensor | None, str | None]],
-) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    """Stack the good images (B, 3, H, W); bad ones come back as (item, error) pairs."""
+def _collate(items: list[tuple[int, np.ndarray | None, str | None]]) -> Batch:
+    """Stack the good images' pixels (B, S, S, 3); bad ones come back as (item, error) pairs."""
+    import numpy as np
     import torch
 
     good = [(i, x) for i, x, _ in items if x is not None]
     errors = [(i, err) for i, x, err in items if x is None and err is not None]
-    batch = torch.stack([x for _, x in good]) if good else None
+    batch = torch.from_numpy(np.stack([x for _, x in good])) if good else None
     return [i for i, _ in good], batch, errors
+
+
+def decoded_in_threads(
+    manifest: Manifest,
+    keys: Sequence[str],
+    pre: Preprocessing,
+    batches: Sequence[Sequence[int]],
+    *,
+    threads: int = 1,
+    ahead: int = 2,
+) -> Generator[Batch, None, None]:
+    """Batches of pixels decoded by `threads` threads, `ahead` batches before they are needed.
+
+    Pillow releases the GIL while it decodes and resizes and torch while it computes, so the
+    next batches decode while the model runs this one, in the same process: no forked workers
+    (and their copies of the torch thread pool) competing with torch's threads for the cores.
+    """
+    pending: deque[list[Future[tuple[np.ndarray | None, str | None]]]] = deque()
+    todo = iter(batches)
+    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="xray-decode")
+
+    def submit() -> None:
+        batch = next(todo, None)
+        if batch is not None:
+            pending.append([pool.submit(_pixels, manifest, keys[i], pre) for i in batch])
+
+    try:
+        for _ in range(ahead):
+            submit()
+        for batch in batches:
+            futures = pending.popleft()
+            submit()
+            yield _collate([(i, *f.result()) for i, f in zip(batch, futures, strict=True)])
+    finally:  # also when the consumer stops early (a bad image): drop what is queued
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_chunks(
@@ -73,8 +122,15 @@ def run_chunks(
     skip_bad: bool,
     progress: Progress | None,
     label: str,
+    autocast: torch.dtype | None = None,
+    decode_threads: int = 1,
 ) -> float:
-    """Compute and persist every pending chunk; returns images per second."""
+    """Compute and persist every pending chunk; returns images per second.
+
+    `workers` > 0 decodes in that many DataLoader processes (a GPU's free cores); 0 decodes in
+    `decode_threads` threads of this process, overlapping the model. `autocast`: the
+    torch.autocast dtype of the forward pass (None: float32).
+    """
     import numpy as np
     import torch
     from torch.utils.data import DataLoader
@@ -92,13 +148,19 @@ def run_chunks(
         ends_chunk.extend(a + batch_size >= len(items) for a in starts)
     keys = [records[pending[n].split][row].key for n, row in items]
     cuda = device.type == "cuda"
-    loader: DataLoader[Any] = DataLoader(
-        _ImageDataset(manifest, keys, pre),  # type: ignore[arg-type]
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=cuda,
-    )
+    cleanup = contextlib.ExitStack()
+    loader: Generator[Batch, None, None] | DataLoader[Any]
+    if workers > 0:
+        loader = DataLoader(
+            _ImageDataset(manifest, keys, pre),  # type: ignore[arg-type]
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=cuda,
+        )
+    else:
+        loader = decoded_in_threads(manifest, keys, pre, batches, threads=decode_threads)
+        cleanup.callback(loader.close)
     trunk.eval().to(device).to(memory_format=torch.channels_last)
     task = progress.add_task(label, total=len(items), unit="img") if progress else None
     # The chunk in flight: feature blocks (B, D), their rows in the split, skipped keys.
@@ -107,7 +169,7 @@ def run_chunks(
     bad: list[str] = []
     current = 0
     began = chunk_began = time.perf_counter()
-    with torch.inference_mode():
+    with cleanup, torch.inference_mode():
         # The loader yields batches in batch_sampler order, so ends_chunk lines up with them.
         for (positions, batch, errors), last_of_chunk in zip(loader, ends_chunk, strict=True):
             for i, err in errors:
@@ -118,8 +180,10 @@ def run_chunks(
                     )
                 bad.append(keys[i])
             if batch is not None:
-                x = batch.to(device, non_blocking=True, memory_format=torch.channels_last)
-                with torch.autocast(device.type, enabled=cuda):
+                x = pre.normalize(batch.to(device, non_blocking=True))  # (B, 3, S, S) NHWC
+                with torch.autocast(
+                    device.type, dtype=autocast or torch.float32, enabled=autocast is not None
+                ):
                     out = trunk(x)  # (B, D)
                 feats.append(out.float().cpu().numpy().astype(dtype))
                 rows.extend(items[i][1] for i in positions)

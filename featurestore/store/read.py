@@ -30,6 +30,7 @@ PROVENANCE_KEYS = (
     "weights_sha256",
     "preprocessing",
     "image_size",
+    "precision",
     "dtype",
     "dataset_fingerprint",
     "class_names",
@@ -47,13 +48,17 @@ def store_path(
     image_size: int,
     *,
     pooling: str | None = None,
+    precision: str = "fp32",
 ) -> Path:
-    """`cache/<dataset name>/<backbone>-<weights tag>-<size>px[-<pooling>].h5`.
+    """`cache/<dataset name>/<backbone>-<weights tag>-<size>px[-<pooling>][-<precision>].h5`.
 
-    The backbone name is made file-safe (`hf:org/model` -> `hf_org--model`).
+    The backbone name is made file-safe (`hf:org/model` -> `hf_org--model`). A float32
+    extraction keeps the name stores had before precision was recorded; a bf16 or fp16 one is
+    another file, so neither ever overwrites or is mistaken for the other.
     """
     stem = backbone.replace(":", "_").replace("/", "--")
     tail = f"-{pooling}" if pooling else ""
+    tail += "" if precision == "fp32" else f"-{precision}"
     return Path(cache_dir) / dataset_name / f"{stem}-{weights_tag}-{image_size}px{tail}.h5"
 
 
@@ -98,6 +103,12 @@ class FeatureStore:
     @property
     def weights_id(self) -> str:
         return str(self.attrs["weights_id"])
+
+    @property
+    def precision(self) -> str:
+        """What the trunk computed in: fp32, bf16 or fp16 (stores from before it was recorded:
+        "unrecorded")."""
+        return str(self.attrs.get("precision") or "unrecorded")
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -237,6 +248,8 @@ def provenance_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str
             return f"dataset changed (fingerprint {_change(before, after)})"
         if key in ("weights_id", "weights_sha256"):
             return f"weights changed ({_change(before, after)})"
+        if key == "precision":
+            return f"precision changed ({before or 'unrecorded'} -> {after})"
         if key in ("preprocessing", "image_size"):
             return "preprocessing changed"
         if key == "carve":

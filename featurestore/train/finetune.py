@@ -71,7 +71,7 @@ def finetune(
 
     from featurestore import distributed
     from featurestore.data import dataset_fingerprint, load_manifest
-    from featurestore.devices import resolve_device
+    from featurestore.devices import amp_dtype, precision_name, resolve_device
     from featurestore.models import (
         TrunkHead,
         apply_freeze,
@@ -93,6 +93,8 @@ def finetune(
         fingerprint = distributed.on_main(lambda: dataset_fingerprint(full, progress=progress))
     # The fingerprint above is the whole dataset's: a subset run still belongs to it.
     manifest, subset = _train_subset(full, train_fraction, shots, seed=config.seed)
+    # What forward and backward compute in (config.precision resolved on this machine).
+    resolved = precision_name(amp_dtype(config.amp, device, config.precision))
     torch.manual_seed(config.seed)  # random-init trunks and the head repeat per seed
     loaded = load_backbone(model, weights)
     pre = preprocessing_for(model, weights, image_size)
@@ -119,6 +121,7 @@ def finetune(
         "hflip": hflip,
         "dataset_fingerprint": fingerprint,
         **subset,
+        "resolved_precision": resolved,
     }
     work = inprogress_dir(runs_dir, model, "finetune", settings)
     checkpoint = work / "last.pt"
@@ -141,7 +144,7 @@ def finetune(
         verb = "resuming" if resume else "fine-tuning"
         console.print(
             f"[bold]{model}[/] {verb} ({loaded.weights_id}, freeze {freeze}, "
-            f"{image_size}px) on {manifest.root}"
+            f"{image_size}px, {resolved}) on {manifest.root}"
         )
     result = fit(
         net, source, config, run_dir=work, progress=progress, console=console,
@@ -172,6 +175,7 @@ def finetune(
         preprocessing=pre.as_dict(),
         augment=augment,
         hflip=hflip,
+        resolved_precision=resolved,
         workers=workers,
         resumed=resume,
         world_size=distributed.world_size(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +148,10 @@ def fit_heads(
     from featurestore.models import HEAD_KINDS
 
     config = config or _HEAD.train
+    if config.precision == "auto" and not _on_cuda(config.device):
+        # The features are computed already: a head's tiny matmuls gain nothing from bf16
+        # and would lose precision, so on CPU `auto` trains heads in float32.
+        config = replace(config, precision="fp32")
     say = notice or (lambda _msg: None)
     repeats = seeded(config, seeds)  # refuses seeds < 1 before any store is read
     if head not in HEAD_KINDS:
@@ -282,9 +287,7 @@ def one_thread_on_cpu(device: str) -> Iterator[None]:
     """
     import torch
 
-    from featurestore.devices import resolve_device
-
-    if resolve_device(device).type == "cuda":
+    if _on_cuda(device):
         yield
         return
     before = torch.get_num_threads()
@@ -298,6 +301,12 @@ def one_thread_on_cpu(device: str) -> Iterator[None]:
 def _label(store: FeatureStore, pooling: str | None) -> str:
     """The model name a run records: the backbone, `-<pooling>` when one was picked."""
     return store.backbone + (f"-{pooling}" if pooling else "")
+
+
+def _on_cuda(device: str) -> bool:
+    from featurestore.devices import resolve_device
+
+    return resolve_device(device).type == "cuda"
 
 
 def _fit_head(
@@ -327,7 +336,8 @@ def _fit_head(
         console.print(
             f"[bold]{model}[/] frozen, {what} on "
             f"{', '.join(str(s.path) for s in stores)} "
-            f"({source.feature_dim} features{on})"
+            f"({source.feature_dim} features{on}, extracted in "
+            f"{'/'.join(sorted({s.precision for s in stores}))})"
         )
     write_extra: Callable[[Path], None] | None = None
     trainer: HeadTrainer

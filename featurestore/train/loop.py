@@ -200,7 +200,7 @@ def fit(
     model.to(device)
     if devices.channels_last_for(device):
         model.to(memory_format=torch.channels_last)  # 4-D conv weights NHWC; others unchanged
-    amp_dtype = devices.amp_dtype(config.amp, device)
+    amp_dtype = devices.amp_dtype(config.amp, device, config.precision)
     _, _, y_train = source.records("train")
     monitor, monitor_note = selection_monitor(
         config.monitor, source.records("val")[2], source.class_names

@@ -93,7 +93,9 @@ class Predictor:
     family: str
     """Backbone family (`resnet`, `densenet`, ...), for Grad-CAM's target layer."""
     mirror_extract: bool
-    """Frozen runs: run the trunk the way `extract` did (channels_last, autocast on CUDA)."""
+    """Frozen runs: run the trunk the way `extract` did (channels_last, its precision)."""
+    autocast: torch.dtype | None = None
+    """The trunk's autocast dtype: its store's precision (frozen runs), else None (float32)."""
 
     @property
     def mode(self) -> str:
@@ -110,8 +112,8 @@ class Predictor:
     def logits(self, x: Tensor) -> Tensor:
         """(B, 3, S, S) preprocessed images -> (B, C) float32 logits."""
         x = self.prepare(x)
-        amp = self.mirror_extract and self.device.type == "cuda"
-        with torch.autocast(self.device.type, enabled=amp):
+        amp = self.autocast
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             features = self.trunk(x).float()  # (B, D)
         return self.head(features).float()
 
@@ -284,8 +286,28 @@ def load_predictor(
         trunk.to(memory_format=torch.channels_last)
     return Predictor(
         run, trunk, head, pre, class_names, positive_index, threshold, torch_device,
-        spec.family, mirror, label_thresholds=per_label,
+        spec.family, mirror, _run_autocast(cfg, torch_device),
+        label_thresholds=per_label,
     )  # fmt: skip
+
+
+def _run_autocast(cfg: dict[str, Any], device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that produced the run's recorded predictions, to repeat its numbers.
+
+    Frozen: the trunk runs in its store's `precision` (bf16 features are what the head saw;
+    stores from before precision was recorded ran float16 autocast on CUDA, float32 on CPU).
+    Fine-tune: float32, as the trainer scores val and test for predictions.csv (`conclude`)
+    whatever precision trained it.
+    """
+    store = cfg.get("store")
+    if cfg.get("mode") != "frozen" or not isinstance(store, dict):
+        return None
+    recorded = store.get("precision", "fp16")
+    if recorded == "bf16":
+        return torch.bfloat16
+    if recorded == "fp16" and device.type == "cuda":
+        return torch.float16
+    return None
 
 
 def _read_best(path: Path) -> dict[str, Tensor]:

@@ -54,7 +54,11 @@ def test_fit_head_prints_test_metrics_and_the_run_folder(store_env, tmp_path: Pa
     assert "run folder:" in result.stdout
     assert "train loss" in result.stderr and "  1/3 " in result.stderr
     (run,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
-    assert load_run(run).config["head"] == "linear"
+    config = load_run(run).config
+    assert config["head"] == "linear"
+    # It says which precision the features were extracted in, and records it.
+    assert f"extracted in {config['store']['precision']}" in result.output
+    assert config["store"]["precision"] in ("fp32", "bf16") and config["precision"] == "fp32"
 
 
 def test_fit_head_json(store_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -36,6 +36,7 @@ from featurestore.store import (
 torch.set_num_threads(1)
 
 FAST: dict[str, Any] = {
+    "precision": "fp32",  # the same store name on every CPU (auto is bf16 on some)
     "model": "resnet18",
     "weights": "none",
     "image_size": 32,
@@ -237,6 +238,43 @@ def test_other_dtype_rebuilds(tiny_data_ro: Path, tmp_path: Path) -> None:
         assert fh["train/features"].dtype == np.float32
 
 
+def test_precision_is_part_of_the_store_identity(
+    tiny_data_ro: Path, reference: ExtractResult, tmp_path: Path
+) -> None:
+    """A bf16 extraction is another file and never reuses (or replaces) the fp32 store."""
+    m = load_manifest(tiny_data_ro)
+    cache = reference.path.parents[1]
+    before = reference.path.stat().st_mtime_ns
+    half = _extract(m, cache, precision="bf16")
+    assert half.status == "built" and half.precision == "bf16"
+    assert half.path.name == "resnet18-none-32px-bf16.h5" and half.path != reference.path
+    assert reference.path.stat().st_mtime_ns == before  # the fp32 store is untouched
+    assert open_store(half.path).precision == "bf16"
+    assert open_store(reference.path).precision == "fp32"
+    assert _extract(m, cache, precision="bf16").status == "reused"
+    assert _extract(m, cache, precision="fp32").status == "reused"
+    # The features differ (bf16 arithmetic) but agree closely row by row.
+    a, b = _rows(reference.path), _rows(half.path)
+    for split in a:
+        fa, fb = a[split][0].astype(np.float64), b[split][0].astype(np.float64)
+        assert not np.array_equal(fa, fb)
+        cos = (fa * fb).sum(1) / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1))
+        assert cos.min() > 0.99
+
+
+def test_store_of_unrecorded_precision_is_rebuilt(tiny_data_ro: Path, tmp_path: Path) -> None:
+    """A store from before precision was recorded is not taken for an fp32 one."""
+    m = load_manifest(tiny_data_ro)
+    first = _extract(m, tmp_path)
+    with h5py.File(first.path, "a") as fh:
+        del fh.attrs["precision"]
+    again = _extract(m, tmp_path)
+    assert (again.status, again.reason) == (
+        "rebuilt",
+        "precision changed (unrecorded -> fp32): rebuilding",
+    )
+
+
 def test_bad_image_stops_keeping_progress_then_skip_bad_resumes(
     tiny_data: Path, tmp_path: Path, reference: ExtractResult
 ) -> None:
@@ -368,7 +406,7 @@ KILL_SCRIPT = textwrap.dedent(
     store_write.PartialStore.write_chunk = slow_write
     extract_features(load_manifest(Path(sys.argv[1])), cache_dir=Path(sys.argv[2]),
                      model="resnet18", weights="none", image_size=32, workers=0,
-                     batch_size=4, chunk_size=4)
+                     batch_size=4, chunk_size=4, precision="fp32")
     """
 )
 

@@ -132,6 +132,9 @@ def test_finetune_writes_a_complete_run(tmp_path: Path) -> None:
     assert summary.path.name.endswith("-resnet18-finetune-s0")
     assert run.config["trainable_params"] == run.config["total_params"] > 11_000_000
     assert run.config["freeze"] == "none" and run.config["weights_id"] == "none"
+    # What forward+backward computed in is recorded beside what was asked for.
+    assert run.config["precision"] == TUNE.precision
+    assert run.config["resolved_precision"] in ("fp32", "bf16")
     manifest = load_manifest(data)
     assert run.split_predictions("test")["key"].tolist() == [r.key for r in manifest.split("test")]
     state = torch.load(summary.path / "best.pt", weights_only=True)
