@@ -106,6 +106,14 @@ TaskOpt = Annotated[
         "Cardiomegaly, Effusion, Opacity in a CSV, with patients and uncertain labels).",
     ),
 ]
+RehashFlag = Annotated[
+    bool,
+    typer.Option(
+        "--rehash",
+        help="Hash every image to check the store is fresh, instead of trusting the digests "
+        "recorded under the cache folder for files whose size, times and inode are unchanged.",
+    ),
+]
 PrecisionOpt = Annotated[
     Precision,
     typer.Option(

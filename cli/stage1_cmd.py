@@ -22,6 +22,7 @@ from .options import (
     LabelsOpt,
     Precision,
     PrecisionOpt,
+    RehashFlag,
     Uncertain,
     UncertainOpt,
     WeightsOpt,
@@ -112,6 +113,7 @@ def extract(
         FeatureDtype, typer.Option("--dtype", help="How the features are stored.")
     ] = FeatureDtype(_EXTRACT.dtype),
     precision: PrecisionOpt = Precision(_EXTRACT.precision),
+    rehash: RehashFlag = _EXTRACT.rehash,
     skip_bad: Annotated[
         bool,
         typer.Option(
@@ -162,6 +164,7 @@ def extract(
             device=str(device),
             dtype=str(dtype),
             precision=str(precision),
+            rehash=rehash,
             skip_bad=skip_bad,
             progress=progress,
             notice=notice,

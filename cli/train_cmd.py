@@ -37,6 +37,7 @@ from .options import (
     Monitor,
     Precision,
     PrecisionOpt,
+    RehashFlag,
     RunsDir,
     SeedOpt,
     SeedsOpt,
@@ -298,6 +299,7 @@ def fit_head(
             help="One head on the --store files side by side (same dataset, rows checked).",
         ),
     ] = _HEAD.fuse,
+    rehash: RehashFlag = _HEAD.rehash,
     config_file: ConfigOpt = None,
     as_json: JsonFlag = False,
     labels: LabelsOpt = LabelScheme(_HEAD.labels),
@@ -350,7 +352,7 @@ def fit_head(
             head=str(given["head"]), config=config, progress=progress, console=err_console,
             notice=notice, seeds=seeds, labels=str(given["labels"]),
             uncertain=str(given["uncertain"]), pooling=given["pooling"], fuse=fuse,
-            sweep=grid, train_fractions=fractions, shots=shot_counts,
+            sweep=grid, train_fractions=fractions, shots=shot_counts, rehash=rehash,
         )  # fmt: skip
     _report(summaries, as_json=as_json)
 

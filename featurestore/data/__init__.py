@@ -19,7 +19,9 @@ from featurestore.data.manifest import (
     sorted_records,
     carve_validation,
     dataset_fingerprint,
+    DIGESTS_FOLDER,
 )
+from featurestore.data.digests import DigestCache, file_digest, RACY_SECONDS
 from featurestore.data.formats import (
     IMAGE_SUFFIXES,
     READ_FORMATS,
@@ -176,6 +178,10 @@ __all__ = [
     "carve_validation",
     "check_labels_in_train",
     "dataset_fingerprint",
+    "DIGESTS_FOLDER",
+    "DigestCache",
+    "file_digest",
+    "RACY_SECONDS",
     "decode_dicom",
     "decode_image",
     "dicom_available",

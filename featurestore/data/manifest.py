@@ -227,25 +227,53 @@ def carve_validation(
     return replace(m, records=sorted_records(records), carve=carve)
 
 
-def dataset_fingerprint(m: Manifest, *, progress: Progress | None = None) -> str:
+DIGESTS_FOLDER = ".digests"
+"""Sub-folder of the cache folder holding the digest caches (`featurestore.data.digests`)."""
+
+
+def dataset_fingerprint(
+    m: Manifest,
+    *,
+    progress: Progress | None = None,
+    cache_dir: Path | None = None,
+    rehash: bool = False,
+) -> str:
     """sha256 hex over (key, label, split as given, content digest) of every image, sorted.
 
     Content digests hash file bytes (not mtimes), so copies of a dataset share a fingerprint
-    and any added, removed, renamed or modified file changes it.
+    and any added, removed, renamed or modified file changes it. With `cache_dir`, digests are
+    reused from `cache_dir/.digests/` while a file's (size, mtime, ctime, inode) are unchanged
+    (one `stat` per file; see `featurestore.data.digests`); `rehash` hashes every file anyway.
+    Raises XrayError naming a file that cannot be read.
     """
+    from featurestore.data.digests import DigestCache
+
+    folder = Path(cache_dir) / DIGESTS_FOLDER if cache_dir is not None else None
     digest = hashlib.sha256()
     digest.update(f"{m.kind}\0{','.join(m.class_names)}\n".encode())
     records = sorted(m.records, key=lambda r: r.key)
-    if m.kind == "npz":
-        digest.update(f"npz\0{file_digest(m.root, algorithm='blake2b')}\n".encode())
+    root = Path(m.root)
+    # npz: the one file is the content; keyed by its own name under its folder.
+    cache = DigestCache(folder, root.parent if m.kind == "npz" else root, rehash=rehash)
     task = None
     if progress is not None and m.kind != "npz":
         task = progress.add_task("fingerprint", total=len(records), unit="img")
-    for r in records:
-        content = "" if m.kind == "npz" else file_digest(m.root / r.key, algorithm="blake2b")
-        # Multi-label targets join the line (NaN for masked); single-label lines are unchanged.
-        targets = "" if r.targets is None else "\0" + ",".join(map(repr, r.targets))
-        digest.update(f"{r.key}\0{r.label}\0{r.source_split}\0{content}{targets}\n".encode())
-        if task is not None and progress is not None:
-            progress.advance(task)
+    try:
+        if m.kind == "npz":
+            digest.update(f"npz\0{cache.digest(root.name)}\n".encode())
+        for r in records:
+            content = "" if m.kind == "npz" else cache.digest(r.key)
+            # Multi-label targets join the line (NaN for masked); single-label lines are
+            # unchanged.
+            targets = "" if r.targets is None else "\0" + ",".join(map(repr, r.targets))
+            digest.update(f"{r.key}\0{r.label}\0{r.source_split}\0{content}{targets}\n".encode())
+            if task is not None and progress is not None:
+                progress.advance(task)
+    except OSError as exc:
+        where = exc.filename or root
+        raise XrayError(
+            f"cannot read {where} to check the dataset ({exc.strerror or exc}); "
+            "fix its permissions or remove it from the dataset"
+        ) from None
+    cache.save()
     return digest.hexdigest()

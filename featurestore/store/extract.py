@@ -83,6 +83,7 @@ def extract_features(
     device: str = _EXTRACT.device,
     dtype: str = _EXTRACT.dtype,
     precision: str = _EXTRACT.precision,
+    rehash: bool = _EXTRACT.rehash,
     skip_bad: bool = _EXTRACT.skip_bad,
     progress: Progress | None = None,
     chunk_size: int = 256,
@@ -94,6 +95,8 @@ def extract_features(
     `precision` (auto | fp32 | bf16, see `featurestore.config.Precision`) is what the trunk
     computes in; the features are stored as `dtype` either way. It is part of the store's
     identity: its file name and its `precision` attribute (fp32, bf16 or fp16 on CUDA).
+    The dataset's fingerprint reuses file digests recorded under `cache_dir` while the files'
+    stat is unchanged; `rehash` hashes every file anyway.
     """
     from featurestore.data import dataset_fingerprint
 
@@ -147,7 +150,9 @@ def extract_features(
         "dtype": dtype,
         # Hashing every file is rank 0's job; torchrun's other ranks get the result.
         "dataset_fingerprint": distributed.on_main(
-            lambda: dataset_fingerprint(manifest, progress=progress)
+            lambda: dataset_fingerprint(
+                manifest, progress=progress, cache_dir=cache_dir, rehash=rehash
+            )
         ),
         "class_names": list(manifest.class_names),
         "positive_index": manifest.positive_index,

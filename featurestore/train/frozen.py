@@ -83,10 +83,13 @@ def open_checked_store(
     progress: Progress | None,
     notice: Notice,
     fingerprints: dict[Path, str] | None = None,
+    cache_dir: Path | None = None,
+    rehash: bool = False,
 ) -> FeatureStore:
     """open_store, checked against its dataset (--data, else the recorded root) when present.
 
-    `fingerprints` memoises dataset fingerprints (they hash every file) across stores.
+    `fingerprints` memoises dataset fingerprints across stores. File digests are reused from
+    `cache_dir` while each file's stat is unchanged (`rehash`: hash every file anyway).
     """
     from featurestore.data import dataset_fingerprint, load_manifest
     from featurestore.store import open_store, read_attrs
@@ -107,7 +110,9 @@ def open_checked_store(
     if key not in memo:
         # The fingerprint covers files, labels and given splits, not the validation carving.
         manifest = load_manifest(root, labels=scheme)
-        memo[key] = dataset_fingerprint(manifest, progress=progress)
+        memo[key] = dataset_fingerprint(
+            manifest, progress=progress, cache_dir=cache_dir, rehash=rehash
+        )
     return open_store(path, expect_fingerprint=memo[key])
 
 
@@ -131,19 +136,21 @@ def fit_heads(
     sweep: SweepConfig | None = None,
     train_fractions: tuple[float, ...] = _HEAD.train_fractions,
     shots: tuple[int, ...] = _HEAD.shots_per_class,
+    rehash: bool = _HEAD.rehash,
 ) -> list[RunSummary]:
     """Train a head on each selected feature store (all complete ones by default); one run each.
 
     `labels` and `uncertain` (with `data`) pick the stores of that label scheme (`kermany3`: the
     three-class ones) or uncertainty policy (multi-label data).
     With `seeds` > 1 each store gets runs with seeds config.seed, config.seed + 1, ...; the
-    stores are checked against their datasets once, not once per seed. `pooling` picks one
-    pooling of token-model stores (`cls`, `mean`; None: all they hold). `fuse` trains one head
-    on the selected stores side by side (the same images in the same order, checked). `sweep`
-    trains its whole grid per run and keeps the member chosen on validation (`head` is then
-    ignored). `train_fractions` / `shots` make one run per training subset (label
-    efficiency): nested patient subsets of train drawn with each run's seed, validation and
-    test untouched.
+    stores are checked against their datasets once, not once per seed, at the cost of a
+    `stat` per unchanged file (digests cached under `cache_dir`; `rehash` hashes them all).
+    `pooling` picks one pooling of token-model stores (`cls`, `mean`; None: all they hold).
+    `fuse` trains one head on the selected stores side by side (the same images in the same
+    order, checked). `sweep` trains its whole grid per run and keeps the member chosen on
+    validation (`head` is then ignored). `train_fractions` / `shots` make one run per training
+    subset (label efficiency): nested patient subsets of train drawn with each run's seed,
+    validation and test untouched.
     """
     from featurestore.models import HEAD_KINDS
 
@@ -162,7 +169,15 @@ def fit_heads(
     # Check every store before training any: a stale one stops the command up front.
     memo: dict[Path, str] = {}
     stores = [
-        open_checked_store(p, data=data, progress=progress, notice=say, fingerprints=memo)
+        open_checked_store(
+            p,
+            data=data,
+            progress=progress,
+            notice=say,
+            fingerprints=memo,
+            cache_dir=cache_dir,
+            rehash=rehash,
+        )
         for p in paths
     ]
     if fuse and len(stores) < 2:

@@ -55,13 +55,15 @@ def test_models_table_shows_offline_weights(offline_hub: Path) -> None:
 
 
 def test_extract_builds_then_reuses(tiny_data_ro: Path, tmp_path: Path) -> None:
-    args = [*EXTRACT, "--data", str(tiny_data_ro), "--cache", str(tmp_path), "--workers", "0"]
+    args = [*EXTRACT, "--data", str(tiny_data_ro), "--cache", str(tmp_path), "--workers", "0",
+            "--precision", "fp32"]  # fmt: skip
     first = runner.invoke(app, [*args, "--json"])
     assert first.exit_code == 0, first.output
     doc = json.loads(first.stdout)
     row = doc["rows"][0]
     assert row["status"] == "built" and row["backbone"] == "resnet18" and row["D"] == 512
     assert row["store"] == str(tmp_path / "chest_xray" / "resnet18-none-32px.h5")
+    assert row["precision"] == "fp32"
     assert row["train rows"] + row["val rows"] + row["test rows"] == 30
     assert doc["reason"] == "no store yet" and doc["skipped_keys"] == []
     second = runner.invoke(app, args)
@@ -69,6 +71,13 @@ def test_extract_builds_then_reuses(tiny_data_ro: Path, tmp_path: Path) -> None:
     assert "reusing up-to-date store" in second.stderr
     table = second.stdout
     assert "reused" in table and "train rows" in table and "512" in table
+    # --rehash hashes every image again and still finds the store up to date.
+    third = runner.invoke(app, [*args, "--rehash"])
+    assert third.exit_code == 0 and "reusing up-to-date store" in third.stderr
+    # Another precision is another store, built beside it.
+    half = runner.invoke(app, [*args[:-2], "--precision", "bf16", "--json"])
+    assert half.exit_code == 0, half.output
+    assert json.loads(half.stdout)["rows"][0]["store"].endswith("resnet18-none-32px-bf16.h5")
 
 
 def test_extract_offline_imagenet_is_one_line_exit_2(
