@@ -18,6 +18,8 @@ EXPECTED = {
     "extract": ["models", "decode_images_per_s_per_core", "memory", "best_ratio"],
     "head": ["results", "meets_target", "frozen_epoch_is_estimate", "sweep_meets_target"],
     "finetune": ["first_epoch_ratio", "later_epoch_ratio", "loader_profile", "cached_images"],
+    "precision": ["models", "cpu_computes_bf16", "meets_target"],
+    "scale": ["stages", "fingerprint_full_s", "fingerprint_stat_only_s", "peak_rss_mb"],
 }
 
 

@@ -84,8 +84,8 @@ class DigestCache:
 
         Raises OSError when the file cannot be read (the caller words it).
         """
-        path = self.root / relative
-        st = path.stat()
+        path = os.path.join(self.root, relative)  # str paths: pathlib costs ~10 µs a file
+        st = os.stat(path)
         key = _stat_key(st)
         entry = self._entries.get(relative)
         if (
@@ -125,7 +125,8 @@ class DigestCache:
             fd, name = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp", dir=self.path.parent)
             tmp = Path(name)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(doc, handle, separators=(",", ":"))
+                # dumps, not dump: json.dump to a file skips the C encoder (~10x slower).
+                handle.write(json.dumps(doc, separators=(",", ":")))
             os.replace(tmp, self.path)
             tmp = None
         except OSError:
