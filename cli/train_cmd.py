@@ -392,8 +392,8 @@ def finetune(
         int | None,
         typer.Option(
             "--workers",
-            help="Image decoding processes (default: 0 on CPU, where torch threads use every "
-            "core; CPU cores - 1, at most 8, on a GPU).",
+            help="Image decoders: threads on CPU (default 1, beside torch's threads), loader "
+            "processes on a GPU (default CPU cores - 1, at most 8).",
             show_default=False,
         ),
     ] = _FT.workers,

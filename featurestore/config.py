@@ -447,7 +447,8 @@ class FinetuneConfig:
     hflip: bool = False
     """Also flip train images horizontally (off: anatomy is not left-right symmetric)."""
     workers: int | None = None
-    """Image decoding processes; None: 0 on CPU, cores - 1 on a GPU."""
+    """Image decoders: threads of the process on CPU, loader processes on a GPU; None: one
+    thread on CPU, cores - 1 processes (at most 8) on a GPU."""
     seeds: int = 1
     """Repeats with seeds train.seed, train.seed + 1, ..."""
     labels: Literal["as-given", "kermany3"] = "as-given"

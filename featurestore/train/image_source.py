@@ -1,9 +1,12 @@
-"""Images streamed through DataLoader workers: decode, cache, seeded augmentation, collate."""
+"""Images streamed through decoding threads or DataLoader workers: decode, cache, seeded
+augmentation, collate."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -93,13 +96,66 @@ class _ImageDataset(torch.utils.data.Dataset[ImageItem]):
                 fresh = np.asarray(image)  # (H, W, 3) uint8, for the main process to keep
         if self.augment is not None:
             # Seeded per (run seed, epoch, image): the same draws in any worker, in the main
-            # process, cached or not; torchvision's random transforms draw from torch's RNG.
-            with torch.random.fork_rng(devices=[]):
+            # process, cached or not; torchvision's random transforms draw from torch's RNG,
+            # which is one per process: decoding threads take turns (the lock) to use it.
+            with _AUGMENT_LOCK, torch.random.fork_rng(devices=[]):
                 torch.manual_seed((self.augment_seed * 1_000_003 + i) % 2**63)
                 image = self.augment(image)
         # Multi-label: a (L,) float32 target (NaN = masked) instead of the class index.
         target = rec.label if rec.targets is None else torch.tensor(rec.targets)
         return self.preprocessing(image), target, rec.key, fresh
+
+
+_AUGMENT_LOCK = threading.Lock()
+
+
+class _Positions(torch.utils.data.Dataset[int]):
+    """Item i -> i: run through a DataLoader, yields its batches' positions in its order."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def decoded_in_threads(
+    dataset: torch.utils.data.Dataset[ImageItem],
+    batches: Iterable[list[int]],
+    threads: int,
+    *,
+    ahead: int = 2,
+) -> Iterator[tuple[Tensor, Tensor, list[tuple[str, np.ndarray]]]]:
+    """Collated batches whose items `threads` threads decode, `ahead` batches early.
+
+    Pillow releases the GIL while decoding and resizing and torch while computing, so images
+    decode in this process while the model trains: no forked workers whose own threads
+    compete with torch's for the cores.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pending: deque[list[Future[ImageItem]]] = deque()
+    todo = iter(batches)
+    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="xray-decode")
+
+    def submit() -> bool:
+        positions = next(todo, None)
+        if positions is not None:
+            pending.append([pool.submit(dataset.__getitem__, i) for i in positions])
+        return positions is not None
+
+    try:
+        for _ in range(ahead):
+            submit()
+        while pending:
+            futures = pending.popleft()
+            submit()
+            yield collate_images([f.result() for f in futures])
+    finally:  # also when the consumer stops early
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def collate_images(
@@ -133,6 +189,8 @@ class ImageSource:
     top every time, seeded per (seed, epoch, image): the same batches cached or not and with
     any number of workers. `cached_in_main` (default: on when memory is not pinned, i.e. CPU
     training) reads splits that are wholly cached in the main process instead of workers.
+    `threads` > 0 decodes in that many threads of this process instead of `workers` loader
+    processes (the CPU default of `xray finetune`): the same batches, bit for bit.
 
     Under torchrun (a process group of several ranks when it is built) each rank streams its
     shard: train through a seeded DistributedSampler, evaluation splits as `eval_positions`.
@@ -154,11 +212,12 @@ class ImageSource:
         pin_memory: bool = False,
         cache_mb: float = DEFAULT_CACHE_MB,
         cached_in_main: bool | None = None,
+        threads: int = 0,
     ):
         if batch_size < 1:
             raise XrayError(f"--batch-size must be at least 1, got {batch_size}")
-        if workers < 0:
-            raise XrayError(f"--workers must be 0 or more, got {workers}")
+        if workers < 0 or threads < 0:
+            raise XrayError(f"--workers must be 0 or more, got {min(workers, threads)}")
         if not cache_mb >= 0:
             raise XrayError(f"the image cache budget must be 0 MB or more, got {cache_mb}")
         self.manifest = manifest
@@ -169,6 +228,7 @@ class ImageSource:
         """`binary`, `multiclass` or `multilabel` (y is then (B, L) float targets)."""
         self.batch_size = batch_size
         self.workers = workers
+        self.threads = threads
         self.seed = seed
         self.augment = radiograph_augmentation(hflip=hflip) if augment else None
         self.pin_memory = pin_memory
@@ -215,21 +275,25 @@ class ImageSource:
         elif self.world > 1:
             positions = self.eval_positions(split)
             dataset, n = Subset(dataset, positions.tolist()), len(positions)
+        threaded = self.threads > 0 and not (cached and self.cached_in_main)
         loader = torch.utils.data.DataLoader(
-            dataset,
+            # Threads: the loader only draws the batches' positions, in the same order (the
+            # same generator draws) as it would load the images themselves.
+            _Positions(len(dataset)) if threaded else dataset,  # type: ignore[arg-type]
             batch_size=self.batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
-            num_workers=workers,
+            num_workers=0 if threaded else workers,
             # Seeds the shuffle (differently per rank); augmentation is seeded per image.
             generator=epoch_generator(self.seed, epoch * self.world + self.rank),
             worker_init_fn=seed_worker,
             drop_last=train and drop_lonely_last(n, self.batch_size),
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and not threaded,
             persistent_workers=False,
-            collate_fn=collate_images,
+            collate_fn=list if threaded else collate_images,
         )
-        for x, y, fresh in loader:
+        batches = decoded_in_threads(dataset, loader, self.threads) if threaded else loader
+        for x, y, fresh in batches:
             if self.cache is not None:
                 for key, pixels in fresh:
                     self.cache.put(key, pixels)
