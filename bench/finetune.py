@@ -69,7 +69,16 @@ class TimedSource:
 
 
 def real_path(
-    data: Path, model: str, size: int, batch: int, epochs: int, workers: int, cache_mb: float
+    data: Path,
+    model: str,
+    size: int,
+    batch: int,
+    epochs: int,
+    workers: int,
+    cache_mb: float,
+    *,
+    precision: str = "fp32",
+    decode: str = "threads",
 ) -> dict[str, Any]:
     """Train with ImageSource + fit; training images/s per epoch."""
     import torch
@@ -90,11 +99,17 @@ def real_path(
     pre = preprocessing_for(model, "none", size)
     net = TrunkHead(loaded.trunk, build_head("linear", loaded.spec.feature_dim, 2))
     apply_freeze(net, loaded.spec.stages, "none")
-    inner = ImageSource(manifest, pre, batch_size=batch, workers=workers, seed=0, cache_mb=cache_mb)
+    # As `xray finetune` on CPU: the --workers decode in threads (or, to compare, processes).
+    threads = workers if decode == "threads" else 0
+    inner = ImageSource(
+        manifest, pre, batch_size=batch, workers=workers - threads, threads=threads, seed=0,
+        cache_mb=cache_mb,
+    )  # fmt: skip
     source = TimedSource(inner)
     config = TrainConfig(
-        epochs=epochs, patience=epochs, batch_size=batch, backbone_lr_mult=0.1, device="cpu"
-    )
+        epochs=epochs, patience=epochs, batch_size=batch, backbone_lr_mult=0.1, device="cpu",
+        precision=precision,  # type: ignore[arg-type]
+    )  # fmt: skip
     # Validation runs once per epoch and test once at the end, in that order.
     result = fit(net, source, config)
     train_rows = len(source.records("train")[0])
@@ -146,7 +161,13 @@ def loader_profile(data: Path, model: str, size: int, batch: int) -> dict[str, f
 
 
 def bare_rate(
-    data: Path, model: str, size: int, batch: int, channels_last: bool, repeats: int
+    data: Path,
+    model: str,
+    size: int,
+    batch: int,
+    channels_last: bool,
+    repeats: int,
+    precision: str = "fp32",
 ) -> float:
     """Training images/s of forward+backward+step on pre-decoded (B, 3, S, S) tensors."""
     import torch
@@ -173,16 +194,22 @@ def bare_rate(
     # Whole batches only (the trainer drops only a lonely last sample).
     starts = [a for a in range(0, len(y), batch) if len(y) - a >= 2]
 
+    bf16 = precision == "bf16"
+
+    def forward(xb: Any) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return net(xb).float()  # logits (B, 2), as the trainer computes them
+
     def epoch() -> None:
         for a in starts:
-            loss = criterion(net(x[a : a + batch]), y[a : a + batch])  # logits (B, 2)
+            loss = criterion(forward(x[a : a + batch]), y[a : a + batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
 
     step = starts[0]
-    criterion(net(x[step : step + batch]), y[step : step + batch]).backward()  # warm kernels
+    criterion(forward(x[step : step + batch]), y[step : step + batch]).backward()  # warm kernels
     rates = []
     for _ in range(repeats):
         with Timer() as t:
@@ -209,7 +236,14 @@ def main() -> None:
     parser.add_argument(
         "--no-uncached", action="store_true", help="skip the comparison run with the cache off"
     )
+    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (both sides)")
+    parser.add_argument(
+        "--decode", default="threads", help="threads (xray finetune on CPU) | processes"
+    )
     args = parser.parse_args()
+    from featurestore.devices import resolve_precision
+
+    precision = resolve_precision(args.precision, torch.device("cpu"), cuda_auto="fp32")
     if args.quick:
         model, size, batch, epochs, workers = "resnet18", 64, 3, 2, 0
         data = radiograph_dataset(10, min_side=400, max_side=800)
@@ -221,13 +255,14 @@ def main() -> None:
     env = environment()
     trainer_cl = channels_last_for(torch.device("cpu"))
     # Side by side: bare (both formats), real path (cached, then uncached), bare again.
-    bare_cf = [bare_rate(data, model, size, batch, False, 1)]
-    bare_cl = [bare_rate(data, model, size, batch, True, 1)]
-    real = real_path(data, model, size, batch, epochs, workers, DEFAULT_CACHE_MB)
-    plain = real_path(data, model, size, batch, epochs, workers, 0) if uncached_too else None
+    bare_cf = [bare_rate(data, model, size, batch, False, 1, precision)]
+    bare_cl = [bare_rate(data, model, size, batch, True, 1, precision)]
+    how = {"precision": precision, "decode": args.decode}
+    real = real_path(data, model, size, batch, epochs, workers, DEFAULT_CACHE_MB, **how)
+    plain = real_path(data, model, size, batch, epochs, workers, 0, **how) if uncached_too else None
     if not args.quick:
-        bare_cl.append(bare_rate(data, model, size, batch, True, 1))
-        bare_cf.append(bare_rate(data, model, size, batch, False, 1))
+        bare_cl.append(bare_rate(data, model, size, batch, True, 1, precision))
+        bare_cf.append(bare_rate(data, model, size, batch, False, 1, precision))
     profile = loader_profile(data, model, size, batch)
     cf, cl = median(bare_cf), median(bare_cl)
     bare = cl if trainer_cl else cf
@@ -290,6 +325,8 @@ def main() -> None:
         "batch_size": batch,
         "epochs": epochs,
         "loader_workers": workers,
+        "decode": args.decode,
+        "precision": precision,
         "train_rows": real["train_rows"],
         "per_epoch_images_per_s": [round(v, 3) for v in real["images_per_s"]],
         **figures,
@@ -301,7 +338,7 @@ def main() -> None:
     emit(
         f"finetune vs bare forward+backward ({env['cores']} cores, torch {env['torch']}, "
         f"{env['torch_threads']} threads, {model} {size} px, batch {batch}, "
-        f"{real['train_rows']} train images, loader workers {workers})",
+        f"{real['train_rows']} train images, {workers} decoding {args.decode}, {precision})",
         ["measure", "train images/s", "ratio", f">= {TARGET_RATIO}"],
         rows,
         record,
