@@ -234,7 +234,8 @@ def assert_same_store(sharded: Path, single: Path) -> None:
 
 
 EXTRACT = ["extract", "--model", "resnet18", "--weights", "none", "--image-size", "32",
-           "--workers", "0", "--device", "cpu", "--data", "chest_xray", "--json"]  # fmt: skip
+           "--workers", "0", "--device", "cpu", "--data", "chest_xray", "--json",
+           "--precision", "fp32"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +248,7 @@ def single_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = write_tiny_dataset(root / "chest_xray")
     result = extract_features(
         load_manifest(data), model="resnet18", weights="none", cache_dir=root / "cache",
-        image_size=32, workers=0, device="cpu",
+        image_size=32, workers=0, device="cpu", precision="fp32",
     )  # fmt: skip
     return result.path
 
