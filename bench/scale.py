@@ -88,6 +88,8 @@ def main() -> None:
     args = parser.parse_args()
     n = 2_000 if args.quick else args.images
 
+    import sklearn.model_selection  # noqa: F401  (its import, ~1-5 s, is not carving's cost)
+
     import featurestore.store.extract as extract_module
     from featurestore.data import carve_validation, dataset_fingerprint, read_folder
     from featurestore.store import PartialStore, extract_features
