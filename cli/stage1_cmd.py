@@ -103,8 +103,8 @@ def extract(
         int | None,
         typer.Option(
             "--workers",
-            help="Decoding processes (default: 0 on CPU, where torch threads use every core; "
-            "CPU cores - 1, at most 8, on a GPU).",
+            help="Decoding processes (default: 0 on CPU, where images decode in a thread "
+            "beside the model's; CPU cores - 1, at most 8, on a GPU).",
             show_default=False,
         ),
     ] = _EXTRACT.workers,

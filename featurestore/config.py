@@ -285,7 +285,8 @@ class ExtractConfig:
     batch_size: int = 32
     """Images per forward pass."""
     workers: int | None = None
-    """Decoding processes; None: 0 on CPU (torch threads use every core), cores - 1 on a GPU."""
+    """Decoding processes; None: 0 on CPU (images decode in a thread beside torch's, which use
+    every core), cores - 1 on a GPU."""
     device: DeviceName = "auto"
     """"auto" uses CUDA when available."""
     dtype: Literal["float16", "float32"] = "float16"
