@@ -129,6 +129,7 @@ def test_extract_records_every_provenance_key_from_its_inputs(
         "weights_sha256": None,
         "preprocessing": backbones.preprocessing_for("resnet18", "none", 32).as_dict(),
         "image_size": 32,
+        "precision": "fp32",  # FAST pins it (auto is bf16 on CPUs with native bf16)
         "dtype": "float16",
         "dataset_fingerprint": dataset_fingerprint(m),
         "class_names": list(m.class_names),

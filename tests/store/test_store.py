@@ -43,6 +43,7 @@ def _provenance(**changes: Any) -> dict[str, Any]:
         "weights_sha256": None,
         "preprocessing": {"resize": 37, "crop": 32},
         "image_size": 32,
+        "precision": "fp32",
         "dtype": "float16",
         "dataset_fingerprint": "ab" * 32,
         "class_names": ["NORMAL", "PNEUMONIA"],
@@ -176,6 +177,9 @@ def test_provenance_difference_says_what_changed() -> None:
         "dtype changed (float16 -> float32)"
     )
     assert provenance_difference(old, _provenance(image_size=64)) == "preprocessing changed"
+    assert provenance_difference(old, _provenance(precision="bf16")) == (
+        "precision changed (fp32 -> bf16)"
+    )
     assert provenance_difference(old, _provenance(carve=None)) == "validation carve changed"
     # A file's hash matters; ImageNet weights are identified by their versioned enum name.
     file_old = _provenance(weights_id="file:w.pt", weights_sha256="1" * 64)
