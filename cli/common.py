@@ -44,7 +44,7 @@ def user_errors(func: F) -> F:
 
             from featurestore.data import printable
 
-            # Escaped: `pip install 'xray[dicom]'` is advice, not rich markup; printable: a file
+            # Escaped: `pip install -e '.[dicom]'` is advice, not rich markup; printable: a file
             # name with bytes that are not UTF-8 must not crash the error line itself.
             message = escape(printable(str(exc)))
             err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

@@ -67,12 +67,15 @@ def models(as_json: JsonFlag = False) -> None:
         ]  # fmt: skip
         emit_table("Backbones", columns, rows, as_json=True, extra={"hub": str(hub_dir())})
         return
+    from rich.markup import escape
+
     columns = ("name", "provider", "installed", "features", "parameters", "weights on disk")
     rows = [
         (
             m.name if m.target in ("", m.name) else f"{m.name} = {m.target}",
             m.provider,
-            "yes" if m.installed else f"no: pip install 'xray[{m.provider}]'",
+            # Escaped: `[timm]` is an extra's name, not rich markup.
+            "yes" if m.installed else escape(f"no: pip install -e '.[{m.provider}]'"),
             "-" if m.feature_dim is None else f"{m.feature_dim} ({'+'.join(m.poolings)})",
             "-" if m.parameters is None else f"{m.parameters / 1e6:.1f}M",
             on_disk(m.offline),

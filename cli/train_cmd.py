@@ -348,7 +348,7 @@ def fit_head(
     shot_counts = parse_shots(shots) if shots is not None else ()
     with make_progress(err_console, transient=True) as progress:
         summaries = fit_heads(
-            model=given["model"], store=store, data=data, cache_dir=cache, runs_dir=runs,
+            model=given["model"], store=given["store"], data=data, cache_dir=cache, runs_dir=runs,
             head=str(given["head"]), config=config, progress=progress, console=err_console,
             notice=notice, seeds=seeds, labels=str(given["labels"]),
             uncertain=str(given["uncertain"]), pooling=given["pooling"], fuse=fuse,
@@ -546,6 +546,13 @@ def from_config(
             values[name] = (
                 type(current)(recorded[name]) if isinstance(current, Enum) else recorded[name]
             )
+    # A frozen run repeats on the store it trained on, not on every store of its backbone.
+    store_doc = recorded.get("store")
+    store_path = str(store_doc.get("path") or "") if isinstance(store_doc, dict) else ""
+    sources = [ctx.get_parameter_source(k) for k in ("store", "model")]
+    untouched = all(s is None or s.name == "DEFAULT" for s in sources)
+    if "store" in values and untouched and store_path and Path(store_path).is_file():
+        values["store"], values["model"] = [Path(store_path)], None
     return values
 
 

@@ -102,13 +102,22 @@ def test_fit_head_config_repeats_a_run_and_the_command_line_wins(tmp_path: Path)
     )  # fmt: skip
     assert first.exit_code == 0, first.output
     (run_a,) = json.loads(first.stdout)["runs"]
+    # A second store of the same backbone in the cache: --config must not train on it too.
+    from featurestore.data import load_manifest
+    from featurestore.store import extract_features
+
+    extract_features(
+        load_manifest(tmp_path / "chest_xray"), model="resnet18", weights="none",
+        cache_dir=env["cache"], image_size=40, workers=0,
+    )  # fmt: skip
     again = runner.invoke(
         app, ["fit-head", "--cache", cache, "--runs", str(runs / "b"), "--config", run_a, "--json"]
     )
     assert again.exit_code == 0, again.output
-    (run_b,) = json.loads(again.stdout)["runs"]
+    (run_b,) = json.loads(again.stdout)["runs"]  # one run, on the store the run recorded
     config_a = json.loads((Path(run_a) / "config.json").read_text())
     config_b = json.loads((Path(run_b) / "config.json").read_text())
+    assert config_b["store"]["path"] == config_a["store"]["path"]
     for key in ("epochs", "lr", "head", "seed", "batch_size", "monitor"):
         assert config_b[key] == config_a[key], key
     assert (Path(run_a) / "metrics.json").read_text() == (Path(run_b) / "metrics.json").read_text()

@@ -125,7 +125,8 @@ def decode_dicom(source: Path | str | bytes, *, label: str) -> Image.Image:
     """A DICOM radiograph to RGB: modality and VOI LUTs applied, MONOCHROME1 inverted."""
     if not dicom_available():
         raise ImageDecodeError(
-            f"{label}: DICOM needs pydicom: pip install 'xray[dicom]' (or pip install pydicom)"
+            f"{label}: DICOM needs pydicom: pip install -e '.[dicom]' in the xray folder "
+            "(or pip install pydicom)"
         )
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -154,7 +155,7 @@ def decode_dicom(source: Path | str | bytes, *, label: str) -> Image.Image:
             syntax = text.split("'")[1] if text.count("'") >= 2 else "compressed"
             raise ImageDecodeError(
                 f"{label}: {syntax} DICOM needs a decoder that is not installed: "
-                "pip install 'xray[dicom-codecs]' (pylibjpeg) or pip install python-gdcm"
+                "pip install -e '.[dicom-codecs]' in the xray folder (pylibjpeg) or pip install python-gdcm"
             ) from None
         raise ImageDecodeError(f"{label}: unreadable DICOM pixel data ({_first_line(exc)})") from None
     except (

@@ -293,7 +293,7 @@ class ModelInfo:
     stages: list[str] = field(default_factory=list)
     provider: str = "torchvision"
     installed: bool = True
-    """Whether the provider's library is importable (`pip install 'xray[<provider>]'`)."""
+    """Whether the provider's library is importable (`pip install -e '.[<provider>]'`)."""
     target: str = ""
     """What an alias stands for (`hf:microsoft/rad-dino`); the name itself otherwise."""
     poolings: list[str] = field(default_factory=list)

@@ -121,7 +121,7 @@ def _config_dict(model_id: str, alias: Alias | None) -> dict[str, Any]:
     if path is None:
         raise XrayError(
             f"hf:{model_id} is not an xray alias, so its config.json must be on disk: "
-            f"`huggingface-cli download {model_id}` (into {_snapshot_folder(model_id)})"
+            f"`hf download {model_id}` (into {_snapshot_folder(model_id)})"
         )
     doc = json.loads(path.read_text())
     kind = str(doc.get("model_type", ""))
@@ -195,7 +195,7 @@ def weights_location(spec: ProviderSpec) -> tuple[bool, str]:
 
 def _offline(spec: ProviderSpec) -> XrayError:
     return XrayError(
-        f"weights of hf:{spec.model_id} are not on disk: `huggingface-cli download "
+        f"weights of hf:{spec.model_id} are not on disk: `hf download "
         f"{spec.model_id}` (into {_snapshot_folder(spec.model_id)}) or pass --weights DIR "
         "(a folder with config.json and model.safetensors), --weights FILE or --weights none"
     )
@@ -273,7 +273,7 @@ def _processor(spec: ProviderSpec, weights: str) -> Any:
         raise XrayError(
             f"no image processor configuration for hf:{spec.model_id}: put the repo's "
             f"preprocessor_config.json in {_snapshot_folder(spec.model_id)} "
-            f"(`huggingface-cli download {spec.model_id}`)"
+            f"(`hf download {spec.model_id}`)"
         )
     kind = str(doc.get("image_processor_type", "")).removesuffix("Fast")
     cls = getattr(transformers, kind, None)

@@ -162,7 +162,8 @@ def require(provider: str) -> None:
     if not installed(provider):
         missing = [m for m in PROVIDER_MODULES[provider] if importlib.util.find_spec(m) is None]
         raise XrayError(
-            f"the {provider}: backbones need {', '.join(missing)}: pip install 'xray[{provider}]'"
+            f"the {provider}: backbones need {', '.join(missing)}: "
+            f"pip install -e '.[{provider}]' in the xray folder"
         )
 
 

@@ -31,7 +31,9 @@ EXPORT_FORMATS = ("onnx",)
 OPSET = 17
 METADATA_KEY = "xray"
 """The ONNX metadata_props key holding the JSON of what a user needs beside the graph."""
-ONNX_HINT = "install the onnx extra: pip install 'xray[onnx]' (onnx and onnxruntime)"
+ONNX_HINT = (
+    "install the onnx extra: pip install -e '.[onnx]' in the xray folder (onnx and onnxruntime)"
+)
 
 
 class ExportedModel(nn.Module):
@@ -111,6 +113,11 @@ def export_run(
     import onnx
 
     predictor = load_predictor(Path(run_dir), weights=weights, device="cpu")
+    if predictor.task != "binary":  # checked before anything is written
+        raise XrayError(
+            f"{Path(run_dir).name} is a {predictor.task} run: xray export writes binary "
+            "classifiers only (one P(positive), a threshold, a recalibration)"
+        )
     run = predictor.run
     scale, bias, calibration = _recorded_calibration(run.metrics.get("calibration"))
     model = ExportedModel(predictor, scale=scale, bias=bias).eval()
@@ -238,7 +245,10 @@ class OnnxModel:
         import onnxruntime as ort
 
         if not Path(path).is_file():
-            raise XrayError(f"--model {path} does not exist")
+            raise XrayError(
+                f"--model {path} does not exist: --model takes a model file written by "
+                "`xray export` (.onnx); to predict with a run folder, pass --run RUN"
+            )
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files

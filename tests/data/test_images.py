@@ -405,7 +405,7 @@ def test_compressed_dicom_without_a_decoder_says_which_extra_to_install(tmp_path
     message = str(info.value)
     assert "lossless.dcm" in message and "\n" not in message
     # With no pylibjpeg/gdcm: which extra to install; with one: the decoder's complaint.
-    assert "xray[dicom-codecs]" in message or "unreadable DICOM" in message
+    assert ".[dicom-codecs]" in message or "unreadable DICOM" in message
 
 
 def test_dicom_with_truncated_pixel_data_is_one_line(tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ def test_missing_weights_are_one_line_naming_where_to_put_them(
 ) -> None:
     import torchxrayvision as xrv
 
-    with pytest.raises(XrayError, match=r"huggingface-cli download xray-tests/tiny-dino.*models--"):
+    with pytest.raises(XrayError, match=r"hf download xray-tests/tiny-dino.*models--"):
         load_backbone("tiny-dino", "pretrained")
     monkeypatch.setattr(xrv.utils, "get_cache_dir", lambda: str(tmp_path / "xrv"))
     with pytest.raises(XrayError, match=r"put nih-pc-chex.*\.pt \(from https://.*\) in .*xrv"):
