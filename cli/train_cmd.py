@@ -72,6 +72,21 @@ MULTICLASS_COLUMNS = (
 )
 
 
+def _warn_runs(summaries: Sequence[RunSummary]) -> None:
+    """Random weights or synthetic data said on stderr right after training, as compare,
+    predict and explain say it (once per distinct warning)."""
+    import json
+
+    from featurestore.runs import run_warnings
+
+    seen: list[str] = []
+    for s in summaries:
+        config = json.loads((s.path / "config.json").read_text())
+        seen += [w for w in run_warnings(config) if w not in seen]
+    for w in seen:
+        err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+
+
 def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
     """Test metrics at 0.5 and at the validation threshold, then the run folders.
 
@@ -81,6 +96,7 @@ def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
     The table has one column per (run, threshold) so it fits a terminal; JSON has one record
     per (run, threshold) for scripts.
     """
+    _warn_runs(summaries)
     tagged = [s for s in summaries if "at_label_thresholds" in s.test]
     if tagged:
         _report_multilabel(tagged, as_json=as_json)
