@@ -20,7 +20,6 @@ from .options import (
     JsonFlag,
     LabelScheme,
     LabelsOpt,
-    Precision,
     PrecisionOpt,
     RehashFlag,
     Uncertain,
@@ -115,7 +114,7 @@ def extract(
     dtype: Annotated[
         FeatureDtype, typer.Option("--dtype", help="How the features are stored.")
     ] = FeatureDtype(_EXTRACT.dtype),
-    precision: PrecisionOpt = Precision(_EXTRACT.precision),
+    precision: PrecisionOpt = None,
     rehash: RehashFlag = _EXTRACT.rehash,
     skip_bad: Annotated[
         bool,
@@ -166,7 +165,7 @@ def extract(
             workers=workers,
             device=str(device),
             dtype=str(dtype),
-            precision=str(precision),
+            precision=str(precision) if precision is not None else None,
             rehash=rehash,
             skip_bad=skip_bad,
             progress=progress,

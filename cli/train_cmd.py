@@ -35,7 +35,6 @@ from .options import (
     LabelScheme,
     LabelsOpt,
     Monitor,
-    Precision,
     PrecisionOpt,
     RehashFlag,
     RunsDir,
@@ -447,7 +446,7 @@ def finetune(
         bool, typer.Option("--resume", help="Continue the interrupted run with the same settings.")
     ] = False,
     device: DeviceOpt = Device(_FT.train.device),
-    precision: PrecisionOpt = Precision(_FT.train.precision),
+    precision: PrecisionOpt = None,
     runs: RunsDir = DEFAULT_RUNS,
     config_file: ConfigOpt = None,
     as_json: JsonFlag = False,
@@ -492,7 +491,7 @@ def finetune(
         seed=given["seed"],
         backbone_lr_mult=given["backbone_lr_mult"],
         device=str(given["device"]),  # type: ignore[arg-type]
-        precision=str(given["precision"]),  # type: ignore[arg-type]
+        precision=str(given["precision"]) if given["precision"] else None,  # type: ignore[arg-type]
     )
     subsets: list[tuple[float | None, int | None]] = [
         *((f, None) for f in (parse_fractions(train_fraction) if train_fraction else ())),

@@ -215,9 +215,11 @@ class TrainConfig:
     specificity:T (the lowest reaching specificity >= T) or fixed:T (fixed alone is 0.5)."""
     amp: bool = True
     """Mixed precision on CUDA (bfloat16 where supported) when `precision` is auto."""
-    precision: PrecisionName = "auto"
+    precision: PrecisionName | None = None
     """Forward/backward arithmetic: bf16 autocast, fp32, or auto (bf16 on a CPU that computes
-    it natively, else fp32; AMP on CUDA as `amp` says). Parameters and the optimizer stay
+    it natively, else fp32; AMP on CUDA as `amp` says). None (the default): fp32 on CPU, so
+    every code path (per-epoch validation, predict, explain, export, torchrun) agrees to the
+    bit, and AMP on CUDA as `amp` says. Parameters and the optimizer stay
     fp32, and the final val/test scoring (predictions.csv) is fp32. Heads on cached features
     (fit-head) resolve auto to fp32 on CPU."""
     device: DeviceName = "auto"
@@ -251,7 +253,7 @@ class TrainConfig:
                 f"--device must be auto, cpu or cuda, got {self.device!r}",
             ),
             (
-                self.precision in PRECISIONS,
+                self.precision is None or self.precision in PRECISIONS,
                 f"--precision must be auto, fp32 or bf16, got {self.precision!r}",
             ),
         ]
@@ -291,8 +293,10 @@ class ExtractConfig:
     """"auto" uses CUDA when available."""
     dtype: Literal["float16", "float32"] = "float16"
     """How features are stored."""
-    precision: PrecisionName = "auto"
-    """What the trunk computes in (see `Precision`); part of the store's identity."""
+    precision: PrecisionName | None = None
+    """What the trunk computes in (see `Precision`); part of the store's identity. None (the
+    default): fp32 on CPU, float16 autocast on CUDA as before; `auto` or `bf16` opt in to
+    bfloat16 on CPUs that compute it natively."""
     skip_bad: bool = False
     """Leave unreadable images out (listed in the store) instead of stopping."""
     labels: Literal["as-given", "kermany3"] = "as-given"

@@ -54,14 +54,21 @@ def cpu_computes_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def resolve_precision(precision: str | Precision, device: torch.device, *, cuda_auto: str) -> str:
-    """`auto` | `fp32` | `bf16` on `device` -> "fp32" | "bf16" | "fp16" (what actually runs).
+def resolve_precision(
+    precision: str | Precision | None, device: torch.device, *, cuda_auto: str
+) -> str:
+    """`auto` | `fp32` | `bf16` | None on `device` -> "fp32" | "bf16" | "fp16" (what runs).
 
-    `cuda_auto` is what `auto` means on CUDA (callers keep their earlier behaviour there).
+    `cuda_auto` is what `auto` and None mean on CUDA (callers keep their earlier behaviour
+    there). None, the default, is float32 on CPU: bfloat16 is opt-in (`auto` or `bf16`),
+    because a bf16 forward pass changes the numbers a little and code paths that must agree
+    to the bit (a run and its step-by-step repeat, DDP and one process) would not.
 
     Raises:
         XrayError: an unknown name.
     """
+    if precision is None:
+        return cuda_auto if device.type == "cuda" else "fp32"
     value = str(precision)
     if value not in PRECISIONS:
         raise XrayError(f"--precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
@@ -83,7 +90,7 @@ def precision_name(dtype: torch.dtype | None) -> str:
 
 
 def amp_dtype(
-    amp: bool, device: torch.device, precision: str | Precision = "auto"
+    amp: bool, device: torch.device, precision: str | Precision | None = None
 ) -> torch.dtype | None:
     """Training autocast dtype: `precision` resolved, with CUDA's `auto` meaning AMP as before.
 

@@ -82,7 +82,7 @@ def extract_features(
     workers: int | None = _EXTRACT.workers,
     device: str = _EXTRACT.device,
     dtype: str = _EXTRACT.dtype,
-    precision: str = _EXTRACT.precision,
+    precision: str | None = _EXTRACT.precision,
     rehash: bool = _EXTRACT.rehash,
     skip_bad: bool = _EXTRACT.skip_bad,
     progress: Progress | None = None,

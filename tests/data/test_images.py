@@ -248,7 +248,7 @@ def test_dicom_without_pydicom_says_how_to_install(
 
     monkeypatch.setattr(images, "dicom_available", lambda: False)
     (tmp_path / "x.dcm").write_bytes(b"\x00" * 200)
-    with pytest.raises(ImageDecodeError, match=r"pip install 'xray\[dicom\]'"):
+    with pytest.raises(ImageDecodeError, match=r"pip install -e '\.\[dicom\]'"):
         decode_image(tmp_path / "x.dcm")
 
 

@@ -205,7 +205,7 @@ def test_unknown_names_and_a_missing_extra(monkeypatch: pytest.MonkeyPatch) -> N
         importlib.util, "find_spec", lambda n, *a: None if n == "timm" else real(n, *a)
     )
     monkeypatch.setattr(providers, "_RESOLVED", {})
-    with pytest.raises(XrayError, match=r"pip install 'xray\[timm\]'"):
+    with pytest.raises(XrayError, match=r"pip install -e '\.\[timm\]'"):
         get_spec("timm:resnet10t")
 
 

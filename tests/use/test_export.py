@@ -107,5 +107,5 @@ def test_refusals_are_one_line(runs: dict[str, Path], tmp_path: Path, monkeypatc
     result = runner.invoke(app, ["predict", str(runs["data"] / "test")])
     assert result.exit_code == 2 and "--run RUN_FOLDER or --model" in result.stderr
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
-    with pytest.raises(XrayError, match=r"pip install 'xray\[onnx\]'"):
+    with pytest.raises(XrayError, match=r"pip install -e '\.\[onnx\]'"):
         export_run(runs["frozen"], tmp_path / "m.onnx")
