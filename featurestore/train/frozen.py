@@ -155,9 +155,9 @@ def fit_heads(
     from featurestore.models import HEAD_KINDS
 
     config = config or _HEAD.train
-    if config.precision == "auto" and not _on_cuda(config.device):
+    if config.precision in (None, "auto") and not _on_cuda(config.device):
         # The features are computed already: a head's tiny matmuls gain nothing from bf16
-        # and would lose precision, so on CPU `auto` trains heads in float32.
+        # and would lose precision, so on CPU heads train in float32 (recorded as such).
         config = replace(config, precision="fp32")
     say = notice or (lambda _msg: None)
     repeats = seeded(config, seeds)  # refuses seeds < 1 before any store is read
