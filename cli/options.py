@@ -141,3 +141,32 @@ ThresholdOpt = Annotated[
         help=f"Operating point, chosen on validation only: {THRESHOLD_HELP}.",
     ),
 ]
+
+# The trainer's options, shared by fit-head and finetune (each command gives its own default).
+EpochsOpt = Annotated[int, typer.Option("--epochs", help="Maximum epochs.")]
+PatienceOpt = Annotated[int, typer.Option("--patience", help="Early-stopping patience, in epochs.")]
+MonitorOpt = Annotated[
+    Monitor, typer.Option("--monitor", help="Validation metric that picks the best epoch.")
+]
+ClassWeightOpt = Annotated[
+    ClassWeight,
+    typer.Option("--class-weight", help="Loss weights from the train labels, or none."),
+]
+TrainFractionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--train-fraction",
+        help="Label efficiency: one run per fraction of the train patients, e.g. "
+        "0.01,0.1,0.5,1 (nested, class-stratified, drawn with each run's seed).",
+        show_default=False,
+    ),
+]
+ShotsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shots",
+        help="Label efficiency: one run per K train images per class, e.g. 5,10,50 "
+        "(whole patients first, nested).",
+        show_default=False,
+    ),
+]

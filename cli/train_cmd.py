@@ -25,22 +25,28 @@ from .options import (
     DEFAULT_RUNS,
     CacheDir,
     ClassWeight,
+    ClassWeightOpt,
     ConfigOpt,
     DataPath,
     Device,
     DeviceOpt,
+    EpochsOpt,
     HeadKind,
     ImageSizeOpt,
     JsonFlag,
     LabelScheme,
     LabelsOpt,
     Monitor,
+    MonitorOpt,
+    PatienceOpt,
     PrecisionOpt,
     RehashFlag,
     RunsDir,
     SeedOpt,
     SeedsOpt,
+    ShotsOpt,
     ThresholdOpt,
+    TrainFractionOpt,
     Uncertain,
     UncertainOpt,
     WeightsOpt,
@@ -249,23 +255,16 @@ def fit_head(
     head: Annotated[HeadKind, typer.Option("--head", help="The head on the features.")] = (
         HeadKind(_HEAD.head)
     ),
-    epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = _HEAD.train.epochs,
+    epochs: EpochsOpt = _HEAD.train.epochs,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = (
         _HEAD.train.lr
     ),
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = (
         _HEAD.train.batch_size
     ),
-    patience: Annotated[
-        int, typer.Option("--patience", help="Early-stopping patience, in epochs.")
-    ] = _HEAD.train.patience,
-    monitor: Annotated[
-        Monitor, typer.Option("--monitor", help="Validation metric that picks the best epoch.")
-    ] = Monitor(_HEAD.train.monitor),
-    class_weight: Annotated[
-        ClassWeight,
-        typer.Option("--class-weight", help="Loss weights from the train labels, or none."),
-    ] = ClassWeight(_HEAD.train.class_weight),
+    patience: PatienceOpt = _HEAD.train.patience,
+    monitor: MonitorOpt = Monitor(_HEAD.train.monitor),
+    class_weight: ClassWeightOpt = ClassWeight(_HEAD.train.class_weight),
     threshold_policy: ThresholdOpt = _HEAD.train.threshold_policy,
     seed: SeedOpt = _HEAD.train.seed,
     seeds: SeedsOpt = _HEAD.seeds,
@@ -279,24 +278,8 @@ def fit_head(
             show_default=False,
         ),
     ] = None,
-    train_fraction: Annotated[
-        str | None,
-        typer.Option(
-            "--train-fraction",
-            help="Label efficiency: one run per fraction of the train patients, e.g. "
-            "0.01,0.1,0.5,1 (nested, class-stratified, drawn with each run's seed).",
-            show_default=False,
-        ),
-    ] = None,
-    shots: Annotated[
-        str | None,
-        typer.Option(
-            "--shots",
-            help="Label efficiency: one run per K train images per class, e.g. 5,10,50 "
-            "(whole patients first, nested).",
-            show_default=False,
-        ),
-    ] = None,
+    train_fraction: TrainFractionOpt = None,
+    shots: ShotsOpt = None,
     device: DeviceOpt = Device(_HEAD.train.device),
     pooling: Annotated[
         str | None,
@@ -396,7 +379,7 @@ def finetune(
     hflip: Annotated[
         bool, typer.Option("--hflip", help="Also flip train images horizontally.")
     ] = _FT.hflip,
-    epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = _FT.train.epochs,
+    epochs: EpochsOpt = _FT.train.epochs,
     lr: Annotated[
         float, typer.Option("--lr", help="Peak learning rate of the head (AdamW).")
     ] = _FT.train.lr,
@@ -412,36 +395,14 @@ def finetune(
             show_default=False,
         ),
     ] = _FT.workers,
-    patience: Annotated[
-        int, typer.Option("--patience", help="Early-stopping patience, in epochs.")
-    ] = _FT.train.patience,
-    monitor: Annotated[
-        Monitor, typer.Option("--monitor", help="Validation metric that picks the best epoch.")
-    ] = Monitor(_FT.train.monitor),
-    class_weight: Annotated[
-        ClassWeight,
-        typer.Option("--class-weight", help="Loss weights from the train labels, or none."),
-    ] = ClassWeight(_FT.train.class_weight),
+    patience: PatienceOpt = _FT.train.patience,
+    monitor: MonitorOpt = Monitor(_FT.train.monitor),
+    class_weight: ClassWeightOpt = ClassWeight(_FT.train.class_weight),
     threshold_policy: ThresholdOpt = _FT.train.threshold_policy,
     seed: SeedOpt = _FT.train.seed,
     seeds: SeedsOpt = _FT.seeds,
-    train_fraction: Annotated[
-        str | None,
-        typer.Option(
-            "--train-fraction",
-            help="Label efficiency: one run per fraction of the train patients, e.g. 0.1,0.5,1 "
-            "(nested, class-stratified, drawn with each run's seed).",
-            show_default=False,
-        ),
-    ] = None,
-    shots: Annotated[
-        str | None,
-        typer.Option(
-            "--shots",
-            help="Label efficiency: one run per K train images per class, e.g. 5,50.",
-            show_default=False,
-        ),
-    ] = None,
+    train_fraction: TrainFractionOpt = None,
+    shots: ShotsOpt = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the interrupted run with the same settings.")
     ] = False,
