@@ -111,6 +111,15 @@ def delong_roc_test(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> DeLongRe
     yf, (pa, pb) = check_labels(y, p_a, p_b)
     aucs, v10, v01 = _delong_components(yf, [pa, pb])
     cov = _delong_cov(v10, v01)
+    return _delong_result(aucs, cov)
+
+
+def _delong_result(aucs: np.ndarray, cov: np.ndarray) -> DeLongResult:
+    """The two-sided z test of AUC(a) - AUC(b) from the AUCs (2,) and their covariance (2, 2).
+
+    When the difference has zero estimated variance, z is None and p is 1 if the AUCs are
+    equal (identical predictors) and 0 otherwise (a degenerate, certain difference).
+    """
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     if var <= 1e-15:
@@ -179,23 +188,7 @@ def clustered_delong_test(
         + scaled(i01) * (b @ b.T) / n**2
         + scaled(n_clusters) * (cross + cross.T) / (m * n)
     )
-    diff = float(aucs[0] - aucs[1])
-    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    if var <= 1e-15:
-        z, p = None, 1.0 if abs(diff) < 1e-12 else 0.0
-    else:
-        z = diff / np.sqrt(var)
-        p = float(2 * sps.norm.sf(abs(z)))
-    return DeLongResult(
-        float(aucs[0]),
-        float(aucs[1]),
-        diff,
-        None if z is None else float(z),
-        p,
-        float(cov[0, 0]),
-        float(cov[1, 1]),
-        float(cov[0, 1]),
-    )
+    return _delong_result(aucs, cov)
 
 
 def clustered_mcnemar(
