@@ -92,6 +92,18 @@ def _warn_runs(summaries: Sequence[RunSummary]) -> None:
         err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
 
 
+def _emit_json(title: str, summaries: Sequence[RunSummary], ats: Sequence[str]) -> None:
+    """One JSON record per (run, decision rule): its test metrics as metrics.json holds them."""
+    rows = [[str(s.path), s.model, s.mode, s.head, at, s.test[at]] for s in summaries for at in ats]
+    emit_table(
+        title,
+        ["run", "model", "mode", "head", "at", "metrics"],
+        rows,
+        as_json=True,
+        extra={"runs": [str(s.path) for s in summaries]},
+    )
+
+
 def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
     """Test metrics at 0.5 and at the validation threshold, then the run folders.
 
@@ -116,17 +128,7 @@ def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
             return
     title = "test metrics (threshold chosen on validation)"
     if as_json:
-        rows: list[list[Any]] = []
-        for s in summaries:
-            for at in ("at_0.5", "at_threshold"):
-                rows.append([str(s.path), s.model, s.mode, s.head, at, s.test[at]])
-        emit_table(
-            title,
-            ["run", "model", "mode", "head", "at", "metrics"],
-            rows,
-            as_json=True,
-            extra={"runs": [str(s.path) for s in summaries]},
-        )
+        _emit_json(title, summaries, ("at_0.5", "at_threshold"))
         return
     import json
 
@@ -168,18 +170,7 @@ def _report_multilabel(summaries: Sequence[RunSummary], *, as_json: bool) -> Non
     specificity at the label's validation threshold; one column per run."""
     title = "test metrics (multi-label, per-label thresholds chosen on validation)"
     if as_json:
-        rows: list[list[Any]] = [
-            [str(s.path), s.model, s.mode, s.head, "at_label_thresholds",
-             s.test["at_label_thresholds"]]
-            for s in summaries
-        ]  # fmt: skip
-        emit_table(
-            title,
-            ["run", "model", "mode", "head", "at", "metrics"],
-            rows,
-            as_json=True,
-            extra={"runs": [str(s.path) for s in summaries]},
-        )
+        _emit_json(title, summaries, ("at_label_thresholds",))
         return
     columns = ["metric"] + [f"{s.model} {s.mode} {s.head}" for s in summaries]
     heads = ("macro_auc", "micro_auc", "macro_average_precision", "loss")
@@ -200,16 +191,7 @@ def _report_multiclass(summaries: Sequence[RunSummary], *, as_json: bool) -> Non
     """Multi-class test metrics (argmax decisions), one column per run; undefined shown as -."""
     title = "test metrics (multi-class, argmax)"
     if as_json:
-        rows: list[list[Any]] = [
-            [str(s.path), s.model, s.mode, s.head, "argmax", s.test["argmax"]] for s in summaries
-        ]
-        emit_table(
-            title,
-            ["run", "model", "mode", "head", "at", "metrics"],
-            rows,
-            as_json=True,
-            extra={"runs": [str(s.path) for s in summaries]},
-        )
+        _emit_json(title, summaries, ("argmax",))
         return
     columns = ["metric"] + [f"{s.model} {s.mode} {s.head}" for s in summaries]
     per_class = [
