@@ -186,3 +186,29 @@ def _fmt(value: Any) -> str:
             return f"{value:.2f}"
         return f"{value:.3g}"
     return str(value)
+
+
+def forward_inputs(
+    model: str, data: Path, *, image_size: int, batch_size: int
+) -> tuple[Any, Any, Any, Any]:
+    """(manifest, preprocessing, channels_last trunk, pre-decoded (B, 3, S, S) batches).
+
+    The batches are exactly what `extract` feeds its trunk (the model's own preprocessing after
+    draft-mode decoding), so forward-only and extraction are timed on the same work. The trunk
+    is random-init (`--weights none`, seed 0): the arithmetic is measured, not the weights.
+    """
+    import torch
+
+    from featurestore.data import load_manifest
+    from featurestore.models import load_backbone, preprocessing_for
+
+    manifest = load_manifest(data, val_min=0)
+    pre = preprocessing_for(model, "none", image_size)
+    tensors = [pre(manifest.open_image(r.key, min_size=pre.resize)) for r in manifest.records]
+    batches = [
+        torch.stack(tensors[a : a + batch_size]).contiguous(memory_format=torch.channels_last)
+        for a in range(0, len(tensors), batch_size)
+    ]
+    torch.manual_seed(0)
+    trunk = load_backbone(model, "none").trunk.eval().to(memory_format=torch.channels_last)
+    return manifest, pre, trunk, batches

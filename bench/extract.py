@@ -26,6 +26,7 @@ from benchlib import (
     Timer,
     emit,
     environment,
+    forward_inputs,
     image_files,
     interleave,
     median,
@@ -94,21 +95,11 @@ def bench_model(
     """Interleave forward-only and extract (per worker count) over the same images."""
     import torch
 
-    from featurestore.data import load_manifest
-    from featurestore.models import load_backbone, preprocessing_for
     from featurestore.store import extract_features
 
-    manifest = load_manifest(data, val_min=0)
-    pre = preprocessing_for(model, "none", image_size)
-    keys = [r.key for r in manifest.records]
-    # Pre-decoded inputs for the forward-only side: exactly what extract feeds its trunk.
-    tensors = [pre(manifest.open_image(k, min_size=pre.resize)) for k in keys]
-    batches = [
-        torch.stack(tensors[a : a + batch_size]).contiguous(memory_format=torch.channels_last)
-        for a in range(0, len(tensors), batch_size)
-    ]
-    torch.manual_seed(0)
-    trunk = load_backbone(model, "none").trunk.eval().to(memory_format=torch.channels_last)
+    manifest, pre, trunk, batches = forward_inputs(
+        model, data, image_size=image_size, batch_size=batch_size
+    )
     with torch.inference_mode():
         trunk(batches[0])  # first call picks oneDNN kernels: keep it out of the timing
     calls: dict[str, list[float]] = {f"workers={w}": [] for w in workers}
@@ -128,8 +119,8 @@ def bench_model(
                 device="cpu",
                 precision="fp32",  # forward-only runs in float32 (bench/precision.py: bf16)
             )
-            assert result.status == "built" and sum(result.counts.values()) == len(keys)
-            calls[f"workers={w}"].append(len(keys) / result.seconds)
+            assert result.status == "built" and sum(result.counts.values()) == len(manifest.records)
+            calls[f"workers={w}"].append(len(manifest.records) / result.seconds)
             shutil.rmtree(cache, ignore_errors=True)
             return float(result.images_per_second or 0.0)
 
@@ -157,7 +148,7 @@ def bench_model(
         "model": model,
         "image_size": image_size,
         "batch_size": batch_size,
-        "images": len(keys),
+        "images": len(manifest.records),
         "rounds": rounds,
         "forward_images_per_s": round(forward, 3),
         "forward_ms_per_image": round(1000 / forward, 1),

@@ -26,7 +26,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchlib import Timer, emit, environment, interleave, median, radiograph_dataset
+from benchlib import (
+    Timer,
+    emit,
+    environment,
+    forward_inputs,
+    interleave,
+    median,
+    radiograph_dataset,
+)
 
 TARGET_RATIO = 0.85
 
@@ -94,20 +102,11 @@ def bench_model(
     """Interleave forward-only and extraction in both precisions; compare stores and heads."""
     import torch
 
-    from featurestore.data import load_manifest
-    from featurestore.models import load_backbone, preprocessing_for
     from featurestore.store import extract_features, open_store
 
-    manifest = load_manifest(data, val_min=0)
-    pre = preprocessing_for(model, "none", image_size)
-    keys = [r.key for r in manifest.records]
-    tensors = [pre(manifest.open_image(k, min_size=pre.resize)) for k in keys]
-    batches = [
-        torch.stack(tensors[a : a + batch_size]).contiguous(memory_format=torch.channels_last)
-        for a in range(0, len(tensors), batch_size)
-    ]
-    torch.manual_seed(0)
-    trunk = load_backbone(model, "none").trunk.eval().to(memory_format=torch.channels_last)
+    manifest, _, trunk, batches = forward_inputs(
+        model, data, image_size=image_size, batch_size=batch_size
+    )
     for dtype in (None, torch.bfloat16):  # first calls pick oneDNN kernels: untimed
         forward_rate(trunk, batches[:1], dtype)
     scratch = Path(tempfile.mkdtemp(prefix="xray-bench-precision-"))
@@ -157,7 +156,7 @@ def bench_model(
         shutil.rmtree(scratch, ignore_errors=True)
     return {
         "model": model,
-        "images": len(keys),
+        "images": len(manifest.records),
         "images_per_s": {k: round(v, 2) for k, v in rate.items()},
         "bf16_over_fp32_extract": round(rate["extract bf16"] / rate["extract fp32"], 3),
         "bf16_over_fp32_forward": round(rate["forward bf16"] / rate["forward fp32"], 3),
