@@ -9,9 +9,8 @@ from the run's internal test result.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,14 +126,6 @@ def evaluate_run(
     return _conclude(run, predictor, manifest, scores, config)
 
 
-def _dataset_tag(manifest: Manifest) -> str:
-    """`<dataset name>-<8 hex of its resolved path>`: two datasets that share a folder name
-    (two hospitals' `chest_xray/`) never share a store."""
-    where = str(Path(manifest.source or manifest.root).resolve())
-    digest = hashlib.sha256(where.encode()).hexdigest()[:8]
-    return f"{manifest.name or manifest.root.stem}-{digest}"
-
-
 def _score_frozen(
     predictor: Predictor,
     manifest: Manifest,
@@ -157,7 +148,7 @@ def _score_frozen(
     # A store of its own per dataset and run backbone: reused on the next evaluation, rebuilt
     # when the dataset changes, exactly as `xray extract` does for training data.
     result = extract_features(
-        replace(manifest, name=_dataset_tag(manifest)),
+        manifest,
         model=str(run.config["model"]),
         weights=source,
         cache_dir=config.store_dir,

@@ -118,7 +118,7 @@ def extract_features(
     weights_id, weights_sha = backbones.weights_identity(model, weights)
     path = store.store_path(
         cache_dir,
-        manifest.name or manifest.root.stem,
+        store.dataset_folder(manifest.name or manifest.root.stem, manifest.source or manifest.root),
         model,
         backbones.weights_tag(weights_id, weights_sha),
         image_size,

@@ -486,3 +486,24 @@ def test_provider_stores_record_provider_pooling_and_preprocessing(
             store.columns("map")
     again = _extract(load_manifest(tiny_data_ro), tmp_path, model=model)
     assert again.status == "reused"
+
+
+def test_two_datasets_with_one_manifest_name_keep_their_own_stores(tmp_path: Path) -> None:
+    """Issue #28.7: two multi-label sets are both `labels.csv`; extracting the second must not
+    rebuild (and so destroy) the first one's store."""
+    from conftest import write_tiny_multilabel
+
+    first = load_manifest(write_tiny_multilabel(tmp_path / "site-a", seed=1), val_min=0)
+    second = load_manifest(write_tiny_multilabel(tmp_path / "site-b", seed=2), val_min=0)
+    assert first.name == second.name  # the same manifest name: the case that collided
+    cache = tmp_path / "cache"
+    a = _extract(first, cache)
+    before = _rows(a.path)
+    b = _extract(second, cache)
+    assert b.path != a.path and b.path.parent != a.path.parent
+    assert b.status == "built"
+    assert _extract(first, cache).status == "reused"  # a's store is untouched and still fresh
+    after = _rows(a.path)
+    for split, (features, keys) in before.items():
+        np.testing.assert_array_equal(after[split][0], features)
+        assert after[split][1] == keys
