@@ -109,14 +109,26 @@ def evaluate_run(
     from featurestore.use import load_predictor
 
     config = config or EvaluateConfig()
+    run_task = _run_task(Path(run_dir))
+    if run_task != "binary":
+        # Said before any model is loaded or any image decoded (issue #28.5: a traceback).
+        raise XrayError(
+            f"{Path(run_dir).name} is a {run_task} run: external validation reports one "
+            "positive class's operating point, sensitivity and specificity, which a "
+            f"{run_task} run does not have; score its images with `xray predict --run` and "
+            "compare them to the labels"
+        )
     predictor = load_predictor(Path(run_dir), weights=weights, device=config.device)
     run = predictor.run
-    manifest = load_manifest(Path(data))
-    if tuple(manifest.class_names) != tuple(predictor.class_names):
-        raise XrayError(
-            f"{data} has classes {', '.join(manifest.class_names)} but {run.name} was trained on "
-            f"{', '.join(predictor.class_names)}: evaluate on a dataset with the same labels"
-        )
+    # The labels are read as the run read its own (issue #28.9): a kermany3 run relabels the
+    # other site's NORMAL/PNEUMONIA folders by file name, a multi-label one keeps its policy.
+    scheme = str(run.config.get("label_scheme") or "as-given")
+    uncertain = scheme.removeprefix("uncertain-") if scheme.startswith("uncertain-") else "ignore"
+    manifest = load_manifest(
+        Path(data), labels=scheme if not scheme.startswith("uncertain-") else "as-given",
+        uncertain=uncertain,
+    )  # fmt: skip
+    manifest = _classes_as_run(manifest, tuple(predictor.class_names), run.name, Path(data))
     if not manifest.split(config.split):
         raise XrayError(f"{data} has no {config.split} images: choose another --split")
     if predictor.mode == "frozen":
@@ -124,6 +136,38 @@ def evaluate_run(
     else:
         scores = _score_images(predictor, manifest, config, progress)
     return _conclude(run, predictor, manifest, scores, config)
+
+
+def _run_task(run_dir: Path) -> str:
+    """The run's task from its config.json (the recorded `task`, else from its classes)."""
+    import json
+
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return "binary"  # load_predictor names what is wrong with the folder
+    names = cfg.get("class_names") or []
+    return str(cfg.get("task") or ("binary" if len(names) <= 2 else "multiclass"))
+
+
+def _classes_as_run(
+    manifest: Manifest, run_classes: tuple[str, ...], run_name: str, data: Path
+) -> Manifest:
+    """The manifest with its labels renumbered into the run's class order, matched by name
+    (another site may list the same classes in another order); XrayError when they differ."""
+    from dataclasses import replace as _replace
+
+    given = tuple(manifest.class_names)
+    if given == run_classes:
+        return manifest
+    if sorted(given) != sorted(run_classes):
+        raise XrayError(
+            f"{data} has classes {', '.join(given)} but {run_name} was trained on "
+            f"{', '.join(run_classes)}: evaluate on a dataset with the same labels"
+        )
+    index = [run_classes.index(c) for c in given]  # dataset label -> run label
+    records = tuple(_replace(r, label=index[r.label]) for r in manifest.records)
+    return _replace(manifest, class_names=run_classes, records=records)
 
 
 def _score_frozen(

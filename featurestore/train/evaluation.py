@@ -252,7 +252,12 @@ def conclude_multiclass(
         epochs_run=len(history),
         stopped_early=stopped_early,
         seconds_per_epoch=seconds_per_epoch,
-        threshold={"policy": "argmax", "value": None},
+        threshold={
+            "policy": "argmax",
+            "value": None,
+            "note": "multi-class decisions are the most probable class (argmax); no threshold "
+            "is chosen",
+        },
         val=splits["val"],
         test=splits["test"],
         predictions=predictions,
@@ -281,6 +286,21 @@ def conclude_multilabel(
     scored = {s: predict(model, source, cast("Split", s)) for s in ("val", "test")}
     p_val, y_val, _ = scored["val"]  # (N, L) each
     thresholds = choose_label_thresholds(y_val, p_val, names, policy=config.threshold_policy)
+    # A label whose observed validation entries hold one class (or none) cannot run the
+    # policy: 0.5 is used, and metrics.json says so per label (issue #28.4), never silently.
+    fallback: dict[str, str] = {}
+    if config.threshold_policy.split(":")[0] != "fixed":
+        for k, name in enumerate(names):
+            observed = y_val[~np.isnan(y_val[:, k]), k]
+            n_pos = int(np.sum(observed == 1))
+            if not 0 < n_pos < observed.size:
+                what = "no positive" if n_pos == 0 else "no negative"
+                if observed.size == 0:
+                    what = "no observed label"
+                fallback[name] = (
+                    f"{name}: validation has {what}; the {config.threshold_policy} policy could "
+                    "not run, so 0.5 is used"
+                )
     t = np.array([thresholds[n] for n in names])  # (L,)
     splits: dict[str, dict[str, Any]] = {}
     predictions: dict[str, SplitPredictions] = {}
@@ -299,7 +319,13 @@ def conclude_multilabel(
         epochs_run=len(history),
         stopped_early=stopped_early,
         seconds_per_epoch=seconds_per_epoch,
-        threshold={"policy": config.threshold_policy, "value": None, "per_label": thresholds},
+        threshold={
+            "policy": config.threshold_policy,
+            "value": None,
+            "per_label": thresholds,
+            "ran": {n: n not in fallback for n in names},
+            "notes": list(fallback.values()),
+        },
         val=splits["val"],
         test=splits["test"],
         predictions=predictions,

@@ -170,6 +170,25 @@ def train_one_epoch(
     }
 
 
+MULTICLASS_RULE = (
+    "multi-class decisions are the most probable class (argmax); a threshold policy chooses "
+    "one cut-off for a two-class or a per-label decision and has no meaning here"
+)
+
+
+def check_threshold_policy(source: Source, config: TrainConfig) -> None:
+    """Refuse, before any training, an operating-point policy that a multi-class task cannot
+    use (issue #28.3: it was recorded as argmax with no word). The default (youden) stands for
+    "the task's own rule" and is recorded as argmax with MULTICLASS_RULE as its note.
+
+    Raises:
+        XrayError: a non-default `threshold_policy` on a multi-class source.
+    """
+    multiclass = source_task(source) != "multilabel" and len(source.class_names) > 2
+    if multiclass and config.threshold_policy != TrainConfig.threshold_policy:
+        raise XrayError(f"--threshold {config.threshold_policy}: {MULTICLASS_RULE}")
+
+
 def fit(
     model: nn.Module,
     source: Source,
@@ -191,6 +210,7 @@ def fit(
         raise XrayError(
             f"the dataset has {len(source.class_names)} class: at least two are needed to train"
         )
+    check_threshold_policy(source, config)
     device = devices.resolve_device(config.device)
     # Under torchrun the seed is offset by rank so augmentation differs between ranks (DDP
     # starts every rank from rank 0's weights); a single process seeds exactly `config.seed`.

@@ -26,6 +26,7 @@ from featurestore.store import (
     PROVENANCE_KEYS,
     ExtractResult,
     PartialStore,
+    dataset_folder,
     extract_features,
     open_store,
     read_attrs,
@@ -80,7 +81,8 @@ def test_build_writes_the_documented_store(tiny_data_ro: Path, reference: Extrac
     m = load_manifest(tiny_data_ro)
     assert reference.status == "built" and reference.skipped == []
     assert reference.path.name == "resnet18-none-32px.h5"
-    assert reference.path.parent.name == m.name == "chest_xray"
+    assert m.name == "chest_xray"
+    assert reference.path.parent.name == dataset_folder("chest_xray", tiny_data_ro)
     assert reference.counts == {s: len(m.split(s)) for s in ("train", "val", "test")}
     assert reference.feature_dim == 512 and (reference.images_per_second or 0) > 0
     store = open_store(reference.path, expect_fingerprint=dataset_fingerprint(m))
@@ -285,7 +287,7 @@ def test_bad_image_stops_keeping_progress_then_skip_bad_resumes(
     broken = load_manifest(tiny_data)
     with pytest.raises(XrayError, match=rf"{bad_key}.*--skip-bad"):
         _extract(broken, tmp_path)
-    path = store_path(tmp_path, "chest_xray", "resnet18", "none", 32)
+    path = store_path(tmp_path, dataset_folder("chest_xray", tiny_data), "resnet18", "none", 32)
     assert not path.exists()
     done = sorted(p.name for p in PartialStore(path).folder.glob("*.npz"))
     assert "train-00000000.npz" in done and "test-00000004.npz" not in done
@@ -348,7 +350,7 @@ def test_skip_bad_skips_a_dicom_no_decoder_can_read(tiny_data: Path, tmp_path: P
 
 
 def test_second_concurrent_extraction_is_refused(tiny_data_ro: Path, tmp_path: Path) -> None:
-    path = store_path(tmp_path, "chest_xray", "resnet18", "none", 32)
+    path = store_path(tmp_path, dataset_folder("chest_xray", tiny_data_ro), "resnet18", "none", 32)
     with store_lock(path), pytest.raises(XrayError, match="another extraction is writing"):
         _extract(load_manifest(tiny_data_ro), tmp_path)
 
@@ -368,7 +370,7 @@ def test_a_store_in_use_is_refused_never_rebuilt(tiny_data_ro: Path, tmp_path: P
 
 
 def test_unreadable_existing_store_is_rebuilt(tiny_data_ro: Path, tmp_path: Path) -> None:
-    path = store_path(tmp_path, "chest_xray", "resnet18", "none", 32)
+    path = store_path(tmp_path, dataset_folder("chest_xray", tiny_data_ro), "resnet18", "none", 32)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"half a file")
     result = _extract(load_manifest(tiny_data_ro), tmp_path)
@@ -417,7 +419,7 @@ def test_sigkill_mid_extraction_then_resume_gives_identical_rows(
     tiny_data_ro: Path, tmp_path: Path, reference: ExtractResult
 ) -> None:
     cache = tmp_path / "cache"
-    path = store_path(cache, "chest_xray", "resnet18", "none", 32)
+    path = store_path(cache, dataset_folder("chest_xray", tiny_data_ro), "resnet18", "none", 32)
     partial = PartialStore(path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -444,7 +446,9 @@ def test_sigkill_mid_extraction_then_resume_gives_identical_rows(
 def test_real_radiographs_extract_into_a_plain_hdf5_store(realsample: Path, tmp_path: Path) -> None:
     m = load_manifest(realsample)
     result = _extract(m, tmp_path, image_size=64, batch_size=8, chunk_size=16)
-    assert result.path == tmp_path / "realsample" / "resnet18-none-64px.h5"
+    assert (
+        result.path == tmp_path / dataset_folder("realsample", realsample) / "resnet18-none-64px.h5"
+    )
     assert sum(result.counts.values()) == len(m.records) == 54 and result.counts["val"] > 0
     with h5py.File(result.path, "r") as fh:  # readable by any HDF5 tool, layout as documented
         assert set(fh) == {"train", "val", "test"}
