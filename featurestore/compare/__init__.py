@@ -43,7 +43,7 @@ from featurestore.compare.curves import (
     curve_section,
     plot_curves,
 )
-from featurestore.compare.external import EvaluationResult, Scores, evaluate_run
+from featurestore.compare.external import EvaluationResult, Scores, evaluate_run, match_classes
 from featurestore.compare.external_report import external_section, find_evaluations
 from featurestore.compare.external_stats import (
     DIFFERENCE_METRICS,
@@ -212,6 +212,7 @@ __all__ = [
     "majority_baseline",
     "majority_baseline_multiclass",
     "make_verdict",
+    "match_classes",
     "mcnemar",
     "multiclass_metrics",
     "multiclass_replicates",

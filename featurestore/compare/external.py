@@ -128,7 +128,7 @@ def evaluate_run(
         Path(data), labels=scheme if not scheme.startswith("uncertain-") else "as-given",
         uncertain=uncertain,
     )  # fmt: skip
-    manifest = _classes_as_run(manifest, tuple(predictor.class_names), run.name, Path(data))
+    manifest = match_classes(manifest, tuple(predictor.class_names), run.name, Path(data))
     if not manifest.split(config.split):
         raise XrayError(f"{data} has no {config.split} images: choose another --split")
     if predictor.mode == "frozen":
@@ -150,11 +150,15 @@ def _run_task(run_dir: Path) -> str:
     return str(cfg.get("task") or ("binary" if len(names) <= 2 else "multiclass"))
 
 
-def _classes_as_run(
+def match_classes(
     manifest: Manifest, run_classes: tuple[str, ...], run_name: str, data: Path
 ) -> Manifest:
-    """The manifest with its labels renumbered into the run's class order, matched by name
-    (another site may list the same classes in another order); XrayError when they differ."""
+    """`xray evaluate`'s class check: the manifest with its labels renumbered into the run's
+    class order, matched by name (another site may list the same classes in another order).
+
+    Raises:
+        XrayError: when the dataset's classes are not the run's.
+    """
     from dataclasses import replace as _replace
 
     given = tuple(manifest.class_names)

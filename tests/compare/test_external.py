@@ -223,16 +223,16 @@ def test_a_multiclass_run_is_one_line_before_any_model_is_loaded(
 def test_classes_are_matched_by_name_not_by_order(tmp_path: Path) -> None:
     """Issue #28.9: the same classes listed in another order were refused; they are renumbered
     into the run's order by name."""
-    from featurestore.compare.external import _classes_as_run
+    from featurestore.compare import match_classes
     from featurestore.data import Manifest, Record
 
     records = (Record("a.png", 0, "test", "p1", "test"), Record("b.png", 1, "test", "p2", "test"))
     m = Manifest(tmp_path, "csv", ("PNEUMONIA", "NORMAL"), records)
-    out = _classes_as_run(m, ("NORMAL", "PNEUMONIA"), "run", tmp_path)
+    out = match_classes(m, ("NORMAL", "PNEUMONIA"), "run", tmp_path)
     assert out.class_names == ("NORMAL", "PNEUMONIA")
     assert [(r.key, out.class_names[r.label]) for r in out.records] == [
         ("a.png", "PNEUMONIA"),
         ("b.png", "NORMAL"),
     ]
     with pytest.raises(XrayError, match="same labels"):
-        _classes_as_run(m, ("NORMAL", "COVID"), "run", tmp_path)
+        match_classes(m, ("NORMAL", "COVID"), "run", tmp_path)
