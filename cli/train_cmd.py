@@ -88,13 +88,7 @@ def _warn_runs(summaries: Sequence[RunSummary]) -> None:
     for s in summaries:
         config = json.loads((s.path / "config.json").read_text())
         seen += [w for w in run_warnings(config) if w not in seen]
-        # An operating point that could not be chosen as asked (one-class validation, for the
-        # run or for single findings): said per run, as metrics.json records it.
-        threshold = json.loads((s.path / "metrics.json").read_text()).get("threshold", {})
-        notes = threshold.get("notes") or (
-            [threshold["note"]] if threshold.get("ran") is False else []
-        )
-        seen += [f"{s.path.name}: {n}" for n in notes if n]
+        seen += [f"{s.path.name}: {n}" for n in s.threshold_notes]
     for w in seen:
         err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
 

@@ -91,6 +91,7 @@ from featurestore.compare.multilabel import (
     choose_label_thresholds,
     evaluate_multilabel_split,
     label_metrics,
+    label_threshold_fallbacks,
     multilabel_metrics,
 )
 from featurestore.compare.multilabel_analysis import (
@@ -208,6 +209,7 @@ __all__ = [
     "json_safe",
     "label_auc_replicates",
     "label_metrics",
+    "label_threshold_fallbacks",
     "logit",
     "majority_baseline",
     "majority_baseline_multiclass",

@@ -365,7 +365,7 @@ def _interval(
     """The bootstrap interval of one metric, with its undefined count and reliability."""
     unit_groups = groups if config.resample == "patients" else None
     units = groups if unit_groups is not None else np.arange(y.size).astype(str)
-    per_class = [len(set(units[y == k].tolist())) for k in (0, 1)]
+    per_class = units_per_class(y, units, 2)
     if any(per_class[k] == 0 for k in CONDITIONS_ON.get(name, ())):
         return UNDEFINED  # e.g. specificity on a test set without negatives
     r = bootstrap_interval(

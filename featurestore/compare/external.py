@@ -10,7 +10,7 @@ from the run's internal test result.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,7 +109,9 @@ def evaluate_run(
     from featurestore.use import load_predictor
 
     config = config or EvaluateConfig()
-    run_task = _run_task(Path(run_dir))
+    from featurestore.compare.multiclass_analysis import runs_task
+
+    run_task = runs_task([Path(run_dir)])
     if run_task != "binary":
         # Said before any model is loaded or any image decoded (issue #28.5: a traceback).
         raise XrayError(
@@ -120,14 +122,8 @@ def evaluate_run(
         )
     predictor = load_predictor(Path(run_dir), weights=weights, device=config.device)
     run = predictor.run
-    # The labels are read as the run read its own (issue #28.9): a kermany3 run relabels the
-    # other site's NORMAL/PNEUMONIA folders by file name, a multi-label one keeps its policy.
-    scheme = str(run.config.get("label_scheme") or "as-given")
-    uncertain = scheme.removeprefix("uncertain-") if scheme.startswith("uncertain-") else "ignore"
-    manifest = load_manifest(
-        Path(data), labels=scheme if not scheme.startswith("uncertain-") else "as-given",
-        uncertain=uncertain,
-    )  # fmt: skip
+    # The labels are read as the run read its own (issue #28.9), then matched by class name.
+    manifest = load_manifest(Path(data), labels=str(run.config.get("label_scheme") or "as-given"))
     manifest = match_classes(manifest, tuple(predictor.class_names), run.name, Path(data))
     if not manifest.split(config.split):
         raise XrayError(f"{data} has no {config.split} images: choose another --split")
@@ -136,18 +132,6 @@ def evaluate_run(
     else:
         scores = _score_images(predictor, manifest, config, progress)
     return _conclude(run, predictor, manifest, scores, config)
-
-
-def _run_task(run_dir: Path) -> str:
-    """The run's task from its config.json (the recorded `task`, else from its classes)."""
-    import json
-
-    try:
-        cfg = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return "binary"  # load_predictor names what is wrong with the folder
-    names = cfg.get("class_names") or []
-    return str(cfg.get("task") or ("binary" if len(names) <= 2 else "multiclass"))
 
 
 def match_classes(
@@ -159,8 +143,6 @@ def match_classes(
     Raises:
         XrayError: when the dataset's classes are not the run's.
     """
-    from dataclasses import replace as _replace
-
     given = tuple(manifest.class_names)
     if given == run_classes:
         return manifest
@@ -170,8 +152,8 @@ def match_classes(
             f"{', '.join(run_classes)}: evaluate on a dataset with the same labels"
         )
     index = [run_classes.index(c) for c in given]  # dataset label -> run label
-    records = tuple(_replace(r, label=index[r.label]) for r in manifest.records)
-    return _replace(manifest, class_names=run_classes, records=records)
+    records = tuple(replace(r, label=index[r.label]) for r in manifest.records)
+    return replace(manifest, class_names=run_classes, records=records)
 
 
 def _score_frozen(

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.compare.analysis import Interval, replicate_interval
+from featurestore.compare.analysis import Interval, replicate_interval, units_per_class
 from featurestore.compare.bootstrap import _unit_index, _weighted_auc
 from featurestore.compare.labels import run_labels
 from featurestore.compare.multiclass_report import _md_table
@@ -216,8 +216,7 @@ def _row(
         if m["auc"] is not None:
             defined.append(k)
         # A label's AUC conditions on its positive and its negative units (observed entries).
-        yk, uk = y[mask, k], units[mask]
-        fewest[k] = min(len(set(uk[yk == 1].tolist())), len(set(uk[yk == 0].tolist())))
+        fewest[k] = min(units_per_class(y[mask, k].astype(np.int64), units[mask], 2))
         per_label[f] = {
             "auc": replicate_interval(
                 m["auc"],

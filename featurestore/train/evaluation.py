@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from featurestore.train.sources import Source
 
 
+MULTICLASS_RULE = (
+    "multi-class decisions are the most probable class (argmax); a threshold policy chooses "
+    "one cut-off for a two-class or a per-label decision and has no meaning here"
+)
+"""metrics.json's note on a multi-class run's decision rule, and the refusal of a policy."""
+
+
 @dataclass
 class SplitPredictions:
     """Per-image outputs of one split, in `source.records(split)` order."""
@@ -255,8 +262,7 @@ def conclude_multiclass(
         threshold={
             "policy": "argmax",
             "value": None,
-            "note": "multi-class decisions are the most probable class (argmax); no threshold "
-            "is chosen",
+            "note": MULTICLASS_RULE,
         },
         val=splits["val"],
         test=splits["test"],
@@ -280,27 +286,18 @@ def conclude_multilabel(
 ) -> FitResult:
     """`conclude` for a multi-label task: one threshold per label chosen on val (over its
     observed entries, `config.threshold_policy`), then val and test scored once at them."""
-    from featurestore.compare import choose_label_thresholds, evaluate_multilabel_split
+    from featurestore.compare import (
+        choose_label_thresholds,
+        evaluate_multilabel_split,
+        label_threshold_fallbacks,
+    )
 
     names = source.class_names
     scored = {s: predict(model, source, cast("Split", s)) for s in ("val", "test")}
     p_val, y_val, _ = scored["val"]  # (N, L) each
     thresholds = choose_label_thresholds(y_val, p_val, names, policy=config.threshold_policy)
-    # A label whose observed validation entries hold one class (or none) cannot run the
-    # policy: 0.5 is used, and metrics.json says so per label (issue #28.4), never silently.
-    fallback: dict[str, str] = {}
-    if config.threshold_policy.split(":")[0] != "fixed":
-        for k, name in enumerate(names):
-            observed = y_val[~np.isnan(y_val[:, k]), k]
-            n_pos = int(np.sum(observed == 1))
-            if not 0 < n_pos < observed.size:
-                what = "no positive" if n_pos == 0 else "no negative"
-                if observed.size == 0:
-                    what = "no observed label"
-                fallback[name] = (
-                    f"{name}: validation has {what}; the {config.threshold_policy} policy could "
-                    "not run, so 0.5 is used"
-                )
+    # 0.5 where a label's validation entries hold one class: said per label (issue #28.4).
+    fallback = label_threshold_fallbacks(y_val, names, policy=config.threshold_policy)
     t = np.array([thresholds[n] for n in names])  # (L,)
     splits: dict[str, dict[str, Any]] = {}
     predictions: dict[str, SplitPredictions] = {}

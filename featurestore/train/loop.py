@@ -16,7 +16,7 @@ from featurestore.config import TrainConfig
 from featurestore.errors import XrayError
 from featurestore.train import checkpoints
 from featurestore.train.checkpoints import LoopState
-from featurestore.train.evaluation import FitResult, conclude, predict
+from featurestore.train.evaluation import MULTICLASS_RULE, FitResult, conclude, predict
 from featurestore.train.objectives import (
     MaskedBCEWithLogits,
     label_pos_weights,
@@ -170,12 +170,6 @@ def train_one_epoch(
     }
 
 
-MULTICLASS_RULE = (
-    "multi-class decisions are the most probable class (argmax); a threshold policy chooses "
-    "one cut-off for a two-class or a per-label decision and has no meaning here"
-)
-
-
 def check_threshold_policy(source: Source, config: TrainConfig) -> None:
     """Refuse, before any training, an operating-point policy that a multi-class task cannot
     use (issue #28.3: it was recorded as argmax with no word). The default (youden) stands for
@@ -184,8 +178,10 @@ def check_threshold_policy(source: Source, config: TrainConfig) -> None:
     Raises:
         XrayError: a non-default `threshold_policy` on a multi-class source.
     """
-    multiclass = source_task(source) != "multilabel" and len(source.class_names) > 2
-    if multiclass and config.threshold_policy != TrainConfig.threshold_policy:
+    if (
+        source_task(source) == "multiclass"
+        and config.threshold_policy != TrainConfig.threshold_policy
+    ):
         raise XrayError(f"--threshold {config.threshold_policy}: {MULTICLASS_RULE}")
 
 
