@@ -114,6 +114,14 @@ RehashFlag = Annotated[
         "recorded under the cache folder for files whose size, times and inode are unchanged.",
     ),
 ]
+PixelCacheOpt = Annotated[
+    float,
+    typer.Option(
+        "--pixel-cache-gb",
+        help="Keep decoded, resized images in <cache>/.pixels (shared by every backbone that "
+        "resizes alike and by fine-tune epochs) up to this many GB; 0: off.",
+    ),
+]
 PrecisionOpt = Annotated[
     Precision | None,
     typer.Option(

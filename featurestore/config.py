@@ -166,6 +166,10 @@ def parse_threshold_policy(policy: str) -> tuple[str, float | None]:
     return kind, value
 
 
+PIXEL_CACHE_GB = 10.0
+"""Default limit of the pixel cache in GB (see `featurestore.data.pixel_cache`): Kermany at one
+resize rule takes ~0.5 GB, NIH ChestX-ray14 ~9 GB; CheXpert (~18 GB) keeps its first 10."""
+
 DeviceName = Literal["auto", "cpu", "cuda"]
 PrecisionName = Literal["auto", "fp32", "bf16"]
 
@@ -306,6 +310,9 @@ class ExtractConfig:
     rehash: bool = False
     """Hash every image to check a finished store is fresh, instead of reusing the digests
     recorded under the cache folder for files whose stat is unchanged."""
+    pixel_cache_gb: float = PIXEL_CACHE_GB
+    """Limit of the pixel cache (`cache/.pixels`, decoded and resized images shared by every
+    backbone that resizes alike and by fine-tune epochs), in GB; 0 turns it off."""
 
 
 @dataclass(frozen=True)
@@ -460,6 +467,9 @@ class FinetuneConfig:
     """Label scheme (`LabelScheme`): `kermany3` fine-tunes the three-class Kermany task."""
     uncertain: Literal["zeros", "ones", "ignore"] = "ignore"
     """Multi-label data: uncertain (-1) labels as absent, present, or masked (`Uncertain`)."""
+    pixel_cache_gb: float = PIXEL_CACHE_GB
+    """Limit of the shared pixel cache (`<cache>/.pixels`, as `extract`'s) in GB: the first
+    epoch reads images an extraction at the same resize already decoded; 0 turns it off."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             epochs=10, batch_size=32, patience=3, backbone_lr_mult=0.1
