@@ -128,8 +128,7 @@ PrecisionOpt = Annotated[
         "--precision",
         help="What the backbone computes in: auto (bf16 on a CPU with native bf16/AMX, "
         "about twice as fast there; else fp32; autocast on CUDA), fp32 or bf16. Default: "
-        "fp32 on CPU, autocast on CUDA. Recorded; a store of another precision is another "
-        "store.",
+        "auto. Recorded; a store of another precision is another store.",
         show_default=False,
     ),
 ]

@@ -221,11 +221,11 @@ class TrainConfig:
     """Mixed precision on CUDA (bfloat16 where supported) when `precision` is auto."""
     precision: PrecisionName | None = None
     """Forward/backward arithmetic: bf16 autocast, fp32, or auto (bf16 on a CPU that computes
-    it natively, else fp32; AMP on CUDA as `amp` says). None (the default): fp32 on CPU, so
-    every code path (per-epoch validation, predict, explain, export, torchrun) agrees to the
-    bit, and AMP on CUDA as `amp` says. Parameters and the optimizer stay
-    fp32, and the final val/test scoring (predictions.csv) is fp32. Heads on cached features
-    (fit-head) resolve auto to fp32 on CPU."""
+    it natively, else fp32; AMP on CUDA as `amp` says). None (the default): auto on CPU, and
+    AMP on CUDA as `amp` says. Parameters and the optimizer stay fp32; per-epoch validation,
+    the final val/test scoring (predictions.csv), predict and explain run in the resolved
+    precision (recorded as `resolved_precision`), so they agree within it. Heads on cached
+    features (fit-head) resolve auto to fp32 on CPU."""
     device: DeviceName = "auto"
     """"auto" uses CUDA when available."""
 
@@ -299,8 +299,8 @@ class ExtractConfig:
     """How features are stored."""
     precision: PrecisionName | None = None
     """What the trunk computes in (see `Precision`); part of the store's identity. None (the
-    default): fp32 on CPU, float16 autocast on CUDA as before; `auto` or `bf16` opt in to
-    bfloat16 on CPUs that compute it natively."""
+    default): auto on CPU (bfloat16 where the CPU computes it natively, else fp32), float16
+    autocast on CUDA as before."""
     skip_bad: bool = False
     """Leave unreadable images out (listed in the store) instead of stopping."""
     labels: Literal["as-given", "kermany3"] = "as-given"
