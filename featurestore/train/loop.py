@@ -216,7 +216,10 @@ def fit(
     model.to(device)
     if devices.channels_last_for(device):
         model.to(memory_format=torch.channels_last)  # 4-D conv weights NHWC; others unchanged
-    amp_dtype = devices.amp_dtype(config.amp, device, config.precision)
+    precision = config.precision
+    if precision is None and not source.streaming and device.type == "cpu":
+        precision = "fp32"  # heads on cached features: bf16 gains nothing (see fit_heads)
+    amp_dtype = devices.amp_dtype(config.amp, device, precision)
     _, _, y_train = source.records("train")
     monitor, monitor_note = selection_monitor(
         config.monitor, source.records("val")[2], source.class_names
@@ -333,4 +336,5 @@ def fit(
         stopped_early=loop.epoch < config.epochs,
         seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0,
         selection={"requested": config.monitor, "used": monitor, "note": monitor_note},
+        amp_dtype=amp_dtype,  # the restored model is scored as it was trained and validated
     )

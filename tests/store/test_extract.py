@@ -229,6 +229,34 @@ def test_changed_image_rebuilds_with_the_reason(tiny_data: Path, tmp_path: Path)
     open_store(second.path, expect_fingerprint=dataset_fingerprint(changed))
 
 
+def test_image_replaced_while_extracting_is_not_stored_as_the_old_content(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#27: a file replaced after the fingerprint was taken (here: once every chunk is
+    computed) must not leave a store claiming the old content's fingerprint."""
+    import featurestore.store.extract as extract_module
+
+    manifest = load_manifest(tiny_data)
+    image = tiny_data / manifest.split("train")[0].key
+    real = extract_module.run_chunks
+
+    def replacing(*args: Any, **kwargs: Any) -> float:
+        rate = real(*args, **kwargs)
+        replacement = image.with_suffix(".new")
+        replacement.write_bytes((tiny_data / manifest.split("test")[0].key).read_bytes())
+        os.replace(replacement, image)  # new inode and content, as a copy tool does
+        return rate
+
+    monkeypatch.setattr(extract_module, "run_chunks", replacing)
+    with pytest.raises(XrayError, match="replaced while extracting"):
+        _extract(manifest, tmp_path)
+    assert not any(tmp_path.rglob("*.h5"))  # no store claims the old fingerprint
+    monkeypatch.setattr(extract_module, "run_chunks", real)
+    again = _extract(load_manifest(tiny_data), tmp_path)
+    assert again.status == "rebuilt"  # the partial's chunks belonged to the old content
+    open_store(again.path, expect_fingerprint=dataset_fingerprint(load_manifest(tiny_data)))
+
+
 def test_other_dtype_rebuilds(tiny_data_ro: Path, tmp_path: Path) -> None:
     m = load_manifest(tiny_data_ro)
     _extract(m, tmp_path)
