@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featurestore.errors import XrayError
+from featurestore.tasks import Task
 from featurestore.fileio import atomic_dir, claim_dir
 
 if TYPE_CHECKING:
@@ -247,6 +248,11 @@ class RunRecord:
     def name(self) -> str:
         """The folder's name."""
         return self.path.name
+
+    @property
+    def task(self) -> Task:
+        """The run's task, as its config.json records it (XrayError when it names no classes)."""
+        return Task.from_record(self.config)
 
     def split_predictions(self, split: str) -> dict[str, np.ndarray]:
         """The predictions columns restricted to one split ("val" or "test")."""
