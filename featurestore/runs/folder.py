@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featurestore.errors import XrayError
-from featurestore.tasks import Task
 from featurestore.fileio import atomic_dir, claim_dir
+from featurestore.tasks import Task
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -98,7 +98,6 @@ def write_run(
         torch.save(state_dict if state_dict is not None else result.best_state, tmp / "best.pt")
         if plots:
             from featurestore.plots import write_plots
-
             from featurestore.runs.record import plot_note
 
             write_plots(
