@@ -292,9 +292,9 @@ def compare_once(n: int, labels: int, boot: int) -> dict[str, float]:
     """What `compare` computes for two multi-label runs on an n x labels test set."""
     import resource
 
-    from featurestore.compare.multilabel import label_metrics
-    from featurestore.compare.multilabel_analysis import label_auc_replicates
-    from featurestore.compare.stats import delong_roc_test, holm
+    from featurestore.compare import engine
+    from featurestore.compare.stats import clustered_delong_test, holm
+    from featurestore.tasks import Task
 
     rng = np.random.default_rng(0)
     y = (rng.random((n, labels)) < 0.1).astype(np.float64)
@@ -305,17 +305,20 @@ def compare_once(n: int, labels: int, boot: int) -> dict[str, float]:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cpu = time.process_time()
     with Timer() as t:
+        # What compare_runs does per run and per pair, through the same engine.
+        task = Task.from_classes([f"f{k}" for k in range(labels)], multilabel=True)
+        decision = engine.Decision("at_threshold", "", tuple(0.5 for _ in range(labels)))
         for p in runs:
-            reps = label_auc_replicates(y, p, groups=groups, n_boot=boot, seed=0)
-            for k in range(labels):
-                mask = ~np.isnan(y[:, k])
-                label_metrics(y[mask, k], p[mask, k], 0.5)
-            np.nanpercentile(reps.mean(1), [2.5, 97.5])
+            arrays = engine.TestArrays(np.arange(n).astype(str), y, p, groups)
+            score = engine.kernel(task, arrays, decision)
+            engine.point_estimates(score, n)
+            reps = engine.replicates(score, n, groups=groups, n_boot=boot, seed=0)
+            np.nanpercentile(reps[("roc_auc_macro", None)], [2.5, 97.5])
         tests = []
         for k in range(labels):
             mask = ~np.isnan(y[:, k])
-            tests.append(delong_roc_test(y[mask, k].astype(np.int64), runs[0][mask, k],
-                                         runs[1][mask, k]).p_value)  # fmt: skip
+            tests.append(clustered_delong_test(y[mask, k].astype(np.int64), runs[0][mask, k],
+                                               runs[1][mask, k], groups[mask]).p_value)  # fmt: skip
         holm(tests)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     return {"seconds": round(t.seconds, 2), "cpu_s": round(time.process_time() - cpu, 2),

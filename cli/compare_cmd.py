@@ -10,7 +10,7 @@ import typer
 
 from featurestore.config import CompareConfig, EvaluateConfig, StudyConfig
 
-from .common import console, emit_table, err_console, notice, resolve_data, user_errors
+from .common import console, err_console, notice, resolve_data, user_errors
 from .options import (
     DEFAULT_CACHE,
     DEFAULT_REPORTS,
@@ -26,12 +26,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    from featurestore.compare import (
-        Comparison,
-        Interval,
-        MulticlassComparison,
-        MultilabelComparison,
-    )
+    from featurestore.compare import Comparison, Interval
 
 
 def register(app: typer.Typer) -> None:
@@ -136,15 +131,6 @@ def compare(
         allow_different_test=allow_different_test,
     )
     out_dir = out or DEFAULT_REPORTS / datetime.now().strftime("%Y%m%d-%H%M%S")
-    from featurestore.compare import runs_task
-
-    task = runs_task(paths)
-    if task == "multiclass":
-        _compare_multiclass(paths, config, out_dir, explain=explain, as_json=as_json)
-        return
-    if task == "multilabel":
-        _compare_multilabel(paths, config, out_dir, as_json=as_json)
-        return
     if explain < 0:
         from featurestore.errors import XrayError
 
@@ -163,86 +149,12 @@ def compare(
     render_comparison(cmp, as_json=as_json, report=report)
 
 
-def _compare_multiclass(
-    paths: list[Path], config: Any, out_dir: Path, *, explain: int, as_json: bool
-) -> None:
-    """Multi-class runs: headline metrics with intervals, McNemar, the report folder."""
-    from featurestore.compare import compare_multiclass_runs, write_multiclass_report
-
-    if explain:
-        notice("--explain: Grad-CAM in the report is for binary runs; use `xray explain` per run")
-    cmp = compare_multiclass_runs(paths, config)
-    report = write_multiclass_report(cmp, out_dir)
-    render_multiclass(cmp, as_json=as_json, report=report)
-
-
-def _compare_multilabel(paths: list[Path], config: Any, out_dir: Path, *, as_json: bool) -> None:
-    """Multi-label runs: macro and per-finding AUC with intervals, DeLong per finding (Holm)."""
-    from featurestore.compare import compare_multilabel_runs, write_multilabel_report
-
-    cmp = compare_multilabel_runs(paths, config)
-    report = write_multilabel_report(cmp, out_dir)
-    render_multilabel(cmp, as_json=as_json, report=report)
-
-
-def render_multilabel(cmp: MultilabelComparison, *, as_json: bool, report: Path) -> None:
-    """A multi-label comparison as a rich table of AUCs with intervals (or JSON)."""
-    from featurestore.compare import json_safe
-
-    config = cmp.config
-    if as_json:
-        import json
-
-        doc = json_safe(cmp.as_dict())
-        doc["report"] = str(report)
-        typer.echo(json.dumps(doc, indent=2, default=str))
-        return
-    for note in cmp.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
-    emit_table(
-        f"Multi-label test AUC, 95% CI ({config.resample} bootstrap)",
-        ["run", "macro AUC", *cmp.findings],
-        [
-            [
-                r.label,
-                fmt_short(r.macro_auc),
-                *(fmt_short(r.per_label[f]["auc"]) for f in cmp.findings),
-            ]
-            for r in cmp.rows
-        ],
-        as_json=False,
-    )
-    console.print(f"report: [bold]{report}[/]", highlight=False)
-
-
-def render_multiclass(cmp: MulticlassComparison, *, as_json: bool, report: Path) -> None:
-    """A multi-class comparison as a rich table with the baseline (or JSON), and the report."""
-    from featurestore.compare import MULTICLASS_TABLE_METRICS, json_safe
-
-    config = cmp.config
-    if as_json:
-        import json
-
-        doc = json_safe(cmp.as_dict())
-        doc["report"] = str(report)
-        typer.echo(json.dumps(doc, indent=2, default=str))
-        return
-    for note in cmp.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
-    emit_table(
-        f"Multi-class test metrics (argmax), 95% CI ({config.resample} bootstrap)",
-        ["run", *MULTICLASS_TABLE_METRICS],
-        [[r.label, *(fmt_short(r.metrics[m]) for m in MULTICLASS_TABLE_METRICS)] for r in cmp.rows]
-        + [
-            [f"majority ({cmp.baseline['majority_class']})"]
-            + [_fmt_value(cmp.baseline.get(m)) for m in MULTICLASS_TABLE_METRICS]
-        ],
-        as_json=False,
-    )
-    console.print(f"report: [bold]{report}[/]", highlight=False)
-
-
-CONSOLE_METRICS = ("accuracy", "f1_macro", "sensitivity", "specificity", "roc_auc")
+# The terminal's headline columns per task (loss is in the compute table; the report has all).
+CONSOLE_METRICS = {
+    "binary": ("accuracy", "f1_macro", "sensitivity", "specificity", "roc_auc"),
+    "multiclass": ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro"),
+    "multilabel": ("roc_auc_macro",),
+}
 
 
 def fmt_short(iv: Interval) -> str:
@@ -259,13 +171,10 @@ def _fmt_value(value: float | None) -> str:
 
 LEGEND = (
     "Each cell: estimate over its 95% bootstrap interval [low,high]; -: undefined on this "
-    "test set; †: unreliable (a class has fewer than {min_units} patients, or >1% of "
+    "test set; †: unreliable (a class has fewer than {min_units} {unit}, or >1% of "
     "resamples undefined)."
 )
-PAIR_LEGEND = (
-    "A/B only right: test images only A (only B) classifies correctly, McNemar's discordant "
-    "pairs. Tests {clustered}; p Holm: adjusted over the {n} pairs (Holm 1979)."
-)
+PAIR_LEGEND = "Tests {clustered}; Holm p: adjusted over the {n} pairs (Holm 1979), per test."
 
 
 def render_comparison(
@@ -275,11 +184,17 @@ def render_comparison(
     report: Path | None,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """The comparison: warnings, the verdict, then the tables (or one JSON document, with
-    `extra` keys added)."""
+    """The comparison of runs of any task: warnings, the verdict, then the tables (or one
+    JSON document, with `extra` keys added)."""
     from rich.markup import escape
 
-    from featurestore.compare import METRIC_TITLES, TABLE_METRICS, fmt_best, fmt_p
+    from featurestore.compare import (
+        METRIC_TITLES,
+        THRESHOLD_TITLES,
+        fmt_best,
+        pair_rows,
+        test_set_line,
+    )
 
     from .common import print_table
 
@@ -294,27 +209,41 @@ def render_comparison(
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
     for warning in cmp.warnings:
-        console.print(f"[bold white on red] \u26a0 {escape(warning)} [/]", highlight=False)
+        console.print(f"[bold white on red] ⚠ {escape(warning)} [/]", highlight=False)
     if cmp.verdict is not None:
         console.print("[bold]Verdict[/]")
         for line in cmp.verdict.lines:
             console.print(f"  {line}", highlight=False, markup=False)
     for note in cmp.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    task = cmp.task
+    shown = CONSOLE_METRICS[task.kind]
+    first = cmp.decisions[0].name
     b = cmp.baseline
+    base = f"majority ({b['majority_class']})" if b.get("majority_class") else "prevalence rule"
+    legend = LEGEND.format(min_units=cmp.config.min_units_per_class, unit=cmp.config.resample)
     print_table(
-        f"Test metrics at the validation threshold ({cmp.config.resample} bootstrap, "
-        f"{cmp.test_set['images']} images, {cmp.test_set['patients']} patients)",
-        ["run"] + [METRIC_TITLES[m] for m in CONSOLE_METRICS],
-        [[r.label] + [fmt_short(r.metrics["at_threshold"][m]) for m in CONSOLE_METRICS]
-         for r in cmp.rows]
-        + [[f"majority ({b['majority_class']})"]
-           + [_fmt_value(b.get(m)) for m in CONSOLE_METRICS]],
-        legend=LEGEND.format(min_units=cmp.config.min_units_per_class),
-    )  # fmt: skip
+        f"Test metrics at the {THRESHOLD_TITLES[first]} ({cmp.config.resample} bootstrap; "
+        f"{test_set_line(cmp).removeprefix('Test set: ').rstrip('.')})",
+        ["run"] + [METRIC_TITLES[m] for m in shown],
+        [[r.label] + [fmt_short(r.metrics[first][m]) for m in shown] for r in cmp.rows]
+        + [[base] + [_fmt_value(b.get(m)) for m in shown]],
+        legend=legend,
+    )
+    if task.per_class_metrics:
+        noun = task.unit_noun
+        metric = "auc"
+        print_table(
+            f"Per {noun}: test ROC-AUC" + (" (one-vs-rest)" if task.multiclass else ""),
+            ["run", *task.class_names],
+            [[r.label, *(fmt_short(r.per_class[c][metric]) for c in task.class_names)]
+             for r in cmp.rows],
+        )  # fmt: skip
+    loss_at = cmp.decisions[-1].name
     print_table(
         "Training and compute",
-        ["run", "trainable", "best / run", "s/epoch", "extract s", "test loss"],
+        ["run", "trainable", "best / run", "s/epoch", "extract s"]
+        + (["test loss"] if "loss" in task.table_metrics else []),
         [
             [
                 r.label,
@@ -322,8 +251,8 @@ def render_comparison(
                 fmt_best(r) + (" (early stop)" if r.stopped_early else ""),
                 f"{r.seconds_per_epoch:.2f}" + (" per C" if r.swept == "C" else ""),
                 "-" if r.extraction_seconds is None else f"{r.extraction_seconds:.1f} once",
-                fmt_short(r.metrics["at_0.5"]["loss"]),
             ]
+            + ([fmt_short(r.metrics[loss_at]["loss"])] if "loss" in task.table_metrics else [])
             for r in cmp.rows
         ],
         legend="best / run: best epoch / epochs run (logreg: the C kept / C values swept)."
@@ -332,37 +261,23 @@ def render_comparison(
     )
     if cmp.pairs:
         clustered = "clustered by patient" if cmp.config.resample == "patients" else "by image"
+        head, rows = pair_rows(cmp, undefined="-")
         print_table(
             "Paired tests (same test images)",
-            [
-                *("A", "B", "A only right", "B only right", "McNemar p", "McNemar p Holm"),
-                *("AUC A-B", "DeLong p", "DeLong p Holm"),
-            ],
-            [
-                [
-                    p.a,
-                    p.b,
-                    str(p.mcnemar.b),
-                    str(p.mcnemar.c),
-                    fmt_p(p.mcnemar.p_value),
-                    fmt_p(p.mcnemar_p_holm),
-                    "-" if p.delong is None else f"{p.delong.diff:+.3f}",
-                    fmt_p(None if p.delong is None else p.delong.p_value),
-                    fmt_p(p.delong_p_holm),
-                ]
-                for p in cmp.pairs
-            ],
-            legend=PAIR_LEGEND.format(clustered=clustered, n=len(cmp.pairs)),
+            head,
+            rows,
+            legend=PAIR_LEGEND.format(clustered=clustered, n=len(cmp.pairs))
+            + (" DeLong per finding: in the report." if task.multilabel else ""),
         )
     if cmp.seed_groups:
         print_table(
             "Across seeds (same settings, distinct seeds): mean ± sd",
-            ["configuration", "seeds"] + [METRIC_TITLES[m] for m in TABLE_METRICS],
+            ["configuration", "seeds"] + [METRIC_TITLES[m] for m in cmp.metrics],
             [
                 [g.label, ", ".join(map(str, g.seeds))]
                 + [
                     "-" if g.mean[m] != g.mean[m] else f"{g.mean[m]:.3f} ± {g.std[m]:.3f}"
-                    for m in TABLE_METRICS
+                    for m in cmp.metrics
                 ]
                 for g in cmp.seed_groups
             ],
@@ -495,19 +410,12 @@ def demo(
         err_console.print(
             "[bold yellow on red] RANDOM-INIT BACKBONES: a pipeline check, not a result [/]"
         )
-    from featurestore.compare import MulticlassComparison, MultilabelComparison
-
-    if isinstance(result.comparison, MultilabelComparison):
-        render_multilabel(result.comparison, as_json=as_json, report=result.report)
-    elif isinstance(result.comparison, MulticlassComparison):
-        render_multiclass(result.comparison, as_json=as_json, report=result.report)
-    else:
-        render_comparison(
-            result.comparison,
-            as_json=as_json,
-            report=result.report,
-            extra={"commands": result.commands},
-        )
+    render_comparison(
+        result.comparison,
+        as_json=as_json,
+        report=result.report,
+        extra={"commands": result.commands},
+    )
     if not as_json:
         console.print("\n[bold]The same study, step by step[/] (same settings, same runs):")
         for command in result.commands:

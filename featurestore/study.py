@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from featurestore.compare import Comparison, MulticlassComparison, MultilabelComparison
+    from featurestore.compare import Comparison
 
 Notice = Callable[[str], None]
 
@@ -27,8 +27,8 @@ class StudyResult:
     random_init: bool
     runs: list[Path]
     report: Path
-    comparison: Comparison | MulticlassComparison | MultilabelComparison
-    """Binary runs: Comparison; multi-class runs (`labels="kermany3"`): MulticlassComparison."""
+    comparison: Comparison
+    """The comparison of the study's runs (any task)."""
     commands: list[str] = field(default_factory=list)
     """The same study as step-by-step commands (study_commands)."""
 
@@ -204,18 +204,6 @@ def run_study(
         data=data, config=config, weights=weights, cache_dir=cache_dir, study_runs=study_runs,
         stores=stores,
     )  # fmt: skip
-    if manifest.task == "multilabel":
-        from featurestore.compare import compare_multilabel_runs, write_multilabel_report
-
-        tagged = compare_multilabel_runs(run_paths, CompareConfig(n_boot=config.n_boot))
-        report = write_multilabel_report(tagged, out)
-        return StudyResult(weights, random_init, run_paths, report, tagged, commands)
-    if manifest.task == "multiclass":
-        from featurestore.compare import compare_multiclass_runs, write_multiclass_report
-
-        multi = compare_multiclass_runs(run_paths, CompareConfig(n_boot=config.n_boot))
-        report = write_multiclass_report(multi, out)
-        return StudyResult(weights, random_init, run_paths, report, multi, commands)
     comparison = compare_runs(run_paths, CompareConfig(n_boot=config.n_boot))
     report = write_report(comparison, out)
     return StudyResult(weights, random_init, run_paths, report, comparison, commands)

@@ -134,7 +134,9 @@ def test_demo_multilabel_runs_on_a_findings_csv(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["task"] == "multilabel" and doc["findings"] == ["Blob", "Band"]
+    assert doc["task"] == "multilabel" and doc["class_names"] == ["Blob", "Band"]
     assert sorted(r["mode"] for r in doc["runs"]) == ["finetune", "frozen"]
-    assert set(doc["pairs"][0]["holm_p"]) == {"Blob", "Band"}
+    per_finding = doc["pairs"][0]["per_finding"]
+    assert set(per_finding) == {"Blob", "Band"}
+    assert all(t is None or t["p_holm"] is not None for t in per_finding.values())
     assert Path(doc["report"]).is_file()

@@ -1,4 +1,5 @@
-"""Label-efficiency curves: test ROC-AUC with its bootstrap interval against training-set size."""
+"""Label-efficiency curves: the task's test ROC-AUC (macro for multi-class and multi-label) with
+its bootstrap interval against training-set size."""
 
 from __future__ import annotations
 
@@ -28,20 +29,24 @@ class CurvePoint:
     """`f0.1` (fraction of train patients), `k5` (images per class) or `all`."""
     seed: int
     auc: Interval
-    """Test ROC-AUC and its bootstrap interval (the comparison's resampling)."""
+    """The task's primary test metric (ROC-AUC; macro ROC-AUC for multi-class and multi-label)
+    and its bootstrap interval (the comparison's resampling)."""
 
 
 def curve_points(cmp: Comparison) -> list[CurvePoint]:
     """The runs of lines that were trained at two or more training-set sizes, smallest first.
 
     A run's size is config.json's `train_images` (label-efficiency runs), else the sum of its
-    recorded train class counts (a run on all of train). Lines with one size have no curve.
+    recorded train class counts (a single-label run on all of train; a multi-label run's counts
+    are positives per finding, so it needs `train_images`). Lines with one size have no curve.
     """
     points: list[CurvePoint] = []
+    metric = cmp.task.primary_metric
     for row, record in zip(cmp.rows, cmp.records, strict=True):
         cfg = record.config
         counts = (cfg.get("class_counts") or {}).get("train") or {}
-        size = cfg.get("train_images", sum(int(v) for v in counts.values()) or None)
+        total = None if cmp.task.multilabel else sum(int(v) for v in counts.values()) or None
+        size = cfg.get("train_images", total)
         if size is None:
             continue
         sweep = " sweep" if cfg.get("sweep") else ""
@@ -54,7 +59,7 @@ def curve_points(cmp: Comparison) -> list[CurvePoint]:
                 train_patients=cfg.get("train_patients"),
                 subset=str(cfg.get("subset_tag") or "all"),
                 seed=row.seed,
-                auc=row.metrics["at_0.5"]["roc_auc"],
+                auc=row.primary(metric),
             )
         )
     sizes: dict[str, set[int]] = {}
@@ -64,7 +69,7 @@ def curve_points(cmp: Comparison) -> list[CurvePoint]:
     return sorted(kept, key=lambda p: (p.line, p.train_images, p.seed))
 
 
-def plot_curves(points: Sequence[CurvePoint], path: Path) -> bool:
+def plot_curves(points: Sequence[CurvePoint], path: Path, *, title: str = "ROC-AUC") -> bool:
     """label_efficiency.png: each run's AUC with its interval; a line through the seed means."""
     if not points:
         return False
@@ -92,8 +97,8 @@ def plot_curves(points: Sequence[CurvePoint], path: Path) -> bool:
     ax.xaxis.set_major_formatter(ScalarFormatter())  # 10, 100, 1000 rather than 10^1 ...
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training images (log scale)")
-    ax.set_ylabel("test ROC-AUC")
-    ax.set_title("label efficiency: test ROC-AUC with bootstrap intervals")
+    ax.set_ylabel(f"test {title}")
+    ax.set_title(f"label efficiency: test {title} with bootstrap intervals")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path, dpi=110)
@@ -103,18 +108,22 @@ def plot_curves(points: Sequence[CurvePoint], path: Path) -> bool:
 def curve_section(cmp: Comparison, folder: Path) -> list[str]:
     """The report's "Label efficiency" section (Markdown lines) and its plot; [] when no line
     of the comparison was trained at several training-set sizes."""
+    from featurestore.compare.verdict import PRIMARY_TITLES
+
     points = curve_points(cmp)
-    if not plot_curves(points, folder / "label_efficiency.png"):
+    title = PRIMARY_TITLES[cmp.task.primary_metric]
+    if not plot_curves(points, folder / "label_efficiency.png", title=title):
         return []
     level = f"{100 * (1 - cmp.config.alpha):.0f}%"
     out = [
         "## Label efficiency",
         "",
-        f"Test ROC-AUC with its {level} bootstrap interval against the number of training "
-        "images: subsets of train drawn by patient, class-stratified, nested and seeded; "
-        "validation and test untouched.",
+        f"Test {title} with its {level} bootstrap interval against the number of training "
+        "images: subsets of train drawn by patient, "
+        + ("finding-stratified" if cmp.task.multilabel else "class-stratified")
+        + ", nested and seeded; validation and test untouched.",
         "",
-        "| line | train images | patients | subset | seed | test ROC-AUC |",
+        f"| line | train images | patients | subset | seed | test {title} |",
         "|---|---|---|---|---|---|",
     ]
     for p in points:

@@ -109,9 +109,9 @@ def evaluate_run(
     from featurestore.use import load_predictor
 
     config = config or EvaluateConfig()
-    from featurestore.compare.multiclass_analysis import runs_task
+    from featurestore.compare.analysis import runs_task
 
-    run_task = runs_task([Path(run_dir)])
+    run_task = runs_task([Path(run_dir)]).kind
     if run_task != "binary":
         # Said before any model is loaded or any image decoded (issue #28.5: a traceback).
         raise XrayError(

@@ -11,7 +11,18 @@ if TYPE_CHECKING:
     from featurestore.compare.analysis import Comparison, PairTest, RunRow
     from featurestore.runs import RunRecord
 
-PRIMARY_TITLES = {"roc_auc": "ROC-AUC", "accuracy": "accuracy"}
+PRIMARY_TITLES = {
+    "roc_auc": "ROC-AUC",
+    "roc_auc_macro": "macro ROC-AUC",
+    "accuracy": "accuracy",
+}
+_TEST_TITLES = {
+    "delong": "clustered DeLong (Obuchowski 1997)",
+    "auc_difference": "paired patient bootstrap of the difference (Davison & Hinkley 1997)",
+    "mcnemar": "clustered McNemar (Durkalski et al. 2003)",
+}
+# The paired test behind each primary metric.
+_TEST_OF = {"roc_auc": "delong", "roc_auc_macro": "auc_difference", "accuracy": "mcnemar"}
 
 
 @dataclass(frozen=True)
@@ -19,7 +30,8 @@ class Verdict:
     """Which run is best on the primary metric, by how much, and whether that is significant."""
 
     metric: str
-    """"roc_auc", or "accuracy" (at the validation threshold) when an AUC is undefined."""
+    """The task's primary metric (ROC-AUC; macro ROC-AUC for multi-class and multi-label), or
+    accuracy (at the first decision rule) when an AUC is undefined for a single-label task."""
     best: str
     estimate: float
     lo: float
@@ -28,14 +40,14 @@ class Verdict:
     margin: float | None
     """best - runner-up, on the primary metric."""
     test: str | None
-    """The paired test behind p_value (clustered DeLong or clustered McNemar)."""
+    """The paired test behind p_value (clustered DeLong, paired bootstrap or McNemar)."""
     p_value: float | None
     p_adjusted: float | None
     """p_value after Holm's correction over every pair compared."""
     n_pairs: int
     significant: bool | None
     baseline: float | None
-    """The majority-class rule's value of the primary metric."""
+    """The majority-class (prevalence) rule's value of the primary metric."""
     lines: list[str] = field(default_factory=list)
     """The verdict as sentences, first thing in the terminal and the report."""
 
@@ -48,47 +60,57 @@ def _find_pair(pairs: list[PairTest], a: str, b: str) -> PairTest | None:
 
 
 def make_verdict(cmp: Comparison) -> Verdict:
-    """Rank the runs on ROC-AUC (accuracy when an AUC is undefined) at the validation
-    threshold; test the best against the runner-up with the clustered paired test of that
-    metric (stats.clustered_delong_test, Obuchowski 1997; stats.clustered_mcnemar, Durkalski
-    et al. 2003) and Holm's correction over all pairs (stats.holm)."""
+    """Rank the runs on the task's primary metric (ROC-AUC; macro ROC-AUC for multi-class and
+    multi-label; accuracy when an AUC is undefined for a single-label task) at the first
+    decision rule; test the best against the runner-up with the paired test of that metric
+    (clustered DeLong, Obuchowski 1997; the paired patient bootstrap of the macro AUC
+    difference; clustered McNemar, Durkalski et al. 2003) and Holm's correction over all pairs
+    (stats.holm)."""
     rows = cmp.rows
-    metric = "roc_auc"
-    if not all(r.metrics["at_threshold"]["roc_auc"].defined for r in rows):
+    metric = cmp.task.primary_metric
+    if not all(r.primary(metric).defined for r in rows) and not cmp.task.multilabel:
         metric = "accuracy"
     title = PRIMARY_TITLES[metric]
-    ranked = sorted(rows, key=lambda r: -r.metrics["at_threshold"][metric].estimate)
-    best = ranked[0]
-    iv = best.metrics["at_threshold"][metric]
     level = f"{100 * (1 - cmp.config.alpha):.0f}%"
-    lines = [
-        f"Best on {title}: {best.label}, {iv.estimate:.3f} ({level} CI {iv.lo:.3f}-{iv.hi:.3f}"
-        + ("" if iv.reliable else ", unreliable: too few patients of a class")
-        + ")."
-    ]
+    ranked = sorted(
+        rows, key=lambda r: -r.primary(metric).estimate if r.primary(metric).defined else 1.0
+    )
+    best = ranked[0]
+    iv = best.primary(metric)
+    lines = []
+    if not iv.defined:
+        lines.append(f"Best on {title}: undefined for every run on this test set (see the notes).")
+    else:
+        lines.append(
+            f"Best on {title}: {best.label}, {iv.estimate:.3f} ({level} CI {iv.lo:.3f}-{iv.hi:.3f}"
+            + ("" if iv.reliable else ", unreliable: too few patients of a class")
+            + ")."
+        )
     runner = ranked[1] if len(ranked) > 1 else None
     margin = p = p_adj = None
     test = None
     significant = None
     if runner is None:
         lines.append("Only one run: there is nothing to compare it with.")
-    else:
-        margin = iv.estimate - runner.metrics["at_threshold"][metric].estimate
+    elif iv.defined:
+        margin = iv.estimate - runner.primary(metric).estimate
         pair = _find_pair(cmp.pairs, best.label, runner.label)
         clustered = cmp.config.resample == "patients"
         unit = "patients as clusters" if clustered else "images as independent"
+        paired = None if pair is None else pair.test(_TEST_OF[metric])
         if pair is None:
             lines.append(
                 f"Runner-up: {runner.label}, {margin:+.3f} behind; not tested "
                 "(different test sets)."
             )
+        elif paired is None or paired.p_value is None:
+            lines.append(
+                f"Runner-up: {runner.label}, {margin:.3f} lower; the paired test is undefined "
+                "on this test set."
+            )
         else:
-            if metric == "roc_auc" and pair.delong is not None:
-                test = "clustered DeLong (Obuchowski 1997)"
-                p, p_adj = pair.delong.p_value, pair.delong_p_holm
-            else:
-                test = "clustered McNemar (Durkalski et al. 2003)"
-                p, p_adj = pair.mcnemar.p_value, pair.mcnemar_p_holm
+            test = _TEST_TITLES[paired.name]
+            p, p_adj = paired.p_value, paired.p_holm
             assert p_adj is not None
             significant = p_adj < cmp.config.alpha
             n = len(cmp.pairs)
@@ -105,22 +127,25 @@ def make_verdict(cmp: Comparison) -> Verdict:
     b = cmp.baseline
     base_value = b.get(metric)
     acc = b.get("accuracy")
-    lines.append(
-        f"Majority-class baseline (always {b['majority_class']}): accuracy "
-        + ("n/a" if acc is None else f"{acc:.3f}")
-        + ", ROC-AUC 0.500 (a constant ranks nothing)."
-    )
+    if cmp.task.multilabel:
+        lines.append(f"Baseline ({b['rule']}): macro ROC-AUC 0.500 (a constant ranks nothing).")
+    else:
+        lines.append(
+            f"Majority-class baseline (always {b['majority_class']}): accuracy "
+            + ("n/a" if acc is None else f"{acc:.3f}")
+            + f", {'ROC-AUC' if cmp.task.binary else 'macro ROC-AUC'} 0.500 "
+            "(a constant ranks nothing)."
+        )
+    auc = cmp.task.primary_metric
     chance = [
         r.label + _why_not_learned(r)
         for r in rows
-        if r.metrics["at_threshold"]["roc_auc"].defined
-        and r.metrics["at_threshold"]["roc_auc"].lo <= 0.5
+        if r.primary(auc).defined and r.primary(auc).lo <= 0.5
     ]
     if chance:
         lines.append(
-            "No better than chance on this test set (ROC-AUC interval includes 0.5): "
-            + "; ".join(chance)
-            + "."
+            f"No better than chance on this test set ({PRIMARY_TITLES[auc]} interval includes "
+            "0.5): " + "; ".join(chance) + "."
         )
     return Verdict(
         metric,

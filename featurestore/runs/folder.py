@@ -250,7 +250,10 @@ class RunRecord:
 
     @property
     def task(self) -> Task:
-        """The run's task, as its config.json records it (XrayError when it names no classes)."""
+        """The run's task, as its config.json records it (XrayError when it names no classes);
+        a record without `task` whose predictions.csv has y_<finding> columns is multi-label."""
+        if "task" not in self.config and "targets" in self.predictions:
+            return Task.from_record({**self.config, "task": "multilabel"})
         return Task.from_record(self.config)
 
     def split_predictions(self, split: str) -> dict[str, np.ndarray]:

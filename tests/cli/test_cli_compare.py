@@ -85,6 +85,6 @@ def test_issue_13_2_compare_runs_on_a_one_class_test_split(  # type: ignore[no-u
     row = doc["runs"][0]["metrics"]["at_threshold"]
     assert row["specificity"]["estimate"] is None and row["roc_auc"]["estimate"] is None
     assert row["sensitivity"]["estimate"] is not None
-    assert doc["pairs"][0]["delong"] is None
+    assert doc["pairs"][0]["tests"]["delong"]["p_value"] is None
     report = (tmp_path / "rep" / "report.md").read_text()
     assert "n/a" in report and "RANDOM WEIGHTS: All runs use" in report

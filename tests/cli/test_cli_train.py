@@ -344,8 +344,11 @@ def test_kermany3_extract_fit_head_finetune_compare_end_to_end(tmp_path: Path) -
                                  "--out", str(out), "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
-    assert doc["task"] == "multiclass" and len(doc["runs"]) == 2 and len(doc["pairs"]) == 1
-    assert doc["pairs"][0]["mcnemar"]["method"] in ("exact", "chi2-cc")
+    assert doc["task"] == "multiclass" and len(doc["runs"]) == 2
+    assert len(doc["pairs"]) == 1
+    assert doc["pairs"][0]["tests"]["mcnemar"]["detail"]["method"] in ("exact", "clustered-chi2")
+    assert doc["pairs"][0]["tests"]["auc_difference"]["metric"] == "roc_auc_macro"
+    assert doc["verdict"]["metric"] in ("roc_auc_macro", "accuracy")
     assert doc["baseline"]["majority_class"] in ("NORMAL", "BACTERIAL", "VIRAL")
     for name in ("report.md", "report.html", "table.csv", "roc.png", "confusion.png"):
         assert (out / name).is_file()
@@ -399,8 +402,10 @@ def test_nih_layout_multilabel_end_to_end(tmp_path: Path) -> None:
     doc = json.loads(result.output)
     assert doc["task"] == "multilabel" and len(doc["pairs"]) == 1
     pair = doc["pairs"][0]
-    assert pair["delong"]["Atelectasis"] is None  # one class on test: no test
-    assert set(pair["holm_p"]) == {"Cardiomegaly", "Effusion"}
+    assert pair["per_finding"]["Atelectasis"] is None  # one class on test: no test
+    tested = {f for f, t in pair["per_finding"].items() if t is not None}
+    assert tested == {"Cardiomegaly", "Effusion"}
+    assert all(pair["per_finding"][f]["p_holm"] is not None for f in tested)
     assert (tmp_path / "report" / "roc.png").is_file()
 
 

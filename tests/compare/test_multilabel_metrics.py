@@ -69,22 +69,3 @@ def test_holm_adjusts_step_down_and_stays_monotone() -> None:
     # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> 0.04, 0.06, 0.06 (monotone), 0.5.
     assert holm([0.03, 0.01, 0.5, 0.02]) == pytest.approx([0.06, 0.04, 0.5, 0.06])
     assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])
-
-
-def test_label_auc_replicates_equal_sklearn_on_the_same_patient_resamples() -> None:
-    from featurestore.compare import label_auc_replicates
-
-    y, p = _sample(n=30, seed=2)
-    groups = np.array([f"p{i // 3}" for i in range(30)])
-    reps = label_auc_replicates(y, p, groups=groups, n_boot=5, seed=11)
-    _, unit = np.unique(groups, return_inverse=True)
-    draws = np.random.default_rng(11).integers(0, 10, size=(5, 10))
-    for b in range(5):
-        idx = np.concatenate([np.flatnonzero(unit == u) for u in draws[b]])
-        for k in range(3):
-            yk, pk = y[idx, k], p[idx, k]
-            obs = ~np.isnan(yk)
-            if 0 < yk[obs].sum() < obs.sum():
-                assert reps[b, k] == pytest.approx(roc_auc_score(yk[obs], pk[obs]))
-            else:
-                assert np.isnan(reps[b, k])

@@ -205,7 +205,7 @@ def test_mcnemar_uses_each_runs_own_threshold(tmp_path: Path) -> None:
     assert discordant(correct_at(a, 0.5), correct_at(b, 0.5)) != expected
     assert discordant(correct_at(a, 0.7), correct_at(b, 0.3)) != expected
     pair = compare_runs([a, b], CompareConfig(n_boot=200)).pairs[0]
-    assert (pair.mcnemar.b, pair.mcnemar.c) == expected
+    assert (pair.tests["mcnemar"].result.b, pair.tests["mcnemar"].result.c) == expected
     order = sorted(ca)
     patient = dict(zip(make_test_set()[0], make_test_set()[1], strict=True))
     ref = clustered_mcnemar(
@@ -213,21 +213,25 @@ def test_mcnemar_uses_each_runs_own_threshold(tmp_path: Path) -> None:
         np.array([cb[k] for k in order]),
         [patient[k] for k in order],
     )
-    assert pair.mcnemar == ref
+    assert pair.tests["mcnemar"].result == ref
 
 
 def test_mcnemar_pair_matches_hand_count(four_runs: list[Path]) -> None:
     cmp = compare_runs(four_runs[:2], CompareConfig(n_boot=200))
     pair = cmp.pairs[0]
     ca, cb = correct_at(four_runs[0], 0.5), correct_at(four_runs[1], 0.5)
-    assert (pair.mcnemar.b, pair.mcnemar.c) == discordant(ca, cb)
+    assert (pair.tests["mcnemar"].result.b, pair.tests["mcnemar"].result.c) == discordant(ca, cb)
     keys = sorted(ca)
     a, b_ = np.array([ca[k] for k in keys]), np.array([cb[k] for k in keys])
     patients = [k.rsplit("/", 1)[1].split("_")[0] for k in keys]
     # Two images per patient: the McNemar test clustered by patient (Durkalski 2003).
-    assert pair.mcnemar.p_value == pytest.approx(clustered_mcnemar(a, b_, patients).p_value)
+    assert pair.tests["mcnemar"].result.p_value == pytest.approx(
+        clustered_mcnemar(a, b_, patients).p_value
+    )
     by_image = compare_runs(four_runs[:2], CompareConfig(n_boot=200, resample="images"))
-    assert by_image.pairs[0].mcnemar.p_value == pytest.approx(mcnemar(a, b_).p_value)
+    assert by_image.pairs[0].tests["mcnemar"].result.p_value == pytest.approx(
+        mcnemar(a, b_).p_value
+    )
 
 
 def test_different_test_sets_refused_unless_allowed(tmp_path: Path) -> None:
@@ -347,9 +351,11 @@ def test_compare_gives_the_paired_tests_the_same_images(tmp_path: Path) -> None:
     y = np.array([ra[k][0] for k in order])
     pa, pb = np.array([ra[k][1] for k in order]), np.array([rb[k][1] for k in order])
     # Resampling patients (the default): DeLong clustered by patient.
-    assert pair.delong == clustered_delong_test(y, pa, pb, [ra[k][2] for k in order])
+    assert pair.tests["delong"].result == clustered_delong_test(
+        y, pa, pb, [ra[k][2] for k in order]
+    )
     by_image = compare_runs([a, b], CompareConfig(n_boot=200, resample="images")).pairs[0]
-    assert by_image.delong == clustered_delong_test(y, pa, pb, None)
+    assert by_image.tests["delong"].result == clustered_delong_test(y, pa, pb, None)
 
 
 def test_write_report_files(four_runs: list[Path], tmp_path: Path) -> None:
@@ -419,11 +425,14 @@ def test_issue_13_2_a_test_set_of_one_class_is_compared_with_undefined_columns(
         assert row.metrics["at_threshold"]["sensitivity"].defined
         assert row.metrics["at_threshold"]["accuracy"].defined
     assert any("PNEUMONIA images only" in n and "undefined" in n for n in cmp.notes)
-    assert cmp.pairs[0].delong is None and cmp.pairs[0].mcnemar.p_value <= 1
+    assert (
+        cmp.pairs[0].tests["delong"].result is None
+        and cmp.pairs[0].tests["mcnemar"].result.p_value <= 1
+    )
     assert cmp.verdict is not None and cmp.verdict.metric == "accuracy"
     doc = json.loads(json.dumps(json_safe(cmp.as_dict()), allow_nan=False))
     assert doc["runs"][0]["metrics"]["at_threshold"]["specificity"]["estimate"] is None
-    assert doc["pairs"][0]["delong"] is None
+    assert doc["pairs"][0]["tests"]["delong"]["p_value"] is None
     text = write_report(cmp, tmp_path / "rep").read_text()
     assert "n/a" in text and "nan" not in text.lower().replace("pneumonia", "")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurestore.compare import compare_multiclass_runs, compare_multilabel_runs
+from featurestore.compare import compare_runs
 from featurestore.config import CompareConfig
 from featurestore.runs import HISTORY_COLUMNS
 
@@ -47,16 +47,20 @@ def test_multiclass_intervals_count_resamples_and_flag_a_one_patient_class(tmp_p
             p[y] += 0.5
             rows.append(["test", f"k{i}", g, y, *map(repr, p.tolist()), int(np.argmax(p))])
         runs.append(_run(tmp_path / f"run{r}", names, rows, head, seed=r))
-    cmp = compare_multiclass_runs(runs, CompareConfig(n_boot=300, seed=1))
+    cmp = compare_runs(runs, CompareConfig(n_boot=300, seed=1))
+    assert cmp.task.multiclass
     row = cmp.rows[0]
-    for interval in row.metrics.values():
+    for interval in row.metrics["argmax"].values():
         assert interval.n_boot == 300
-    assert row.metrics["accuracy"].reliable  # conditions on no class: 41 patients
-    assert not row.metrics["roc_auc_macro"].reliable  # the macro needs class C: 1 patient
+    assert row.metrics["argmax"]["accuracy"].reliable  # conditions on no class: 41 patients
+    assert not row.metrics["argmax"]["roc_auc_macro"].reliable  # needs class C: 1 patient
     assert not row.per_class["C"]["recall"].reliable
     assert row.per_class["A"]["recall"].reliable
     assert row.per_class["C"]["auc"].n_undefined > 0  # resamples without C's one patient
-    assert cmp.pairs[0].macro_auc_diff.n_boot == 300
+    diff = cmp.pairs[0].tests["auc_difference"]
+    assert (
+        diff.p_value is not None and diff.lo is not None and diff.lo <= diff.difference <= diff.hi
+    )
 
 
 def test_multilabel_intervals_count_resamples_and_flag_undefined_labels(tmp_path: Path) -> None:
@@ -72,9 +76,13 @@ def test_multilabel_intervals_count_resamples_and_flag_undefined_labels(tmp_path
             # F2 has no positive on test: its AUC is undefined.
             rows.append(["test", f"k{i}", f"p{i}", y1, repr(q1), int(q1 > 0.5), 0, repr(q2), 0])
         runs.append(_run(tmp_path / f"run{r}", names, rows, head, seed=r))
-    cmp = compare_multilabel_runs(runs, CompareConfig(n_boot=200, seed=2))
+    cmp = compare_runs(runs, CompareConfig(n_boot=200, seed=2))
+    assert cmp.task.multilabel
     row = cmp.rows[0]
-    assert row.per_label["F1"]["auc"].n_boot == 200 and row.per_label["F1"]["auc"].reliable
-    f2 = row.per_label["F2"]["auc"]
+    assert row.per_class["F1"]["auc"].n_boot == 200 and row.per_class["F1"]["auc"].reliable
+    f2 = row.per_class["F2"]["auc"]
     assert not f2.defined and f2.n_boot == 200 and not f2.reliable
-    assert row.macro_auc.n_boot == 200 and row.macro_auc.defined
+    macro = row.metrics["at_threshold"]["roc_auc_macro"]
+    assert macro.n_boot == 200 and macro.defined
+    assert cmp.pairs[0].per_finding["F2"] is None  # one class on test: DeLong undefined
+    assert cmp.pairs[0].per_finding["F1"] is not None
