@@ -4,14 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from featurestore.train import FitResult
+
+class FitResult(Protocol):
+    """What `write_plots` reads of a `featurestore.runs.FitResult` (plots sit below runs)."""
+
+    @property
+    def history(self) -> list[dict[str, float]]: ...
+
+    @property
+    def test(self) -> dict[str, Any]: ...
+
+    @property
+    def threshold(self) -> dict[str, Any]: ...
+
+    @property
+    def predictions(self) -> dict[str, Any]: ...
 
 
 def new_figure(

@@ -93,6 +93,61 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
+# The layers of docs/ARCHITECTURE.md, lowest first: a package imports only from its own layer's
+# modules or the layers below it. "base" is every top-level module of featurestore (errors,
+# config, tasks, fileio, devices, distributed, progress, plots).
+LAYERS: tuple[str, ...] = ("base", "data", "models", "store", "runs", "use", "compare", "train",
+                           "study")  # fmt: skip
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "base"  # featurestore/__init__.py
+    return parts[1] if parts[1] in LAYERS else "base"
+
+
+def package_edges() -> dict[tuple[str, str], list[str]]:
+    """(from layer, to layer) -> the modules behind the import, counting every import: at run
+    time, lazy, under `if TYPE_CHECKING:` and through a package's `__init__`."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for path in LIBRARY.rglob("*.py"):
+        name = _module_name(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package
+                    for _ in range(node.level - 1):
+                        anchor = anchor.rpartition(".")[0]
+                    base = f"{anchor}.{base}" if base else anchor
+                targets = [base]
+            for target in targets:
+                if target.startswith("featurestore.") and not target.startswith("featurestore.cli"):
+                    key = (_layer(name), _layer(target))
+                    if key[0] != key[1]:
+                        edges.setdefault(key, []).append(name)
+    return edges
+
+
+def test_imports_point_down_the_stated_layers() -> None:
+    """No import (type-only ones included) reaches up a layer: the shared result and record
+    types (Task, FitResult) sit below everything that uses them."""
+    order = {layer: i for i, layer in enumerate(LAYERS)}
+    up = [
+        f"{src} -> {dst}: {', '.join(sorted(set(mods)))}"
+        for (src, dst), mods in sorted(package_edges().items())
+        if order[dst] > order[src]
+    ]
+    assert not up, "imports against the layer order:\n" + "\n".join(up)
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    assert " -> ".join(LAYERS) in text, "docs/ARCHITECTURE.md states another layer order"
+
+
 def test_the_cycle_finder_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
     assert find_cycles(graph) == [["a", "b", "c", "a"]]

@@ -108,6 +108,7 @@ from featurestore.compare.report import (
     threshold_cell,
     write_report,
 )
+from featurestore.compare.splits import choose_operating_point, split_metrics
 from featurestore.compare.stats import (
     DeLongResult,
     McNemarResult,
@@ -168,6 +169,7 @@ __all__ = [
     "check_multiclass_inputs",
     "check_multilabel_inputs",
     "choose_label_thresholds",
+    "choose_operating_point",
     "choose_threshold",
     "clustered_delong_test",
     "clustered_mcnemar",
@@ -220,6 +222,7 @@ __all__ = [
     "run_settings",
     "runs_task",
     "seed_groups",
+    "split_metrics",
     "test_arrays",
     "test_set_line",
     "threshold_cell",

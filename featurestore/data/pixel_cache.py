@@ -33,7 +33,7 @@ import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -45,7 +45,23 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from featurestore.data.manifest import Manifest
-    from featurestore.models import Preprocessing
+
+
+
+class Preprocessing(Protocol):
+    """The resize step of `featurestore.models.Preprocessing` (data sits below models, so the
+    cache names only what it reads)."""
+
+    @property
+    def resize(self) -> int:
+        """Short side (or both sides when `squash`) in pixels."""
+
+    @property
+    def interpolation(self) -> str: ...
+
+    @property
+    def squash(self) -> bool: ...
+
 
 PIXELS_FOLDER = ".pixels"
 """Where the cache lives under xray's cache folder (beside the stores and `.digests`)."""

@@ -28,6 +28,7 @@ from featurestore.runs.folder import (
     load_run,
     list_runs,
 )
+from featurestore.runs.result import FitResult, SplitPredictions
 from featurestore.runs.record import (
     Notice,
     RunSummary,
@@ -42,6 +43,8 @@ from featurestore.runs.record import (
 )
 
 __all__ = [
+    "FitResult",
+    "SplitPredictions",
     "EVALUATION_FILE",
     "EVALUATION_FILES",
     "is_evaluation",

@@ -21,7 +21,7 @@ from featurestore.tasks import Task
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from featurestore.train import FitResult
+    from featurestore.runs.result import FitResult
 
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "best.pt")
 PLOT_FILES = ("curves.png", "confusion.png", "roc.png")

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featurestore import library_versions
+from featurestore.config import TrainConfig
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from featurestore.train import FitResult
-    from featurestore.train import TrainConfig
+    from featurestore.runs.result import FitResult
 
 Notice = Callable[[str], None]
 

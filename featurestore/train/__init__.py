@@ -16,8 +16,6 @@ from featurestore.train.evaluation import (
     FitResult,
     SplitPredictions,
     conclude,
-    conclude_multiclass,
-    conclude_multilabel,
     evaluate,
     predict,
 )
@@ -112,8 +110,6 @@ __all__ = [
     "class_weights",
     "collate_images",
     "conclude",
-    "conclude_multiclass",
-    "conclude_multilabel",
     "drop_lonely_last",
     "epoch_generator",
     "evaluate",

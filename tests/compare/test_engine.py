@@ -13,8 +13,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from featurestore.compare import engine
-from featurestore.compare.engine import Decision, TestArrays
+from featurestore.compare import Decision, TestArrays, engine
 from featurestore.tasks import Task
 
 TASKS = {
