@@ -1,0 +1,30 @@
+"""Studies: a declared study file (`xray study run`) and the legacy demo study (`run_study`).
+
+`file` parses and checks a study file, `plan` says what a run will train or reuse, `run`
+trains it through the library's own functions, `report` answers the declared questions.
+"""
+
+from __future__ import annotations
+
+from featurestore.config import StudyConfig
+from featurestore.study.file import Arm, Question, Study, builtin_text, load_study, parse_study
+from featurestore.study.legacy import (
+    StudyResult,
+    resolve_study_weights,
+    run_study,
+    study_commands,
+)
+
+__all__ = [
+    "Arm",
+    "Question",
+    "Study",
+    "StudyConfig",
+    "StudyResult",
+    "builtin_text",
+    "load_study",
+    "parse_study",
+    "resolve_study_weights",
+    "run_study",
+    "study_commands",
+]
