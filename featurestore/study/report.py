@@ -81,10 +81,11 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
         if r.point is None:
             by_arm.setdefault(r.arm.name, []).append(records[r.key])
     metrics = _metrics_for(plan.task)
-    stats = {"n_boot": study.n_boot, "alpha": study.alpha, "seed": study.bootstrap_seed}
     answers = answer_questions(
         [(q.name, q.a, q.b, by_arm[q.a], by_arm[q.b], q.metric) for q in study.questions],
-        **stats,
+        n_boot=study.n_boot,
+        alpha=study.alpha,
+        seed=study.bootstrap_seed,
     )
     arms = []
     for arm in study.arms:
