@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from featurestore.compare.questions import METRICS, answer_questions, compare_pair
-from featurestore.compare.stats import clustered_delong_test
+from featurestore.compare import clustered_delong_test
+from featurestore.study import METRICS, answer_questions, compare_pair
 from featurestore.runs import RunRecord
 
 
