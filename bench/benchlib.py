@@ -189,13 +189,15 @@ def _fmt(value: Any) -> str:
 
 
 def forward_inputs(
-    model: str, data: Path, *, image_size: int, batch_size: int
+    model: str, data: Path, *, image_size: int, batch_size: int, chunk_size: int = 256
 ) -> tuple[Any, Any, Any, Any]:
     """(manifest, preprocessing, channels_last trunk, pre-decoded (B, 3, S, S) batches).
 
-    The batches are exactly what `extract` feeds its trunk (the model's own preprocessing after
-    draft-mode decoding), so forward-only and extraction are timed on the same work. The trunk
-    is random-init (`--weights none`, seed 0): the arithmetic is measured, not the weights.
+    The batches are exactly what `extract` feeds its trunk: the model's own preprocessing
+    after draft-mode decoding, cut as extraction cuts them (per split, per chunk of
+    `chunk_size` rows, then `batch_size`), so forward-only and extraction are timed on the
+    same work, partial batches at the ends of splits included. The trunk is random-init
+    (`--weights none`, seed 0): the arithmetic is measured, not the weights.
     """
     import torch
 
@@ -204,11 +206,27 @@ def forward_inputs(
 
     manifest = load_manifest(data, val_min=0)
     pre = preprocessing_for(model, "none", image_size)
-    tensors = [pre(manifest.open_image(r.key, min_size=pre.resize)) for r in manifest.records]
-    batches = [
-        torch.stack(tensors[a : a + batch_size]).contiguous(memory_format=torch.channels_last)
-        for a in range(0, len(tensors), batch_size)
-    ]
+    batches = []
+    for split in ("train", "val", "test"):
+        records = manifest.split(split)
+        tensors = [pre(manifest.open_image(r.key, min_size=pre.resize)) for r in records]
+        for start in range(0, len(tensors), chunk_size):
+            chunk = tensors[start : start + chunk_size]
+            batches.extend(
+                torch.stack(chunk[a : a + batch_size]).contiguous(memory_format=torch.channels_last)
+                for a in range(0, len(chunk), batch_size)
+            )
     torch.manual_seed(0)
     trunk = load_backbone(model, "none").trunk.eval().to(memory_format=torch.channels_last)
     return manifest, pre, trunk, batches
+
+
+def full_batches(batches: Sequence[Any], batch_size: int) -> list[Any]:
+    """The same images re-cut into full batches (the last may be short): forward at its best."""
+    import torch
+
+    flat = torch.cat(list(batches))
+    return [
+        flat[a : a + batch_size].contiguous(memory_format=torch.channels_last)
+        for a in range(0, len(flat), batch_size)
+    ]

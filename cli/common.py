@@ -127,18 +127,26 @@ def table_layouts(
 ) -> list[RenderableType]:
     """The layouts of one table that fit `width`, widest first: as given, transposed (one
     column per row), and vertical (one field/value table per row; always present)."""
+    from rich.text import Text
+
+    # Titles are lines of their own, never a table's title: rich wraps a title to its table's
+    # width, which at 80 columns left a title folded into a 24-column strip (issue #28.10).
+    heading = Text(title, style="bold")
     transposed = [[columns[k]] + [r[k] for r in rows] for k in range(1, len(columns))]
     tables = [
-        _table(title, columns, rows, width),
-        _table(title, [columns[0]] + [r[0] for r in rows], transposed, width),
+        _table(None, columns, rows, width),
+        _table(None, [columns[0]] + [r[0] for r in rows], transposed, width),
     ]
-    vertical = [
-        _table(f"{title}: {row[0]}" if k == 0 else str(row[0]), [columns[0], ""],
-               [[c, v] for c, v in zip(columns[1:], row[1:], strict=True)], max(width, 40))
-        for k, row in enumerate(rows)
-    ]  # fmt: skip
-    fitting: list[RenderableType] = [t for t in tables if t is not None]
-    return [*fitting, Group(*(t for t in vertical if t is not None))]
+    vertical: list[RenderableType] = [heading]
+    for row in rows:
+        # One field/value table per row, its header naming both columns (never blank).
+        table = _table(None, [columns[0], "value"],
+                       [[c, v] for c, v in zip(columns[1:], row[1:], strict=True)],
+                       max(width, 40))  # fmt: skip
+        if table is not None:
+            vertical += [Text(f"{columns[0]}: {row[0]}"), table]
+    fitting: list[RenderableType] = [Group(heading, t) for t in tables if t is not None]
+    return [*fitting, Group(*vertical)]
 
 
 def print_table(

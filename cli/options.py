@@ -114,14 +114,21 @@ RehashFlag = Annotated[
         "recorded under the cache folder for files whose size, times and inode are unchanged.",
     ),
 ]
+PixelCacheOpt = Annotated[
+    float,
+    typer.Option(
+        "--pixel-cache-gb",
+        help="Keep decoded, resized images in <cache>/.pixels (shared by every backbone that "
+        "resizes alike and by fine-tune epochs) up to this many GB; 0: off.",
+    ),
+]
 PrecisionOpt = Annotated[
     Precision | None,
     typer.Option(
         "--precision",
         help="What the backbone computes in: auto (bf16 on a CPU with native bf16/AMX, "
         "about twice as fast there; else fp32; autocast on CUDA), fp32 or bf16. Default: "
-        "fp32 on CPU, autocast on CUDA. Recorded; a store of another precision is another "
-        "store.",
+        "auto. Recorded; a store of another precision is another store.",
         show_default=False,
     ),
 ]

@@ -20,6 +20,7 @@ from .options import (
     JsonFlag,
     LabelScheme,
     LabelsOpt,
+    PixelCacheOpt,
     PrecisionOpt,
     RehashFlag,
     Uncertain,
@@ -124,6 +125,7 @@ def extract(
         ),
     ] = _EXTRACT.skip_bad,
     cache: CacheDir = DEFAULT_CACHE,
+    pixel_cache_gb: PixelCacheOpt = _EXTRACT.pixel_cache_gb,
     as_json: JsonFlag = False,
     labels: LabelsOpt = LabelScheme(_EXTRACT.labels),
     uncertain: UncertainOpt = Uncertain(_EXTRACT.uncertain),
@@ -168,6 +170,7 @@ def extract(
             precision=str(precision) if precision is not None else None,
             rehash=rehash,
             skip_bad=skip_bad,
+            pixel_cache_gb=pixel_cache_gb,
             progress=progress,
             notice=notice,
         )
@@ -188,6 +191,12 @@ def extract(
         "skipped": len(result.skipped),
         "seconds": result.seconds,
         "img/s": result.images_per_second,
+        "pixel cache": (
+            "off"
+            if result.pixel_cache_bytes is None
+            else f"{result.pixel_cache_bytes / 1e9:.2f} GB"
+            + (f", {result.pixel_cache_hits} hits" if result.pixel_cache_hits is not None else "")
+        ),
     }
     if as_json:
         extra = {"reason": result.reason, "skipped_keys": result.skipped}

@@ -39,6 +39,7 @@ from .options import (
     Monitor,
     MonitorOpt,
     PatienceOpt,
+    PixelCacheOpt,
     PrecisionOpt,
     RehashFlag,
     RunsDir,
@@ -88,6 +89,7 @@ def _warn_runs(summaries: Sequence[RunSummary]) -> None:
     for s in summaries:
         config = json.loads((s.path / "config.json").read_text())
         seen += [w for w in run_warnings(config) if w not in seen]
+        seen += [f"{s.path.name}: {n}" for n in s.threshold_notes]
     for w in seen:
         err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
 
@@ -395,6 +397,10 @@ def finetune(
     as_json: JsonFlag = False,
     labels: LabelsOpt = LabelScheme(_FT.labels),
     uncertain: UncertainOpt = Uncertain(_FT.uncertain),
+    cache: Annotated[
+        Path, typer.Option("--cache", help="xray's cache folder (its .pixels: decoded images).")
+    ] = DEFAULT_CACHE,
+    pixel_cache_gb: PixelCacheOpt = _FT.pixel_cache_gb,
 ) -> None:
     """Fine-tune a backbone end to end on streamed images, through the same trainer.
 
@@ -457,6 +463,7 @@ def finetune(
                     runs_dir=runs, config=cfg, resume=resume, progress=progress,
                     console=err_console, notice=notice, labels=str(given["labels"]),
                     uncertain=str(given["uncertain"]), train_fraction=fraction, shots=k,
+                    pixel_cache_dir=cache, pixel_cache_gb=pixel_cache_gb,
                 ))  # fmt: skip
     if launch is None or launch.rank == 0:
         _report(summaries, as_json=as_json)

@@ -166,6 +166,10 @@ def parse_threshold_policy(policy: str) -> tuple[str, float | None]:
     return kind, value
 
 
+PIXEL_CACHE_GB = 10.0
+"""Default limit of the pixel cache in GB (see `featurestore.data.pixel_cache`): Kermany at one
+resize rule takes ~0.5 GB, NIH ChestX-ray14 ~9 GB; CheXpert (~18 GB) keeps its first 10."""
+
 DeviceName = Literal["auto", "cpu", "cuda"]
 PrecisionName = Literal["auto", "fp32", "bf16"]
 
@@ -217,11 +221,11 @@ class TrainConfig:
     """Mixed precision on CUDA (bfloat16 where supported) when `precision` is auto."""
     precision: PrecisionName | None = None
     """Forward/backward arithmetic: bf16 autocast, fp32, or auto (bf16 on a CPU that computes
-    it natively, else fp32; AMP on CUDA as `amp` says). None (the default): fp32 on CPU, so
-    every code path (per-epoch validation, predict, explain, export, torchrun) agrees to the
-    bit, and AMP on CUDA as `amp` says. Parameters and the optimizer stay
-    fp32, and the final val/test scoring (predictions.csv) is fp32. Heads on cached features
-    (fit-head) resolve auto to fp32 on CPU."""
+    it natively, else fp32; AMP on CUDA as `amp` says). None (the default): auto on CPU, and
+    AMP on CUDA as `amp` says. Parameters and the optimizer stay fp32; per-epoch validation,
+    the final val/test scoring (predictions.csv), predict and explain run in the resolved
+    precision (recorded as `resolved_precision`), so they agree within it. Heads on cached
+    features (fit-head) resolve auto to fp32 on CPU."""
     device: DeviceName = "auto"
     """"auto" uses CUDA when available."""
 
@@ -295,8 +299,8 @@ class ExtractConfig:
     """How features are stored."""
     precision: PrecisionName | None = None
     """What the trunk computes in (see `Precision`); part of the store's identity. None (the
-    default): fp32 on CPU, float16 autocast on CUDA as before; `auto` or `bf16` opt in to
-    bfloat16 on CPUs that compute it natively."""
+    default): auto on CPU (bfloat16 where the CPU computes it natively, else fp32), float16
+    autocast on CUDA as before."""
     skip_bad: bool = False
     """Leave unreadable images out (listed in the store) instead of stopping."""
     labels: Literal["as-given", "kermany3"] = "as-given"
@@ -306,6 +310,9 @@ class ExtractConfig:
     rehash: bool = False
     """Hash every image to check a finished store is fresh, instead of reusing the digests
     recorded under the cache folder for files whose stat is unchanged."""
+    pixel_cache_gb: float = PIXEL_CACHE_GB
+    """Limit of the pixel cache (`cache/.pixels`, decoded and resized images shared by every
+    backbone that resizes alike and by fine-tune epochs), in GB; 0 turns it off."""
 
 
 @dataclass(frozen=True)
@@ -460,6 +467,9 @@ class FinetuneConfig:
     """Label scheme (`LabelScheme`): `kermany3` fine-tunes the three-class Kermany task."""
     uncertain: Literal["zeros", "ones", "ignore"] = "ignore"
     """Multi-label data: uncertain (-1) labels as absent, present, or masked (`Uncertain`)."""
+    pixel_cache_gb: float = PIXEL_CACHE_GB
+    """Limit of the shared pixel cache (`<cache>/.pixels`, as `extract`'s) in GB: the first
+    epoch reads images an extraction at the same resize already decoded; 0 turns it off."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             epochs=10, batch_size=32, patience=3, backbone_lr_mult=0.1

@@ -60,16 +60,18 @@ def resolve_precision(
     """`auto` | `fp32` | `bf16` | None on `device` -> "fp32" | "bf16" | "fp16" (what runs).
 
     `cuda_auto` is what `auto` and None mean on CUDA (callers keep their earlier behaviour
-    there). None, the default, is float32 on CPU: bfloat16 is opt-in (`auto` or `bf16`),
-    because a bf16 forward pass changes the numbers a little and code paths that must agree
-    to the bit (a run and its step-by-step repeat, DDP and one process) would not.
+    there). None, the default, means `auto` on CPU: bfloat16 where the CPU computes it
+    natively (`cpu_computes_bf16`: ~2x the float32 forward pass there), float32 elsewhere.
+    Every path that scores a model (per-epoch validation, the restored model's scoring,
+    predict, explain) runs in the precision a run recorded, so they agree within it; a
+    repeat is byte-identical within one precision (`--precision fp32` for float32 runs).
 
     Raises:
         XrayError: an unknown name.
     """
-    if precision is None:
-        return cuda_auto if device.type == "cuda" else "fp32"
-    value = str(precision)
+    if precision is None and device.type == "cuda":
+        return cuda_auto
+    value = "auto" if precision is None else str(precision)
     if value not in PRECISIONS:
         raise XrayError(f"--precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
     if value != "auto":

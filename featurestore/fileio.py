@@ -75,11 +75,13 @@ def atomic_write_bytes(path: Path, data: bytes, *, kept: str = "") -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path, *, replace: bool = False) -> Iterator[Path]:
+def atomic_dir(path: Path, *, replace: bool = False, claimed: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder; when the block ends cleanly it becomes `path`.
 
     With `replace`, an existing `path` is swapped out only after the new folder is complete.
     Without it, an existing `path` is an error (FileExistsError: callers choose unique names).
+    `claimed`: the caller already made the temporary folder itself (`claim_dir`), so it is
+    used as it is, never removed and made again (another process could claim it in between).
 
     Raises:
         XrayError: the disk filled up while writing; the temporary folder is removed.
@@ -87,8 +89,9 @@ def atomic_dir(path: Path, *, replace: bool = False) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if not claimed:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
     try:
         with disk_errors(path):
             yield tmp
@@ -105,6 +108,29 @@ def atomic_dir(path: Path, *, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def claim_dir(parent: Path, name: str) -> Path:
+    """A folder name under `parent` that no other writer holds: `name`, else `name-2`, ...
+
+    The claim is the exclusive creation of the temporary sibling (`mkdir` fails when it
+    exists), so two processes writing into one folder at the same second never pick the same
+    name, and neither removes the other's work. Write into it with `atomic_dir(path,
+    claimed=True)`; returns the final path (which does not exist yet).
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    final, n = parent / name, 2
+    while True:
+        if not final.exists():
+            try:
+                temporary_sibling(final).mkdir()
+            except FileExistsError:
+                pass
+            else:
+                if not final.exists():  # finished by another writer between the two checks
+                    return final
+                temporary_sibling(final).rmdir()
+        final, n = parent / f"{name}-{n}", n + 1
 
 
 def file_digest(path: Path, *, algorithm: str = "sha256") -> str:

@@ -34,6 +34,7 @@ from featurestore.data import (
     load_manifest,
 )
 from featurestore.errors import XrayError
+from featurestore.store import dataset_folder
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -166,7 +167,7 @@ def test_sixteen_bit_palette_and_alpha_images_extract(scratch: dict[str, Path], 
         app, ["extract", "--data", str(scratch["data"]), "--cache", str(scratch["cache"]), *TINY]
     )
     assert result.exit_code == 0, result.output
-    (store,) = scratch["cache"].rglob("*.h5")
+    (store,) = (scratch["cache"] / dataset_folder("chest_xray", scratch["data"])).glob("*.h5")
     with h5py.File(store, "r") as fh:
         keys = [k.decode() for k in fh["train/keys"][:]] + [k.decode() for k in fh["val/keys"][:]]
         assert f"train/NORMAL/{name}" in keys
@@ -379,7 +380,7 @@ def test_fit_head_on_a_csv_dataset_store(scratch: dict[str, Path]) -> None:
     [
         (lambda d: _mkdir(d / "dataset"), "not a complete run folder (missing config.json"),
         (lambda d: d / "nowhere", "does not exist"),
-        (lambda d: _fake_run(d, metrics="{not json"), "malformed run file"),
+        (lambda d: _fake_run(d, metrics="{not json"), "metrics.json is damaged"),
         (lambda d: _fake_run(d, metrics="{}", name=".x.tmp"), "still being written"),
     ],
 )

@@ -23,11 +23,15 @@ EXPECTED = {
 }
 
 
+# Extra arguments of a quick run: the GPU bench runs on the CPU at its tiny size.
+QUICK_ARGS = {"gpu": ["--device", "cpu"]}
+
+
 def run_quick(name: str) -> tuple[dict, str]:
     """Run bench/<name>.py --quick; return its JSON record and whole stdout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
     proc = subprocess.run(
-        [sys.executable, str(BENCH / f"{name}.py"), "--quick"],
+        [sys.executable, str(BENCH / f"{name}.py"), "--quick", *QUICK_ARGS.get(name, [])],
         capture_output=True,
         text=True,
         env=env,
@@ -49,6 +53,19 @@ def test_bench_quick_prints_table_and_json(name: str) -> None:
     assert "┃" in stdout  # the rich table came before the JSON line
     if name == "finetune":
         assert record["cached_images"] == 10  # every image of the quick set went into the cache
+
+
+def test_gpu_bench_runs_on_cpu_at_a_tiny_size() -> None:
+    """Not marked slow: bench/gpu.py must stay runnable in one call when a GPU is lent."""
+    record, stdout = run_quick("gpu")
+    assert record["bench"] == "gpu" and record["quick"] and record["device"] == "cpu"
+    assert "┃" in stdout
+    (model,) = record["models"]
+    sides = {"forward", "extract first", "extract second", "finetune step"}
+    assert set(model["images_per_s"]) == sides
+    assert all(v > 0 for v in model["images_per_s"].values())
+    for ratio in ("extract_first_over_forward", "finetune_step_over_forward"):
+        assert model[ratio] > 0
 
 
 def test_interleave_alternates_order_and_dataset_refuses_too_few_images() -> None:

@@ -25,6 +25,16 @@ def test_auto_is_bf16_only_on_a_cpu_that_computes_it(
         assert resolve_precision(Precision(asked), CUDA, cuda_auto="fp16") == asked
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_the_default_is_auto_on_cpu_and_unchanged_on_cuda(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: native)
+    assert resolve_precision(None, CPU, cuda_auto="fp16") == ("bf16" if native else "fp32")
+    assert resolve_precision(None, CUDA, cuda_auto="fp16") == "fp16"
+    assert devices.amp_dtype(True, CPU) is (torch.bfloat16 if native else None)
+
+
 def test_unknown_precision_is_a_user_error() -> None:
     with pytest.raises(XrayError, match="--precision must be one of auto, fp32, bf16"):
         resolve_precision("fp8", CPU, cuda_auto="fp16")

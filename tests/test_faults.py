@@ -23,7 +23,13 @@ from typer.testing import CliRunner
 
 from featurestore.data import load_manifest
 from featurestore.runs import list_runs
-from featurestore.store import ExtractResult, PartialStore, extract_features, store_path
+from featurestore.store import (
+    ExtractResult,
+    PartialStore,
+    dataset_folder,
+    extract_features,
+    store_path,
+)
 from featurestore.store import read as store
 
 torch.set_num_threads(1)
@@ -137,7 +143,7 @@ def test_sigkill_at_a_random_point_then_resume_equals_an_uninterrupted_run(
     wait_chunks = rng.randrange(0, total)  # 0: possibly before the first chunk is written
     delay = rng.uniform(0.0, 0.3)  # then a little more: mid-chunk, mid-write or mid-assembly
     cache = tmp_path / "cache"
-    path = store_path(cache, "chest_xray", "resnet18", "none", 32)
+    path = store_path(cache, dataset_folder("chest_xray", tiny_data_ro), "resnet18", "none", 32)
     partial = PartialStore(path)
     proc = start_child(tiny_data_ro, cache, pause=0.15)
     try:
@@ -203,7 +209,7 @@ def test_full_disk_while_writing_a_chunk_is_one_line_and_resumes(
     monkeypatch.setattr(os, "fsync", real_fsync)
     line = _one_error_line(result)
     assert "disk full" in line and "free space in" in line and "finished chunks are kept" in line
-    path = store_path(cache, "chest_xray", "resnet18", "none", 32)
+    path = store_path(cache, dataset_folder("chest_xray", tiny_data_ro), "resnet18", "none", 32)
     partial = PartialStore(path)
     assert not path.exists()
     assert len(list(partial.folder.glob("*.npz"))) == 2
@@ -225,7 +231,7 @@ def test_full_disk_while_assembling_the_store_is_one_line_and_resumes(
     result = _extract_cli(tiny_data_ro, cache)
     monkeypatch.undo()
     assert "disk full while writing" in _one_error_line(result)
-    path = store_path(cache, "chest_xray", "resnet18", "none", 32)
+    path = store_path(cache, dataset_folder("chest_xray", tiny_data_ro), "resnet18", "none", 32)
     assert not path.exists() and not Path(f"{path}.tmp").exists()  # no half-written store
     total = n_chunks(tiny_data_ro, CLI_EQUIVALENT["chunk_size"])
     assert len(list(PartialStore(path).folder.glob("*.npz"))) == total  # all work kept
@@ -255,7 +261,7 @@ def test_second_concurrent_extraction_is_refused_and_the_first_finishes(
     tiny_data_ro: Path, tmp_path: Path, reference: ExtractResult
 ) -> None:
     cache, gate = tmp_path / "cache", tmp_path / "go"
-    path = store_path(cache, "chest_xray", "resnet18", "none", 32)
+    path = store_path(cache, dataset_folder("chest_xray", tiny_data_ro), "resnet18", "none", 32)
     first = start_child(tiny_data_ro, cache, pause=0.0, gate=gate)
     try:
         deadline = time.monotonic() + 120

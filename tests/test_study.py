@@ -117,7 +117,7 @@ def test_demo_multiclass_runs_the_three_class_study(
     assert sorted(r["mode"] for r in doc["runs"]) == ["finetune", "frozen"]
     assert len(doc["pairs"]) == 1
     assert Path(doc["report"]).is_file()
-    assert list((tmp_path / "cache" / "chest_xray-kermany3").glob("*.h5"))
+    assert list((tmp_path / "cache").glob("chest_xray-kermany3-*/*.h5"))
 
 
 @pytest.mark.slow

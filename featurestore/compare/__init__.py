@@ -43,7 +43,7 @@ from featurestore.compare.curves import (
     curve_section,
     plot_curves,
 )
-from featurestore.compare.external import EvaluationResult, Scores, evaluate_run
+from featurestore.compare.external import EvaluationResult, Scores, evaluate_run, match_classes
 from featurestore.compare.external_report import external_section, find_evaluations
 from featurestore.compare.external_stats import (
     DIFFERENCE_METRICS,
@@ -91,6 +91,7 @@ from featurestore.compare.multilabel import (
     choose_label_thresholds,
     evaluate_multilabel_split,
     label_metrics,
+    label_threshold_fallbacks,
     multilabel_metrics,
 )
 from featurestore.compare.multilabel_analysis import (
@@ -208,10 +209,12 @@ __all__ = [
     "json_safe",
     "label_auc_replicates",
     "label_metrics",
+    "label_threshold_fallbacks",
     "logit",
     "majority_baseline",
     "majority_baseline_multiclass",
     "make_verdict",
+    "match_classes",
     "mcnemar",
     "multiclass_metrics",
     "multiclass_replicates",

@@ -85,6 +85,38 @@ class Interval:
 UNDEFINED = Interval(float("nan"), float("nan"), float("nan"), reliable=False)
 
 
+def replicate_interval(
+    estimate: float | None,
+    replicates: np.ndarray,
+    *,
+    alpha: float,
+    fewest_units: int | None,
+    min_units: int,
+) -> Interval:
+    """The percentile interval of a metric from its bootstrap replicates (B,), every task.
+
+    `replicates` holds NaN where a resample left the metric undefined (a class not drawn);
+    those are counted (`n_undefined`) and left out. `fewest_units`: the fewest units (patients,
+    or images) of any class the metric conditions on, None when it conditions on none. The
+    interval is unreliable when that is below `min_units` or more than 1% of the resamples were
+    undefined (as the binary path). An undefined estimate gives UNDEFINED with `n_boot` kept.
+    """
+    values = np.asarray(replicates, dtype=np.float64)
+    finite = np.isfinite(values)
+    n_boot, n_undefined = int(values.size), int((~finite).sum())
+    if estimate is None or not np.isfinite(estimate) or not finite.any():
+        return Interval(float("nan"), float("nan"), float("nan"), n_undefined, n_boot, False)
+    lo, hi = np.quantile(values[finite], [alpha / 2, 1 - alpha / 2])
+    few = fewest_units is not None and fewest_units < min_units
+    reliable = not few and n_undefined <= 0.01 * n_boot
+    return Interval(float(estimate), float(lo), float(hi), n_undefined, n_boot, reliable)
+
+
+def units_per_class(labels: np.ndarray, units: np.ndarray, n_classes: int) -> list[int]:
+    """Distinct units (patients or images) holding each class: labels (N,), units (N,)."""
+    return [len(set(units[labels == k].tolist())) for k in range(n_classes)]
+
+
 @dataclass(frozen=True)
 class RunRow:
     """One run of the comparison: identity, cost and test metrics with intervals."""
@@ -333,7 +365,7 @@ def _interval(
     """The bootstrap interval of one metric, with its undefined count and reliability."""
     unit_groups = groups if config.resample == "patients" else None
     units = groups if unit_groups is not None else np.arange(y.size).astype(str)
-    per_class = [len(set(units[y == k].tolist())) for k in (0, 1)]
+    per_class = units_per_class(y, units, 2)
     if any(per_class[k] == 0 for k in CONDITIONS_ON.get(name, ())):
         return UNDEFINED  # e.g. specificity on a test set without negatives
     r = bootstrap_interval(

@@ -103,9 +103,16 @@ def fit_calibration(
         np.r_[np.ones(y.size, np.int64), np.zeros(y.size, np.int64)],
         sample_weight=np.r_[target, 1 - target],
     )
-    fitted = Calibration(
-        "platt", float(model.coef_[0, 0]), float(model.intercept_[0]), split, int(y.size)
-    )
+    scale, bias = float(model.coef_[0, 0]), float(model.intercept_[0])
+    if not scale > 0:
+        # A recalibration is monotone increasing by definition: a slope <= 0 would reverse (or
+        # flatten) the model's ranking and change its ROC-AUC. Refused, said, scores kept.
+        note = (
+            f"the Platt fit on {split} had slope {scale:.4g} <= 0 (it would invert the model's "
+            "ranking): refused, the uncalibrated scores are kept"
+        )
+        return Calibration("identity", 1.0, 0.0, split, int(y.size), note)
+    fitted = Calibration("platt", scale, bias, split, int(y.size))
     before = expected_calibration_error(y, p)
     after = expected_calibration_error(y, fitted.apply(p))
     if after > before + 1e-12:

@@ -9,7 +9,6 @@ from the run's internal test result.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -110,14 +109,22 @@ def evaluate_run(
     from featurestore.use import load_predictor
 
     config = config or EvaluateConfig()
+    from featurestore.compare.multiclass_analysis import runs_task
+
+    run_task = runs_task([Path(run_dir)])
+    if run_task != "binary":
+        # Said before any model is loaded or any image decoded (issue #28.5: a traceback).
+        raise XrayError(
+            f"{Path(run_dir).name} is a {run_task} run: external validation reports one "
+            "positive class's operating point, sensitivity and specificity, which a "
+            f"{run_task} run does not have; score its images with `xray predict --run` and "
+            "compare them to the labels"
+        )
     predictor = load_predictor(Path(run_dir), weights=weights, device=config.device)
     run = predictor.run
-    manifest = load_manifest(Path(data))
-    if tuple(manifest.class_names) != tuple(predictor.class_names):
-        raise XrayError(
-            f"{data} has classes {', '.join(manifest.class_names)} but {run.name} was trained on "
-            f"{', '.join(predictor.class_names)}: evaluate on a dataset with the same labels"
-        )
+    # The labels are read as the run read its own (issue #28.9), then matched by class name.
+    manifest = load_manifest(Path(data), labels=str(run.config.get("label_scheme") or "as-given"))
+    manifest = match_classes(manifest, tuple(predictor.class_names), run.name, Path(data))
     if not manifest.split(config.split):
         raise XrayError(f"{data} has no {config.split} images: choose another --split")
     if predictor.mode == "frozen":
@@ -127,12 +134,26 @@ def evaluate_run(
     return _conclude(run, predictor, manifest, scores, config)
 
 
-def _dataset_tag(manifest: Manifest) -> str:
-    """`<dataset name>-<8 hex of its resolved path>`: two datasets that share a folder name
-    (two hospitals' `chest_xray/`) never share a store."""
-    where = str(Path(manifest.source or manifest.root).resolve())
-    digest = hashlib.sha256(where.encode()).hexdigest()[:8]
-    return f"{manifest.name or manifest.root.stem}-{digest}"
+def match_classes(
+    manifest: Manifest, run_classes: tuple[str, ...], run_name: str, data: Path
+) -> Manifest:
+    """`xray evaluate`'s class check: the manifest with its labels renumbered into the run's
+    class order, matched by name (another site may list the same classes in another order).
+
+    Raises:
+        XrayError: when the dataset's classes are not the run's.
+    """
+    given = tuple(manifest.class_names)
+    if given == run_classes:
+        return manifest
+    if sorted(given) != sorted(run_classes):
+        raise XrayError(
+            f"{data} has classes {', '.join(given)} but {run_name} was trained on "
+            f"{', '.join(run_classes)}: evaluate on a dataset with the same labels"
+        )
+    index = [run_classes.index(c) for c in given]  # dataset label -> run label
+    records = tuple(replace(r, label=index[r.label]) for r in manifest.records)
+    return replace(manifest, class_names=run_classes, records=records)
 
 
 def _score_frozen(
@@ -157,7 +178,7 @@ def _score_frozen(
     # A store of its own per dataset and run backbone: reused on the next evaluation, rebuilt
     # when the dataset changes, exactly as `xray extract` does for training data.
     result = extract_features(
-        replace(manifest, name=_dataset_tag(manifest)),
+        manifest,
         model=str(run.config["model"]),
         weights=source,
         cache_dir=config.store_dir,

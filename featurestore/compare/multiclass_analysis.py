@@ -11,7 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.compare.analysis import Interval, _check_same_test_set
+from featurestore.compare.analysis import (
+    Interval,
+    _check_same_test_set,
+    replicate_interval,
+    units_per_class,
+)
 from featurestore.compare.bootstrap import _unit_index, _weighted_auc
 from featurestore.compare.labels import run_labels
 from featurestore.compare.multiclass import multiclass_metrics
@@ -107,15 +112,6 @@ def multiclass_replicates(
             out[f"recall_{c}"][sl] = recall[:, c]
             out[f"auc_{c}"][sl] = aucs[:, c]
     return out
-
-
-def _interval(estimate: float | None, values: np.ndarray, alpha: float) -> Interval:
-    """Percentile interval of the finite replicates; all NaN when the estimate is undefined."""
-    valid = values[np.isfinite(values)]
-    if estimate is None or not np.isfinite(estimate) or valid.size == 0:
-        return Interval(float("nan"), float("nan"), float("nan"))
-    lo, hi = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
-    return Interval(float(estimate), float(lo), float(hi))
 
 
 @dataclass(frozen=True)
@@ -265,11 +261,26 @@ def _row(
         n_boot=config.n_boot,
         seed=config.seed,
     )
-    metrics = {m: _interval(point[m], rep[m], config.alpha) for m in MULTICLASS_TABLE_METRICS}
+    units = groups if config.resample == "patients" else np.arange(y.size).astype(str)
+    per_unit = units_per_class(y, units, len(names))  # (C,) patients (or images) per class
+    every = min(per_unit)
+
+    def interval(estimate: float | None, values: np.ndarray, fewest: int | None) -> Interval:
+        return replicate_interval(estimate, values, alpha=config.alpha, fewest_units=fewest,
+                                  min_units=config.min_units_per_class)  # fmt: skip
+
+    # Accuracy and the loss condition on no class; the macro metrics average over every class,
+    # so the rarest class decides their reliability; a class's own metrics condition on it
+    # (its one-vs-rest AUC on the rest too).
+    conditions = {"accuracy": None, "loss": None}
+    metrics = {
+        m: interval(point[m], rep[m], conditions.get(m, every)) for m in MULTICLASS_TABLE_METRICS
+    }
+    rest = [sum(per_unit) - n for n in per_unit]
     per_class = {
         c: {
-            m: _interval(point[f"{m}_{c}"], rep[f"{m}_{k}"], config.alpha)
-            for m in PER_CLASS_METRICS
+            "recall": interval(point[f"recall_{c}"], rep[f"recall_{k}"], per_unit[k]),
+            "auc": interval(point[f"auc_{c}"], rep[f"auc_{k}"], min(per_unit[k], rest[k])),
         }
         for k, c in enumerate(names)
     }
@@ -317,7 +328,9 @@ def _pair(
         diff, p_value = Interval(float("nan"), float("nan"), float("nan")), float("nan")
     else:
         lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
-        diff = Interval(est_a - est_b, float(lo), float(hi))
+        n_boot = int(rep_a["roc_auc_macro"].size)
+        both = ra.metrics["roc_auc_macro"].reliable and rb.metrics["roc_auc_macro"].reliable
+        diff = Interval(est_a - est_b, float(lo), float(hi), n_boot - int(d.size), n_boot, both)
         # Davison & Hinkley (1997, eq. 4.11): +1 so the p-value is never exactly 0.
         tail = min(np.sum(d <= 0), np.sum(d >= 0)) + 1
         p_value = min(1.0, 2 * float(tail) / (d.size + 1))

@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from featurestore.compare.metrics import choose_threshold
+from featurestore.config import parse_threshold_policy
 from featurestore.errors import XrayError
 
 MULTILABEL_DECISION = "at_label_thresholds"
@@ -49,6 +50,28 @@ def choose_label_thresholds(
             out[name] = 0.5
             continue
         out[name] = choose_threshold(y[mask, k].astype(np.int64), p[mask, k], policy=policy)
+    return out
+
+
+def label_threshold_fallbacks(
+    targets: np.ndarray, names: Sequence[str], *, policy: str = "youden"
+) -> dict[str, str]:
+    """The labels whose threshold `choose_label_thresholds` could not choose by `policy`, each
+    with the sentence metrics.json and the terminal show: validation targets (N, L) of 1/0/NaN
+    holding one class (or none) for the label get 0.5. A `fixed` policy always runs."""
+    if parse_threshold_policy(policy)[0] == "fixed":
+        return {}
+    y = np.asarray(targets, dtype=np.float64)
+    out = {}
+    for k, name in enumerate(names):
+        observed = y[~np.isnan(y[:, k]), k]
+        n_pos = int(np.sum(observed == 1))
+        if not 0 < n_pos < observed.size:
+            what = "no positive" if n_pos == 0 else "no negative"
+            what = what if observed.size else "no observed label"
+            out[name] = (
+                f"{name}: validation has {what}; the {policy} policy could not run, so 0.5 is used"
+            )
     return out
 
 

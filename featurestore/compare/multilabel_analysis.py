@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.compare.analysis import Interval
+from featurestore.compare.analysis import Interval, replicate_interval, units_per_class
 from featurestore.compare.bootstrap import _unit_index, _weighted_auc
 from featurestore.compare.labels import run_labels
 from featurestore.compare.multiclass_report import _md_table
@@ -24,7 +24,6 @@ from featurestore.errors import XrayError
 from featurestore.runs import RunRecord, load_run
 
 _CHUNK_CELLS = 2_000_000
-_NAN = Interval(float("nan"), float("nan"), float("nan"))
 
 
 def label_auc_replicates(
@@ -57,14 +56,6 @@ def label_auc_replicates(
             mask = observed[:, c]
             out[start : start + b, c] = _weighted_auc(y[mask, c], p[mask, c], w[:, mask])
     return out
-
-
-def _interval(estimate: float | None, values: np.ndarray, alpha: float) -> Interval:
-    valid = values[np.isfinite(values)]
-    if estimate is None or not np.isfinite(estimate) or valid.size == 0:
-        return _NAN
-    lo, hi = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
-    return Interval(float(estimate), float(lo), float(hi))
 
 
 @dataclass(frozen=True)
@@ -212,18 +203,28 @@ def _row(
     *,
     label: str,
 ) -> MultilabelRow:
-    _, y, p, _ = _test_arrays(record)
+    _, y, p, patients = _test_arrays(record)
     thresholds = record.metrics["threshold"].get("per_label", {})
     reps = label_auc_replicates(y, p, groups=groups, n_boot=config.n_boot, seed=config.seed)
     per_label: dict[str, dict[str, Any]] = {}
     defined = []
+    units = patients if groups is not None else np.arange(y.shape[0]).astype(str)
+    fewest: dict[int, int] = {}
     for k, f in enumerate(findings):
         mask = ~np.isnan(y[:, k])
         m = label_metrics(y[mask, k], p[mask, k], float(thresholds.get(f, 0.5)))
         if m["auc"] is not None:
             defined.append(k)
+        # A label's AUC conditions on its positive and its negative units (observed entries).
+        fewest[k] = min(units_per_class(y[mask, k].astype(np.int64), units[mask], 2))
         per_label[f] = {
-            "auc": _interval(m["auc"], reps[:, k], config.alpha),
+            "auc": replicate_interval(
+                m["auc"],
+                reps[:, k],
+                alpha=config.alpha,
+                fewest_units=fewest[k],
+                min_units=config.min_units_per_class,
+            ),
             "sensitivity": m["sensitivity"],
             "specificity": m["specificity"],
             "threshold": m["threshold"],
@@ -231,7 +232,7 @@ def _row(
         }
     aucs = [per_label[findings[k]]["auc"].estimate for k in defined]
     macro = float(np.mean(aucs)) if defined else None
-    macro_reps = reps[:, defined].mean(1) if defined else np.array([np.nan])
+    macro_reps = reps[:, defined].mean(1) if defined else np.full(config.n_boot, np.nan)
     cfg, met = record.config, record.metrics
     store = cfg.get("store") or {}
     return MultilabelRow(
@@ -244,7 +245,13 @@ def _row(
         weights=str(cfg.get("weights_id") or store.get("weights_id") or cfg.get("weights", "")),
         best_epoch=int(met["best_epoch"]),
         epochs_run=int(met["epochs_run"]),
-        macro_auc=_interval(macro, macro_reps, config.alpha),
+        macro_auc=replicate_interval(
+            macro,
+            macro_reps,
+            alpha=config.alpha,
+            fewest_units=min((fewest[k] for k in defined), default=None),
+            min_units=config.min_units_per_class,
+        ),
         per_label=per_label,
     )
 

@@ -1,8 +1,8 @@
 """Stage 0, the data: datasets read into a `Manifest` (Kermany folders, CSV manifests, MedMNIST
 npz, DICOM; the multi-label NIH ChestX-ray14, CheXpert and per-finding CSV layouts), task types
-and label schemes (Kermany-3), patients, the validation carve, label-efficiency train subsets, the dataset
-fingerprint, image
-decoding, the `xray data check` audit and the built-in synthetic data.
+and label schemes (Kermany-3), patients, the validation carve, label-efficiency train subsets,
+the dataset fingerprint, image decoding and the pixel cache of decoded, resized images, the
+`xray data check` audit and the built-in synthetic data.
 """
 
 from __future__ import annotations
@@ -86,6 +86,15 @@ from featurestore.data.images import (
     image_from_array,
     npz_array,
 )
+from featurestore.data.pixel_cache import (
+    DEFAULT_PIXEL_CACHE_GB,
+    PIXELS_FOLDER,
+    PixelCache,
+    open_pixel_cache,
+    resize_image,
+    resize_rule,
+    resized_image,
+)
 from featurestore.data.audit import (
     SIZE_SHORTCUT_RATIO,
     AUDIT_DECODE_SIZE,
@@ -115,6 +124,13 @@ from featurestore.data.synth import (
 )
 
 __all__ = [
+    "DEFAULT_PIXEL_CACHE_GB",
+    "PIXELS_FOLDER",
+    "PixelCache",
+    "open_pixel_cache",
+    "resize_image",
+    "resize_rule",
+    "resized_image",
     "SYNTHETIC_MULTILABEL_DIR",
     "SYNTH_FINDINGS",
     "UNCERTAIN_SHARE",

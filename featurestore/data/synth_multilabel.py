@@ -104,6 +104,12 @@ def generate_synthetic_multilabel(
             name = f"images/p{patient:04d}_{j}.jpeg"
             Image.fromarray(pixels).save(tmp / name, format="JPEG", quality=92)
             cells = ["-1" if image_rng.random() < UNCERTAIN_SHARE else str(f) for f in found]
+            if all(c == "-1" for c in cells):
+                # Every finding uncertain is a row the default `--uncertain ignore` refuses:
+                # one finding, drawn only in this case (other rows keep their cells), stays
+                # certain, so the data reads with every policy.
+                keep = int(image_rng.integers(len(found)))
+                cells[keep] = str(found[keep])
             lines.append(f"{name},{split},p{patient:04d}," + ",".join(cells))
             counts[split]["images"] += 1
             for f, on in zip(SYNTH_FINDINGS, found, strict=True):

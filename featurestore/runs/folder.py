@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featurestore.errors import XrayError
-from featurestore.fileio import atomic_dir
+from featurestore.fileio import atomic_dir, claim_dir
+from featurestore.tasks import Task
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -84,15 +85,11 @@ def write_run(
     """
     import torch
 
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    name = run_name(model, mode, int(config.get("seed", 0)), when=when)
-    final = runs_dir / name
-    n = 2
-    while final.exists() or (runs_dir / f".{final.name}.tmp").exists():
-        final = runs_dir / f"{name}-{n}"
-        n += 1
+    # Claimed exclusively: two trainings writing into one --runs folder at the same second get
+    # distinct folders and never touch each other's files.
+    final = claim_dir(runs_dir, run_name(model, mode, int(config.get("seed", 0)), when=when))
     # A full disk is the user's to fix: one line, and no half-written folder left behind.
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, claimed=True) as tmp:
         _write_json(tmp / "config.json", config)
         write_history(tmp / "history.csv", result.history)
         _write_json(tmp / "metrics.json", result.metrics_json())
@@ -101,7 +98,6 @@ def write_run(
         torch.save(state_dict if state_dict is not None else result.best_state, tmp / "best.pt")
         if plots:
             from featurestore.plots import write_plots
-
             from featurestore.runs.record import plot_note
 
             write_plots(
@@ -252,6 +248,11 @@ class RunRecord:
         """The folder's name."""
         return self.path.name
 
+    @property
+    def task(self) -> Task:
+        """The run's task, as its config.json records it (XrayError when it names no classes)."""
+        return Task.from_record(self.config)
+
     def split_predictions(self, split: str) -> dict[str, np.ndarray]:
         """The predictions columns restricted to one split ("val" or "test")."""
         mask = self.predictions["split"] == split
@@ -294,13 +295,8 @@ def write_evaluation(
     history.csv and timing.json are the run's (compare shows the run's training cost).
     `plots(folder)` draws into `plots/` when given.
     """
-    parent.mkdir(parents=True, exist_ok=True)
-    final = parent / name
-    n = 2
-    while final.exists() or (parent / f".{final.name}.tmp").exists():
-        final = parent / f"{name}-{n}"
-        n += 1
-    with atomic_dir(final) as tmp:
+    final = claim_dir(parent, name)
+    with atomic_dir(final, claimed=True) as tmp:
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "metrics.json", metrics)
         _write_json(tmp / EVALUATION_FILE, evaluation)
@@ -331,21 +327,52 @@ def load_run(path: Path) -> RunRecord:
             f"{path} is not a complete run folder (missing {', '.join(missing)}); "
             "rerun the training that made it"
         )
-    try:
-        config = json.loads((path / "config.json").read_text())
-        metrics = json.loads((path / "metrics.json").read_text())
-        history = _read_history(path / "history.csv")
-        predictions = _read_predictions(path / "predictions.csv")
-        timing_file = path / "timing.json"
-        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
-    except (ValueError, KeyError) as exc:
-        raise XrayError(f"{path} holds a malformed run file: {exc}") from None
+    config = _read_file(path / "config.json", _read_json_object)
+    metrics = _read_file(path / "metrics.json", _read_json_object)
+    history = _read_file(path / "history.csv", _read_history)
+    predictions = _read_file(path / "predictions.csv", _read_predictions)
+    timing_file = path / "timing.json"
+    timing = _read_file(timing_file, _read_json_object) if timing_file.is_file() else {}
     return RunRecord(path, config, metrics, history, predictions, timing)
+
+
+def _read_file(path: Path, read: Any) -> Any:
+    """`read(path)`, with any way the file can be damaged (cut short, bytes overwritten, not
+    JSON, a missing column, undecodable text) as one XrayError naming the run and the file."""
+    try:
+        return read(path)
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, csv.Error) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise XrayError(
+            f"run {path.parent.name}: {path.name} is damaged ({detail}); "
+            f"rerun the training that made {path.parent}"
+        ) from None
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    doc = json.loads(path.read_text())
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
+
+def _check_rows(rows: list[dict[Any, Any]], columns: list[str]) -> None:
+    """ValueError at the first row that is short (a file cut mid-line: DictReader fills it with
+    None) or long (bytes written over a line: extras under the None key)."""
+    if not columns:
+        raise ValueError("no header")
+    for n, row in enumerate(rows, start=2):
+        if None in row or any(v is None for v in row.values()):
+            got = sum(v is not None for k, v in row.items() if k is not None)
+            got += len(row.get(None) or [])
+            raise ValueError(f"line {n} has {got} of {len(columns)} fields")
 
 
 def _read_history(path: Path) -> dict[str, np.ndarray]:
     with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    _check_rows(rows, list(reader.fieldnames or []))
     columns = [*HISTORY_COLUMNS, *(c for c in (rows[0] if rows else {}) if c not in HISTORY_COLUMNS)]
     out = {
         c: np.array([float(r[c] or "nan") for r in rows], dtype=np.float64) for c in columns
@@ -359,6 +386,7 @@ def _read_predictions(path: Path) -> dict[str, np.ndarray]:
         reader = csv.DictReader(fh)
         rows = list(reader)
         columns = list(reader.fieldnames or [])
+    _check_rows(rows, columns)
     prob_columns = [c for c in columns if c.startswith("prob_")]
     if any(c.startswith("y_") for c in columns):  # a multi-label run
         names = [c.removeprefix("prob_") for c in prob_columns]

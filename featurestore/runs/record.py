@@ -36,6 +36,9 @@ class RunSummary:
     test: dict[str, Any]
     """{"at_0.5": {...}, "at_threshold": {...}} as in metrics.json ({"argmax": {...}} for a
     multi-class run)."""
+    threshold_notes: tuple[str, ...] = ()
+    """Why an operating point could not be chosen as asked (one-class validation: the run's,
+    or single findings'), as metrics.json's `threshold` records it; empty when it ran."""
 
 
 def summarize(path: Path, model: str, mode: str, head: str, result: FitResult) -> RunSummary:
@@ -52,6 +55,10 @@ def summarize(path: Path, model: str, mode: str, head: str, result: FitResult) -
         epochs_run=result.epochs_run,
         seconds_per_epoch=result.seconds_per_epoch,
         test=result.test,
+        threshold_notes=tuple(
+            result.threshold.get("notes")
+            or ([result.threshold["note"]] if result.threshold.get("ran") is False else [])
+        ),
     )
 
 

@@ -30,19 +30,26 @@ DTYPES = FEATURE_DTYPES
 
 
 def default_workers(device_type: str = "cpu") -> int:
-    """Decoding worker processes: none on CPU; on a GPU all cores but one, at most 8 per process.
+    """Decoding worker processes: on a GPU all cores but one, at most 8 per process; on CPU
+    the cores torch's threads leave free when that is more than one, else none.
 
-    On CPU the forward pass already uses every core through torch's threads: one forked
+    On CPU the forward pass usually uses every core through torch's threads: one forked
     worker beside the torch threads measured 0.86/0.61 of forward-only (resnet50/densenet121,
     bench/README.md), so with 0 workers images decode in a thread of the main process,
-    overlapping the model (Pillow and torch both release the GIL). On a GPU the cores are
-    free for decoding, which then must keep up with the forward pass.
+    overlapping the model (Pillow and torch both release the GIL). When torch is held to
+    fewer threads than there are cores (OMP_NUM_THREADS, torch.set_num_threads) and two or
+    more cores are idle, they decode as processes, out of reach of the GIL. On a GPU the
+    cores are free for decoding, which then must keep up with the forward pass.
     """
-    if device_type != "cuda":
-        return 0
     # torchrun starts LOCAL_WORLD_SIZE processes per node: they share its cores.
     share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(0, min(8, (os.cpu_count() or 1) // share - 1))
+    cores = (os.cpu_count() or 1) // share
+    if device_type == "cuda":
+        return max(0, min(8, cores - 1))
+    import torch
+
+    free = cores - torch.get_num_threads()
+    return min(8, free) if free > 1 else 0
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,11 @@ class ExtractResult:
     """Throughput of the images computed by this call (None when none were)."""
     skipped: list[str]
     """Keys of unreadable images left out (--skip-bad)."""
+    pixel_cache_bytes: int | None = None
+    """Size of the pixel cache folder after this call (None: off, or nothing computed)."""
+    pixel_cache_hits: int | None = None
+    """Images this call read from the pixel cache instead of decoding them (None: unknown,
+    decoded in worker processes, or the cache off)."""
 
 
 _EXTRACT = ExtractConfig()
@@ -85,6 +97,7 @@ def extract_features(
     precision: str | None = _EXTRACT.precision,
     rehash: bool = _EXTRACT.rehash,
     skip_bad: bool = _EXTRACT.skip_bad,
+    pixel_cache_gb: float = _EXTRACT.pixel_cache_gb,
     progress: Progress | None = None,
     chunk_size: int = 256,
     notice: Callable[[str], None] | None = None,
@@ -96,9 +109,14 @@ def extract_features(
     computes in; the features are stored as `dtype` either way. It is part of the store's
     identity: its file name and its `precision` attribute (fp32, bf16 or fp16 on CUDA).
     The dataset's fingerprint reuses file digests recorded under `cache_dir` while the files'
-    stat is unchanged; `rehash` hashes every file anyway.
+    stat is unchanged; `rehash` hashes every file anyway. It is taken again before the store
+    is assembled: a file added, removed or replaced while extracting raises XrayError (the
+    store is not written, so it never claims the old content's fingerprint for new pixels).
+    Decoded, resized images are kept in the pixel cache under `cache_dir` (at most
+    `pixel_cache_gb` GB, 0: off), shared with the other backbones that resize alike.
     """
     from featurestore.data import dataset_fingerprint
+    from featurestore.data.pixel_cache import open_pixel_cache
 
     began = time.perf_counter()
     say = notice or (lambda _msg: None)
@@ -110,6 +128,8 @@ def extract_features(
     workers = default_workers(torch_device.type) if workers is None else workers
     if workers < 0:
         raise XrayError(f"--workers must be 0 or more, got {workers}")
+    if not pixel_cache_gb >= 0:
+        raise XrayError(f"--pixel-cache-gb must be 0 or more, got {pixel_cache_gb}")
     # On CUDA `auto` keeps torch.autocast's float16, as extraction always did there.
     resolved = resolve_precision(precision, torch_device, cuda_auto="fp16")
     spec = backbones.get_spec(model)
@@ -118,7 +138,7 @@ def extract_features(
     weights_id, weights_sha = backbones.weights_identity(model, weights)
     path = store.store_path(
         cache_dir,
-        manifest.name or manifest.root.stem,
+        store.dataset_folder(manifest.name or manifest.root.stem, manifest.source or manifest.root),
         model,
         backbones.weights_tag(weights_id, weights_sha),
         image_size,
@@ -165,6 +185,8 @@ def extract_features(
     }
     partial = store_write.PartialStore(path)
 
+    pixels: dict[str, int | None] = {"bytes": None, "hits": None}
+
     def result(
         status: Status, reason: str, counts: dict[str, int], skipped: list[str], rate: float | None
     ) -> ExtractResult:
@@ -180,6 +202,8 @@ def extract_features(
             round(time.perf_counter() - began, 3),
             rate,
             skipped,
+            pixel_cache_bytes=pixels["bytes"],
+            pixel_cache_hits=pixels["hits"],
         )
 
     records = {s: manifest.split(s) for s in store.SPLIT_NAMES}
@@ -223,6 +247,7 @@ def extract_features(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 loaded = backbones.load_backbone(model, weights)
+            cache = open_pixel_cache(cache_dir, pre, pixel_cache_gb)
             rate = run_chunks(
                 loaded.trunk,
                 manifest,
@@ -239,7 +264,11 @@ def extract_features(
                 progress=progress,
                 label=f"extract {model}" + (f" (1 of {world} shards)" if world > 1 else ""),
                 autocast=autocast_dtype(resolved),
+                pixel_cache=cache,
             )
+            if cache is not None:
+                pixels["bytes"] = cache.size_bytes()
+                pixels["hits"] = cache.hits if workers == 0 else None
             return rate, loaded.weights_sha256
 
         computing = time.perf_counter()
@@ -249,6 +278,14 @@ def extract_features(
             rate = images / max(time.perf_counter() - computing, 1e-9)
 
         def assemble() -> tuple[dict[str, int], list[str]]:
+            # The chunks were computed from the files as they are now only if the dataset
+            # still has the fingerprint taken before (stat-only for unchanged files).
+            now = dataset_fingerprint(manifest, cache_dir=cache_dir, rehash=False)
+            if now != provenance["dataset_fingerprint"]:
+                raise XrayError(
+                    f"{manifest.root}: images were added, removed or replaced while extracting "
+                    f"{model}; the store was not written: run extract again"
+                )
             sha = loaded_sha
             if sha is None and weights == "imagenet" and isinstance(spec, backbones.BackboneSpec):
                 hub_file = backbones.hub_checkpoint_dir() / spec.weights_file

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from featurestore.data import Manifest, Record, Split
+    from featurestore.data.pixel_cache import PixelCache
     from featurestore.models import Preprocessing
     from featurestore.store.write import PartialStore
 
@@ -37,11 +38,20 @@ Batch = tuple[list[int], "torch.Tensor | None", list[tuple[int, str]]]
 
 
 def _pixels(
-    manifest: Manifest, key: str, pre: Preprocessing
+    manifest: Manifest, key: str, pre: Preprocessing, cache: PixelCache | None = None
 ) -> tuple[np.ndarray | None, str | None]:
-    """One image -> (uint8 (S, S, 3) pixels, None), or (None, error) for an unreadable file."""
+    """One image -> (uint8 (S, S, 3) pixels, None), or (None, error) for an unreadable file.
+
+    With a pixel cache the decoded, resized image comes from (or goes to) it; the crop and
+    channels follow either way (the resize inside `pre.pixels` is then a no-op).
+    """
+    from featurestore.data.pixel_cache import resized_image
+
     try:
-        image = manifest.open_image(key, min_size=pre.resize)
+        if cache is None:
+            image = manifest.open_image(key, min_size=pre.resize)
+        else:
+            image, _ = resized_image(manifest, key, pre, cache)
     except XrayError as exc:  # ImageDecodeError: reported by the main process
         return None, str(exc)
     return pre.pixels(image), None
@@ -50,14 +60,20 @@ def _pixels(
 class _ImageDataset:
     """Item i -> (i, uint8 (S, S, 3) pixels or None, error or None); never raises on bad files."""
 
-    def __init__(self, manifest: Manifest, keys: Sequence[str], pre: Preprocessing) -> None:
-        self.manifest, self.keys, self.pre = manifest, list(keys), pre
+    def __init__(
+        self,
+        manifest: Manifest,
+        keys: Sequence[str],
+        pre: Preprocessing,
+        cache: PixelCache | None = None,
+    ) -> None:
+        self.manifest, self.keys, self.pre, self.cache = manifest, list(keys), pre, cache
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
-        return (i, *_pixels(self.manifest, self.keys[i], self.pre))
+        return (i, *_pixels(self.manifest, self.keys[i], self.pre, self.cache))
 
 
 def _collate(items: list[tuple[int, np.ndarray | None, str | None]]) -> Batch:
@@ -79,6 +95,7 @@ def decoded_in_threads(
     *,
     threads: int = 1,
     ahead: int = 2,
+    cache: PixelCache | None = None,
 ) -> Generator[Batch, None, None]:
     """Batches of pixels decoded by `threads` threads, `ahead` batches before they are needed.
 
@@ -93,7 +110,7 @@ def decoded_in_threads(
     def submit() -> None:
         batch = next(todo, None)
         if batch is not None:
-            pending.append([pool.submit(_pixels, manifest, keys[i], pre) for i in batch])
+            pending.append([pool.submit(_pixels, manifest, keys[i], pre, cache) for i in batch])
 
     try:
         for _ in range(ahead):
@@ -124,12 +141,14 @@ def run_chunks(
     label: str,
     autocast: torch.dtype | None = None,
     decode_threads: int = 1,
+    pixel_cache: PixelCache | None = None,
 ) -> float:
     """Compute and persist every pending chunk; returns images per second.
 
-    `workers` > 0 decodes in that many DataLoader processes (a GPU's free cores); 0 decodes in
+    `workers` > 0 decodes in that many DataLoader processes (free cores); 0 decodes in
     `decode_threads` threads of this process, overlapping the model. `autocast`: the
-    torch.autocast dtype of the forward pass (None: float32).
+    torch.autocast dtype of the forward pass (None: float32). `pixel_cache`: decoded, resized
+    images read from / added to it (each worker process writes its share of the budget).
     """
     import numpy as np
     import torch
@@ -152,14 +171,18 @@ def run_chunks(
     loader: Generator[Batch, None, None] | DataLoader[Any]
     if workers > 0:
         loader = DataLoader(
-            _ImageDataset(manifest, keys, pre),  # type: ignore[arg-type]
+            _ImageDataset(  # type: ignore[arg-type]
+                manifest, keys, pre, pixel_cache.share(workers) if pixel_cache else None
+            ),
             batch_sampler=batches,
             num_workers=workers,
             collate_fn=_collate,
             pin_memory=cuda,
         )
     else:
-        loader = decoded_in_threads(manifest, keys, pre, batches, threads=decode_threads)
+        loader = decoded_in_threads(
+            manifest, keys, pre, batches, threads=decode_threads, cache=pixel_cache
+        )
         cleanup.callback(loader.close)
     trunk.eval().to(device).to(memory_format=torch.channels_last)
     task = progress.add_task(label, total=len(items), unit="img") if progress else None

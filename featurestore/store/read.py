@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +41,18 @@ PROVENANCE_KEYS = (
 )
 
 
+def dataset_folder(name: str, location: Path) -> str:
+    """The cache folder of one dataset: `<name>-<first 8 hex of sha256(resolved location)>`.
+
+    Two datasets whose manifests share a name (every synthetic multi-label set is `labels.csv`,
+    two hospitals' `chest_xray/`) get folders of their own, so extracting one never rebuilds,
+    overwrites or deletes the other's stores. `location` is the manifest's CSV/NPZ file or
+    image folder; the same dataset read from the same place always maps to the same folder.
+    """
+    digest = hashlib.sha256(str(Path(location).resolve()).encode()).hexdigest()[:8]
+    return f"{name}-{digest}"
+
+
 def store_path(
     cache_dir: Path,
     dataset_name: str,
@@ -50,7 +63,7 @@ def store_path(
     pooling: str | None = None,
     precision: str = "fp32",
 ) -> Path:
-    """`cache/<dataset name>/<backbone>-<weights tag>-<size>px[-<pooling>][-<precision>].h5`.
+    """`cache/<dataset folder>/<backbone>-<weights tag>-<size>px[-<pooling>][-<precision>].h5`.
 
     The backbone name is made file-safe (`hf:org/model` -> `hf_org--model`). A float32
     extraction keeps the name stores had before precision was recorded; a bf16 or fp16 one is

@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from featurestore.train.sources import Source
 
 
+MULTICLASS_RULE = (
+    "multi-class decisions are the most probable class (argmax); a threshold policy chooses "
+    "one cut-off for a two-class or a per-label decision and has no meaning here"
+)
+"""metrics.json's note on a multi-class run's decision rule, and the refusal of a policy."""
+
+
 @dataclass
 class SplitPredictions:
     """Per-image outputs of one split, in `source.records(split)` order."""
@@ -118,10 +125,10 @@ def predict(
 
 
 def evaluate(
-    model: nn.Module, source: Source, split: Split
+    model: nn.Module, source: Source, split: Split, *, amp_dtype: torch.dtype | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """P(positive) (N,), labels (N,) and mean cross-entropy of one split, in records() order."""
-    p, y, loss = predict(model, source, split)
+    p, y, loss = predict(model, source, split, amp_dtype=amp_dtype)
     return p[:, source.positive_index], y, loss
 
 
@@ -136,9 +143,12 @@ def conclude(
     stopped_early: bool,
     seconds_per_epoch: float,
     selection: dict[str, Any] | None = None,
+    amp_dtype: torch.dtype | None = None,
 ) -> FitResult:
     """Score the restored best model: threshold chosen on val, then val and test metrics once.
 
+    `amp_dtype` is the autocast the run trained and validated in (None: float32), so the
+    restored model is scored in the precision the run recorded.
     `selection` records which monitor picked the best epoch (see `loop.selection_monitor`).
     A validation split of one class cannot run a threshold policy: 0.5 is used and
     metrics.json says so (`threshold.ran` False, with a note), never a silent 0.5.
@@ -157,17 +167,17 @@ def conclude(
         return conclude_multilabel(
             model, source, config, best_state=best_state, history=history,
             best_epoch=best_epoch, stopped_early=stopped_early,
-            seconds_per_epoch=seconds_per_epoch, selection=selection,
+            seconds_per_epoch=seconds_per_epoch, selection=selection, amp_dtype=amp_dtype,
         )  # fmt: skip
     if len(source.class_names) > 2:
         return conclude_multiclass(
             model, source, best_state=best_state, history=history, best_epoch=best_epoch,
             stopped_early=stopped_early, seconds_per_epoch=seconds_per_epoch,
-            selection=selection,
+            selection=selection, amp_dtype=amp_dtype,
         )  # fmt: skip
     pos = source.positive_index
     common = {"class_names": source.class_names, "positive_index": pos}
-    p_val, y_val, loss_val = evaluate(model, source, "val")
+    p_val, y_val, loss_val = evaluate(model, source, "val", amp_dtype=amp_dtype)
     # The threshold sees validation only; test is evaluated after it is fixed, exactly once.
     point = operating_point(y_val, p_val, policy=config.threshold_policy, positive_index=pos)
     threshold = point["value"]
@@ -181,7 +191,7 @@ def conclude(
             "threshold policy could not run, so 0.5 is used"
         )
     val = evaluate_split(y_val, p_val, threshold=threshold, loss=loss_val, **common)  # type: ignore[arg-type]
-    p_test, y_test, loss_test = evaluate(model, source, "test")
+    p_test, y_test, loss_test = evaluate(model, source, "test", amp_dtype=amp_dtype)
     test = evaluate_split(y_test, p_test, threshold=threshold, loss=loss_test, **common)  # type: ignore[arg-type]
     predictions = {}
     for split, p, y in (("val", p_val, y_val), ("test", p_test, y_test)):
@@ -229,6 +239,7 @@ def conclude_multiclass(
     stopped_early: bool,
     seconds_per_epoch: float,
     selection: dict[str, Any] | None = None,
+    amp_dtype: torch.dtype | None = None,
 ) -> FitResult:
     """`conclude` for a multi-class task: argmax decisions (nothing is tuned on val), val and
     test scored once with `compare.multiclass_metrics`; predictions keep every class's probability.
@@ -239,7 +250,7 @@ def conclude_multiclass(
     predictions: dict[str, SplitPredictions] = {}
     for split in ("val", "test"):
         split = cast("Split", split)
-        p, y, loss = predict(model, source, split)  # (N, C), (N,)
+        p, y, loss = predict(model, source, split, amp_dtype=amp_dtype)  # (N, C), (N,)
         splits[split] = evaluate_multiclass_split(y, p, class_names=source.class_names, loss=loss)
         keys, groups, labels = source.records(split)
         if not np.array_equal(labels, y):
@@ -252,7 +263,11 @@ def conclude_multiclass(
         epochs_run=len(history),
         stopped_early=stopped_early,
         seconds_per_epoch=seconds_per_epoch,
-        threshold={"policy": "argmax", "value": None},
+        threshold={
+            "policy": "argmax",
+            "value": None,
+            "note": MULTICLASS_RULE,
+        },
         val=splits["val"],
         test=splits["test"],
         predictions=predictions,
@@ -272,15 +287,24 @@ def conclude_multilabel(
     stopped_early: bool,
     seconds_per_epoch: float,
     selection: dict[str, Any] | None = None,
+    amp_dtype: torch.dtype | None = None,
 ) -> FitResult:
     """`conclude` for a multi-label task: one threshold per label chosen on val (over its
     observed entries, `config.threshold_policy`), then val and test scored once at them."""
-    from featurestore.compare import choose_label_thresholds, evaluate_multilabel_split
+    from featurestore.compare import (
+        choose_label_thresholds,
+        evaluate_multilabel_split,
+        label_threshold_fallbacks,
+    )
 
     names = source.class_names
-    scored = {s: predict(model, source, cast("Split", s)) for s in ("val", "test")}
+    scored = {
+        s: predict(model, source, cast("Split", s), amp_dtype=amp_dtype) for s in ("val", "test")
+    }
     p_val, y_val, _ = scored["val"]  # (N, L) each
     thresholds = choose_label_thresholds(y_val, p_val, names, policy=config.threshold_policy)
+    # 0.5 where a label's validation entries hold one class: said per label (issue #28.4).
+    fallback = label_threshold_fallbacks(y_val, names, policy=config.threshold_policy)
     t = np.array([thresholds[n] for n in names])  # (L,)
     splits: dict[str, dict[str, Any]] = {}
     predictions: dict[str, SplitPredictions] = {}
@@ -299,7 +323,13 @@ def conclude_multilabel(
         epochs_run=len(history),
         stopped_early=stopped_early,
         seconds_per_epoch=seconds_per_epoch,
-        threshold={"policy": config.threshold_policy, "value": None, "per_label": thresholds},
+        threshold={
+            "policy": config.threshold_policy,
+            "value": None,
+            "per_label": thresholds,
+            "ran": {n: n not in fallback for n in names},
+            "notes": list(fallback.values()),
+        },
         val=splits["val"],
         test=splits["test"],
         predictions=predictions,

@@ -54,6 +54,8 @@ def finetune(
     uncertain: str = "ignore",
     train_fraction: float | None = None,
     shots: int | None = None,
+    pixel_cache_dir: Path | None = None,
+    pixel_cache_gb: float = _FT.pixel_cache_gb,
 ) -> RunSummary:
     """Fine-tune backbone + linear head on streamed images; resumable from runs/.inprogress.
 
@@ -67,12 +69,14 @@ def finetune(
     (`featurestore.data.train_subsets`, drawn with `config.seed`); validation and test are
     untouched.
     `workers` decode images: as threads of this process on CPU, as DataLoader processes on
-    CUDA.
+    CUDA. `pixel_cache_dir` (xray's cache folder) holds the pixel cache shared with
+    `extract` (at most `pixel_cache_gb` GB; None or 0: off).
     """
     import torch
 
     from featurestore import distributed
     from featurestore.data import dataset_fingerprint, load_manifest
+    from featurestore.data.pixel_cache import open_pixel_cache
     from featurestore.devices import amp_dtype, precision_name, resolve_device
     from featurestore.models import (
         TrunkHead,
@@ -117,6 +121,7 @@ def finetune(
         augment=augment,
         hflip=hflip,
         pin_memory=device.type == "cuda",
+        pixel_cache=open_pixel_cache(pixel_cache_dir, pre, pixel_cache_gb),
     )
     settings = {
         **{k: v for k, v in asdict(config).items() if k != "device"},

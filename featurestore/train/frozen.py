@@ -50,7 +50,7 @@ def select_stores(
         return [Path(s) for s in stores]
     paths = find_stores(cache_dir)
     if data is not None:
-        # Stores live in cache/<dataset name>/: keep the given dataset's folder only.
+        # Stores live in cache/<dataset folder>/: keep the given dataset's folder only.
         paths = [p for p in paths if p.parent.name == _dataset_name(data, labels, uncertain)]
     if model is not None:
         from featurestore.models import get_spec, is_provider_name
@@ -69,11 +69,13 @@ def select_stores(
 
 
 def _dataset_name(data: Path, labels: str = "as-given", uncertain: str = "ignore") -> str:
-    """The folder name `xray extract` files this dataset's stores under (`-kermany3` suffixed)."""
+    """The folder `xray extract` files this dataset's stores under (`store.dataset_folder`:
+    the name, `-kermany3` suffixed, plus a hash of where the dataset is)."""
     from featurestore.data import load_manifest
+    from featurestore.store import dataset_folder
 
     manifest = load_manifest(data, labels=labels, uncertain=uncertain)
-    return manifest.name or manifest.root.stem
+    return dataset_folder(manifest.name or manifest.root.stem, manifest.source or manifest.root)
 
 
 def open_checked_store(

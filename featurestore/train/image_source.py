@@ -15,12 +15,14 @@ from torch import Tensor
 
 from featurestore import distributed
 from featurestore.data import SPLITS, Split
+from featurestore.data.pixel_cache import resized_image
 from featurestore.errors import XrayError
 from featurestore.train.image_cache import DecodedCache
 from featurestore.train.sources import drop_lonely_last, epoch_generator, steps_for
 
 if TYPE_CHECKING:
     from featurestore.data import Manifest, Record
+    from featurestore.data.pixel_cache import PixelCache
     from featurestore.models import Preprocessing
 
 
@@ -48,8 +50,9 @@ ImageItem = tuple[Tensor, "int | Tensor", str, "np.ndarray | None"]
 
 
 class _ImageDataset(torch.utils.data.Dataset[ImageItem]):
-    """One record per item: cached pixels, or PIL reduced-scale decode + resize to the
-    preprocessing's short side; then augment -> preprocess (whose resize is then a no-op)."""
+    """One record per item: cached pixels (this run's `DecodedCache`, else the persistent
+    pixel cache), or PIL reduced-scale decode + the preprocessing's resize step; then augment
+    -> preprocess (whose resize is then a no-op)."""
 
     def __init__(
         self,
@@ -59,22 +62,15 @@ class _ImageDataset(torch.utils.data.Dataset[ImageItem]):
         augment: Any | None,
         cache: DecodedCache | None = None,
         augment_seed: int = 0,
+        pixel_cache: PixelCache | None = None,
     ):
-        from torchvision import transforms as T
-
         self.manifest = manifest
         self.records = records
         self.preprocessing = preprocessing
         self.augment = augment
         self.cache = cache
         self.augment_seed = augment_seed
-        self.min_size = int(getattr(preprocessing, "resize", 0)) or None
-        # The preprocessing's own first step, so cached and fresh images are the same pixels.
-        self.resize = (
-            T.Resize(self.min_size, interpolation=T.InterpolationMode(preprocessing.interpolation))
-            if self.min_size
-            else None
-        )
+        self.pixel_cache = pixel_cache
 
     def __len__(self) -> int:
         return len(self.records)
@@ -89,9 +85,9 @@ class _ImageDataset(torch.utils.data.Dataset[ImageItem]):
         if pixels is not None:
             image = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB").convert("RGB")
         else:
-            image = self.manifest.open_image(rec.key, min_size=self.min_size)
-            if self.resize is not None:
-                image = self.resize(image)  # short side = preprocessing.resize, uint8 RGB
+            # The preprocessing's own resize step (what extraction caches too), so cached
+            # and fresh images are the same pixels: short side = preprocessing.resize, RGB.
+            image, _ = resized_image(self.manifest, rec.key, self.preprocessing, self.pixel_cache)
             if self.cache is not None and self.cache.has_room():
                 fresh = np.asarray(image)  # (H, W, 3) uint8, for the main process to keep
         if self.augment is not None:
@@ -213,6 +209,7 @@ class ImageSource:
         cache_mb: float = DEFAULT_CACHE_MB,
         cached_in_main: bool | None = None,
         threads: int = 0,
+        pixel_cache: PixelCache | None = None,
     ):
         if batch_size < 1:
             raise XrayError(f"--batch-size must be at least 1, got {batch_size}")
@@ -233,6 +230,9 @@ class ImageSource:
         self.augment = radiograph_augmentation(hflip=hflip) if augment else None
         self.pin_memory = pin_memory
         self.cache = DecodedCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
+        # Decoded, resized images shared with extraction and other runs (cache/.pixels):
+        # the first epoch reads what an `extract` at the same resize already decoded.
+        self.pixel_cache = pixel_cache
         # A split whose images are all cached costs ~3 ms/image to read on one core, against
         # ~250 ms/image of CPU fwd+bwd; forked loader workers beside 2 torch threads measured
         # the trainer's steps a third slower on 2 cores. So on CPU (no pinned memory) cached
@@ -259,6 +259,11 @@ class ImageSource:
             self.augment if train else None,
             self.cache,
             augment_seed=(self.seed * 1_000_003 + epoch) % 2**62,
+            pixel_cache=(
+                self.pixel_cache.share(self.workers)
+                if self.pixel_cache is not None and self.workers > 0 and self.threads == 0
+                else self.pixel_cache
+            ),
         )
         cached = self.cache is not None and all(r.key in self.cache.entries for r in records)
         workers = 0 if cached and self.cached_in_main else self.workers

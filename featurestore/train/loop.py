@@ -16,7 +16,7 @@ from featurestore.config import TrainConfig
 from featurestore.errors import XrayError
 from featurestore.train import checkpoints
 from featurestore.train.checkpoints import LoopState
-from featurestore.train.evaluation import FitResult, conclude, predict
+from featurestore.train.evaluation import MULTICLASS_RULE, FitResult, conclude, predict
 from featurestore.train.objectives import (
     MaskedBCEWithLogits,
     label_pos_weights,
@@ -170,6 +170,21 @@ def train_one_epoch(
     }
 
 
+def check_threshold_policy(source: Source, config: TrainConfig) -> None:
+    """Refuse, before any training, an operating-point policy that a multi-class task cannot
+    use (issue #28.3: it was recorded as argmax with no word). The default (youden) stands for
+    "the task's own rule" and is recorded as argmax with MULTICLASS_RULE as its note.
+
+    Raises:
+        XrayError: a non-default `threshold_policy` on a multi-class source.
+    """
+    if (
+        source_task(source) == "multiclass"
+        and config.threshold_policy != TrainConfig.threshold_policy
+    ):
+        raise XrayError(f"--threshold {config.threshold_policy}: {MULTICLASS_RULE}")
+
+
 def fit(
     model: nn.Module,
     source: Source,
@@ -191,6 +206,7 @@ def fit(
         raise XrayError(
             f"the dataset has {len(source.class_names)} class: at least two are needed to train"
         )
+    check_threshold_policy(source, config)
     device = devices.resolve_device(config.device)
     # Under torchrun the seed is offset by rank so augmentation differs between ranks (DDP
     # starts every rank from rank 0's weights); a single process seeds exactly `config.seed`.
@@ -200,7 +216,10 @@ def fit(
     model.to(device)
     if devices.channels_last_for(device):
         model.to(memory_format=torch.channels_last)  # 4-D conv weights NHWC; others unchanged
-    amp_dtype = devices.amp_dtype(config.amp, device, config.precision)
+    precision = config.precision
+    if precision is None and not source.streaming and device.type == "cpu":
+        precision = "fp32"  # heads on cached features: bf16 gains nothing (see fit_heads)
+    amp_dtype = devices.amp_dtype(config.amp, device, precision)
     _, _, y_train = source.records("train")
     monitor, monitor_note = selection_monitor(
         config.monitor, source.records("val")[2], source.class_names
@@ -317,4 +336,5 @@ def fit(
         stopped_early=loop.epoch < config.epochs,
         seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0,
         selection={"requested": config.monitor, "used": monitor, "note": monitor_note},
+        amp_dtype=amp_dtype,  # the restored model is scored as it was trained and validated
     )

@@ -66,6 +66,11 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
 
 
+def _float32_copy(features: np.ndarray) -> Tensor:
+    """(N, D) features as a new C-contiguous float32 tensor (never a view of the input)."""
+    return torch.from_numpy(np.array(features, dtype=np.float32, order="C", copy=True))
+
+
 def drop_lonely_last(n: int, batch_size: int) -> bool:
     """Drop the last training batch only when it would hold one sample (BatchNorm needs two)."""
     return n > batch_size and n % batch_size == 1
@@ -128,7 +133,11 @@ class FeatureSource:
             raise XrayError("the train and val splits must not be empty")
         self._splits = dict(splits)
         self._standardize = standardize
-        x_train = torch.from_numpy(np.asarray(splits["train"].features, dtype=np.float32))
+        # The float32 copy each split is trained from, standardised in place below: with a
+        # float16 store's rows (from_stores) the features sit in memory once in float32 and
+        # once, at half the size, as stored (`with_train_rows` re-standardises from them).
+        x32 = {s: _float32_copy(sp.features) for s, sp in splits.items()}
+        x_train = x32["train"]
         if standardize:
             # Statistics of TRAIN only, applied to every split: val/test never leak into them.
             self.mean = x_train.mean(0)  # (D,)
@@ -142,8 +151,8 @@ class FeatureSource:
         # Multi-label when the splits carry per-finding targets: y is then (N, L) float32.
         self.task = "multilabel" if splits["train"].targets is not None else None
         for split, sp in splits.items():
-            x = torch.from_numpy(np.asarray(sp.features, dtype=np.float32))
-            self._x[split] = ((x - self.mean) / self.std).contiguous()  # (N, D) float32
+            # (x - mean) / std, element by element as before, without the two temporaries.
+            self._x[split] = x32.pop(split).sub_(self.mean).div_(self.std)  # (N, D) float32
             if self.task == "multilabel":
                 if sp.targets is None or np.shape(sp.targets) != (len(sp.labels), n_classes):
                     raise XrayError(f"{split}: targets must be (N, {n_classes}) for every split")
@@ -205,11 +214,16 @@ class FeatureSource:
                         "rows are different images or in another order (skipped images?)"
                     )
                 base = base or arr
-                if pooling is None:
-                    parts.append(arr.features)
-                else:
+                columns = arr.features
+                if pooling is not None:
                     start, stop = store.columns(pooling)
-                    parts.append(arr.features[:, start:stop])
+                    columns = columns[:, start:stop]
+                # A float16 store's values are float16 numbers: held as such they cost half,
+                # exactly (the float32 copy the trainer reads is made once, in __init__).
+                if getattr(store, "attrs", {}).get("dtype") == "float16":
+                    columns = columns.astype(np.float16)
+                parts.append(columns)
+                del arr
             assert base is not None
             features = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
             splits[split] = FeatureSplit(

@@ -72,9 +72,13 @@ class ExportResult:
     metadata: dict[str, Any]
     checked_images: int
     max_abs_difference: float | None
-    """max |P_onnx - P_predictions.csv| over the run's test images; None when not checked."""
+    """max |P_onnx - P_reference| over the run's test images; None when not checked."""
     predictions_agree: bool | None
-    """Every test image gets predictions.csv's class; None when not checked."""
+    """Every test image gets the reference's class; None when not checked."""
+    reference: str = "predictions.csv"
+    """What the file was checked against: predictions.csv for float32 runs; for runs that
+    recorded bf16/fp16 (which ONNX's float32 graph does not compute in), the run's model
+    scoring the same images in float32 ("the run's model in fp32")."""
 
 
 def _require_onnx() -> None:
@@ -220,9 +224,31 @@ def _check(
         manifest.open_image(str(k), min_size=session.preprocessing.resize) for k in test["key"]
     ]
     p, _, pred = session.run_images(images, batch_size=batch_size, progress=progress)
-    diff = float(np.max(np.abs(p - test["probability"]))) if p.size else 0.0
-    agree = bool(np.array_equal(pred, test["prediction"]))
-    return ExportResult(path, metadata, int(p.size), diff, agree)
+    ref_p, ref_pred, reference = test["probability"], test["prediction"], "predictions.csv"
+    if predictor.autocast is not None:
+        # Like with like: the graph is float32, so is this reference (same weights, images).
+        ref_p, ref_pred = _score_fp32(predictor, images, batch_size)
+        reference = "the run's model in fp32"
+    diff = float(np.max(np.abs(p - ref_p))) if p.size else 0.0
+    agree = bool(np.array_equal(pred, ref_pred))
+    return ExportResult(path, metadata, int(p.size), diff, agree, reference)
+
+
+def _score_fp32(
+    predictor: Predictor, images: list[Any], batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(positive) (N,) and the class at the run's threshold (N,) of the run's model, float32."""
+    import dataclasses
+
+    fp32 = dataclasses.replace(predictor, autocast=None)
+    probs = []
+    for start in range(0, len(images), batch_size):
+        x = torch.stack([fp32.preprocessing(im) for im in images[start : start + batch_size]])
+        with torch.inference_mode():
+            probs.append(fp32.logits(x).softmax(1)[:, fp32.positive_index].double().numpy())
+    p = np.concatenate(probs) if probs else np.zeros(0)
+    pos = fp32.positive_index
+    return p, np.where(p >= fp32.threshold, pos, 1 - pos).astype(np.int64)
 
 
 def _run_dataset(config: dict[str, Any]) -> Path | None:

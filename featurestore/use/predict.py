@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from featurestore.data import printable
+from featurestore.devices import channels_last_for
 from featurestore.errors import XrayError
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class Predictor:
     def prepare(self, x: Tensor) -> Tensor:
         """Move a batch (B, 3, S, S) to the device in the memory layout training used."""
         x = x.to(self.device)
-        if self.mirror_extract or self.device.type == "cuda":
+        if self.mirror_extract or channels_last_for(self.device):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -114,8 +115,10 @@ class Predictor:
         x = self.prepare(x)
         amp = self.autocast
         with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            features = self.trunk(x).float()  # (B, D)
-        return self.head(features).float()
+            features = self.trunk(x)  # (B, D)
+            if not self.mirror_extract:  # fine-tune: trunk + head ran under one autocast
+                return self.head(features).float()
+        return self.head(features.float()).float()  # frozen: the head trained in float32
 
     label_thresholds: dict[str, float] | None = None
     """Multi-label runs: each finding's validation-chosen threshold; None otherwise."""
@@ -282,7 +285,7 @@ def load_predictor(
     trunk.eval().to(torch_device)
     head.eval().to(torch_device)
     mirror = mode == "frozen"
-    if mirror or torch_device.type == "cuda":
+    if mirror or channels_last_for(torch_device):  # as extract / the trainer ran it
         trunk.to(memory_format=torch.channels_last)
     return Predictor(
         run, trunk, head, pre, class_names, positive_index, threshold, torch_device,
@@ -296,13 +299,16 @@ def _run_autocast(cfg: dict[str, Any], device: torch.device) -> torch.dtype | No
 
     Frozen: the trunk runs in its store's `precision` (bf16 features are what the head saw;
     stores from before precision was recorded ran float16 autocast on CUDA, float32 on CPU).
-    Fine-tune: float32, as the trainer scores val and test for predictions.csv (`conclude`)
-    whatever precision trained it.
+    Fine-tune: the run's `resolved_precision`, in which the trainer also scored val and test
+    for predictions.csv (`conclude`); runs that did not record it scored in float32.
     """
     store = cfg.get("store")
-    if cfg.get("mode") != "frozen" or not isinstance(store, dict):
+    if cfg.get("mode") == "finetune":
+        recorded = cfg.get("resolved_precision", "fp32")
+    elif cfg.get("mode") != "frozen" or not isinstance(store, dict):
         return None
-    recorded = store.get("precision", "fp16")
+    else:
+        recorded = store.get("precision", "fp16")
     if recorded == "bf16":
         return torch.bfloat16
     if recorded == "fp16" and device.type == "cuda":

@@ -62,7 +62,10 @@ def test_extract_builds_then_reuses(tiny_data_ro: Path, tmp_path: Path) -> None:
     doc = json.loads(first.stdout)
     row = doc["rows"][0]
     assert row["status"] == "built" and row["backbone"] == "resnet18" and row["D"] == 512
-    assert row["store"] == str(tmp_path / "chest_xray" / "resnet18-none-32px.h5")
+    from featurestore.store import dataset_folder
+
+    folder = dataset_folder("chest_xray", tiny_data_ro)
+    assert row["store"] == str(tmp_path / folder / "resnet18-none-32px.h5")
     assert row["precision"] == "fp32"
     assert row["train rows"] + row["val rows"] + row["test rows"] == 30
     assert doc["reason"] == "no store yet" and doc["skipped_keys"] == []

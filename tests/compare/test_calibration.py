@@ -96,3 +96,17 @@ def test_positive_index_zero() -> None:
     a = fit_calibration(y, p)
     b = fit_calibration(1 - y, p, positive_index=0)
     assert a.scale == pytest.approx(b.scale) and a.bias == pytest.approx(b.bias)
+
+
+def test_an_inverting_fit_is_refused_and_the_auc_never_changes() -> None:
+    """Issue #28.1: on a split where the scores rank backwards (an external site where the
+    model is worse than chance), Platt's maximum-likelihood slope is negative; applying it
+    would flip the ranking (ROC-AUC 0.4755 reported as 0.5245). It must be refused."""
+    from sklearn.metrics import roc_auc_score
+
+    y, p = _overconfident(400, seed=4)
+    p_backwards = 1.0 - p  # the model ranks this site's patients in reverse
+    cal = fit_calibration(y, p_backwards, split="calibration")
+    assert cal.method == "identity" and "slope" in cal.note and "refused" in cal.note
+    q = cal.apply(p_backwards)
+    assert roc_auc_score(y, q) == roc_auc_score(y, p_backwards) < 0.5

@@ -202,3 +202,37 @@ def test_the_report_gains_an_external_validation_section(
     row = next(line for line in report.splitlines() if "chest_xray (test)" in line)
     assert row.startswith(f"| {cmp.rows[0].label} |") and "8 / 4" in row
     assert json.loads((tmp_path / "report" / "comparison.json").read_text())["external"]
+
+
+def test_a_multiclass_run_is_one_line_before_any_model_is_loaded(
+    env: dict[str, Path], tmp_path: Path
+) -> None:
+    """Issue #28.5: evaluate on a multi-class run was a traceback (float(None))."""
+    import shutil
+
+    run = tmp_path / "mc-run"
+    shutil.copytree(env["frozen"], run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg.update(task="multiclass", class_names=["NORMAL", "BACTERIAL", "VIRAL"])
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(XrayError, match="is a multiclass run") as err:
+        evaluate_run(run, env["other"], config=_config(env))
+    assert "\n" not in str(err.value)
+
+
+def test_classes_are_matched_by_name_not_by_order(tmp_path: Path) -> None:
+    """Issue #28.9: the same classes listed in another order were refused; they are renumbered
+    into the run's order by name."""
+    from featurestore.compare import match_classes
+    from featurestore.data import Manifest, Record
+
+    records = (Record("a.png", 0, "test", "p1", "test"), Record("b.png", 1, "test", "p2", "test"))
+    m = Manifest(tmp_path, "csv", ("PNEUMONIA", "NORMAL"), records)
+    out = match_classes(m, ("NORMAL", "PNEUMONIA"), "run", tmp_path)
+    assert out.class_names == ("NORMAL", "PNEUMONIA")
+    assert [(r.key, out.class_names[r.label]) for r in out.records] == [
+        ("a.png", "PNEUMONIA"),
+        ("b.png", "NORMAL"),
+    ]
+    with pytest.raises(XrayError, match="same labels"):
+        match_classes(m, ("NORMAL", "COVID"), "run", tmp_path)

@@ -342,3 +342,20 @@ def test_multilabel_set_has_patients_co_occurring_findings_and_uncertain_labels(
     assert m.task == "multilabel" and m.class_names == SYNTH_FINDINGS
     again = generate_synthetic_multilabel(tmp_path / "again", **kw)
     assert (again.root / "labels.csv").read_text() == (summary.root / "labels.csv").read_text()
+
+
+@pytest.mark.slow
+def test_multilabel_set_reads_with_the_default_uncertain_policy(tmp_path: Path) -> None:
+    """Issue #28.8: seed 7 wrote a row with every finding uncertain, which the default
+    `--uncertain ignore` refused; no row may be all -1, and the default policy reads it."""
+    import csv
+
+    from featurestore.data import SYNTH_FINDINGS, generate_synthetic_multilabel, load_manifest
+
+    # The defaults of `xray data synth` (the image sizes change the draws): p0035_0 was it.
+    summary = generate_synthetic_multilabel(tmp_path / "ml", seed=7)
+    rows = list(csv.DictReader((summary.root / "labels.csv").open()))
+    assert not [r for r in rows if all(r[f] == "-1" for f in SYNTH_FINDINGS)]
+    assert any(r[f] == "-1" for r in rows for f in SYNTH_FINDINGS)  # still some uncertain
+    m = load_manifest(summary.root / "labels.csv", val_min=0)  # the defaults: ignore
+    assert len(m.records) == len(rows)

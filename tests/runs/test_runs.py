@@ -167,10 +167,42 @@ def test_load_run_refuses_incomplete_folders(tmp_path: Path, trained) -> None:  
     (tmp_path / "other" / "metrics.json").write_text("{not json")
     for name in ("config.json", "history.csv", "predictions.csv", "best.pt"):
         (tmp_path / "other" / name).write_text("")
-    with pytest.raises(XrayError, match="malformed"):
+    with pytest.raises(XrayError, match=r"run other: config.json is damaged"):
         load_run(tmp_path / "other")
     assert list_runs(tmp_path) == [tmp_path / "other"]  # complete set of files, even if bad
     assert list_runs(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize(
+    ("damage", "file"),
+    [
+        ("cut", "predictions.csv"),  # cut mid-line: int() of None before (issue #28.6)
+        ("overwrite", "predictions.csv"),
+        ("cut", "metrics.json"),
+        ("garbage", "metrics.json"),
+        ("cut", "history.csv"),
+    ],
+)
+def test_a_damaged_run_file_is_one_line_naming_run_and_file(
+    tmp_path: Path,
+    trained,  # type: ignore[no-untyped-def]
+    damage: str,
+    file: str,
+) -> None:
+    result, doc = trained
+    path = write_run(tmp_path, model="toy", mode="frozen", config=doc, result=result, plots=False)
+    target = path / file
+    data = target.read_bytes()
+    if damage == "cut":
+        target.write_bytes(data[: len(data) // 2 + 3])
+    elif damage == "overwrite":  # a run of bytes written over the middle of the file
+        mid = len(data) // 2
+        target.write_bytes(data[:mid] + b"\xff,,\x00,9,9,9,9" * 4 + data[mid + 40 :])
+    else:
+        target.write_bytes(b"\x00\x01not json")
+    with pytest.raises(XrayError, match=rf"run {path.name}: {file} is damaged") as err:
+        load_run(path)
+    assert "\n" not in str(err.value)
 
 
 def test_names_and_inprogress_folders() -> None:
@@ -180,3 +212,50 @@ def test_names_and_inprogress_folders() -> None:
     assert a == inprogress_dir(runs, "resnet50", "finetune", {"seed": 0, "lr": 1e-3})
     assert a != inprogress_dir(runs, "resnet50", "finetune", {"lr": 1e-4, "seed": 0})
     assert a.parent == runs / ".inprogress" and a.name.startswith("resnet50-finetune-")
+
+
+def test_concurrent_writers_into_one_runs_folder_get_distinct_complete_runs(
+    tmp_path: Path,
+    trained,  # type: ignore[no-untyped-def]
+) -> None:
+    """Issue #27: two fit-head processes writing into one --runs folder at the same second
+    must both complete, in distinct folders, nothing overwritten. Processes, as users run them,
+    released together by a barrier so they race for the same name."""
+    import multiprocessing as mp
+
+    result, doc = trained
+    ctx = mp.get_context("fork")
+    n = 6
+    barrier = ctx.Barrier(n)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_write_at_once, args=(tmp_path, doc, result, k, barrier, out))
+        for k in range(n)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    got = [out.get(timeout=5) for _ in range(n)]
+    errors = [g for g in got if g.startswith("error")]
+    assert not errors, errors
+    assert len(set(got)) == n
+    for path in got:
+        record = load_run(Path(path))
+        assert Path(path).name.startswith(f"{WHEN:%Y%m%d-%H%M%S}")
+        assert record.config["writer"] in range(n)
+    assert sorted(load_run(Path(p)).config["writer"] for p in got) == list(range(n))
+    assert sorted(Path(p) for p in got) == list_runs(tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _write_at_once(runs: Path, doc: dict, result: FitResult, k: int, barrier, out) -> None:  # type: ignore[no-untyped-def]
+    barrier.wait()
+    try:
+        path = write_run(
+            runs, model="toy", mode="frozen", config={**doc, "writer": k}, result=result,
+            plots=False, when=WHEN,
+        )  # fmt: skip
+        out.put(str(path))
+    except BaseException as exc:
+        out.put(f"error {type(exc).__name__}: {exc}")

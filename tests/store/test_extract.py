@@ -26,6 +26,7 @@ from featurestore.store import (
     PROVENANCE_KEYS,
     ExtractResult,
     PartialStore,
+    dataset_folder,
     extract_features,
     open_store,
     read_attrs,
@@ -80,7 +81,8 @@ def test_build_writes_the_documented_store(tiny_data_ro: Path, reference: Extrac
     m = load_manifest(tiny_data_ro)
     assert reference.status == "built" and reference.skipped == []
     assert reference.path.name == "resnet18-none-32px.h5"
-    assert reference.path.parent.name == m.name == "chest_xray"
+    assert m.name == "chest_xray"
+    assert reference.path.parent.name == dataset_folder("chest_xray", tiny_data_ro)
     assert reference.counts == {s: len(m.split(s)) for s in ("train", "val", "test")}
     assert reference.feature_dim == 512 and (reference.images_per_second or 0) > 0
     store = open_store(reference.path, expect_fingerprint=dataset_fingerprint(m))
@@ -227,6 +229,34 @@ def test_changed_image_rebuilds_with_the_reason(tiny_data: Path, tmp_path: Path)
     open_store(second.path, expect_fingerprint=dataset_fingerprint(changed))
 
 
+def test_image_replaced_while_extracting_is_not_stored_as_the_old_content(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#27: a file replaced after the fingerprint was taken (here: once every chunk is
+    computed) must not leave a store claiming the old content's fingerprint."""
+    import featurestore.store.extract as extract_module
+
+    manifest = load_manifest(tiny_data)
+    image = tiny_data / manifest.split("train")[0].key
+    real = extract_module.run_chunks
+
+    def replacing(*args: Any, **kwargs: Any) -> float:
+        rate = real(*args, **kwargs)
+        replacement = image.with_suffix(".new")
+        replacement.write_bytes((tiny_data / manifest.split("test")[0].key).read_bytes())
+        os.replace(replacement, image)  # new inode and content, as a copy tool does
+        return rate
+
+    monkeypatch.setattr(extract_module, "run_chunks", replacing)
+    with pytest.raises(XrayError, match="replaced while extracting"):
+        _extract(manifest, tmp_path)
+    assert not any(tmp_path.rglob("*.h5"))  # no store claims the old fingerprint
+    monkeypatch.setattr(extract_module, "run_chunks", real)
+    again = _extract(load_manifest(tiny_data), tmp_path)
+    assert again.status == "rebuilt"  # the partial's chunks belonged to the old content
+    open_store(again.path, expect_fingerprint=dataset_fingerprint(load_manifest(tiny_data)))
+
+
 def test_other_dtype_rebuilds(tiny_data_ro: Path, tmp_path: Path) -> None:
     m = load_manifest(tiny_data_ro)
     _extract(m, tmp_path)
@@ -285,7 +315,7 @@ def test_bad_image_stops_keeping_progress_then_skip_bad_resumes(
     broken = load_manifest(tiny_data)
     with pytest.raises(XrayError, match=rf"{bad_key}.*--skip-bad"):
         _extract(broken, tmp_path)
-    path = store_path(tmp_path, "chest_xray", "resnet18", "none", 32)
+    path = store_path(tmp_path, dataset_folder("chest_xray", tiny_data), "resnet18", "none", 32)
     assert not path.exists()
     done = sorted(p.name for p in PartialStore(path).folder.glob("*.npz"))
     assert "train-00000000.npz" in done and "test-00000004.npz" not in done
@@ -348,7 +378,7 @@ def test_skip_bad_skips_a_dicom_no_decoder_can_read(tiny_data: Path, tmp_path: P
 
 
 def test_second_concurrent_extraction_is_refused(tiny_data_ro: Path, tmp_path: Path) -> None:
-    path = store_path(tmp_path, "chest_xray", "resnet18", "none", 32)
+    path = store_path(tmp_path, dataset_folder("chest_xray", tiny_data_ro), "resnet18", "none", 32)
     with store_lock(path), pytest.raises(XrayError, match="another extraction is writing"):
         _extract(load_manifest(tiny_data_ro), tmp_path)
 
@@ -368,7 +398,7 @@ def test_a_store_in_use_is_refused_never_rebuilt(tiny_data_ro: Path, tmp_path: P
 
 
 def test_unreadable_existing_store_is_rebuilt(tiny_data_ro: Path, tmp_path: Path) -> None:
-    path = store_path(tmp_path, "chest_xray", "resnet18", "none", 32)
+    path = store_path(tmp_path, dataset_folder("chest_xray", tiny_data_ro), "resnet18", "none", 32)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"half a file")
     result = _extract(load_manifest(tiny_data_ro), tmp_path)
@@ -417,7 +447,7 @@ def test_sigkill_mid_extraction_then_resume_gives_identical_rows(
     tiny_data_ro: Path, tmp_path: Path, reference: ExtractResult
 ) -> None:
     cache = tmp_path / "cache"
-    path = store_path(cache, "chest_xray", "resnet18", "none", 32)
+    path = store_path(cache, dataset_folder("chest_xray", tiny_data_ro), "resnet18", "none", 32)
     partial = PartialStore(path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -444,7 +474,9 @@ def test_sigkill_mid_extraction_then_resume_gives_identical_rows(
 def test_real_radiographs_extract_into_a_plain_hdf5_store(realsample: Path, tmp_path: Path) -> None:
     m = load_manifest(realsample)
     result = _extract(m, tmp_path, image_size=64, batch_size=8, chunk_size=16)
-    assert result.path == tmp_path / "realsample" / "resnet18-none-64px.h5"
+    assert (
+        result.path == tmp_path / dataset_folder("realsample", realsample) / "resnet18-none-64px.h5"
+    )
     assert sum(result.counts.values()) == len(m.records) == 54 and result.counts["val"] > 0
     with h5py.File(result.path, "r") as fh:  # readable by any HDF5 tool, layout as documented
         assert set(fh) == {"train", "val", "test"}
@@ -486,3 +518,24 @@ def test_provider_stores_record_provider_pooling_and_preprocessing(
             store.columns("map")
     again = _extract(load_manifest(tiny_data_ro), tmp_path, model=model)
     assert again.status == "reused"
+
+
+def test_two_datasets_with_one_manifest_name_keep_their_own_stores(tmp_path: Path) -> None:
+    """Issue #28.7: two multi-label sets are both `labels.csv`; extracting the second must not
+    rebuild (and so destroy) the first one's store."""
+    from conftest import write_tiny_multilabel
+
+    first = load_manifest(write_tiny_multilabel(tmp_path / "site-a", seed=1), val_min=0)
+    second = load_manifest(write_tiny_multilabel(tmp_path / "site-b", seed=2), val_min=0)
+    assert first.name == second.name  # the same manifest name: the case that collided
+    cache = tmp_path / "cache"
+    a = _extract(first, cache)
+    before = _rows(a.path)
+    b = _extract(second, cache)
+    assert b.path != a.path and b.path.parent != a.path.parent
+    assert b.status == "built"
+    assert _extract(first, cache).status == "reused"  # a's store is untouched and still fresh
+    after = _rows(a.path)
+    for split, (features, keys) in before.items():
+        np.testing.assert_array_equal(after[split][0], features)
+        assert after[split][1] == keys

@@ -74,13 +74,15 @@ def test_summed_loss_is_each_images_mean_over_its_observed_labels() -> None:
     assert summed_loss(logits, y, "multilabel") == pytest.approx(first + second)
 
 
-def _multilabel_source(seed: int = 0) -> FeatureSource:
+def _multilabel_source(seed: int = 0, *, mass_val_negative: bool = False) -> FeatureSource:
     rng = np.random.default_rng(seed)
     splits = {}
     for split, n in (("train", 80), ("val", 40), ("test", 40)):
         y = rng.integers(0, 2, (n, 2)).astype(np.float32)  # two findings, co-occurring freely
         x = np.concatenate([y * 2.5 + rng.normal(size=(n, 2)), rng.normal(size=(n, 2))], 1)
         y[rng.random((n, 2)) < 0.1] = np.nan  # some uncertain labels, masked
+        if mass_val_negative and split == "val":
+            y[:, 1] = np.where(np.isnan(y[:, 1]), np.nan, 0.0)  # Mass: no validation positive
         splits[split] = FeatureSplit(
             x.astype(np.float32), np.zeros(n, np.int64), [f"{split}/{i}" for i in range(n)],
             [f"{split}-{i // 2}" for i in range(n)], targets=y,
@@ -108,3 +110,33 @@ def test_fit_learns_two_findings_with_per_label_thresholds() -> None:
     torch.manual_seed(0)
     again = fit(build_head("linear", 4, 2), _multilabel_source(), replace(config))
     assert again.test == result.test
+
+
+def test_a_finding_without_validation_positives_says_its_threshold_fell_back() -> None:
+    """Issue #28.4: a label whose validation entries hold no positive gets 0.5, said per label
+    in metrics.json (`ran`, `notes`), never silently."""
+    src = _multilabel_source(mass_val_negative=True)
+    config = TrainConfig(epochs=2, lr=0.05, batch_size=16, device="cpu")
+    torch.manual_seed(0)
+    result = fit(build_head("linear", 4, 2), src, config)
+    t = result.metrics_json()["threshold"]
+    assert t["per_label"]["Mass"] == 0.5
+    assert t["ran"] == {"Effusion": True, "Mass": False}
+    assert len(t["notes"]) == 1 and "Mass" in t["notes"][0] and "no positive" in t["notes"][0]
+
+
+def test_a_threshold_policy_on_a_multiclass_task_is_refused_before_training() -> None:
+    """Issue #28.3: --threshold f1 on three classes was recorded as argmax with no word."""
+    rng = np.random.default_rng(0)
+    feats = {s: rng.normal(size=(30, 4)).astype(np.float32) for s in ("train", "val", "test")}
+    labels = {s: np.arange(30) % 3 for s in feats}
+    src = FeatureSource.from_arrays(feats, labels, batch_size=8, class_names=("A", "B", "C"))
+    for policy in ("f1", "sensitivity:0.9", "specificity:0.9", "fixed:0.3"):
+        with pytest.raises(XrayError, match="argmax"):
+            fit(
+                build_head("linear", 4, 3),
+                src,
+                TrainConfig(epochs=1, threshold_policy=policy, device="cpu"),
+            )
+    result = fit(build_head("linear", 4, 3), src, TrainConfig(epochs=1, device="cpu"))
+    assert result.threshold["policy"] == "argmax" and "argmax" in result.threshold["note"]

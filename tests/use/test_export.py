@@ -26,19 +26,22 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A frozen (float16 store) and a fine-tuned resnet18 run on a tiny dataset, 32 px."""
+    """A frozen (float16 store) and a fine-tuned resnet18 run on a tiny dataset, 32 px, in
+    float32: the ONNX graph's arithmetic, so predictions.csv itself is the reference."""
     from featurestore.data import load_manifest
     from featurestore.store import extract_features
 
     root = tmp_path_factory.mktemp("export")
     data = write_tiny_dataset(root / "chest_xray")
     extract_features(load_manifest(data), model="resnet18", weights="none",
-                     cache_dir=root / "cache", image_size=32, workers=0)  # fmt: skip
+                     cache_dir=root / "cache", image_size=32, workers=0,
+                     precision="fp32")  # fmt: skip
     (frozen,) = fit_heads(data=data, cache_dir=root / "cache", runs_dir=root / "runs",
                           config=TrainConfig(epochs=3, device="cpu"))  # fmt: skip
     tuned = finetune(data=data, model="resnet18", weights="none", image_size=32, workers=0,
                      runs_dir=root / "runs", augment=False,
-                     config=TrainConfig(epochs=1, batch_size=8, device="cpu"))  # fmt: skip
+                     config=TrainConfig(epochs=1, batch_size=8, device="cpu",
+                                        precision="fp32"))  # fmt: skip
     return {"data": data, "frozen": frozen.path, "finetune": tuned.path, "root": root}
 
 
@@ -72,6 +75,19 @@ def test_onnx_export_reproduces_predictions_csv(runs: dict[str, Path], mode: str
                      for k in test["key"][:4]]).numpy()  # fmt: skip
     p4, q4, _ = model.run_batch(x)
     np.testing.assert_allclose(q4, cal.apply(p4), rtol=0, atol=1e-4)
+
+
+def test_bf16_run_is_checked_against_its_model_in_fp32(runs: dict[str, Path]) -> None:
+    """ONNX computes in float32: a bf16 run's export is checked like with like."""
+    tuned = finetune(data=runs["data"], model="resnet18", weights="none", image_size=32,
+                     workers=0, runs_dir=runs["root"] / "runs-bf16", augment=False,
+                     config=TrainConfig(epochs=1, batch_size=8, device="cpu",
+                                        precision="bf16"))  # fmt: skip
+    assert load_run(tuned.path).config["resolved_precision"] == "bf16"
+    result = export_run(tuned.path, runs["root"] / "bf16.onnx")
+    assert result.reference == "the run's model in fp32"
+    assert result.max_abs_difference is not None and result.max_abs_difference < 1e-4
+    assert result.predictions_agree
 
 
 def test_cli_export_and_predict_with_the_exported_model(runs: dict[str, Path]) -> None:
