@@ -36,7 +36,8 @@ def _data(study_data: Path | None) -> Path:
 def run(
     file: StudyFile,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the plan (extract / train / reuse); write nothing.")
+        bool,
+        typer.Option("--dry-run", help="Print the plan (extract / train / reuse); write nothing."),
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:

@@ -47,7 +47,7 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 def _multiclass_auc(y: np.ndarray, p: np.ndarray) -> float:
-    """Macro one-vs-rest ROC-AUC over the C classes; NaN when a class is absent. y (N,), p (N, C)."""
+    """Macro one-vs-rest ROC-AUC over the C classes; NaN if a class is absent. y (N,), p (N, C)."""
     return float(np.mean([_auc((y == c).astype(np.int64), p[:, c]) for c in range(p.shape[1])]))
 
 
@@ -185,9 +185,11 @@ def scored_arrays(record: RunRecord, metric: str) -> ScoredArrays:
         y, p = test["label"][order], test["probabilities"][order]
     else:
         y = test["targets"][order]
-        p = test["predictions"][order].astype(np.float64) if thresholded else test[
-            "probabilities"
-        ][order]
+        p = (
+            test["predictions"][order].astype(np.float64)
+            if thresholded
+            else test["probabilities"][order]
+        )
     return ScoredArrays(test["key"][order], test["patient"][order], y, p)
 
 

@@ -7,7 +7,13 @@ trains it through the library's own functions, `report` answers the declared que
 
 from __future__ import annotations
 
-from featurestore.compare.questions import METRICS, Answer, PairResult, answer_questions, compare_pair
+from featurestore.compare.questions import (
+    METRICS,
+    Answer,
+    PairResult,
+    answer_questions,
+    compare_pair,
+)
 from featurestore.config import StudyConfig
 from featurestore.study.file import Arm, Question, Study, builtin_text, load_study, parse_study
 from featurestore.study.legacy import (
@@ -20,15 +26,15 @@ from featurestore.study.legacy import (
 __all__ = [
     "METRICS",
     "Answer",
-    "PairResult",
-    "answer_questions",
-    "compare_pair",
     "Arm",
+    "PairResult",
     "Question",
     "Study",
     "StudyConfig",
     "StudyResult",
+    "answer_questions",
     "builtin_text",
+    "compare_pair",
     "load_study",
     "parse_study",
     "resolve_study_weights",

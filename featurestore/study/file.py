@@ -77,7 +77,7 @@ class Arm:
 
     @property
     def kind(self) -> ArmKind:
-        """"sweep" and "curve" (label efficiency) arms never enter the primary questions."""
+        """ "sweep" and "curve" (label efficiency) arms never enter the primary questions."""
         if self.sweep is not None:
             return "sweep"
         return "curve" if self.train_fractions or self.shots_per_class else "primary"
@@ -191,9 +191,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         raise XrayError(f"{where} must be a {_describe(options[0])}, got {value!r}")
     if origin is Literal:
         if value not in args:
-            raise XrayError(
-                f"{where} must be one of {', '.join(map(str, args))}, got {value!r}"
-            )
+            raise XrayError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
     if origin is tuple:
         if not isinstance(value, list):
@@ -221,17 +219,13 @@ def _describe(hint: Any) -> str:
     )
 
 
-def _build(
-    cls: type, types_: dict[str, Any], given: Mapping[str, Any], prefix: str = ""
-) -> Any:
+def _build(cls: type, types_: dict[str, Any], given: Mapping[str, Any], prefix: str = "") -> Any:
     """cls(**defaults with the given fields), values checked; the dataclass's own checks run."""
     kwargs = {k: _coerce(v, types_[k], f"{prefix}{k}") for k, v in given.items() if k in types_}
     return cls(**kwargs)
 
 
-def _arm(
-    source: str, table: Mapping[str, Any], defaults: Mapping[str, Any], index: int
-) -> Arm:
+def _arm(source: str, table: Mapping[str, Any], defaults: Mapping[str, Any], index: int) -> Arm:
     """One [[study.arm]] table, with the [study] defaults of its mode, resolved."""
     name = table.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
@@ -271,20 +265,18 @@ def _resolve_arm(name: str, model: str, mode: str, given: Mapping[str, Any]) -> 
     if any(not 0.0 < f <= 1.0 for f in fractions):
         raise XrayError(f"train_fractions must lie in (0, 1], got {list(fractions)}")
     if any(k < 1 for k in shots):
-        raise XrayError(f"shots_per_class must be whole numbers >= 1")
+        raise XrayError("shots_per_class must be whole numbers >= 1")
     if fractions and shots:
-        raise XrayError(f"give train_fractions or shots_per_class, not both")
+        raise XrayError("give train_fractions or shots_per_class, not both")
     if mode == "finetune":
         ft_base = FinetuneConfig()
         train = replace(
             ft_base.train,
             **{k: _coerce(v, _TRAIN[k], k) for k, v in given.items() if k in _TRAIN},
         )
-        finetune = replace(
-            _build(FinetuneConfig, _FINETUNE, given), model=model, train=train
-        )
+        finetune = replace(_build(FinetuneConfig, _FINETUNE, given), model=model, train=train)
         if "extract" in given or "sweep" in given:
-            raise XrayError(f"a finetune arm takes no 'extract' or 'sweep'")
+            raise XrayError("a finetune arm takes no 'extract' or 'sweep'")
         return Arm(name, model, "finetune", train, finetune=finetune,
                    train_fractions=fractions, shots_per_class=shots)  # fmt: skip
     train = _build(TrainConfig, _TRAIN, given)
@@ -292,17 +284,17 @@ def _resolve_arm(name: str, model: str, mode: str, given: Mapping[str, Any]) -> 
     extract_keys = {k: v for k, v in given.items() if k in _EXTRACT}
     nested = given.get("extract", {})
     if not isinstance(nested, dict):
-        raise XrayError(f"extract must be a table of extraction options")
+        raise XrayError("extract must be a table of extraction options")
     for key in nested:
         if key not in _EXTRACT:
             raise XrayError(f"unknown key 'extract.{key}'{_hint(key, _EXTRACT)}")
     extract_keys.update(nested)
     extract = _build(ExtractConfig, _EXTRACT, extract_keys, "extract.")
     if extract.labels != fit.labels or extract.uncertain != fit.uncertain:
-        raise XrayError(f"extract.labels/uncertain must match the arm's")
+        raise XrayError("extract.labels/uncertain must match the arm's")
     sweep = _sweep(given.get("sweep"), fit)
     if sweep is not None and (fractions or shots):
-        raise XrayError(f"a sweep arm cannot also be a label-efficiency arm")
+        raise XrayError("a sweep arm cannot also be a label-efficiency arm")
     return Arm(name, model, "frozen", train, extract=extract, fit=fit, sweep=sweep,
                train_fractions=fractions, shots_per_class=shots)  # fmt: skip
 
@@ -314,7 +306,7 @@ def _sweep(value: Any, fit: FitHeadConfig) -> SweepConfig | None:
     if value == "default":
         return SweepConfig()
     if not isinstance(value, dict):
-        raise XrayError(f"sweep must be \"default\" or a table (lrs, weight_decays, heads)")
+        raise XrayError('sweep must be "default" or a table (lrs, weight_decays, heads)')
     for key in value:
         if key not in _SWEEP:
             raise XrayError(f"unknown key 'sweep.{key}'{_hint(key, _SWEEP)}")
@@ -349,8 +341,7 @@ def _question(
         if arm not in arms:
             raise _fail(
                 source,
-                f"question {name!r}: {side} = {arm!r} is not an arm of the study"
-                f"{_hint(arm, arms)}",
+                f"question {name!r}: {side} = {arm!r} is not an arm of the study{_hint(arm, arms)}",
             )
         if arms[arm].kind != "primary":
             raise _fail(
@@ -398,9 +389,7 @@ def parse_study(text: str, *, source: str = "study.toml") -> Study:
             raise _fail(source, f"unknown key {key!r} in [study]{_hint(key, _ALL_KEYS)}")
     name = study.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise _fail(
-            source, f"[study] needs name = letters, digits, '.', '_' or '-' (got {name!r})"
-        )
+        raise _fail(source, f"[study] needs name = letters, digits, '.', '_' or '-' (got {name!r})")
     seeds = study.get("seeds", [0])
     if (
         not isinstance(seeds, list)

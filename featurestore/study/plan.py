@@ -227,8 +227,9 @@ def make_plan(
                     stores[store_key]["train"] = True
                 runs.append(PlannedRun(arm, seed, point, key, payload, reuse, store_key))
     planned_stores = [
-        PlannedStore(v["arm"].model, v["arm"].extract, v["arm"].labels, v["arm"].uncertain, k,
-                     v["train"])  # fmt: skip
+        PlannedStore(
+            v["arm"].model, v["arm"].extract, v["arm"].labels, v["arm"].uncertain, k, v["train"]
+        )
         for k, v in stores.items()
     ]
     return Plan(

@@ -47,8 +47,16 @@ class StudyReport:
 def _metrics_for(task: str) -> list[str]:
     from featurestore.compare.questions import METRICS
 
-    preferred = ["roc_auc", "pr_auc", "accuracy", "f1_macro", "sensitivity", "specificity",
-                 "loss", "brier"]  # fmt: skip
+    preferred = [
+        "roc_auc",
+        "pr_auc",
+        "accuracy",
+        "f1_macro",
+        "sensitivity",
+        "specificity",
+        "loss",
+        "brier",
+    ]
     return [m for m in preferred if m in METRICS[task]]
 
 
@@ -92,8 +100,13 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
         if arm.kind == "curve":
             continue
         runs = by_arm[arm.name]
-        row: dict[str, Any] = {"arm": arm.name, "model": arm.model, "mode": arm.mode,
-                               "kind": arm.kind, "runs": len(runs)}  # fmt: skip
+        row: dict[str, Any] = {
+            "arm": arm.name,
+            "model": arm.model,
+            "mode": arm.mode,
+            "kind": arm.kind,
+            "runs": len(runs),
+        }
         for m in metrics:
             row[m], row[f"{m}_sd"] = _mean_sd([score(rec, m) for rec in runs])
         arms.append(row)
@@ -104,10 +117,15 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
         for seed, rec in zip(study.seeds, by_arm[arm.name], strict=True):
             cfg = rec.config
             sweeps.append(
-                {"arm": arm.name, "seed": seed, "members": len(arm.sweep.members()) if arm.sweep
-                 else None, "chosen_head": cfg.get("head"), "chosen_lr": cfg.get("lr"),
-                 "chosen_weight_decay": cfg.get("weight_decay"),
-                 **{m: _none(score(rec, m)) for m in metrics}}  # fmt: skip
+                {
+                    "arm": arm.name,
+                    "seed": seed,
+                    "members": len(arm.sweep.members()) if arm.sweep else None,
+                    "chosen_head": cfg.get("head"),
+                    "chosen_lr": cfg.get("lr"),
+                    "chosen_weight_decay": cfg.get("weight_decay"),
+                    **{m: _none(score(rec, m)) for m in metrics},
+                }
             )
     curves = []
     for arm in study.arms:
@@ -115,7 +133,9 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
             continue
         what = "fraction" if arm.train_fractions else "shots"
         for point in arm.train_fractions or arm.shots_per_class:
-            runs = [records[r.key] for r in plan.runs if r.arm.name == arm.name and r.point == point]
+            runs = [
+                records[r.key] for r in plan.runs if r.arm.name == arm.name and r.point == point
+            ]
             row = {"arm": arm.name, what: point, "runs": len(runs)}
             for m in metrics:
                 row[m], row[f"{m}_sd"] = _mean_sd([score(rec, m) for rec in runs])
@@ -130,8 +150,14 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
         for m in question_metrics:
             if m not in metrics:
                 continue
-            res = compare_pair(by_arm[a], by_arm[b], m, n_boot=study.n_boot, alpha=study.alpha,
-                               seed=study.bootstrap_seed)  # fmt: skip
+            res = compare_pair(
+                by_arm[a],
+                by_arm[b],
+                m,
+                n_boot=study.n_boot,
+                alpha=study.alpha,
+                seed=study.bootstrap_seed,
+            )
             exploratory.append({"a": a, "b": b, **res.as_dict()})
     header = {
         "study": study.name,
@@ -197,7 +223,8 @@ def render_markdown(report: StudyReport) -> str:
         cells = [_cell(row[m], row[f"{m}_sd"]) for m in metrics]
         out.append(
             f"| {row['arm']} | {row['model']} | {row['mode']} | {row['kind']} | {row['runs']} | "
-            + " | ".join(cells) + " |"
+            + " | ".join(cells)
+            + " |"
         )
     if report.sweeps:
         out += ["", "## Sweeps (the member chosen on validation, per seed)", ""]
@@ -207,12 +234,15 @@ def render_markdown(report: StudyReport) -> str:
             out.append(
                 f"| {row['arm']} | {row['seed']} | {row['members']} | {row['chosen_head']} | "
                 f"{row['chosen_lr']} | {row['chosen_weight_decay']} | "
-                + " | ".join(fmt(row[m]) for m in metrics) + " |"
+                + " | ".join(fmt(row[m]) for m in metrics)
+                + " |"
             )
     if report.curves:
         out += ["", "## Label efficiency (a curve; never a primary question)", ""]
         for row in report.curves:
-            point = f"fraction {row['fraction']:g}" if "fraction" in row else f"{row['shots']} shots"
+            point = (
+                f"fraction {row['fraction']:g}" if "fraction" in row else f"{row['shots']} shots"
+            )
             out.append(
                 f"- {row['arm']}, {point} ({row['runs']} runs): "
                 + ", ".join(f"{m} {_cell(row[m], row[f'{m}_sd'])}" for m in metrics)
@@ -223,7 +253,11 @@ def render_markdown(report: StudyReport) -> str:
         "not part of the Holm family, and are not evidence on their own."
     )
     if report.exploratory:
-        out += ["", "| a | b | metric | a - b | interval | test | raw p |", "|---|---|---|---|---|---|---|"]
+        out += [
+            "",
+            "| a | b | metric | a - b | interval | test | raw p |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for e in report.exploratory:
             out.append(
                 f"| {e['a']} | {e['b']} | {e['metric']} | {fmt(_nan(e['diff']), signed=True)} | "

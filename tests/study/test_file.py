@@ -74,7 +74,7 @@ def test_a_bad_file_is_one_line_exit_2_nothing_written(
     case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     text, expected = BAD[case]
-    with pytest.raises(XrayError, match="study.toml"):
+    with pytest.raises(XrayError, match=r"study\.toml"):
         parse_study(text)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "study.toml").write_text(text)

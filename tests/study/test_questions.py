@@ -10,8 +10,8 @@ import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from featurestore.compare import clustered_delong_test
-from featurestore.study import METRICS, answer_questions, compare_pair
 from featurestore.runs import RunRecord
+from featurestore.study import METRICS, answer_questions, compare_pair
 
 
 def _record(name: str, preds: dict[str, np.ndarray], **config: Any) -> RunRecord:
