@@ -139,10 +139,12 @@ METRIC_NAMES: tuple[str, ...] = tuple(sorted({m for task in METRICS.values() for
 
 
 def run_task(record: RunRecord) -> str:
-    """binary, multiclass or multilabel, read from the run's predictions.csv columns."""
-    if "targets" in record.predictions:
-        return "multilabel"
-    return "multiclass" if "probabilities" in record.predictions else "binary"
+    """binary, multiclass or multilabel: the run's `Task` as its config.json records it.
+
+    Raises:
+        XrayError: the run's config.json names no classes.
+    """
+    return record.task.kind
 
 
 @dataclass(frozen=True)
@@ -173,8 +175,7 @@ def scored_arrays(record: RunRecord, metric: str) -> ScoredArrays:
     order = np.argsort(test["key"], kind="stable")
     thresholded = metric in THRESHOLDED[task]
     if task == "binary":
-        names = list(record.config["class_names"])
-        positive = names.index(record.config["positive_class"])
+        positive = record.task.positive_index
         y = (test["label"][order] == positive).astype(np.float64)
         p = (
             (test["prediction"][order] == positive).astype(np.float64)
