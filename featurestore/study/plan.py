@@ -129,10 +129,17 @@ def read_ledger(folder: Path) -> dict[str, dict[str, Any]]:
         raise XrayError(f"{path} is malformed ({exc}); remove it to retrain the study") from None
 
 
+def resolve_study_weights(models: tuple[str, ...], weights: str) -> str:
+    """ "auto" -> "imagenet" when every model's ImageNet file is cached offline, else "none"."""
+    from featurestore.models import imagenet_available
+
+    if weights != "auto":
+        return weights
+    return "imagenet" if all(imagenet_available(m) for m in models) else "none"
+
+
 def _weights(arm: Arm) -> Arm:
     """The arm with weights "auto" resolved (ImageNet when cached offline, else none)."""
-    from featurestore.study.legacy import resolve_study_weights
-
     if arm.extract is not None and arm.extract.weights == "auto":
         w = resolve_study_weights((arm.model,), "auto")
         return replace(arm, extract=replace(arm.extract, weights=w))
@@ -195,6 +202,18 @@ def make_plan(
             f"{study.source}: the arms read the data as different tasks ({', '.join(tasks)}); "
             "one study compares runs of one task"
         )
+    task = tasks.pop()
+    for arm in arms:
+        if arm.sweep is not None and task != "binary":
+            raise XrayError(
+                f"{study.source}: arm {arm.name!r} is a head sweep, and --sweep takes binary "
+                f"stores only (this is {task} data)"
+            )
+        if (arm.train_fractions or arm.shots_per_class) and task == "multilabel":
+            raise XrayError(
+                f"{study.source}: arm {arm.name!r} is a label-efficiency arm, and its subsets "
+                "stratify by class: multi-label data has no single class per image"
+            )
     ledger = read_ledger(study.folder)
     stores: dict[str, dict[str, Any]] = {}
     runs: list[PlannedRun] = []
@@ -235,7 +254,7 @@ def make_plan(
     return Plan(
         study=replace(study, arms=tuple(arms)),
         data=data,
-        task=tasks.pop(),
+        task=task,
         fingerprints=fingerprints,
         stores=planned_stores,
         runs=runs,

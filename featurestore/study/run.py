@@ -150,7 +150,8 @@ def run_study_file(
             manifests[f"{s.labels}/{s.uncertain}"], model=s.model, weights=e.weights,
             cache_dir=study.cache, image_size=e.image_size, batch_size=e.batch_size,
             workers=e.workers, device=e.device, dtype=e.dtype, precision=e.precision,
-            rehash=e.rehash, skip_bad=e.skip_bad, progress=progress, notice=say,
+            rehash=e.rehash, skip_bad=e.skip_bad, pixel_cache_gb=e.pixel_cache_gb,
+            progress=progress, notice=say,
         )  # fmt: skip
         say(f"store {result.path}: {result.status}")
         opened[s.key] = open_store(result.path)
@@ -163,6 +164,9 @@ def run_study_file(
         left = [q for q in plan.runs[i + 1 :] if q.reuse is None]
         if r.reuse is not None:
             reused.append(r)
+            stored = ledger.get(r.key, {}).get("store")
+            if r.store is not None and stored:
+                store_paths.setdefault(r.store, Path(stored))
             say(f"[{i + 1}/{total}] {r.label}: reused {r.reuse} (config unchanged, run complete)")
             continue
         t0 = time.perf_counter()
@@ -188,6 +192,7 @@ def run_study_file(
                 console=console, notice=say, manifest=manifests[scheme],
                 fingerprint=plan.fingerprints[scheme], labels=arm.labels,
                 uncertain=arm.uncertain, train_fraction=fraction, shots=shots,
+                pixel_cache_dir=study.cache, pixel_cache_gb=ft.pixel_cache_gb,
             )  # fmt: skip
         seconds = time.perf_counter() - t0
         spent.setdefault(arm.mode, []).append(seconds)
