@@ -4,6 +4,7 @@ a second run retrains nothing; a changed arm reruns alone; the folder records ev
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,9 @@ def test_study_runs_resumes_and_reruns_only_the_changed_arm(
     second = CliRunner().invoke(app, ["study", "run", str(study), "--json"])
     assert second.exit_code == 0, second.output
     assert (json.loads(second.stdout)["trained"], json.loads(second.stdout)["reused"]) == (0, 8)
+    said = " ".join(second.stderr.split())  # it says so, once per run (rich wraps lines)
+    assert said.count("reused studies/tiny/runs/") == 8
+    assert said.count("(config unchanged, run complete)") == 8 and "trained in" not in said
 
     study.write_text(_text(tiny_data).replace(
         'name = "efficientnet_b0-finetune"\nmodel = "efficientnet_b0"\nmode = "finetune"\n'
@@ -90,6 +94,8 @@ def test_study_runs_resumes_and_reruns_only_the_changed_arm(
     third = CliRunner().invoke(app, ["study", "run", str(study), "--json"])
     assert third.exit_code == 0, third.output
     assert (json.loads(third.stdout)["trained"], json.loads(third.stdout)["reused"]) == (2, 6)
+    retrained = re.findall(r"\] (\S+) seed (\d): trained in", " ".join(third.stderr.split()))
+    assert retrained == [("efficientnet_b0-finetune", "0"), ("efficientnet_b0-finetune", "1")]
     again = CliRunner().invoke(app, ["study", "report", str(study), "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["questions"][1]["a"] == "resnet18-finetune"

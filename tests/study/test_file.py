@@ -84,3 +84,32 @@ def test_a_bad_file_is_one_line_exit_2_nothing_written(
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and "study.toml" in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
+
+
+@pytest.mark.parametrize("arm", ['sweep = "default"', "train_fractions = [0.5]"])
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_sweep_and_curve_arms_are_refused_on_data_they_cannot_take(
+    arm: str, task: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--sweep takes binary stores; label-efficiency subsets stratify by class (not
+    multi-label): refused in one line before anything is extracted or trained."""
+    from conftest import write_tiny_kermany3, write_tiny_multilabel
+
+    if task == "multiclass":
+        data, labels = write_tiny_kermany3(tmp_path / "k3"), 'labels = "kermany3"\n'
+    else:
+        data, labels = write_tiny_multilabel(tmp_path / "ml"), ""
+    refused = (task == "multiclass" and arm.startswith("sweep")) or task == "multilabel"
+    text = GOOD.replace('weights = "none"\n', f'weights = "none"\ndata = "{data}"\n{labels}')
+    text += f'\n[[study.arm]]\nname = "extra"\nmodel = "resnet18"\nmode = "frozen"\n{arm}\n'
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.toml").write_text(text)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(app, ["study", "run", "study.toml", "--dry-run"])
+    if not refused:  # a multi-class curve is fine
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "arm 'extra'" in line and task in line.replace("-", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
