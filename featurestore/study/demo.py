@@ -5,7 +5,7 @@ defaults), so the shipped `demo.toml` is `demo_text()` and every demo option is 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -167,7 +167,9 @@ def run_demo(
 
     written = data if given_data or config.task != "binary" else None
     text = demo_text(config, data=written, cache=cache, out=out)
-    study = parse_study(text, source="demo" if text == builtin_text("demo") else "the demo")
+    study = parse_study(text, source="demo")
+    if text != builtin_text("demo"):  # an edited demo: named by the file it runs, kept there
+        study = replace(study, source=str(study.folder / "study.toml"))
     done = run_study_file(study, data=data, progress=progress, console=console, notice=notice)
     report = build_report(done.plan, done.paths)
     path = write_study_report(report, done.plan.study.folder)

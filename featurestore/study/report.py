@@ -252,6 +252,8 @@ def render_markdown(report: StudyReport) -> str:
         "Every other pair of primary arms, for orientation only: these p-values are raw, "
         "not part of the Holm family, and are not evidence on their own."
     )
+    if not report.exploratory:
+        out += ["", "None: no pair of primary arms is left outside the declared questions."]
     if report.exploratory:
         out += [
             "",
