@@ -1,4 +1,4 @@
-"""`xray compare` and `xray demo`: the study's table, tests and report."""
+"""`xray compare`: the runs' table, tests and report."""
 
 from __future__ import annotations
 
@@ -8,21 +8,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from featurestore.config import CompareConfig, EvaluateConfig, StudyConfig
+from featurestore.config import CompareConfig, EvaluateConfig
 
-from .common import console, err_console, notice, resolve_data, user_errors
+from .common import console, err_console, notice, user_errors
 from .options import (
-    DEFAULT_CACHE,
     DEFAULT_REPORTS,
     DEFAULT_RUNS,
-    CacheDir,
-    DataPath,
     JsonFlag,
     Resample,
     RunsDir,
-    SeedsOpt,
-    Task,
-    TaskOpt,
 )
 
 if TYPE_CHECKING:
@@ -30,14 +24,12 @@ if TYPE_CHECKING:
 
 
 def register(app: typer.Typer) -> None:
-    """Add `compare` and `demo` to the app."""
+    """Add `compare` to the app."""
     app.command("compare")(compare)
-    app.command("demo")(demo)
 
 
 _COMPARE = CompareConfig()
 _EVALUATE = EvaluateConfig()
-_STUDY = StudyConfig()
 
 
 @user_errors
@@ -284,153 +276,3 @@ def render_comparison(
         )
     if report is not None:
         console.print(f"report: [bold]{report}[/] (also report.html, table.csv, plots)")
-
-
-@user_errors
-def demo(
-    data: DataPath = None,
-    models: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--model",
-            help=f"Backbones to compare (repeatable) [default: {', '.join(_STUDY.models)}].",
-            show_default=False,
-        ),
-    ] = None,
-    weights: Annotated[
-        str,
-        typer.Option(
-            "--weights",
-            help="auto (ImageNet if cached offline, else random init with a banner), "
-            "imagenet, none or a state-dict PATH.",
-        ),
-    ] = _STUDY.weights,
-    image_size: Annotated[
-        int | None,
-        typer.Option(
-            "--image-size",
-            help=f"Input side in pixels [default: {_STUDY.image_size}; "
-            f"{_STUDY.full_size().image_size} with --full].",
-            show_default=False,
-        ),
-    ] = None,
-    head_epochs: Annotated[
-        int | None,
-        typer.Option(
-            "--head-epochs",
-            help=f"Head epochs [default: {_STUDY.head_epochs}; "
-            f"{_STUDY.full_size().head_epochs} with --full].",
-            show_default=False,
-        ),
-    ] = None,
-    finetune_epochs: Annotated[
-        int | None,
-        typer.Option(
-            "--finetune-epochs",
-            help=f"Fine-tune epochs [default: {_STUDY.finetune_epochs}; "
-            f"{_STUDY.full_size().finetune_epochs} with --full].",
-            show_default=False,
-        ),
-    ] = None,
-    seeds: SeedsOpt = _STUDY.seeds,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            "--workers",
-            help="Decoding processes (default: 0 on CPU, CPU cores - 1 on a GPU).",
-            show_default=False,
-        ),
-    ] = _STUDY.workers,
-    full: Annotated[
-        bool,
-        typer.Option(
-            "--full", help="The hand-written study's scale: 224 px, 100 head / 10 fine-tune epochs."
-        ),
-    ] = False,
-    sweeps: Annotated[
-        bool,
-        typer.Option(
-            "--sweeps/--no-sweeps",
-            help="Also a head sweep and a label-efficiency curve per backbone (frozen mode).",
-        ),
-    ] = _STUDY.sweeps,
-    cache: CacheDir = DEFAULT_CACHE,
-    runs_dir: RunsDir = DEFAULT_RUNS,
-    as_json: JsonFlag = False,
-    task: TaskOpt = Task(_STUDY.task),
-) -> None:
-    """The whole study in one command: each backbone frozen and fine-tuned, then compared.
-
-    Each frozen backbone also gets a small head sweep (9 linear heads in one module) and
-    label-efficiency runs on nested quarter and half subsets of the train patients, drawn in
-    the report as a curve (`--no-sweeps` leaves them out).
-
-    On the default data (generated on first use) with small images and few epochs it
-    finishes in minutes on a 2-core CPU; `--full` runs it at the hand-written study's scale.
-
-    Examples:
-
-        xray demo
-
-        xray demo --data data/chest_xray --full
-
-        xray demo --model resnet18 --seeds 3 --json
-
-        xray demo --task multiclass   (NORMAL / BACTERIAL / VIRAL: --labels kermany3)
-
-        xray demo --task multilabel   (Cardiomegaly, Effusion, Opacity; masked uncertain labels)
-    """
-    from featurestore.models import get_spec
-    from featurestore.progress import make_progress
-    from featurestore.study import run_study
-
-    chosen = tuple(models) if models else _STUDY.models
-    for name in chosen:
-        get_spec(name)  # an unknown name fails before any data is read or generated
-    base = StudyConfig(
-        models=chosen, weights=weights, seeds=seeds, workers=workers, task=task.value,
-        labels="kermany3" if task is Task.multiclass else "as-given", sweeps=sweeps,
-    )  # fmt: skip
-    base = base.full_size() if full else base
-    config = replace_some(
-        base, image_size=image_size, head_epochs=head_epochs, finetune_epochs=finetune_epochs
-    )
-    resolved = resolve_data(data, task=task.value)
-    with make_progress(err_console, transient=True) as progress:
-        result = run_study(
-            data=resolved,
-            config=config,
-            cache_dir=cache,
-            runs_dir=runs_dir,
-            progress=progress,
-            console=err_console,
-            notice=notice,
-        )
-    if result.random_init and not as_json:
-        err_console.print(
-            "[bold yellow on red] RANDOM-INIT BACKBONES: a pipeline check, not a result [/]"
-        )
-    render_comparison(
-        result.comparison,
-        as_json=as_json,
-        report=result.report,
-        extra={"commands": result.commands},
-    )
-    if not as_json:
-        console.print("\n[bold]The same study, step by step[/] (same settings, same runs):")
-        for command in result.commands:
-            console.print(f"  {command}", highlight=False, markup=False, soft_wrap=True)
-        console.print(
-            "\n[bold]Next:[/] open the report (report.html beside report.md); `xray compare` "
-            "compares this study again (bare, it takes the newest study under runs/); "
-            "`xray demo --data DIR` runs it on your own radiographs (see README).",
-            highlight=False,
-        )
-
-
-def replace_some(config: StudyConfig, **changes: Any) -> StudyConfig:
-    """dataclasses.replace with the options the user actually gave."""
-    from dataclasses import replace
-
-    given = {k: v for k, v in changes.items() if v is not None}
-    return replace(config, **given) if given else config

@@ -95,9 +95,9 @@ def _root(
 
 def _register() -> None:
     # Each module adds its commands to `app`; none imports torch at module level.
-    from . import compare_cmd, data_cmd, evaluate_cmd, stage1_cmd, train_cmd, use_cmd
+    from . import compare_cmd, data_cmd, evaluate_cmd, stage1_cmd, study_cmd, train_cmd, use_cmd
 
-    for module in (data_cmd, stage1_cmd, train_cmd, compare_cmd, use_cmd, evaluate_cmd):
+    for module in (data_cmd, stage1_cmd, train_cmd, compare_cmd, use_cmd, evaluate_cmd, study_cmd):
         module.register(app)
 
 

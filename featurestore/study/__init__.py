@@ -1,0 +1,42 @@
+"""Studies: a declared study file (`xray study run`), and the demo, the built-in one.
+
+`file` parses and checks a study file, `plan` says what a run will train or reuse, `run`
+trains it through the library's own functions, `report` answers the declared questions
+(with `compare.questions`, re-exported here until `featurestore.compare` exports it),
+`commands` spells a study out as step-by-step commands, `demo` writes the demo's file.
+"""
+
+from __future__ import annotations
+
+from featurestore.compare.questions import (
+    METRICS,
+    Answer,
+    PairResult,
+    answer_questions,
+    compare_pair,
+)
+from featurestore.config import StudyConfig
+from featurestore.study.commands import study_commands
+from featurestore.study.demo import DemoResult, demo_text, run_demo
+from featurestore.study.file import Arm, Question, Study, builtin_text, load_study, parse_study
+from featurestore.study.plan import resolve_study_weights
+
+__all__ = [
+    "METRICS",
+    "Answer",
+    "Arm",
+    "DemoResult",
+    "PairResult",
+    "Question",
+    "Study",
+    "StudyConfig",
+    "answer_questions",
+    "builtin_text",
+    "compare_pair",
+    "demo_text",
+    "load_study",
+    "parse_study",
+    "resolve_study_weights",
+    "run_demo",
+    "study_commands",
+]
