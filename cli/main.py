@@ -39,7 +39,20 @@ def usage_error_line(exc: ClickException) -> str:
 
 
 class OneLineErrors(TyperGroup):
-    """The app's group: usage mistakes (a missing option, a bad choice) exit 2 with one line."""
+    """The app's group: usage mistakes (a missing option, a bad choice) exit 2 with one line;
+    every command's options get metavars that read well at 80 columns (`tidy_metavars`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from .options import tidy_command
+
+        tidy_command(self)  # and every command under it
+
+    def add_command(self, cmd: Any, name: str | None = None) -> None:
+        from .options import tidy_command
+
+        tidy_command(cmd)
+        super().add_command(cmd, name)
 
     def main(  # type: ignore[override]
         self, args: Any = None, prog_name: str | None = None, standalone_mode: bool = True,

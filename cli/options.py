@@ -7,10 +7,13 @@ each command reads them from its mode's config dataclass.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from featurestore.config import (
     THRESHOLD_HELP,
@@ -27,6 +30,7 @@ from featurestore.config import (
 )
 
 __all__ = [
+    "BareValueCommand",
     "ClassWeight",
     "Device",
     "FeatureDtype",
@@ -37,6 +41,9 @@ __all__ = [
     "Resample",
     "Task",
     "Uncertain",
+    "bare_values",
+    "tidy_command",
+    "tidy_metavars",
 ]
 
 DEFAULT_CACHE = Path("cache")
@@ -177,3 +184,87 @@ ShotsOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+# --- How options read in `--help` and on the command line --------------------------------------
+
+_LIST = re.compile(r"list\[(?P<item>.+)\]")
+
+
+def tidy_metavars(params: Iterable[Any]) -> None:
+    """Metavars that read well at 80 columns, set on each parameter that has none of its own.
+
+    Typer 0.29 labels every option with its Python type, flags included (`--fuse <bool>`,
+    though a flag takes no value), and joins choices without spaces (`<val_auc|val_f1|
+    val_loss>`), which rich can only break mid-word in a narrow column. Here a flag gets no
+    label, choices are spaced (`val_auc | val_f1 | val_loss`: rich wraps at the spaces) and a
+    repeatable parameter names its item (`<path>`, not `<list[Path]>`; its help says "repeat").
+    """
+    for param in params:
+        if isinstance(param, TyperOption) and param.metavar is None:
+            param.metavar = "" if param.is_flag or param.count else _label(param)
+        elif isinstance(param, TyperArgument) and (label := _label(param)) is not None:
+            # An argument's metavar is its name; Typer reads the type label from this method.
+            param.display_type_rich = _constant(label)  # type: ignore[method-assign, assignment]
+
+
+def _constant(label: str) -> Callable[[Any], str]:
+    return lambda ctx: label
+
+
+def _label(param: TyperOption | TyperArgument) -> str | None:
+    """The tidied type label of a parameter, or None to keep Typer's."""
+    shown = param.display_type(None)  # type: ignore[arg-type]  # ctx is used for choices only
+    if not shown:
+        return None
+    inner = shown[1:-1] if shown.startswith("<") and shown.endswith(">") else shown
+    listed = _LIST.fullmatch(inner)
+    item = listed["item"] if listed else inner
+    if "|" in item:
+        return " | ".join(item.split("|"))
+    return f"<{item.lower()}>" if listed else None
+
+
+def tidy_command(command: Any) -> None:
+    """`tidy_metavars` on every option of `command`, its `--help` included (click makes that one
+    on first use, and Typer labels it `<bool>` too), and of its subcommands (`xray data check`)."""
+    ctx = command.context_class(command, **(command.context_settings or {}))
+    tidy_metavars(command.get_params(ctx))
+    for sub in getattr(command, "commands", {}).values():
+        tidy_command(sub)
+
+
+class BareValueCommand(TyperCommand):
+    """A command some of whose options may be given without a value (`--sweep` alone).
+
+    Typer 0.29 parses options itself and has no optional values (click's `flag_value` with
+    `is_flag=False` is not passed on), so the value is filled in before parsing: an option in
+    `bare` that ends the command line, or is followed by another option, gets its bare value.
+    """
+
+    bare: ClassVar[Mapping[str, str]] = {}
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, fill_bare_values(args, self.bare))
+
+
+def fill_bare_values(args: Sequence[str], bare: Mapping[str, str]) -> list[str]:
+    """`args` with each bare option of `bare` followed by its value:
+    `["--sweep", "--json"]` -> `["--sweep", "default", "--json"]`; a value given is kept, and
+    nothing after `--` is touched."""
+    out: list[str] = []
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        out.append(arg)
+        if arg == "--":
+            return out + rest
+        if arg in bare and (not rest or rest[0].startswith("-")):
+            out.append(bare[arg])
+    return out
+
+
+def bare_values(values: Mapping[str, str]) -> type[BareValueCommand]:
+    """The command class for `app.command(cls=...)` whose options `values` (flag -> value it
+    means when given alone) may be given bare."""
+    return type("BareValueCommand", (BareValueCommand,), {"bare": dict(values)})

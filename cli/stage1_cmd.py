@@ -136,7 +136,7 @@ def extract(
     a store whose dataset or weights changed is rebuilt (saying why).
 
     Under torchrun each process extracts a shard of the images into the same store; rank 0
-    assembles it and alone prints (see the README's "More than one GPU").
+    assembles it and alone prints (see "More than one GPU" in docs/SPEED.md).
 
     Examples:
 

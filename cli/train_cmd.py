@@ -51,6 +51,7 @@ from .options import (
     Uncertain,
     UncertainOpt,
     WeightsOpt,
+    bare_values,
 )
 
 if TYPE_CHECKING:
@@ -258,7 +259,9 @@ def fit_head(
             "--sweep",
             help="Train a grid of heads at once and keep the best on validation: 'default' "
             "(lr 1e-4..1e-2 x wd 0,1e-4,1e-2 x linear,mlp), or axis=v1,v2 items among lr, wd, "
-            "head (repeat the option or quote them together); an axis left out keeps --lr/--head.",
+            "head (repeat the option or quote them together); an axis left out keeps --lr/--head. "
+            "A bare --sweep means 'default'.",
+            metavar="[GRID]",
             show_default=False,
         ),
     ] = None,
@@ -523,5 +526,6 @@ def from_config(
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
-    app.command("fit-head")(user_errors(fit_head))
+    # A bare `--sweep` means `--sweep default`.
+    app.command("fit-head", cls=bare_values({"--sweep": "default"}))(user_errors(fit_head))
     app.command("finetune")(user_errors(finetune))

@@ -22,6 +22,7 @@ from featurestore.store.read import (
     SPLIT_NAMES,
     FeatureStore,
     SplitArrays,
+    StoreDamagedError,
     StoreInUseError,
     dataset_folder,
     find_stores,
@@ -29,6 +30,7 @@ from featurestore.store.read import (
     provenance_difference,
     read_attrs,
     store_path,
+    verify_store,
 )
 from featurestore.store.write import (
     KEPT,
@@ -49,6 +51,7 @@ __all__ = [
     "PartialStore",
     "SplitArrays",
     "Status",
+    "StoreDamagedError",
     "StoreInUseError",
     "dataset_folder",
     "default_workers",
@@ -60,4 +63,5 @@ __all__ = [
     "run_chunks",
     "store_lock",
     "store_path",
+    "verify_store",
 ]

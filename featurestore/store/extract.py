@@ -336,10 +336,13 @@ def _settle_existing(
             diff = store.provenance_difference(old, provenance)
             if diff is None and old.get("complete"):
                 partial.discard()  # leftover of a kill between the rename and the cleanup
-                return "reused", "up to date", store.open_store(path)
+                # verify: bytes damaged on disk fail their checksums here, and are rebuilt.
+                return "reused", "up to date", store.open_store(path, verify=True)
             diff = diff or "store incomplete"
         except store.StoreInUseError:
             raise  # intact but held elsewhere: rebuilding it would replace a store in use
+        except store.StoreDamagedError as exc:
+            diff = f"existing store damaged ({exc.reason})"
         except XrayError as exc:
             diff = f"existing store unreadable ({exc})"
         status, reason = "rebuilt", f"{diff}: rebuilding"

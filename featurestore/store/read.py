@@ -83,6 +83,23 @@ class StoreInUseError(XrayError):
     """
 
 
+class StoreDamagedError(XrayError):
+    """A store file that cannot be read back as written: truncated, bytes overwritten (a chunk
+    whose fletcher32 checksum fails), a dataset missing. `reason` is HDF5's first line."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"store {path} is damaged (unreadable, truncated or corrupt: {reason}): rebuild it "
+            "with `xray extract` and the same --model and --data (it replaces a damaged store), "
+            "or delete it and run `xray extract` again"
+        )
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (torchrun ranks send errors to rank 0)
+        return type(self), (self.path, self.reason)
+
+
 @dataclass(frozen=True)
 class SplitArrays:
     """One split of a store, in store row order."""
@@ -184,8 +201,14 @@ class FeatureStore:
                 raise _corrupt(self.path, exc) from None
 
 
-def open_store(path: Path, *, expect_fingerprint: str | None = None) -> FeatureStore:
-    """Open a complete store; XrayError with the reason when it cannot be trusted."""
+def open_store(
+    path: Path, *, expect_fingerprint: str | None = None, verify: bool = False
+) -> FeatureStore:
+    """Open a complete store; XrayError with the reason when it cannot be trusted.
+
+    `verify`: also read every chunk of every dataset, so damage anywhere raises
+    StoreDamagedError now (see `verify_store`) rather than when a split is read.
+    """
     path = Path(path)
     if not path.is_file():
         raise XrayError(f"no feature store at {path}: run `xray extract` first")
@@ -210,23 +233,53 @@ def open_store(path: Path, *, expect_fingerprint: str | None = None) -> FeatureS
             }
         except (OSError, KeyError) as exc:  # a split group without its features dataset
             raise _corrupt(path, exc) from None
+    if verify:
+        verify_store(path)
     return FeatureStore(path, attrs, counts)
+
+
+def verify_store(path: Path) -> None:
+    """Read every dataset of a store once, a chunk's worth of rows at a time.
+
+    Stores written since issue #27 keep a fletcher32 checksum per chunk of features, labels and
+    targets, which HDF5 checks on each read: bytes overwritten there raise StoreDamagedError.
+    What this cannot see: damage inside the raw data of an older store (no checksums) or of
+    the key and patient strings (HDF5 allows no checksum on variable-length strings) reads
+    back without error, unless it breaks the file's structure. Truncation is always seen.
+
+    Raises:
+        StoreDamagedError: a chunk fails its checksum or cannot be read.
+        StoreInUseError: another process holds the file for writing.
+    """
+    import h5py
+
+    with _open_h5(path) as fh:
+        datasets: list[Any] = []
+        fh.visititems(
+            lambda _, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None
+        )
+        try:
+            for ds in datasets:
+                step = ds.chunks[0] * 64 if ds.chunks else max(1, len(ds))
+                for start in range(0, ds.shape[0] if ds.shape else 0, step):
+                    ds[start : start + step]
+        except (OSError, KeyError, ValueError) as exc:
+            raise _corrupt(path, exc) from None
 
 
 def find_stores(cache_dir: Path) -> list[Path]:
     """Complete stores of the current format under `cache_dir`, recursively, sorted.
 
-    Damaged files are passed over; a store held by another process raises StoreInUseError
-    (leaving it out silently would train on fewer stores than the user has).
+    Unfinished stores and stores of another format version are passed over. A damaged file
+    raises StoreDamagedError and a store held by another process StoreInUseError: leaving
+    either out silently would train on fewer stores than the user has, or say "no complete
+    feature store" when there is one to rebuild (issue #27).
     """
     found = []
     for path in sorted(Path(cache_dir).rglob("*.h5")):
-        try:
-            attrs = read_attrs(path)
-        except StoreInUseError:
-            raise
-        except XrayError:
+        if not path.is_file():
             continue
+        attrs = read_attrs(path)
         if attrs.get("complete") and attrs.get("format_version") == FORMAT_VERSION:
             found.append(path)
     return found
@@ -332,10 +385,7 @@ def _corrupt(path: Path, exc: BaseException) -> XrayError:
     if isinstance(exc, OSError) and "unable to lock file" in str(exc):
         return open_error(path, exc)
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return XrayError(
-        f"store {path} is unreadable, truncated or corrupt ({first}): delete it and run "
-        "`xray extract` again"
-    )
+    return StoreDamagedError(path, first)
 
 
 def _change(before: Any, after: Any) -> str:

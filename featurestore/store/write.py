@@ -181,22 +181,29 @@ class PartialStore:
             for split in SPLIT_NAMES:
                 group = fh.create_group(split)
                 rows = (max(1, chunk_rows),)
+                # fletcher32: a checksum per chunk, verified by HDF5 on every read, so bytes
+                # damaged on disk raise instead of reading as wrong features (issue #27). HDF5
+                # allows no filter on variable-length strings (keys, groups).
                 feats = group.create_dataset(
                     "features",
                     (0, feature_dim),
                     dtype=dtype,
                     maxshape=(None, feature_dim),
                     chunks=(rows[0], feature_dim),
+                    fletcher32=True,
                 )
                 cols = {
-                    name: group.create_dataset(name, (0,), dtype=dt, maxshape=(None,), chunks=rows)
+                    name: group.create_dataset(
+                        name, (0,), dtype=dt, maxshape=(None,), chunks=rows,
+                        fletcher32=dt != text,
+                    )
                     for name, dt in (("labels", "int64"), ("keys", text), ("groups", text))
-                }
+                }  # fmt: skip
                 targets = None
                 if n_targets:
                     targets = group.create_dataset(
                         "targets", (0, n_targets), dtype="float32", maxshape=(None, n_targets),
-                        chunks=(rows[0], n_targets),
+                        chunks=(rows[0], n_targets), fletcher32=True,
                     )  # fmt: skip
                 n = 0
                 for start in plan.get(split, ()):

@@ -402,7 +402,7 @@ def test_unreadable_existing_store_is_rebuilt(tiny_data_ro: Path, tmp_path: Path
     path.parent.mkdir(parents=True)
     path.write_bytes(b"half a file")
     result = _extract(load_manifest(tiny_data_ro), tmp_path)
-    assert result.status == "rebuilt" and result.reason.startswith("existing store unreadable")
+    assert result.status == "rebuilt" and result.reason.startswith("existing store damaged")
     open_store(result.path)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from featurestore.store import (
     FORMAT_VERSION,
     PROVENANCE_KEYS,
     PartialStore,
+    StoreDamagedError,
     StoreInUseError,
     find_stores,
     open_store,
@@ -23,6 +26,7 @@ from featurestore.store import (
     read_attrs,
     store_lock,
     store_path,
+    verify_store,
 )
 
 D = 6
@@ -158,10 +162,63 @@ def test_find_stores_lists_complete_stores_only(tmp_path: Path) -> None:
     _build(unfinished)
     with h5py.File(unfinished, "r+") as fh:
         fh.attrs["complete"] = False
-    (tmp_path / "garbage.h5").write_bytes(b"nope")
     (tmp_path / "b.h5.tmp").write_bytes(b"in progress")
     assert find_stores(tmp_path) == [good]
     assert find_stores(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize("damage", ["garbage", "cut in half"])
+def test_find_stores_names_a_damaged_store_instead_of_passing_it_over(
+    tmp_path: Path, damage: str
+) -> None:
+    """Issue #27: a damaged store was skipped, so fit-head said "no complete feature store"."""
+    _build(tmp_path / "good.h5")
+    bad = tmp_path / "bad.h5"
+    if damage == "garbage":
+        bad.write_bytes(b"nope")
+    else:
+        _build(bad)
+        os.truncate(bad, bad.stat().st_size // 2)
+    with pytest.raises(StoreDamagedError, match="is damaged") as info:
+        find_stores(tmp_path)
+    assert info.value.path == bad and "xray extract" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def _flip_feature_bytes(path: Path, split: str = "train") -> None:
+    with h5py.File(path, "r") as fh:
+        ds = fh[f"{split}/features"]
+        offset = ds.id.get_chunk_info(1).byte_offset + 3  # inside the second chunk's rows
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        old = fh.read(4)
+        fh.seek(offset)
+        fh.write(bytes(b ^ 0x5A for b in old))
+
+
+def test_bytes_overwritten_in_features_fail_their_checksum(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    _build(path)
+    with h5py.File(path, "r") as fh:
+        assert all(
+            fh[f"{s}/{n}"].fletcher32 for s in ("train", "val") for n in ("features", "labels")
+        )
+    _flip_feature_bytes(path)
+    store = open_store(path)  # the attributes and shapes are intact
+    with pytest.raises(StoreDamagedError, match="is damaged"):
+        store.split("train")
+    with pytest.raises(StoreDamagedError):
+        open_store(path, verify=True)
+    with pytest.raises(StoreDamagedError):
+        verify_store(path)
+    assert store.split("val").features.shape == (3, D)  # other chunks still read
+
+
+def test_a_damaged_store_error_survives_pickling(tmp_path: Path) -> None:
+    """torchrun ranks send their errors to rank 0 pickled."""
+    error = pickle.loads(pickle.dumps(StoreDamagedError(tmp_path / "s.h5", "truncated file")))
+    assert isinstance(error, StoreDamagedError) and error.reason == "truncated file"
+    assert str(error).startswith(f"store {tmp_path / 's.h5'} is damaged")
 
 
 def test_provenance_difference_says_what_changed() -> None:
