@@ -22,6 +22,7 @@ from featurestore.use.explain import (
 )
 from featurestore.use.export import (
     EXPORT_FORMATS,
+    NO_RECALIBRATION,
     ExportedModel,
     ExportResult,
     OnnxModel,
@@ -35,6 +36,7 @@ from featurestore.use.predict import (
     count_predictions,
     expand_inputs,
     load_predictor,
+    prediction_row,
     write_predictions_csv,
 )
 
@@ -42,6 +44,7 @@ __all__ = [
     "CONTACT_SHEET",
     "EXPORT_FORMATS",
     "MODES",
+    "NO_RECALIBRATION",
     "OVERLAY_ALPHA",
     "ExplainResult",
     "ExplainRow",
@@ -63,6 +66,7 @@ __all__ = [
     "load_predictor",
     "overlay",
     "pick_test_images",
+    "prediction_row",
     "predictor_cam",
     "report_section",
     "write_contact_sheet",
