@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from featurestore.use.explain import (
     CONTACT_SHEET,
+    MULTILABEL_PICKS,
     OVERLAY_ALPHA,
     ExplainResult,
     ExplainRow,
@@ -44,6 +45,7 @@ __all__ = [
     "CONTACT_SHEET",
     "EXPORT_FORMATS",
     "MODES",
+    "MULTILABEL_PICKS",
     "NO_RECALIBRATION",
     "OVERLAY_ALPHA",
     "ExplainResult",

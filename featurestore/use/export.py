@@ -73,7 +73,8 @@ class TaskModel(nn.Module):
         logits = self.head(self.trunk(image).float()).float()  # (N, C)
         probs = self.task.probabilities(logits)  # (N, C)
         if self.task.multilabel:
-            return probs, (probs >= self.thresholds[None, :]).to(torch.int64)  # (N, L)
+            t: Tensor = self.thresholds  # type: ignore[assignment]  # a buffer
+            return probs, (probs >= t[None, :]).to(torch.int64)  # (N, L)
         return probs, probs.argmax(1).to(torch.int64)  # (N,)
 
 

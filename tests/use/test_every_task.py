@@ -19,6 +19,7 @@ from conftest import write_tiny_dataset, write_tiny_kermany3, write_tiny_multila
 from featurestore.cli.main import app
 from typer.testing import CliRunner
 
+from featurestore.errors import XrayError
 from featurestore.runs import load_run
 from featurestore.tasks import TASK_KINDS
 from featurestore.train import TrainConfig
@@ -230,3 +231,53 @@ def test_explain_targets_the_tasks_class(root: Path, task: str, tmp_path: Path) 
                 if task == "multiclass":
                     assert row["prediction"] == pred.prediction
     assert any(differs)  # the maps depend on the target: the checks above can fail
+
+
+@pytest.mark.parametrize("task", TASK_KINDS)
+def test_report_heatmaps_for_every_task(root: Path, task: str, tmp_path: Path) -> None:
+    """compare's "What the model looks at": binary and multi-class runs get picked test images
+    with the probability predictions.csv gives them; a multi-label run gets one line."""
+    from featurestore.use import MULTILABEL_PICKS, pick_test_images, report_section
+
+    info = task_run(root, task)
+    record = load_run(info["run"])
+    lines = report_section([record], tmp_path / "explain", n=2, device="cpu")
+    if task == "multilabel":
+        assert f"{MULTILABEL_PICKS}." in lines
+        with pytest.raises(XrayError, match="findings instead"):
+            pick_test_images(record, 2)
+        return
+    picked = pick_test_images(record, 2)
+    test = record.split_predictions("test")
+    row_of = {str(k): i for i, k in enumerate(test["key"])}
+    for key, label, pred, prob in picked:
+        i = row_of[key]
+        assert (label, pred) == (test["label"][i], test["prediction"][i])
+        if task == "binary":
+            assert prob == test["probability"][i]
+        else:  # P(predicted class), the argmax
+            assert prob == test["probabilities"][i].max() == test["probabilities"][i, pred]
+    shown = "P(positive)" if task == "binary" else "P(predicted)"
+    assert f"| image | true | predicted | {shown} | heatmap |" in lines
+    links = [ln for ln in lines if "[png](" in ln]
+    assert len(links) == len(picked) > 0
+    for ln in links:
+        name = ln.split("[png](")[1].split(")")[0].split("/")[-1]
+        assert (tmp_path / "explain" / record.name / name).is_file()
+
+
+def test_weights_file_option_and_its_old_name(root: Path, tmp_path: Path) -> None:
+    """`--weights-file` (and `--weights`, its old name) is the run's state-dict file only."""
+    info = task_run(root, "binary")
+    image = str(info["tests"][0])
+    stray = tmp_path / "w.pt"
+    torch.save({}, stray)
+    for flag in ("--weights-file", "--weights"):
+        result = runner.invoke(
+            app, ["predict", "--run", str(info["run"]), flag, str(stray), "--device", "cpu", image]
+        )
+        assert result.exit_code == 2
+        assert "--weights-file is not needed" in " ".join(result.stderr.split())
+    for command in ("predict", "explain", "export"):
+        text = " ".join(runner.invoke(app, [command, "--help"]).stdout.split())
+        assert "--weights-file" in text and "state-dict file" in text
