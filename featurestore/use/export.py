@@ -79,7 +79,7 @@ class TaskModel(nn.Module):
 
 
 class ExportedModel(nn.Module):
-    """(N, 3, S, S) preprocessed images -> P(positive) (N,), recalibrated P(positive) (N,) and
+    """Binary runs: (N, 3, S, S) preprocessed images -> P(positive) (N,), recalibrated P(positive) (N,) and
     the class index at the run's threshold (N,) int64.
 
     The recalibration is the run's Platt scaling on the logit, sigmoid(scale * z + bias) with

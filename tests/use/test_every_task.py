@@ -46,15 +46,17 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("every-task")
 
 
-def task_run(root: Path, task: str) -> dict[str, Any]:
-    """A tiny frozen run of `task` (built once per module): data, run folder, test images."""
-    if task in _RUNS and _RUNS[task]["run"].exists():
-        return _RUNS[task]
+def task_run(root: Path, task: str, *, precision: str = "fp32") -> dict[str, Any]:
+    """A tiny frozen run of `task` (built once per module and precision): data, run folder,
+    test images."""
+    name = task if precision == "fp32" else f"{task}-{precision}"
+    if name in _RUNS and _RUNS[name]["run"].exists():
+        return _RUNS[name]
     from featurestore.data import load_manifest
     from featurestore.store import extract_features
     from featurestore.train import fit_heads
 
-    where = root / task
+    where = root / name
     labels: dict[str, Any] = {}
     if task == "binary":
         data = write_tiny_dataset(where / "chest_xray")
@@ -64,7 +66,7 @@ def task_run(root: Path, task: str) -> dict[str, Any]:
         data = write_tiny_multilabel(where / "ml")
     extract_features(
         load_manifest(data, **labels), model="resnet18", weights="none",
-        cache_dir=where / "cache", image_size=64, workers=0, precision="fp32",
+        cache_dir=where / "cache", image_size=64, workers=0, precision=precision,
     )  # fmt: skip
     (summary,) = fit_heads(
         data=data, cache_dir=where / "cache", runs_dir=where / "runs", config=HEAD, **labels
@@ -72,8 +74,8 @@ def task_run(root: Path, task: str) -> dict[str, Any]:
     folder = data if data.is_dir() else data.parent
     keys = load_run(summary.path).split_predictions("test")["key"]
     tests = [folder / k for k in keys]
-    _RUNS[task] = {"data": data, "run": summary.path, "root": where, "tests": tests}
-    return _RUNS[task]
+    _RUNS[name] = {"data": data, "run": summary.path, "root": where, "tests": tests}
+    return _RUNS[name]
 
 
 def recorded(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +133,16 @@ def test_export_reproduces_predictions_csv(root: Path, task: str) -> None:
     assert "max abs difference from predictions.csv" in cli.stdout
     if task != "binary":
         assert NO_RECALIBRATION in " ".join(cli.stdout.split())
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_bf16_run_is_checked_against_its_model_in_fp32(root: Path, task: str) -> None:
+    """ONNX computes in float32: a bf16 store's run is checked like with like, every column."""
+    info = task_run(root, task, precision="bf16")
+    result = export_run(info["run"], info["root"] / "bf16.onnx")
+    assert result.reference == "the run's model in fp32"
+    assert result.max_abs_difference is not None and result.max_abs_difference < ATOL
+    assert result.predictions_agree
 
 
 @pytest.mark.parametrize("task", TASK_KINDS)
