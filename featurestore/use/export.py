@@ -79,8 +79,8 @@ class TaskModel(nn.Module):
 
 
 class ExportedModel(nn.Module):
-    """Binary runs: (N, 3, S, S) preprocessed images -> P(positive) (N,), recalibrated P(positive) (N,) and
-    the class index at the run's threshold (N,) int64.
+    """Binary runs: (N, 3, S, S) preprocessed images -> P(positive) (N,), recalibrated
+    P(positive) (N,) and the class index at the run's threshold (N,) int64.
 
     The recalibration is the run's Platt scaling on the logit, sigmoid(scale * z + bias) with
     z = logit(P(positive)), fitted on validation (identity for runs without one); the class is
