@@ -16,14 +16,17 @@ RunPath = Annotated[
     Path, typer.Option("--run", help="Run folder written by `xray fit-head` or `xray finetune`.")
 ]
 Images = Annotated[list[Path], typer.Argument(help="Image files and/or folders (recursive).")]
-# The backbone's weights, as everywhere; here only a state-dict PATH makes sense (a run records
-# imagenet or none itself), so only frozen runs extracted with a weights file need it.
+# Not extract's `--weights imagenet|none|PATH` (which weights to build a backbone with): a run
+# records its weights itself, and only a frozen run extracted from a state-dict file needs that
+# file back. `--weights` stays a second name of this option for old scripts.
 RunWeights = Annotated[
     Path | None,
     typer.Option(
+        "--weights-file",
         "--weights",
-        help="Backbone weights: for frozen runs extracted with a state-dict file, that PATH "
-        "(its sha256 is checked).",
+        help="Only for frozen runs whose features were extracted with a state-dict file "
+        "(extract --weights PATH): that same file, to rebuild the backbone (its sha256 must "
+        "match the run's record). Runs on imagenet or random weights need nothing.",
         show_default=False,
     ),
 ]
@@ -89,9 +92,11 @@ def predict(
     device: DeviceOpt = Device.auto,
     as_json: JsonFlag = False,
 ) -> None:
-    """Probability of the positive class and the predicted class for new images.
+    """Probabilities and the predicted class (or findings) for new images.
 
-    The class is taken at the run's validation-chosen threshold. Frozen runs rebuild the
+    Binary runs: P(positive) and the class at the run's validation-chosen threshold.
+    Multi-class runs: P(class) for every class and the most probable class. Multi-label runs:
+    P(finding) for every finding and the findings at their own thresholds. Frozen runs rebuild the
     backbone from the feature store's provenance; fine-tune runs load the whole model.
     Unreadable files are listed with their error; the exit code is then 1.
 
@@ -206,13 +211,18 @@ def explain(
         str | None,
         typer.Option(
             "--class",
-            help="Explain this class (a name from the run's classes). Default: the positive "
-            "class of a binary run, each image's predicted class of a multi-class run.",
+            help="Explain this class (a name from the run's classes or findings). Default: the "
+            "positive class of a binary run, each image's predicted class of a multi-class run, "
+            "each finding present (else the most probable) of a multi-label run.",
             show_default=False,
         ),
     ] = None,
 ) -> None:
-    """Grad-CAM heatmaps: where the run's model looks for the positive class.
+    """Grad-CAM heatmaps: where the run's model looks for a class.
+
+    The class explained: the positive class (binary), each image's predicted class or --class
+    NAME (multi-class), each finding present or the most probable one, or the --class NAME
+    finding for every image (multi-label).
 
     One PNG per image at the image's own size (the radiograph in gray, heat in colour;
     margins the center crop removed get no heat) plus contact_sheet.png. Frozen runs are
@@ -314,11 +324,14 @@ def export(
 ) -> None:
     """Export a run's whole model (backbone + head) to ONNX for use outside xray.
 
-    The graph takes preprocessed images (N, 3, S, S) and returns P(positive), the probability
-    recalibrated by the run's Platt scaling, and the class at the run's threshold; the
-    preprocessing, threshold, temperature and class names are in its metadata. The export is
-    checked by scoring the run's test images through onnxruntime and comparing with
-    predictions.csv. Needs the `onnx` extra.
+    The graph takes preprocessed images (N, 3, S, S). Binary runs: it returns P(positive),
+    the probability recalibrated by the run's Platt scaling, and the class at the run's
+    threshold. Multi-class runs: the softmax probabilities (N, C) and the argmax class.
+    Multi-label runs: a sigmoid per finding (N, L) and each finding at its own threshold (no
+    recalibration for these two). The task, decision rule, preprocessing, thresholds and class
+    names are in its metadata. The export is checked by scoring the run's test images through
+    onnxruntime and comparing every probability column with predictions.csv. Needs the `onnx`
+    extra.
 
     Examples:
 
@@ -343,6 +356,7 @@ def export(
         "checked_images": result.checked_images,
         "max_abs_difference": result.max_abs_difference,
         "predictions_agree": result.predictions_agree,
+        "reference": result.reference,
         "metadata": result.metadata,
     }
     if as_json:
@@ -350,15 +364,26 @@ def export(
         return
     console.print(f"exported: [bold]{result.path}[/]", highlight=False)
     meta = result.metadata
-    console.print(
-        f"threshold {meta['threshold']:.4f}, temperature {meta['temperature']:.4g}, "
-        f"input (N, 3, {meta['preprocessing']['crop']}, {meta['preprocessing']['crop']})",
-        highlight=False,
-    )
+    crop = meta["preprocessing"]["crop"]
+    if meta.get("task", "binary") == "binary":
+        console.print(
+            f"threshold {meta['threshold']:.4f}, temperature {meta['temperature']:.4g}, "
+            f"input (N, 3, {crop}, {crop})",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"{meta['task']}: {meta['decision_rule']}; input (N, 3, {crop}, {crop})",
+            highlight=False,
+        )
+        console.print(meta["calibration"]["note"], highlight=False)
     if result.max_abs_difference is not None:
+        binary = meta.get("task", "binary") == "binary"
+        columns = "" if binary else " over every probability column"
+        decided = "findings" if meta.get("task") == "multilabel" else "classes"
         console.print(
             f"check on {result.checked_images} test images: max abs difference from "
-            f"predictions.csv {result.max_abs_difference:.2e}; classes "
+            f"{result.reference} {result.max_abs_difference:.2e}{columns}; {decided} "
             f"{'all agree' if result.predictions_agree else 'DIFFER'}",
             highlight=False,
         )

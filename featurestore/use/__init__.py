@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from featurestore.use.explain import (
     CONTACT_SHEET,
+    MULTILABEL_PICKS,
     OVERLAY_ALPHA,
     ExplainResult,
     ExplainRow,
@@ -22,6 +23,7 @@ from featurestore.use.explain import (
 )
 from featurestore.use.export import (
     EXPORT_FORMATS,
+    NO_RECALIBRATION,
     ExportedModel,
     ExportResult,
     OnnxModel,
@@ -35,6 +37,7 @@ from featurestore.use.predict import (
     count_predictions,
     expand_inputs,
     load_predictor,
+    prediction_row,
     write_predictions_csv,
 )
 
@@ -42,6 +45,8 @@ __all__ = [
     "CONTACT_SHEET",
     "EXPORT_FORMATS",
     "MODES",
+    "MULTILABEL_PICKS",
+    "NO_RECALIBRATION",
     "OVERLAY_ALPHA",
     "ExplainResult",
     "ExplainRow",
@@ -63,6 +68,7 @@ __all__ = [
     "load_predictor",
     "overlay",
     "pick_test_images",
+    "prediction_row",
     "predictor_cam",
     "report_section",
     "write_contact_sheet",

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 CONTACT_SHEET = "contact_sheet.png"
 OVERLAY_ALPHA = 0.55
+MULTILABEL_PICKS = (
+    "no report heatmaps for a multi-label run: images are picked per true class, and a "
+    "multi-label image has findings instead; use `xray explain --run RUN` (a map per finding)"
+)
 """Colour weight where the heat is 1; cold regions show the radiograph unchanged."""
 
 
@@ -252,20 +256,20 @@ def explain_images(
             x = torch.stack([predictor.preprocessing(small) for _, small, _ in batch])
             cams, logits = predictor_cam(predictor, x, target=class_index)  # (B, h, w), (B, C)
             multilabel = predictor.task == "multilabel"
-            probs = (logits.sigmoid() if multilabel else logits.softmax(1)).double()  # (B, C)
-            if multiclass:
-                if class_index is None or class_index < 0:
-                    explained = probs.argmax(1)  # (B,) each image's predicted class
-                else:
-                    explained = torch.full((len(batch),), class_index)
-                p_pos = probs.gather(1, explained[:, None])[:, 0].tolist()
-            else:
-                p_pos = probs[:, predictor.positive_index].tolist()
+            probs = predictor.run.task.probabilities(logits).double()  # (B, C)
+            if multiclass and (class_index is None or class_index < 0):
+                explained = probs.argmax(1)  # (B,) each image's predicted class
+            elif multiclass:
+                explained = torch.full((len(batch),), int(class_index or 0))
+            else:  # binary: the row reports P(positive) and the class at the threshold
+                explained = torch.full((len(batch),), predictor.positive_index)
+            p_pos = probs.gather(1, explained[:, None])[:, 0].tolist()  # (B,)
             # Multi-label rows name the explained finding, the others the predicted class.
             named = explained if multilabel else probs.argmax(1)
             predicted = named.tolist()  # (B,)
-            for (i, small, full), cam, p, k in zip(
-                batch, cams.cpu().numpy(), p_pos, predicted, strict=True
+            explained_k = explained.tolist()  # (B,) whose probability p is
+            for (i, small, full), cam, p, k, e in zip(
+                batch, cams.cpu().numpy(), p_pos, predicted, explained_k, strict=True
             ):
                 heat = cam_to_image(cam, predictor.preprocessing, small.size, full.size)
                 picture = overlay(full, heat)
@@ -281,8 +285,9 @@ def explain_images(
                 results[i] = ExplainRow(str(paths[i]), str(target), p, label, peak)
                 picture.thumbnail((320, 320))
                 title = titles[i] if titles is not None else Path(paths[i]).name
-                positive = predictor.class_names[predictor.positive_index]
-                thumbs.append((picture, f"{title}\n{label}, P({positive})={p:.2f}"))
+                # The probability shown is of the class whose map this is.
+                shown = predictor.class_names[e]
+                thumbs.append((picture, f"{title}\n{label}, P({shown})={p:.2f}"))
         for i in range(start, min(start + batch_size, len(paths))):
             rows.append(
                 results.get(i) or ExplainRow(str(paths[i]), None, None, None, None, errors[i])
@@ -420,11 +425,21 @@ def explain_run(
 def pick_test_images(record: RunRecord, n: int) -> list[tuple[str, int, int, float]]:
     """Up to n test images per true class, wrong and correct when both exist, most confident first.
 
-    Returns (key, label, prediction, probability) rows.
+    Returns (key, label, prediction, probability) rows: binary runs give P(positive) and rank
+    by its distance from the threshold; multi-class runs give and rank by P(predicted class).
+    Raises XrayError for a multi-label run: its images have findings, not one true class.
     """
+    task = record.task
+    if task.multilabel:
+        raise XrayError(MULTILABEL_PICKS)
     test = record.split_predictions("test")
-    threshold = float(record.metrics["threshold"]["value"])
-    confidence = np.abs(test["probability"] - threshold)
+    if task.binary:
+        threshold = float(record.metrics["threshold"]["value"])
+        probability = test["probability"]
+        confidence = np.abs(probability - threshold)
+    else:  # the predicted class's probability
+        probability = test["probabilities"][np.arange(len(test["key"])), test["prediction"]]
+        confidence = probability
     picked: list[tuple[str, int, int, float]] = []
     for label in sorted(set(test["label"].tolist())):
         rows = [i for i in np.argsort(-confidence, kind="stable") if test["label"][i] == label]
@@ -436,7 +451,7 @@ def pick_test_images(record: RunRecord, n: int) -> list[tuple[str, int, int, flo
         for i in right[:n_right] + wrong[:n_wrong]:
             picked.append(
                 (str(test["key"][i]), int(test["label"][i]), int(test["prediction"][i]),
-                 float(test["probability"][i]))
+                 float(probability[i]))
             )  # fmt: skip
     return picked
 
@@ -458,13 +473,21 @@ def report_section(
     from featurestore.use.predict import load_predictor
 
     lines = ["## What the model looks at", ""]
+    target = (
+        "the positive-class logit"
+        if all(r.task.binary for r in records)
+        else "the positive-class logit (binary runs) or the predicted class's (multi-class)"
+    )
     lines += [
-        f"Grad-CAM of the positive-class logit on the last convolutional stage, for up to {n} "
+        f"Grad-CAM of {target} on the last convolutional stage, for up to {n} "
         "test images per true class (correct and wrong when both exist, most confident first).",
         "",
     ]
     for record in records:
         lines += [f"### {record.name}", ""]
+        if record.task.multilabel:
+            lines += [f"{MULTILABEL_PICKS}.", ""]
+            continue
         cfg = record.config
         store = cfg.get("store") if isinstance(cfg.get("store"), dict) else {}
         root = Path(str(cfg.get("dataset_root") or (store or {}).get("dataset_root") or ""))
@@ -487,7 +510,8 @@ def report_section(
         rel = f"{folder_name}/{record.name}"
         if result.contact_sheet is not None:
             lines += [f"![{record.name}]({rel}/{CONTACT_SHEET})", ""]
-        lines += ["| image | true | predicted | P(positive) | heatmap |", "|---|---|---|---|---|"]
+        shown = "P(positive)" if record.task.binary else "P(predicted)"
+        lines += [f"| image | true | predicted | {shown} | heatmap |", "|---|---|---|---|---|"]
         for (key, y, pred, prob), row in zip(picked, result.rows, strict=True):
             link = f"[png]({rel}/{Path(row.heatmap).name})" if row.heatmap else row.error or "-"
             mark = "" if pred == y else " (wrong)"

@@ -1,5 +1,6 @@
-"""Export a run's whole model to ONNX (backbone + head + recalibration + threshold), check it,
-and score images with the exported file through onnxruntime."""
+"""Export a run's whole model to ONNX (backbone + head + the task's probabilities and decision
+rule; binary runs also their recalibration), check it, and score images with the exported file
+through onnxruntime."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from torch import Tensor, nn
 
 from featurestore.errors import XrayError
 from featurestore.runs import run_warnings
-from featurestore.use.predict import PredictionRow, load_predictor
+from featurestore.tasks import Task
+from featurestore.use.predict import PredictionRow, load_predictor, prediction_row
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -27,6 +29,13 @@ if TYPE_CHECKING:
 
 ONNX_INPUT = "image"
 ONNX_OUTPUTS = ("probability", "calibrated", "prediction")
+"""A binary graph's outputs (P(positive), recalibrated, class index), as exports always had."""
+TASK_OUTPUTS = ("probabilities", "prediction")
+"""A multi-class or multi-label graph's outputs: (N, C) probabilities and the decisions."""
+NO_RECALIBRATION = (
+    "no recalibration: xray fits Platt scaling for binary runs only (one P(positive)); "
+    "multi-class and multi-label probabilities are exported as the run computed them"
+)
 EXPORT_FORMATS = ("onnx",)
 OPSET = 17
 METADATA_KEY = "xray"
@@ -36,9 +45,42 @@ ONNX_HINT = (
 )
 
 
+def onnx_outputs(task: Task) -> tuple[str, ...]:
+    """The output names of a task's graph: binary keeps its three, the others two."""
+    return ONNX_OUTPUTS if task.binary else TASK_OUTPUTS
+
+
+class TaskModel(nn.Module):
+    """Multi-class and multi-label runs: (N, 3, S, S) preprocessed images -> probabilities
+    (N, C) and decisions, both by the run's `Task`.
+
+    Multi-class: softmax over classes, the decision the argmax class index (N,) int64.
+    Multi-label: a sigmoid per finding, the decisions (N, L) int64, finding k present when
+    p_k >= its validation-chosen threshold t_k (metrics.json `threshold.per_label`).
+    """
+
+    def __init__(self, predictor: Predictor, task: Task):
+        super().__init__()
+        if task.binary:
+            raise ValueError("binary runs export as ExportedModel")
+        self.trunk = predictor.trunk
+        self.head = predictor.head
+        self.task = task
+        t = _label_thresholds(task, predictor.label_thresholds) or []
+        self.register_buffer("thresholds", torch.tensor(t, dtype=torch.float32))  # (L,)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.head(self.trunk(image).float()).float()  # (N, C)
+        probs = self.task.probabilities(logits)  # (N, C)
+        if self.task.multilabel:
+            t: Tensor = self.thresholds  # type: ignore[assignment]  # a buffer
+            return probs, (probs >= t[None, :]).to(torch.int64)  # (N, L)
+        return probs, probs.argmax(1).to(torch.int64)  # (N,)
+
+
 class ExportedModel(nn.Module):
-    """(N, 3, S, S) preprocessed images -> P(positive) (N,), recalibrated P(positive) (N,) and
-    the class index at the run's threshold (N,) int64.
+    """Binary runs: (N, 3, S, S) preprocessed images -> P(positive) (N,), recalibrated
+    P(positive) (N,) and the class index at the run's threshold (N,) int64.
 
     The recalibration is the run's Platt scaling on the logit, sigmoid(scale * z + bias) with
     z = logit(P(positive)), fitted on validation (identity for runs without one); the class is
@@ -104,8 +146,14 @@ def export_run(
 ) -> ExportResult:
     """Export a run's whole model to `out` (default `<run>/model.onnx`), then check it.
 
+    Every task exports: binary graphs give P(positive), its recalibration and the class at the
+    threshold (as always); multi-class graphs the softmax probabilities (N, C) and the argmax;
+    multi-label graphs a sigmoid per finding (N, L) and each finding at its own threshold. The
+    metadata records the task, the class names and the decision rule.
+
     The check runs the exported file through onnxruntime on the run's test images (from `data`,
-    else the dataset the run recorded) and compares P(positive) with predictions.csv.
+    else the dataset the run recorded) and compares every probability column and every decision
+    with predictions.csv.
 
     Raises:
         XrayError: an unknown format, onnx missing, a run that cannot be rebuilt, or test
@@ -117,42 +165,57 @@ def export_run(
     import onnx
 
     predictor = load_predictor(Path(run_dir), weights=weights, device="cpu")
-    if predictor.task != "binary":  # checked before anything is written
-        raise XrayError(
-            f"{Path(run_dir).name} is a {predictor.task} run: xray export writes binary "
-            "classifiers only (one P(positive), a threshold, a recalibration)"
-        )
     run = predictor.run
-    scale, bias, calibration = _recorded_calibration(run.metrics.get("calibration"))
-    model = ExportedModel(predictor, scale=scale, bias=bias).eval()
+    task = run.task
+    model: nn.Module
+    if task.binary:
+        scale, bias, calibration = _recorded_calibration(run.metrics.get("calibration"))
+        model = ExportedModel(predictor, scale=scale, bias=bias).eval()
+    else:
+        model = TaskModel(predictor, task).eval()
     pre = predictor.preprocessing
-    metadata = {
+    metadata: dict[str, Any] = {
         "run": run.name,
         "mode": predictor.mode,
         "model": run.config.get("model"),
+        "task": task.kind,
         "class_names": list(predictor.class_names),
         "positive_index": predictor.positive_index,
-        "threshold": predictor.threshold,
-        "threshold_policy": run.metrics["threshold"].get("policy"),
-        "calibration": calibration,
+        "decision_rule": task.decision_rule,
+    }
+    if task.binary:
+        metadata |= {
+            "threshold": predictor.threshold,
+            "threshold_policy": run.metrics["threshold"].get("policy"),
+            "calibration": calibration,
+            "temperature": 1.0 / scale if scale else math.inf,
+        }
+    else:
+        metadata |= {
+            "threshold": None,
+            "label_thresholds": (
+                dict(zip(task.class_names, t, strict=True))
+                if (t := _label_thresholds(task, predictor.label_thresholds)) is not None
+                else None
+            ),
+            "threshold_policy": run.metrics["threshold"].get("policy") if task.multilabel else None,
+            "calibration": {"method": "none", "note": NO_RECALIBRATION},
+            "temperature": None,
+        }
+    metadata |= {
         # Random weights or synthetic data travel with the model, as they do with the run.
         "warnings": run_warnings(run.config),
-        "temperature": 1.0 / scale if scale else math.inf,
         "preprocessing": pre.as_dict(),
         "input": f"{ONNX_INPUT}: float32 (N, 3, {pre.crop}, {pre.crop}), RGB after "
         "resize, center crop, /255 and (x - mean) / std",
-        "outputs": {
-            "probability": "P(positive) (N,)",
-            "calibrated": "recalibrated P(positive) (N,)",
-            "prediction": "class index at the threshold (N,) int64",
-        },
+        "outputs": _output_docs(task),
     }
     path = Path(out) if out is not None else run.path / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 3, pre.crop, pre.crop)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        _onnx_export(model, example, tmp)
+        _onnx_export(model, example, tmp, onnx_outputs(task))
         proto = onnx.load(str(tmp))
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
@@ -163,6 +226,26 @@ def export_run(
     if not check:
         return ExportResult(path, metadata, 0, None, None)
     return _check(path, metadata, predictor, data, batch_size, progress)
+
+
+def _output_docs(task: Task) -> dict[str, str]:
+    """What each graph output is, for the metadata."""
+    if task.binary:
+        return {
+            "probability": "P(positive) (N,)",
+            "calibrated": "recalibrated P(positive) (N,)",
+            "prediction": "class index at the threshold (N,) int64",
+        }
+    if task.multiclass:
+        return {
+            "probabilities": f"softmax P(class) (N, {task.n_outputs}), class_names order",
+            "prediction": "the most probable class's index (argmax) (N,) int64",
+        }
+    return {
+        "probabilities": f"sigmoid P(finding) (N, {task.n_outputs}), class_names order",
+        "prediction": f"1 where P(finding) >= its label_thresholds entry (N, {task.n_outputs}) "
+        "int64",
+    }
 
 
 def _recorded_calibration(doc: Any) -> tuple[float, float, dict[str, Any]]:
@@ -177,12 +260,14 @@ def _recorded_calibration(doc: Any) -> tuple[float, float, dict[str, Any]]:
     return scale, bias, {k: doc[k] for k in keep if k in doc}
 
 
-def _onnx_export(model: nn.Module, example: Tensor, path: Path) -> None:
+def _onnx_export(
+    model: nn.Module, example: Tensor, path: Path, outputs: Sequence[str] = ONNX_OUTPUTS
+) -> None:
     """torch.onnx.export with the TorchScript exporter (no onnxscript needed), batch dynamic."""
     kwargs: dict[str, Any] = {
         "input_names": [ONNX_INPUT],
-        "output_names": list(ONNX_OUTPUTS),
-        "dynamic_axes": {ONNX_INPUT: {0: "batch"}, **{o: {0: "batch"} for o in ONNX_OUTPUTS}},
+        "output_names": list(outputs),
+        "dynamic_axes": {ONNX_INPUT: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
         "opset_version": OPSET,
     }
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -201,10 +286,13 @@ def _check(
     batch_size: int,
     progress: Progress | None,
 ) -> ExportResult:
-    """Score the run's test images with the exported file; compare with predictions.csv."""
+    """Score the run's test images with the exported file; compare every probability column
+    and every decision with predictions.csv (binary: P(positive) and the class; multi-class:
+    P(class) (N, C) and the argmax; multi-label: P(finding) (N, L) and the 0/1 findings)."""
     from featurestore.data import load_manifest
 
     run = predictor.run
+    task = run.task
     source = data or _run_dataset(run.config)
     if source is None or not Path(source).exists():
         raise XrayError(
@@ -223,32 +311,56 @@ def _check(
     images = [
         manifest.open_image(str(k), min_size=session.preprocessing.resize) for k in test["key"]
     ]
-    p, _, pred = session.run_images(images, batch_size=batch_size, progress=progress)
-    ref_p, ref_pred, reference = test["probability"], test["prediction"], "predictions.csv"
+    outs = session.run_images(images, batch_size=batch_size, progress=progress)
+    p, pred = outs[0], outs[-1]  # binary: (N,) P(positive); else (N, C) probabilities
+    if task.binary:
+        ref_p, ref_pred = test["probability"], test["prediction"]
+    elif task.multiclass:
+        ref_p, ref_pred = test["probabilities"], test["prediction"]
+    else:
+        ref_p, ref_pred = test["probabilities"], test["predictions"]
+    reference = "predictions.csv"
     if predictor.autocast is not None:
         # Like with like: the graph is float32, so is this reference (same weights, images).
         ref_p, ref_pred = _score_fp32(predictor, images, batch_size)
         reference = "the run's model in fp32"
     diff = float(np.max(np.abs(p - ref_p))) if p.size else 0.0
     agree = bool(np.array_equal(pred, ref_pred))
-    return ExportResult(path, metadata, int(p.size), diff, agree, reference)
+    return ExportResult(path, metadata, len(images), diff, agree, reference)
 
 
 def _score_fp32(
     predictor: Predictor, images: list[Any], batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """P(positive) (N,) and the class at the run's threshold (N,) of the run's model, float32."""
+    """The run's model in float32, laid out as the graph's outputs: P(positive) (N,) and the
+    class at the threshold (N,) of a binary run; (N, C) probabilities and the task's decisions
+    (argmax (N,), or findings (N, L) at their thresholds) otherwise."""
     import dataclasses
 
+    task = predictor.run.task
     fp32 = dataclasses.replace(predictor, autocast=None)
     probs = []
     for start in range(0, len(images), batch_size):
         x = torch.stack([fp32.preprocessing(im) for im in images[start : start + batch_size]])
         with torch.inference_mode():
-            probs.append(fp32.logits(x).softmax(1)[:, fp32.positive_index].double().numpy())
-    p = np.concatenate(probs) if probs else np.zeros(0)
-    pos = fp32.positive_index
-    return p, np.where(p >= fp32.threshold, pos, 1 - pos).astype(np.int64)
+            probs.append(task.probabilities(fp32.logits(x)).double().numpy())  # (B, C)
+    q = np.concatenate(probs) if probs else np.zeros((0, task.n_outputs))
+    if task.binary:
+        pos = fp32.positive_index
+        p = q[:, pos]
+        return p, np.where(p >= fp32.threshold, pos, 1 - pos).astype(np.int64)
+    return q, task.decide(q, _label_thresholds(task, predictor.label_thresholds))
+
+
+def _label_thresholds(task: Task, per_label: dict[str, float] | None) -> list[float] | None:
+    """A multi-label task's thresholds in finding order; None for a multi-class task."""
+    if not task.multilabel:
+        return None
+    if per_label is None or any(c not in per_label for c in task.class_names):
+        raise XrayError(
+            "the run records no threshold for every finding (metrics.json threshold.per_label)"
+        )
+    return [float(per_label[c]) for c in task.class_names]
 
 
 def _run_dataset(config: dict[str, Any]) -> Path | None:
@@ -263,8 +375,9 @@ def _run_dataset(config: dict[str, Any]) -> Path | None:
 
 
 class OnnxModel:
-    """An exported xray model in onnxruntime: preprocessing from its metadata, batches in,
-    P(positive), recalibrated P(positive) and the class index out."""
+    """An exported xray model in onnxruntime: preprocessing from its metadata, batches in, the
+    graph's outputs out: P(positive), recalibrated P(positive) and the class index (binary), or
+    the task's probabilities and decisions (multi-class, multi-label)."""
 
     def __init__(self, path: Path):
         _require_onnx()
@@ -285,24 +398,34 @@ class OnnxModel:
             raise XrayError(f"{path} was not exported by `xray export` (no xray metadata)")
         self.path = Path(path)
         self.metadata: dict[str, Any] = json.loads(meta)
-        self.class_names: tuple[str, ...] = tuple(self.metadata["class_names"])
+        # Files exported before the task was recorded are binary (export refused the others).
+        self.spec = Task.from_record(self.metadata)
+        self.task = self.spec.kind
+        self.class_names: tuple[str, ...] = self.spec.class_names
         self.positive_index = int(self.metadata["positive_index"])
-        self.threshold = float(self.metadata["threshold"])
+        value = self.metadata.get("threshold")
+        self.threshold = float(value) if self.spec.binary else math.nan
         self.preprocessing = _preprocessing(self.metadata["preprocessing"])
         self.warnings: list[str] = list(self.metadata.get("warnings", []))
-        self.task = "binary"  # exported models are binary classifiers
-        self.label_thresholds: dict[str, float] | None = None
+        per_label = self.metadata.get("label_thresholds")
+        self.label_thresholds: dict[str, float] | None = (
+            {str(k): float(v) for k, v in per_label.items()} if self.spec.multilabel else None
+        )
+        self.outputs = onnx_outputs(self.spec)
 
-    def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(B, 3, S, S) float32 -> P(positive) (B,), recalibrated (B,), class index (B,)."""
-        p, q, pred = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: x.astype(np.float32)})
-        return p.astype(np.float64), q.astype(np.float64), pred.astype(np.int64)
+    def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(B, 3, S, S) float32 -> the graph's outputs: P(positive) (B,), recalibrated (B,) and
+        the class index (B,) of a binary model; probabilities (B, C) and the decisions (B,)
+        argmax or (B, L) findings otherwise. Probabilities float64, decisions int64."""
+        outs = self.session.run(list(self.outputs), {ONNX_INPUT: x.astype(np.float32)})
+        *probs, pred = outs
+        return (*(q.astype(np.float64) for q in probs), pred.astype(np.int64))
 
     def run_images(
         self, images: Sequence[Any], *, batch_size: int = 32, progress: Progress | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """PIL images -> P(positive) (N,), recalibrated (N,), class index (N,)."""
-        outs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    ) -> tuple[np.ndarray, ...]:
+        """PIL images -> `run_batch`'s outputs over all of them (N first)."""
+        outs: list[tuple[np.ndarray, ...]] = []
         task = progress.add_task("onnx", total=len(images), unit="img") if progress else None
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
@@ -311,14 +434,19 @@ class OnnxModel:
             if progress is not None and task is not None:
                 progress.advance(task, len(chunk))
         if not outs:
-            return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
-        return tuple(np.concatenate([o[i] for o in outs]) for i in range(3))  # type: ignore[return-value]
+            c = self.spec.n_outputs
+            if self.spec.binary:
+                return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+            shape = (0, c) if self.spec.multilabel else (0,)
+            return np.zeros((0, c)), np.zeros(shape, dtype=np.int64)
+        return tuple(np.concatenate([o[i] for o in outs]) for i in range(len(self.outputs)))
 
     def predict(
         self, paths: Sequence[Path], *, batch_size: int = 32, progress: Progress | None = None
     ) -> list[PredictionRow]:
-        """One row per file, in input order; unreadable files become rows with an error."""
-        from featurestore.data import decode_image
+        """One row per file, in input order, as `Predictor.predict` gives them; unreadable
+        files become rows with an error."""
+        from featurestore.data import decode_image, printable
 
         if batch_size < 1:
             raise XrayError(f"--batch-size must be at least 1, got {batch_size}")
@@ -329,10 +457,15 @@ class OnnxModel:
                 images.append(decode_image(Path(path), min_size=self.preprocessing.resize))
                 good.append(i)
             except XrayError as exc:  # ImageDecodeError: one line naming the file
-                rows[i] = PredictionRow(str(path), None, None, str(exc))
-        p, _, pred = self.run_images(images, batch_size=batch_size, progress=progress)
-        for i, prob, cls in zip(good, p.tolist(), pred.tolist(), strict=True):
-            rows[i] = PredictionRow(str(paths[i]), prob, self.class_names[cls])
+                rows[i] = PredictionRow(printable(str(path)), None, None, str(exc))
+        outs = self.run_images(images, batch_size=batch_size, progress=progress)
+        p, pred = outs[0], outs[-1]
+        for i, prob, decided in zip(good, p.tolist(), pred.tolist(), strict=True):
+            name = printable(str(paths[i]))
+            if self.spec.binary:
+                rows[i] = PredictionRow(name, prob, self.class_names[decided])
+            else:
+                rows[i] = prediction_row(self.spec, name, prob, decided)
         return [r for r in rows if r is not None]
 
 

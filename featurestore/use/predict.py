@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from featurestore.data import printable
 from featurestore.devices import channels_last_for
 from featurestore.errors import XrayError
+from featurestore.tasks import Task
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -39,7 +40,29 @@ class PredictionRow:
     """Why the file could not be read (one line); None when it was scored."""
     probabilities: dict[str, float] | None = None
     """Multi-class runs: P(class) for every class, in class order (`probability` is then the
-    predicted class's); None for binary runs and on error."""
+    predicted class's); multi-label runs: P(finding) for every finding (`probability` is then
+    the highest); None for binary runs and on error."""
+
+
+def prediction_row(
+    task: Task, path: str, probs: Sequence[float], decision: int | Sequence[int]
+) -> PredictionRow:
+    """A multi-class or multi-label result row from one image's probabilities (C,) and the
+    task's decision (`Task.decide`: the argmax class index, or 0/1 per finding).
+
+    Multi-class: the decided class, its probability and every class's. Multi-label: every
+    finding's probability; `prediction` lists the findings decided present (`|`-separated,
+    `No Finding` when none), `probability` is the highest finding probability.
+    """
+    per_class = dict(zip(task.class_names, (float(q) for q in probs), strict=True))
+    if task.multiclass:
+        k = int(cast(int, decision))
+        return PredictionRow(path, float(probs[k]), task.class_names[k], None, per_class)
+    if task.multilabel:
+        on = [c for c, d in zip(task.class_names, cast(Sequence[int], decision), strict=True) if d]
+        return PredictionRow(path, max(per_class.values()), "|".join(on) or "No Finding", None,
+                             per_class)  # fmt: skip
+    raise ValueError("binary rows are P(positive) and the class at the threshold")
 
 
 class RunHead(nn.Module):
@@ -126,30 +149,29 @@ class Predictor:
     @property
     def task(self) -> str:
         """`binary` (decided at the threshold), `multiclass` (argmax) or `multilabel` (each
-        finding at its own threshold)."""
-        if self.label_thresholds is not None:
-            return "multilabel"
-        return "binary" if len(self.class_names) == 2 else "multiclass"
+        finding at its own threshold): the run's `Task` kind."""
+        return self.run.task.kind
 
     def classify(self, p_pos: float) -> str:
         """The class name at the run's threshold (argmax-free: binary runs only)."""
         pos = self.positive_index
         return self.class_names[pos if p_pos >= self.threshold else 1 - pos]
 
-    def multiclass_row(self, path: str, probs: list[float]) -> PredictionRow:
-        """A multi-class result: the most probable class, its probability and every class's."""
-        k = int(np.argmax(probs))
-        per_class = dict(zip(self.class_names, probs, strict=True))
-        return PredictionRow(path, probs[k], self.class_names[k], None, per_class)
+    def label_threshold_list(self) -> list[float] | None:
+        """A multi-label run's thresholds in finding order; None for the other tasks."""
+        if self.task != "multilabel":
+            return None
+        per_label = self.label_thresholds or {}
+        return [float(per_label[c]) for c in self.class_names]
 
-    def multilabel_row(self, path: str, probs: list[float]) -> PredictionRow:
-        """A multi-label result: every finding's probability; `prediction` lists the findings
-        at or above their thresholds (`|`-separated, `No Finding` when none), `probability` is
-        the highest finding probability."""
-        thresholds = self.label_thresholds or {}
-        per_label = dict(zip(self.class_names, probs, strict=True))
-        on = [c for c, q in per_label.items() if q >= thresholds[c]]
-        return PredictionRow(path, max(probs), "|".join(on) or "No Finding", None, per_label)
+    def task_rows(self, paths: Sequence[str], probs: np.ndarray) -> list[PredictionRow]:
+        """Multi-class / multi-label rows from probabilities (B, C), decided by the task."""
+        task = self.run.task
+        decided = task.decide(probs, self.label_threshold_list())
+        return [
+            prediction_row(task, p, q, d)
+            for p, q, d in zip(paths, probs.tolist(), decided.tolist(), strict=True)
+        ]
 
     def load_image(self, path: Path) -> Image.Image:
         """Decode a file the way training did (reduced-scale JPEG decode down to the resize)."""
@@ -182,14 +204,12 @@ class Predictor:
             if tensors:
                 with torch.inference_mode():
                     logits = self.logits(torch.stack(tensors))  # (B, C) float32
-                    multilabel = self.task == "multilabel"
-                    probs = logits.sigmoid() if multilabel else logits.softmax(1)
-                if self.task == "multilabel":
-                    for i, q in zip(good, probs.double().cpu().tolist(), strict=True):
-                        rows[i] = self.multilabel_row(str(paths[i]), q)
-                elif self.task == "multiclass":
-                    for i, q in zip(good, probs.double().cpu().tolist(), strict=True):
-                        rows[i] = self.multiclass_row(printable(str(paths[i])), q)
+                    probs = self.run.task.probabilities(logits)  # softmax, or sigmoid per finding
+                if self.task != "binary":
+                    names = [printable(str(paths[i])) for i in good]
+                    done = self.task_rows(names, probs.double().cpu().numpy())
+                    for i, row in zip(good, done, strict=True):
+                        rows[i] = row
                 else:
                     p_pos = probs[:, self.positive_index].double().cpu().tolist()
                     for i, p in zip(good, p_pos, strict=True):
@@ -253,26 +273,29 @@ def load_predictor(
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise XrayError(f"--device must be auto, cpu or cuda, got {device!r}")
     torch_device = resolve_device(device)
+    task = run.task  # as config.json records it
+    class_names = task.class_names
     try:
-        class_names = tuple(str(c) for c in cfg["class_names"])
         positive_index = class_names.index(str(cfg["positive_class"]))
-        value = run.metrics["threshold"]["value"]
-        per_label = run.metrics["threshold"].get("per_label")
-        # Multi-class runs decide by argmax, multi-label runs per finding: no single threshold.
-        threshold = (
-            math.nan if value is None and (len(class_names) > 2 or per_label) else float(value)
-        )
+        recorded = run.metrics["threshold"]
+        # Binary runs decide at one threshold; multi-class runs by argmax and multi-label runs
+        # per finding (threshold.per_label): no single threshold.
+        threshold = float(recorded["value"]) if task.binary else math.nan
+        per_label = recorded.get("per_label") if task.multilabel else None
     except (KeyError, ValueError, TypeError) as exc:
         raise XrayError(f"{run.path} lacks what a run records ({exc}): retrain it") from None
-    if not per_label and (
-        len(class_names) < 2 or (len(class_names) == 2 and not math.isfinite(threshold))
+    if task.binary and not math.isfinite(threshold):
+        raise XrayError(f"{run.path}: a binary run needs a finite threshold in metrics.json")
+    if task.multilabel and (
+        not isinstance(per_label, dict) or any(c not in per_label for c in class_names)
     ):
         raise XrayError(
-            f"{run.path}: predict supports binary runs with a finite threshold and multi-class runs"
+            f"{run.path}: a multi-label run needs a threshold per finding in metrics.json "
+            "(threshold.per_label): retrain it"
         )
     if mode == "finetune" and weights is not None:
         raise XrayError(
-            "--weights is only for frozen runs extracted with a weights file: "
+            "--weights-file is only for frozen runs extracted with a weights file: "
             f"{run.name} is a fine-tune run whose best.pt holds the whole model"
         )
     state = _read_best(run.path / "best.pt")
@@ -372,7 +395,9 @@ def _frozen_parts(
     weights_id = str(store["weights_id"])
     recorded_sha = store.get("weights_sha256")
     if weights is not None and not weights_id.startswith("file:"):
-        raise XrayError(f"--weights is not needed: {run.name}'s backbone used weights {weights_id}")
+        raise XrayError(
+            f"--weights-file is not needed: {run.name}'s backbone used weights {weights_id}"
+        )
     if weights_id == "none":
         # extract_features builds random-init trunks under torch.manual_seed(0): same trunk.
         with torch.random.fork_rng(devices=[]):
@@ -382,14 +407,14 @@ def _frozen_parts(
         if weights is None:
             raise XrayError(
                 f"{run.name}'s backbone weights came from the file {weights_id[5:]}: "
-                "pass it with --weights PATH"
+                "pass it with --weights-file PATH"
             )
         if not Path(weights).is_file():
-            raise XrayError(f"--weights {weights} not found")
+            raise XrayError(f"--weights-file {weights} not found")
         sha = file_digest(Path(weights))
         if recorded_sha and sha != recorded_sha:
             raise XrayError(
-                f"--weights {weights} is not the file the run's features came from "
+                f"--weights-file {weights} is not the file the run's features came from "
                 f"(sha256 {sha[:12]}... != recorded {str(recorded_sha)[:12]}...)"
             )
         loaded = load_backbone(name, str(weights))
