@@ -35,6 +35,7 @@ from featurestore.compare.metrics import (
 )
 from featurestore.config import EvaluateConfig
 from featurestore.errors import XrayError
+from featurestore.tasks import MULTICLASS_RULE, Task
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -61,11 +62,19 @@ class Scores:
     groups: list[str]
     """Patient ids (N,)."""
     labels: np.ndarray
-    """(N,) int64 class indices, in the run's class order."""
-    probabilities: np.ndarray
-    """(N,) float64 P(positive class), the model's own output."""
+    """(N,) int64 class indices, in the run's class order; multi-label: (N, L') float64
+    targets 1/0/NaN (masked) in the dataset's finding order."""
+    outputs: np.ndarray
+    """(N, C) float64 probabilities of the run's output columns, the model's own output
+    (softmax over classes, or a sigmoid per finding)."""
     fingerprint: str
     """The dataset's fingerprint (every file hashed)."""
+    positive_index: int = 1
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(N,) float64 P(positive class) of a binary run."""
+        return np.asarray(self.outputs[:, self.positive_index])
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,12 @@ class EvaluationResult:
     calibration: dict[str, Any]
     local: dict[str, Any] | None
     """The local calibration subset (`--recalibrate N`): patients, images; None without."""
+    task: str = "binary"
+    """The run's task: `binary`, `multiclass` or `multilabel`."""
+    shown: tuple[str, ...] = ()
+    """The metrics of `intervals` the terminal table shows, in order (binary: the CLI's own)."""
+    notes: tuple[str, ...] = ()
+    """What the user must know about this evaluation (findings left out, fits refused)."""
 
 
 def evaluate_run(
@@ -101,37 +116,160 @@ def evaluate_run(
 ) -> EvaluationResult:
     """Score a run on another labelled dataset; write and return its evaluation folder.
 
+    Every task: binary (the run's threshold, Platt recalibration), multi-class (argmax,
+    temperature scaling) and multi-label (each finding at its own threshold, Platt per
+    finding). Classes and findings are matched by name; a multi-class run's label scheme
+    (`kermany3`) and a multi-label run's uncertainty policy are applied as the run's training
+    applied them unless `config.labels` / `config.uncertain` say otherwise.
+
     Raises:
-        XrayError: a run or dataset that cannot be read, other class names, an empty split,
-            an impossible `recalibrate`, or a backbone whose weights are not at hand.
+        XrayError: a run or dataset that cannot be read, other class names (no shared finding),
+            an empty split, an impossible `recalibrate`, a threshold policy for a multi-class
+            run, or a backbone whose weights are not at hand.
     """
-    from featurestore.data import load_manifest
+    from featurestore.runs import load_run
     from featurestore.use import load_predictor
 
     config = config or EvaluateConfig()
-    from featurestore.compare.multiclass_analysis import runs_task
-
-    run_task = runs_task([Path(run_dir)])
-    if run_task != "binary":
-        # Said before any model is loaded or any image decoded (issue #28.5: a traceback).
-        raise XrayError(
-            f"{Path(run_dir).name} is a {run_task} run: external validation reports one "
-            "positive class's operating point, sensitivity and specificity, which a "
-            f"{run_task} run does not have; score its images with `xray predict --run` and "
-            "compare them to the labels"
-        )
-    predictor = load_predictor(Path(run_dir), weights=weights, device=config.device)
-    run = predictor.run
-    # The labels are read as the run read its own (issue #28.9), then matched by class name.
-    manifest = load_manifest(Path(data), labels=str(run.config.get("label_scheme") or "as-given"))
-    manifest = match_classes(manifest, tuple(predictor.class_names), run.name, Path(data))
+    record = load_run(Path(run_dir))
+    task = record.task
+    # Said before any model is loaded or any image decoded (issue #28.5: a traceback).
+    check_options(task, config, record.name)
+    manifest = external_manifest(Path(data), task, config, record.config)
+    findings: Findings | None = None
+    if task.multilabel:
+        findings = match_findings(tuple(manifest.class_names), task.class_names, Path(data))
+        if findings.left_out and notice is not None:
+            notice(findings.left_out_note(Path(run_dir).name, Path(data)))
+    else:
+        manifest = match_classes(manifest, task.class_names, Path(run_dir).name, Path(data))
     if not manifest.split(config.split):
         raise XrayError(f"{data} has no {config.split} images: choose another --split")
+    predictor = load_predictor(Path(run_dir), weights=weights, device=config.device)
+    run = predictor.run
     if predictor.mode == "frozen":
-        scores = _score_frozen(predictor, manifest, config, weights, progress, notice)
+        scores = _score_frozen(predictor, task, manifest, config, weights, progress, notice)
     else:
-        scores = _score_images(predictor, manifest, config, progress)
-    return _conclude(run, predictor, manifest, scores, config)
+        scores = _score_images(predictor, task, manifest, config, progress)
+    if task.binary:
+        return _conclude(run, predictor, manifest, scores, config)
+    from featurestore.compare.external_tasks import conclude_multiclass, conclude_multilabel
+
+    if task.multiclass:
+        return conclude_multiclass(run, task, manifest, scores, config)
+    assert findings is not None
+    return conclude_multilabel(run, task, manifest, scores, config, findings)
+
+
+def check_options(task: Task, config: EvaluateConfig, run_name: str) -> None:
+    """The options a run's task does not take, refused in one line each.
+
+    Raises:
+        XrayError: `--threshold` for a multi-class run (MULTICLASS_RULE), `--uncertain` for a
+            single-label run, a `--labels` scheme for a multi-label run.
+    """
+    if task.multiclass and config.threshold_policy is not None:
+        raise XrayError(f"--threshold {config.threshold_policy} for {run_name}: {MULTICLASS_RULE}")
+    if not task.multilabel and config.uncertain is not None:
+        raise XrayError(
+            f"--uncertain is for multi-label runs: {run_name} is a {task.kind} run, whose "
+            "labels have no uncertain (-1) entries"
+        )
+    if task.multilabel and config.labels not in (None, "as-given"):
+        raise XrayError(
+            f"--labels {config.labels} relabels Kermany NORMAL/PNEUMONIA folders; {run_name} is "
+            "a multi-label run (use --uncertain for its uncertain labels)"
+        )
+
+
+def run_uncertain(run_config: dict[str, Any]) -> str:
+    """The uncertainty policy a multi-label run's training read its labels with: its
+    `uncertain`, else the `uncertain-<policy>` label scheme its store records; `ignore` else."""
+    scheme = str(run_config.get("label_scheme") or "")
+    if run_config.get("uncertain"):
+        return str(run_config["uncertain"])
+    return scheme.removeprefix("uncertain-") if scheme.startswith("uncertain-") else "ignore"
+
+
+def external_manifest(
+    data: Path, task: Task, config: EvaluateConfig, run_config: dict[str, Any]
+) -> Manifest:
+    """The other dataset, read as the run read its own (issue #28.9).
+
+    Multi-label: with `config.uncertain`, else the run's policy (`run_uncertain`). Single-label:
+    with `config.labels`, else the run's `label_scheme`; a dataset that already has the run's
+    classes (a three-class CSV for a Kermany-3 run) is taken as given.
+
+    Raises:
+        XrayError: a dataset of the other kind (single-label for a multi-label run or back).
+    """
+    from featurestore.data import load_manifest
+
+    if task.multilabel:
+        manifest = load_manifest(data, uncertain=config.uncertain or run_uncertain(run_config))
+        if manifest.task != "multilabel":
+            raise XrayError(
+                f"{data} is single-label ({', '.join(manifest.class_names)}) but the run is "
+                "multi-label: evaluate on a dataset with finding columns"
+            )
+        return manifest
+    scheme = config.labels or str(run_config.get("label_scheme") or "as-given")
+    if config.labels is None and scheme != "as-given":
+        given = load_manifest(data)
+        if given.task != "multilabel" and sorted(given.class_names) == sorted(task.class_names):
+            return given
+    manifest = load_manifest(data, labels=scheme)
+    if manifest.task == "multilabel":
+        raise XrayError(
+            f"{data} is multi-label (findings {', '.join(manifest.class_names)}) but the run is "
+            f"{task.kind}: evaluate on a dataset with one label per image"
+        )
+    return manifest
+
+
+@dataclass(frozen=True)
+class Findings:
+    """The findings a multi-label run and the other dataset share, matched by name."""
+
+    names: tuple[str, ...]
+    """Shared findings, in the run's order."""
+    run_index: tuple[int, ...]
+    """Column of each shared finding in the run's outputs."""
+    data_index: tuple[int, ...]
+    """Column of each shared finding in the dataset's targets."""
+    left_out: tuple[str, ...]
+    """The run's findings the dataset lacks (not evaluated)."""
+    extra: tuple[str, ...]
+    """The dataset's findings the run was not trained on (not evaluated)."""
+
+    def left_out_note(self, run_name: str, data: Path) -> str:
+        """One line: which findings were left out and why."""
+        return (
+            f"{data} has no labels for {', '.join(self.left_out)} of {run_name}: evaluating the "
+            f"{len(self.names)} shared findings ({', '.join(self.names)})"
+        )
+
+
+def match_findings(data_findings: tuple[str, ...], run_findings: tuple[str, ...],
+                   data: Path) -> Findings:  # fmt: skip
+    """`xray evaluate`'s finding check for multi-label runs: the findings both have, by name.
+
+    Raises:
+        XrayError: when the dataset shares no finding with the run.
+    """
+    shared = [f for f in run_findings if f in data_findings]
+    if not shared:
+        raise XrayError(
+            f"{data} has findings {', '.join(data_findings)}, none of the run's "
+            f"({', '.join(run_findings)}): evaluate on a dataset labelling the same findings"
+        )
+    return Findings(
+        tuple(shared),
+        tuple(run_findings.index(f) for f in shared),
+        tuple(data_findings.index(f) for f in shared),
+        tuple(f for f in run_findings if f not in data_findings),
+        tuple(f for f in data_findings if f not in run_findings),
+    )
 
 
 def match_classes(
@@ -158,6 +296,7 @@ def match_classes(
 
 def _score_frozen(
     predictor: Predictor,
+    task: Task,
     manifest: Manifest,
     config: EvaluateConfig,
     weights: Path | None,
@@ -200,19 +339,25 @@ def _score_frozen(
     arrays = store.split(config.split)
     with torch.inference_mode():
         features = torch.from_numpy(arrays.features).to(predictor.device)  # (N, D)
-        probs = predictor.head(features).float().softmax(1)  # (N, C)
-    p = probs[:, predictor.positive_index].double().cpu().numpy()
+        probs = task.probabilities(predictor.head(features))  # (N, C)
+    labels = arrays.labels.astype(np.int64)
+    if task.multilabel:
+        if arrays.targets is None:
+            raise XrayError(f"store {store.path} holds no multi-label targets: delete it")
+        labels = np.asarray(arrays.targets, dtype=np.float64)  # (N, L')
     return Scores(
         list(arrays.keys),
         list(arrays.groups),
-        arrays.labels.astype(np.int64),
-        p,
+        labels,
+        probs.double().cpu().numpy(),
         str(store.attrs["dataset_fingerprint"]),
+        predictor.positive_index,
     )
 
 
 def _score_images(
     predictor: Predictor,
+    task: Task,
     manifest: Manifest,
     config: EvaluateConfig,
     progress: Progress | None,
@@ -223,7 +368,7 @@ def _score_images(
     from featurestore.data import dataset_fingerprint
 
     records = manifest.split(config.split)
-    task = progress.add_task("evaluate", total=len(records), unit="img") if progress else None
+    bar = progress.add_task("evaluate", total=len(records), unit="img") if progress else None
     p_all: list[np.ndarray] = []
     for start in range(0, len(records), config.batch_size):
         batch = records[start : start + config.batch_size]
@@ -236,16 +381,21 @@ def _score_images(
             ]
         )  # (B, 3, S, S)
         with torch.inference_mode():
-            probs = predictor.logits(x).softmax(1)  # (B, C)
-        p_all.append(probs[:, predictor.positive_index].double().cpu().numpy())
-        if progress is not None and task is not None:
-            progress.advance(task, len(batch))
+            probs = task.probabilities(predictor.logits(x))  # (B, C)
+        p_all.append(probs.double().cpu().numpy())
+        if progress is not None and bar is not None:
+            progress.advance(bar, len(batch))
+    if task.multilabel:
+        labels = np.array([r.targets for r in records], dtype=np.float64)  # (N, L')
+    else:
+        labels = np.array([r.label for r in records], dtype=np.int64)
     return Scores(
         [r.key for r in records],
         [r.group for r in records],
-        np.array([r.label for r in records], dtype=np.int64),
+        labels,
         np.concatenate(p_all),
         dataset_fingerprint(manifest, progress=progress),
+        predictor.positive_index,
     )
 
 
