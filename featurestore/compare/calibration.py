@@ -166,8 +166,11 @@ TEMPERATURE_BOUNDS = (1e-2, 1e2)
 
 
 def _log_probabilities(probs: np.ndarray) -> np.ndarray:
-    """log p of (N, C) softmax outputs, clipped to [eps, 1]: the logits up to a per-row shift."""
-    return np.log(np.clip(np.asarray(probs, dtype=np.float64), PROB_EPS, 1.0))
+    """log p of (N, C) softmax outputs: the logits up to a per-row shift. Only an exact 0 (a
+    float32 softmax underflows past a logit gap of ~100) is lifted, to the smallest normal
+    float64, so small probabilities keep their own logits (a 1e-7 clip would distort them)."""
+    tiny = np.finfo(np.float64).tiny
+    return np.log(np.clip(np.asarray(probs, dtype=np.float64), tiny, 1.0))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -231,6 +234,16 @@ def fit_temperature(y_true: np.ndarray, probs: np.ndarray, *, split: str = "val"
         raise ValueError(f"need y_true (N,) and probs (N, C), got {y.shape}, {p.shape}")
     if not np.isfinite(p).all():
         raise XrayError("predicted probabilities contain NaN/inf; retrain with a lower --lr")
+    right = p.argmax(1) == y
+    if right.all() or not right.any():
+        # Every image right (or every one wrong): the NLL falls without end as T -> 0 (or
+        # T -> inf), so no temperature is the maximum-likelihood one; nothing is fitted.
+        how = "right" if right.all() else "wrong"
+        note = (
+            f"every {split} image is classified {how}, so the NLL has no minimum over T: "
+            "the model's own softmax is kept"
+        )
+        return Temperature("identity", 1.0, split, int(y.size), note)
     z = _log_probabilities(p)  # (N, C)
 
     def nll(log_t: float) -> float:
@@ -241,9 +254,13 @@ def fit_temperature(y_true: np.ndarray, probs: np.ndarray, *, split: str = "val"
     log_t = float(best.x)
     if nll(log_t) > nll(0.0):  # the bounded search missed T = 1's basin: keep the model's own
         return Temperature("identity", 1.0, split, int(y.size), "the fit did not lower NLL")
+    if min(log_t - lo, hi - log_t) < 0.05:
+        note = (
+            f"the NLL fit ran to the search bound (T = {np.exp(log_t):.3g}): {split} has too "
+            "few errors to fix a temperature; the model's own softmax is kept"
+        )
+        return Temperature("identity", 1.0, split, int(y.size), note)
     note = ""
-    if min(abs(log_t - lo), abs(log_t - hi)) < 1e-3:
-        note = f"T reached the search bound {np.exp(log_t):.3g} (the {split} set is too easy)"
     return Temperature("temperature", float(np.exp(log_t)), split, int(y.size), note)
 
 
