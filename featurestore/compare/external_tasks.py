@@ -21,7 +21,8 @@ from featurestore.compare.calibration import (
     fit_temperature,
     multiclass_nll,
 )
-from featurestore.compare.external import EvaluationResult, Findings, Scores, run_uncertain
+from featurestore.compare.external import EvaluationResult, Scores
+from featurestore.compare.external_data import Findings, run_uncertain
 from featurestore.compare.external_stats import (
     calibration_patients,
     replicate_difference,
@@ -153,10 +154,10 @@ def conclude_multiclass(
     reps = multiclass_replicates(y, p, groups=g, **boot)
     for k, c in enumerate(names):  # replicates are indexed by class, the metrics named
         reps[f"recall_{c}"], reps[f"auc_{c}"] = reps.pop(f"recall_{k}"), reps.pop(f"auc_{k}")
-    per_class = [f"{m}_{c}" for c in names for m in ("recall", "auc")]
+    class_metrics = [f"{m}_{c}" for c in names for m in ("recall", "auc")]
     intervals = {
         m: replicate_summary(point[m], reps[m], alpha=config.alpha)
-        for m in (*MULTICLASS_SHOWN, *per_class)
+        for m in (*MULTICLASS_SHOWN, *class_metrics)
     }
     internal = run.split_predictions("test")
     yi, pi = internal["label"], internal["probabilities"]
@@ -225,7 +226,7 @@ def conclude_multiclass(
 
 
 def _macro_over(values: dict[str, float | None], names: list[str]) -> float | None:
-    defined = [values[n] for n in names if values[n] is not None]
+    defined = [float(v) for n in names if (v := values[n]) is not None]
     return float(np.mean(defined)) if defined and len(defined) == len(names) else None
 
 
