@@ -40,9 +40,10 @@ def evaluate(
         str | None,
         typer.Option(
             "--threshold",
-            help="Default: the run's own threshold. A policy (youden, f1, sensitivity:0.95, "
-            "specificity:0.90, fixed:0.5) is chosen again on the run's validation predictions, "
-            "or on the local patients of --recalibrate; never on the evaluated split.",
+            help="Default: the run's own threshold (multi-label: one per finding). A policy "
+            "(youden, f1, sensitivity:0.95, specificity:0.90, fixed:0.5) is chosen again on the "
+            "run's validation predictions, or on the local patients of --recalibrate; never on "
+            "the evaluated split. Multi-class runs decide by argmax and refuse it.",
             show_default=False,
         ),
     ] = _EVAL.threshold_policy,
@@ -51,7 +52,8 @@ def evaluate(
         typer.Option(
             "--recalibrate",
             help="Take N patients out of the evaluated split (seeded, by patient) and refit the "
-            "recalibration and the threshold on them; 0: the run's own.",
+            "recalibration (binary: Platt; multi-class: one temperature; multi-label: Platt per "
+            "finding) and the threshold(s) on them; 0: the run's own.",
         ),
     ] = _EVAL.recalibrate,
     out: Annotated[
@@ -109,6 +111,10 @@ def evaluate(
     as_json: JsonFlag = False,
 ) -> None:
     """External validation: score a trained run on another labelled dataset.
+
+    Every task: binary runs at their threshold, multi-class runs by argmax (classes matched by
+    name; a kermany3 run relabels the other dataset itself), multi-label runs with each finding
+    at its own threshold (findings matched by name; those the dataset lacks are left out, said).
 
     Frozen runs extract the other dataset's features once with the run's backbone (cached and
     provenance-checked like any store); fine-tuned runs score its images directly. Writes an
