@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from featurestore.config import EvaluateConfig, SplitChoice
+from featurestore.config import EvaluateConfig, LabelScheme, SplitChoice, Uncertain
 
 from .common import console, emit_table, err_console, notice, user_errors
 from .options import Device, DeviceOpt, JsonFlag
-from .use_cmd import RunPath, RunWeights
+from .use_cmd import RunPath
 
 _EVAL = EvaluateConfig()
 SHOWN = ("accuracy", "sensitivity", "specificity", "f1_positive", "roc_auc", "pr_auc", "brier")
@@ -40,9 +40,10 @@ def evaluate(
         str | None,
         typer.Option(
             "--threshold",
-            help="Default: the run's own threshold. A policy (youden, f1, sensitivity:0.95, "
-            "specificity:0.90, fixed:0.5) is chosen again on the run's validation predictions, "
-            "or on the local patients of --recalibrate; never on the evaluated split.",
+            help="Default: the run's own threshold (multi-label: one per finding). A policy "
+            "(youden, f1, sensitivity:0.95, specificity:0.90, fixed:0.5) is chosen again on the "
+            "run's validation predictions, or on the local patients of --recalibrate; never on "
+            "the evaluated split. Multi-class runs decide by argmax and refuse it.",
             show_default=False,
         ),
     ] = _EVAL.threshold_policy,
@@ -51,7 +52,8 @@ def evaluate(
         typer.Option(
             "--recalibrate",
             help="Take N patients out of the evaluated split (seeded, by patient) and refit the "
-            "recalibration and the threshold on them; 0: the run's own.",
+            "recalibration (binary: Platt; multi-class: one temperature; multi-label: Platt per "
+            "finding) and the threshold(s) on them; 0: the run's own.",
         ),
     ] = _EVAL.recalibrate,
     out: Annotated[
@@ -76,11 +78,43 @@ def evaluate(
         int | None,
         typer.Option("--workers", help="Decoding processes (frozen runs).", show_default=False),
     ] = _EVAL.workers,
-    weights: RunWeights = None,
+    labels: Annotated[
+        LabelScheme | None,
+        typer.Option(
+            "--labels",
+            help="How the other dataset's labels are read; default: as the run read its own "
+            "(a kermany3 run relabels a NORMAL/PNEUMONIA dataset from its file names; a CSV "
+            "already holding the run's classes is read as given).",
+            show_default=False,
+        ),
+    ] = None,
+    uncertain: Annotated[
+        Uncertain | None,
+        typer.Option(
+            "--uncertain",
+            help="Multi-label runs: uncertain (-1) labels of the other dataset as absent "
+            "(zeros), present (ones) or masked (ignore); default: as the run's training.",
+            show_default=False,
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights-file",
+            "--weights",
+            help="Frozen runs whose backbone was extracted with a weights file: that "
+            "state-dict file (its sha256 is checked against the run's).",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOpt = Device(_EVAL.device),
     as_json: JsonFlag = False,
 ) -> None:
     """External validation: score a trained run on another labelled dataset.
+
+    Every task: binary runs at their threshold, multi-class runs by argmax (classes matched by
+    name; a kermany3 run relabels the other dataset itself), multi-label runs with each finding
+    at its own threshold (findings matched by name; those the dataset lacks are left out, said).
 
     Frozen runs extract the other dataset's features once with the run's backbone (cached and
     provenance-checked like any store); fine-tuned runs score its images directly. Writes an
@@ -113,19 +147,26 @@ def evaluate(
         device=str(device),  # type: ignore[arg-type]
         out_dir=out,
         store_dir=store_dir,
+        labels=None if labels is None else labels.value,
+        uncertain=None if uncertain is None else uncertain.value,
     )
     with make_progress(err_console, transient=True) as progress:
         result = evaluate_run(
             run, data, config=config, weights=weights, progress=progress, notice=notice
         )
     t = result.threshold
+    if result.task == "binary":
+        rule = f"threshold {t['value']:.3f} ({t['policy']}, chosen on {t.get('chosen_on', 'val')})"
+    elif result.task == "multiclass":
+        rule = "argmax decisions (no threshold)"
+    else:
+        rule = f"per-finding thresholds ({t['policy']}, chosen on {t.get('chosen_on', 'val')})"
     title = (
         f"{result.run} on {result.dataset} {result.split}: {result.images} images, "
-        f"{result.patients} patients; threshold {t['value']:.3f} ({t['policy']}, "
-        f"chosen on {t.get('chosen_on', 'val')})"
+        f"{result.patients} patients; {rule}"
     )
     rows: list[list[Any]] = []
-    for name in SHOWN:
+    for name in result.shown or SHOWN:
         iv = result.intervals[name]
         d = result.difference.get(name)
         rows.append([
@@ -144,15 +185,24 @@ def evaluate(
             "threshold": t,
             "calibration": cal,
             "local_calibration": result.local,
+            **({"notes": list(result.notes)} if result.notes else {}),
         },
     )
     if as_json:
         return
+    for line in result.notes:
+        console.print(f"note: {line}", highlight=False)
+    before, after = cal["test"]["ece_before"], cal["test"]["ece_after"]
+    shift = "n/a" if before is None or after is None else f"{before:.3f} -> {after:.3f}"
+    fitted = cal["method"]
+    if fitted == "temperature":
+        fitted += f" (T = {cal['temperature']:.3f})"
+    ece = "n/a" if cal["ece"] is None else f"{cal['ece']:.3f}"
+    brier = "n/a" if cal["brier"] is None else f"{cal['brier']:.3f}"
     console.print(
-        f"calibration: ECE {cal['ece']:.3f}, Brier {cal['brier']:.3f} "
-        f"({cal['reported_probability']}); {cal['method']} recalibration fitted on "
-        f"{cal['fitted_on']}: test ECE {cal['test']['ece_before']:.3f} -> "
-        f"{cal['test']['ece_after']:.3f}" + (f" ({cal['note']})" if cal.get("note") else ""),
+        f"calibration: ECE {ece}, Brier {brier} ({cal['reported_probability']}); {fitted} "
+        f"recalibration fitted on {cal['fitted_on']}: test ECE {shift}"
+        + (f" ({cal['note']})" if cal.get("note") and result.task != "multilabel" else ""),
         highlight=False,
     )
     if result.local is not None:

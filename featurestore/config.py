@@ -535,8 +535,21 @@ class EvaluateConfig:
     """Where evaluation folders are written (compare reads them like runs)."""
     store_dir: Path = Path("evaluations/stores")
     """Feature stores of external datasets (kept apart from cache/, which fit-head trains on)."""
+    labels: str | None = None
+    """How the other dataset's labels are read (`LabelScheme`, as `--labels`); None: the run's
+    own scheme (a Kermany-3 run relabels a NORMAL/PNEUMONIA dataset by itself)."""
+    uncertain: str | None = None
+    """Multi-label runs: what the other dataset's uncertain (-1) labels become (`Uncertain`);
+    None: as the run's training read them."""
 
     def __post_init__(self) -> None:
+        if self.labels is not None and self.labels not in LABEL_SCHEMES:
+            raise XrayError(
+                f"--labels must be one of {', '.join(LABEL_SCHEMES)}, got {self.labels!r}"
+            )
+        if self.uncertain is not None and self.uncertain not in UNCERTAIN_POLICIES:
+            policies = ", ".join(UNCERTAIN_POLICIES)
+            raise XrayError(f"--uncertain must be one of {policies}, got {self.uncertain!r}")
         if self.split not in ("train", "val", "test"):
             raise XrayError(f"--split must be train, val or test, got {self.split!r}")
         if self.threshold_policy is not None:

@@ -159,3 +159,160 @@ def calibration_from_dict(doc: Any) -> Calibration:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise XrayError(f"malformed calibration in metrics.json ({exc})") from None
+
+
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
+"""The search interval of a fitted temperature (T = 1 lies inside, so the fit never raises NLL)."""
+
+
+def _log_probabilities(probs: np.ndarray) -> np.ndarray:
+    """log p of (N, C) softmax outputs: the logits up to a per-row shift. Only an exact 0 (a
+    float32 softmax underflows past a logit gap of ~100) is lifted, to the smallest normal
+    float64, so small probabilities keep their own logits (a 1e-7 clip would distort them)."""
+    tiny = np.finfo(np.float64).tiny
+    return np.log(np.clip(np.asarray(probs, dtype=np.float64), tiny, 1.0))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(1, keepdims=True))
+
+
+def multiclass_nll(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of class indices y (N,) under probabilities (N, C)."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    return float(-np.mean(np.log(np.clip(p[np.arange(y.size), y], PROB_EPS, 1.0))))
+
+
+@dataclass(frozen=True)
+class Temperature:
+    """p' = softmax(log p / T): temperature scaling of a multi-class softmax.
+
+    Guo, Pleiss, Sun & Weinberger (2017), "On calibration of modern neural networks", ICML,
+    sec. 4.2: one T > 0 divides every logit. log p differs from the logits by a constant per
+    image, which the softmax removes, so scaling log p is scaling the logits. Dividing by T > 0
+    keeps the order of each image's classes (its argmax never changes); the order of one class's
+    probability across images can change when C > 2, so a class's one-vs-rest ROC-AUC may move.
+    """
+
+    method: str
+    """"temperature", or "identity" when nothing was fitted (see `note`)."""
+    temperature: float
+    fitted_on: str
+    """The split it was fitted on: "val" or "calibration" (never one that is reported)."""
+    n: int
+    """Images it was fitted on."""
+    note: str = ""
+
+    def apply(self, probs: np.ndarray) -> np.ndarray:
+        """(N, C) probabilities -> (N, C) recalibrated probabilities, float64."""
+        p = np.asarray(probs, dtype=np.float64)
+        if self.method == "identity":
+            return p
+        return _softmax(_log_probabilities(p) / self.temperature)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_temperature(y_true: np.ndarray, probs: np.ndarray, *, split: str = "val") -> Temperature:
+    """Fit one temperature by minimum NLL (Guo et al. 2017) on one split's class indices (N,)
+    and softmax probabilities (N, C); bounded search over log T in `TEMPERATURE_BOUNDS`.
+
+    Raises:
+        XrayError: when `split` is not validation or a local calibration set, or the
+            probabilities are not finite.
+    """
+    from scipy.optimize import minimize_scalar
+
+    check_choosing_split(split, "a recalibration")
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or y.shape != (p.shape[0],) or y.size == 0:
+        raise ValueError(f"need y_true (N,) and probs (N, C), got {y.shape}, {p.shape}")
+    if not np.isfinite(p).all():
+        raise XrayError("predicted probabilities contain NaN/inf; retrain with a lower --lr")
+    right = p.argmax(1) == y
+    if right.all() or not right.any():
+        # Every image right (or every one wrong): the NLL falls without end as T -> 0 (or
+        # T -> inf), so no temperature is the maximum-likelihood one; nothing is fitted.
+        how = "right" if right.all() else "wrong"
+        note = (
+            f"every {split} image is classified {how}, so the NLL has no minimum over T: "
+            "the model's own softmax is kept"
+        )
+        return Temperature("identity", 1.0, split, int(y.size), note)
+    z = _log_probabilities(p)  # (N, C)
+
+    def nll(log_t: float) -> float:
+        return multiclass_nll(y, _softmax(z / np.exp(log_t)))
+
+    lo, hi = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
+    best = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
+    log_t = float(best.x)
+    if nll(log_t) > nll(0.0):  # the bounded search missed T = 1's basin: keep the model's own
+        return Temperature("identity", 1.0, split, int(y.size), "the fit did not lower NLL")
+    if min(log_t - lo, hi - log_t) < 0.05:
+        note = (
+            f"the NLL fit ran to the search bound (T = {np.exp(log_t):.3g}): {split} has too "
+            "few errors to fix a temperature; the model's own softmax is kept"
+        )
+        return Temperature("identity", 1.0, split, int(y.size), note)
+    note = ""
+    return Temperature("temperature", float(np.exp(log_t)), split, int(y.size), note)
+
+
+@dataclass(frozen=True)
+class LabelCalibration:
+    """Platt scaling per finding of a multi-label head (each sigmoid output on its own)."""
+
+    per_label: dict[str, Calibration]
+    """Finding -> its Platt fit (or the identity, with the reason in its note)."""
+
+    @property
+    def method(self) -> str:
+        """ "platt per finding" when any finding was fitted, else "identity"."""
+        fitted = any(c.method == "platt" for c in self.per_label.values())
+        return "platt per finding" if fitted else "identity"
+
+    @property
+    def notes(self) -> list[str]:
+        """`<finding>: <why it kept the identity>` for each finding not recalibrated."""
+        return [f"{name}: {c.note}" for name, c in self.per_label.items() if c.note]
+
+    def apply(self, probs: np.ndarray, names: list[str] | tuple[str, ...]) -> np.ndarray:
+        """(N, L) probabilities of the findings `names` -> (N, L) recalibrated, float64."""
+        p = np.asarray(probs, dtype=np.float64)
+        out = p.copy()
+        for k, name in enumerate(names):
+            out[:, k] = self.per_label.get(name, IDENTITY).apply(p[:, k])
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "per_label": {n: c.as_dict() for n, c in self.per_label.items()},
+            "notes": self.notes,
+        }
+
+
+def fit_label_calibration(
+    targets: np.ndarray, probs: np.ndarray, names: list[str] | tuple[str, ...], *, split: str
+) -> LabelCalibration:
+    """`fit_calibration` per finding over its observed entries: targets (N, L) of 1/0/NaN
+    (masked), probabilities (N, L). A finding whose fit has slope <= 0 or raises ECE keeps the
+    identity and says so (`LabelCalibration.notes`)."""
+    y = np.asarray(targets, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    per_label: dict[str, Calibration] = {}
+    for k, name in enumerate(names):
+        mask = ~np.isnan(y[:, k])
+        if not mask.any():
+            per_label[name] = Calibration("identity", 1.0, 0.0, split, 0, "no observed label")
+            continue
+        per_label[name] = fit_calibration(
+            y[mask, k].astype(np.int64), p[mask, k], positive_index=1, split=split
+        )
+    return LabelCalibration(per_label)

@@ -10,7 +10,7 @@ from the run's internal test result.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,13 @@ from featurestore.compare.calibration import (
     calibration_from_dict,
     calibration_report,
     fit_calibration,
+)
+from featurestore.compare.external_data import (
+    Findings,
+    check_options,
+    external_manifest,
+    match_classes,
+    match_findings,
 )
 from featurestore.compare.external_stats import (
     DIFFERENCE_METRICS,
@@ -36,11 +43,14 @@ from featurestore.compare.metrics import (
 from featurestore.config import EvaluateConfig
 from featurestore.errors import XrayError
 
+__all__ = ["EvaluationResult", "Scores", "evaluate_run", "match_classes"]
+
 if TYPE_CHECKING:
     from rich.progress import Progress
 
     from featurestore.data import Manifest
     from featurestore.runs import RunRecord
+    from featurestore.tasks import Task
     from featurestore.use import Predictor
 
 MODEL_PROVENANCE = (
@@ -61,11 +71,19 @@ class Scores:
     groups: list[str]
     """Patient ids (N,)."""
     labels: np.ndarray
-    """(N,) int64 class indices, in the run's class order."""
-    probabilities: np.ndarray
-    """(N,) float64 P(positive class), the model's own output."""
+    """(N,) int64 class indices, in the run's class order; multi-label: (N, L') float64
+    targets 1/0/NaN (masked) in the dataset's finding order."""
+    outputs: np.ndarray
+    """(N, C) float64 probabilities of the run's output columns, the model's own output
+    (softmax over classes, or a sigmoid per finding)."""
     fingerprint: str
     """The dataset's fingerprint (every file hashed)."""
+    positive_index: int = 1
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(N,) float64 P(positive class) of a binary run."""
+        return np.asarray(self.outputs[:, self.positive_index])
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,12 @@ class EvaluationResult:
     calibration: dict[str, Any]
     local: dict[str, Any] | None
     """The local calibration subset (`--recalibrate N`): patients, images; None without."""
+    task: str = "binary"
+    """The run's task: `binary`, `multiclass` or `multilabel`."""
+    shown: tuple[str, ...] = ()
+    """The metrics of `intervals` the terminal table shows, in order (binary: the CLI's own)."""
+    notes: tuple[str, ...] = ()
+    """What the user must know about this evaluation (findings left out, fits refused)."""
 
 
 def evaluate_run(
@@ -101,63 +125,54 @@ def evaluate_run(
 ) -> EvaluationResult:
     """Score a run on another labelled dataset; write and return its evaluation folder.
 
+    Every task: binary (the run's threshold, Platt recalibration), multi-class (argmax,
+    temperature scaling) and multi-label (each finding at its own threshold, Platt per
+    finding). Classes and findings are matched by name; a multi-class run's label scheme
+    (`kermany3`) and a multi-label run's uncertainty policy are applied as the run's training
+    applied them unless `config.labels` / `config.uncertain` say otherwise.
+
     Raises:
-        XrayError: a run or dataset that cannot be read, other class names, an empty split,
-            an impossible `recalibrate`, or a backbone whose weights are not at hand.
+        XrayError: a run or dataset that cannot be read, other class names (no shared finding),
+            an empty split, an impossible `recalibrate`, a threshold policy for a multi-class
+            run, or a backbone whose weights are not at hand.
     """
-    from featurestore.data import load_manifest
+    from featurestore.runs import load_run
     from featurestore.use import load_predictor
 
     config = config or EvaluateConfig()
-    from featurestore.compare.analysis import runs_task
-
-    run_task = runs_task([Path(run_dir)]).kind
-    if run_task != "binary":
-        # Said before any model is loaded or any image decoded (issue #28.5: a traceback).
-        raise XrayError(
-            f"{Path(run_dir).name} is a {run_task} run: external validation reports one "
-            "positive class's operating point, sensitivity and specificity, which a "
-            f"{run_task} run does not have; score its images with `xray predict --run` and "
-            "compare them to the labels"
-        )
-    predictor = load_predictor(Path(run_dir), weights=weights, device=config.device)
-    run = predictor.run
-    # The labels are read as the run read its own (issue #28.9), then matched by class name.
-    manifest = load_manifest(Path(data), labels=str(run.config.get("label_scheme") or "as-given"))
-    manifest = match_classes(manifest, tuple(predictor.class_names), run.name, Path(data))
+    record = load_run(Path(run_dir))
+    task = record.task
+    # Said before any model is loaded or any image decoded (issue #28.5: a traceback).
+    check_options(task, config, record.name)
+    manifest = external_manifest(Path(data), task, config, record.config)
+    findings: Findings | None = None
+    if task.multilabel:
+        findings = match_findings(tuple(manifest.class_names), task.class_names, Path(data))
+        if findings.left_out and notice is not None:
+            notice(findings.left_out_note(Path(run_dir).name, Path(data)))
+    else:
+        manifest = match_classes(manifest, task.class_names, Path(run_dir).name, Path(data))
     if not manifest.split(config.split):
         raise XrayError(f"{data} has no {config.split} images: choose another --split")
+    predictor = load_predictor(Path(run_dir), weights=weights, device=config.device)
+    run = predictor.run
     if predictor.mode == "frozen":
-        scores = _score_frozen(predictor, manifest, config, weights, progress, notice)
+        scores = _score_frozen(predictor, task, manifest, config, weights, progress, notice)
     else:
-        scores = _score_images(predictor, manifest, config, progress)
-    return _conclude(run, predictor, manifest, scores, config)
+        scores = _score_images(predictor, task, manifest, config, progress)
+    if task.binary:
+        return _conclude(run, predictor, manifest, scores, config)
+    from featurestore.compare.external_tasks import conclude_multiclass, conclude_multilabel
 
-
-def match_classes(
-    manifest: Manifest, run_classes: tuple[str, ...], run_name: str, data: Path
-) -> Manifest:
-    """`xray evaluate`'s class check: the manifest with its labels renumbered into the run's
-    class order, matched by name (another site may list the same classes in another order).
-
-    Raises:
-        XrayError: when the dataset's classes are not the run's.
-    """
-    given = tuple(manifest.class_names)
-    if given == run_classes:
-        return manifest
-    if sorted(given) != sorted(run_classes):
-        raise XrayError(
-            f"{data} has classes {', '.join(given)} but {run_name} was trained on "
-            f"{', '.join(run_classes)}: evaluate on a dataset with the same labels"
-        )
-    index = [run_classes.index(c) for c in given]  # dataset label -> run label
-    records = tuple(replace(r, label=index[r.label]) for r in manifest.records)
-    return replace(manifest, class_names=run_classes, records=records)
+    if task.multiclass:
+        return conclude_multiclass(run, task, manifest, scores, config)
+    assert findings is not None
+    return conclude_multilabel(run, task, manifest, scores, config, findings)
 
 
 def _score_frozen(
     predictor: Predictor,
+    task: Task,
     manifest: Manifest,
     config: EvaluateConfig,
     weights: Path | None,
@@ -200,19 +215,25 @@ def _score_frozen(
     arrays = store.split(config.split)
     with torch.inference_mode():
         features = torch.from_numpy(arrays.features).to(predictor.device)  # (N, D)
-        probs = predictor.head(features).float().softmax(1)  # (N, C)
-    p = probs[:, predictor.positive_index].double().cpu().numpy()
+        probs = task.probabilities(predictor.head(features))  # (N, C)
+    labels = arrays.labels.astype(np.int64)
+    if task.multilabel:
+        if arrays.targets is None:
+            raise XrayError(f"store {store.path} holds no multi-label targets: delete it")
+        labels = np.asarray(arrays.targets, dtype=np.float64)  # (N, L')
     return Scores(
         list(arrays.keys),
         list(arrays.groups),
-        arrays.labels.astype(np.int64),
-        p,
+        labels,
+        probs.double().cpu().numpy(),
         str(store.attrs["dataset_fingerprint"]),
+        predictor.positive_index,
     )
 
 
 def _score_images(
     predictor: Predictor,
+    task: Task,
     manifest: Manifest,
     config: EvaluateConfig,
     progress: Progress | None,
@@ -223,7 +244,7 @@ def _score_images(
     from featurestore.data import dataset_fingerprint
 
     records = manifest.split(config.split)
-    task = progress.add_task("evaluate", total=len(records), unit="img") if progress else None
+    bar = progress.add_task("evaluate", total=len(records), unit="img") if progress else None
     p_all: list[np.ndarray] = []
     for start in range(0, len(records), config.batch_size):
         batch = records[start : start + config.batch_size]
@@ -236,16 +257,21 @@ def _score_images(
             ]
         )  # (B, 3, S, S)
         with torch.inference_mode():
-            probs = predictor.logits(x).softmax(1)  # (B, C)
-        p_all.append(probs[:, predictor.positive_index].double().cpu().numpy())
-        if progress is not None and task is not None:
-            progress.advance(task, len(batch))
+            probs = task.probabilities(predictor.logits(x))  # (B, C)
+        p_all.append(probs.double().cpu().numpy())
+        if progress is not None and bar is not None:
+            progress.advance(bar, len(batch))
+    if task.multilabel:
+        labels = np.array([r.targets for r in records], dtype=np.float64)  # (N, L')
+    else:
+        labels = np.array([r.label for r in records], dtype=np.int64)
     return Scores(
         [r.key for r in records],
         [r.group for r in records],
-        np.array([r.label for r in records], dtype=np.int64),
+        labels,
         np.concatenate(p_all),
         dataset_fingerprint(manifest, progress=progress),
+        predictor.positive_index,
     )
 
 

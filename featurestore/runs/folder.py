@@ -289,12 +289,15 @@ def write_evaluation(
     config: dict[str, Any],
     metrics: dict[str, Any],
     evaluation: dict[str, Any],
-    rows: list[tuple[str, str, str, int, float, int]],
+    rows: Sequence[Sequence[Any]],
     plots: Any = None,
+    columns: Sequence[str] | None = None,
 ) -> Path:
     """Write an evaluation folder under `.<name>.tmp`, then rename it; returns the final path.
 
-    `rows` are predictions.csv rows (split, key, patient, label, probability, prediction);
+    `rows` are predictions.csv rows (split, key, patient, label, probability, prediction) of a
+    binary run; with `columns` (a multi-class or multi-label run's predictions.csv header, as
+    `write_predictions` writes it) they are rows of those cells, written as given.
     history.csv and timing.json are the run's (compare shows the run's training cost).
     `plots(folder)` draws into `plots/` when given.
     """
@@ -308,9 +311,13 @@ def write_evaluation(
             shutil.copyfile(run.path / "timing.json", tmp / "timing.json")
         with (tmp / "predictions.csv").open("w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(PREDICTION_COLUMNS)
-            for split, key, group, label, prob, pred in rows:
-                writer.writerow([split, key, group, int(label), repr(float(prob)), int(pred)])
+            if columns is not None:
+                writer.writerow(columns)
+                writer.writerows(rows)
+            else:
+                writer.writerow(PREDICTION_COLUMNS)
+                for split, key, group, label, prob, pred in rows:
+                    writer.writerow([split, key, group, int(label), repr(float(prob)), int(pred)])
         if plots is not None:
             (tmp / "plots").mkdir()
             plots(tmp / "plots")

@@ -110,3 +110,70 @@ def test_an_inverting_fit_is_refused_and_the_auc_never_changes() -> None:
     assert cal.method == "identity" and "slope" in cal.note and "refused" in cal.note
     q = cal.apply(p_backwards)
     assert roc_auc_score(y, q) == roc_auc_score(y, p_backwards) < 0.5
+
+
+def test_temperature_scaling_minimises_nll_and_keeps_each_images_argmax() -> None:
+    from scipy.special import softmax
+
+    from featurestore.compare.calibration import fit_temperature, multiclass_nll
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.5, (300, 3))  # the true logits: y drawn from softmax(logits)
+    y = np.array([rng.choice(3, p=q) for q in softmax(logits, axis=1)])
+    probs = softmax(3.0 * logits, axis=1)  # overconfident: the true T is 3
+    fit = fit_temperature(y, probs, split="calibration")
+    assert fit.method == "temperature" and fit.fitted_on == "calibration" and fit.n == 300
+    grid = np.exp(np.linspace(np.log(0.1), np.log(10), 2001))
+    nll = [multiclass_nll(y, softmax(np.log(probs) / t, axis=1)) for t in grid]
+    assert fit.temperature == pytest.approx(grid[int(np.argmin(nll))], rel=0.01)
+    assert 2.0 < fit.temperature < 4.5  # the overconfident softmax is cooled
+    out = fit.apply(probs)
+    np.testing.assert_allclose(out, softmax(np.log(probs) / fit.temperature, axis=1), atol=1e-9)
+    assert np.array_equal(out.argmax(1), probs.argmax(1))
+    assert multiclass_nll(y, out) <= multiclass_nll(y, probs)
+    with pytest.raises(XrayError):
+        fit_temperature(y, probs, split="test")
+
+
+def test_temperature_can_move_a_one_vs_rest_auc_so_none_is_promised() -> None:
+    """With three classes, dividing logits by T keeps each image's class order but not one
+    class's order across images: (3, 0, 0) vs (1, 0.9, -10) swap P(class 0) at T = 10."""
+    from featurestore.compare.calibration import Temperature
+
+    p = np.array([[3.0, 0.0, 0.0], [1.0, 0.9, -10.0]])
+    probs = np.exp(p) / np.exp(p).sum(1, keepdims=True)
+    hot = Temperature("temperature", 10.0, "calibration", 2).apply(probs)
+    assert probs[0, 0] > probs[1, 0] and hot[0, 0] < hot[1, 0]
+    assert np.array_equal(hot.argmax(1), probs.argmax(1))
+
+
+def test_platt_per_finding_refuses_an_inverting_fit_and_says_which() -> None:
+    from featurestore.compare.calibration import fit_label_calibration
+
+    rng = np.random.default_rng(1)
+    n = 200
+    y = rng.integers(0, 2, (n, 2)).astype(np.float64)
+    good = np.clip(0.3 + 0.4 * y[:, 0] + rng.normal(0, 0.1, n), 0.01, 0.99)
+    inverted = np.clip(0.7 - 0.4 * y[:, 1] + rng.normal(0, 0.1, n), 0.01, 0.99)
+    y[::5, 0] = np.nan  # masked entries are left out of the fit
+    cal = fit_label_calibration(y, np.c_[good, inverted], ["A", "B"], split="calibration")
+    assert cal.per_label["A"].method in ("platt", "identity")
+    assert cal.per_label["A"].n == int((~np.isnan(y[:, 0])).sum())
+    assert cal.per_label["B"].method == "identity" and "slope" in cal.per_label["B"].note
+    assert any(note.startswith("B: ") for note in cal.notes)
+    assert not any(note.startswith("A: ") and "slope" in note for note in cal.notes)
+    out = cal.apply(np.c_[good, inverted], ["A", "B"])
+    np.testing.assert_array_equal(out[:, 1], inverted)  # refused: the scores are kept
+
+
+def test_a_temperature_is_not_fitted_where_the_nll_has_no_minimum() -> None:
+    """A calibration set with every image right: NLL falls as T -> 0 without end (the fit
+    would make the model certain); the identity is kept and the reason said."""
+    from featurestore.compare.calibration import fit_temperature
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]])
+    fit = fit_temperature(np.array([0, 1, 2]), probs, split="calibration")
+    assert fit.method == "identity" and "classified right" in fit.note
+    np.testing.assert_array_equal(fit.apply(probs), probs)
+    wrong = fit_temperature(np.array([1, 2, 0]), probs, split="calibration")
+    assert wrong.method == "identity" and "classified wrong" in wrong.note

@@ -204,10 +204,12 @@ def test_the_report_gains_an_external_validation_section(
     assert json.loads((tmp_path / "report" / "comparison.json").read_text())["external"]
 
 
-def test_a_multiclass_run_is_one_line_before_any_model_is_loaded(
+def test_a_multiclass_threshold_is_one_line_before_any_model_is_loaded(
     env: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Issue #28.5: evaluate on a multi-class run was a traceback (float(None))."""
+    """Issue #28.5: evaluate on a multi-class run was a traceback (float(None)); multi-class
+    runs are evaluated now (tests/compare/test_evaluate_tasks.py), and a threshold policy,
+    which argmax decisions do not take, is one line."""
     import shutil
 
     run = tmp_path / "mc-run"
@@ -215,8 +217,8 @@ def test_a_multiclass_run_is_one_line_before_any_model_is_loaded(
     cfg = json.loads((run / "config.json").read_text())
     cfg.update(task="multiclass", class_names=["NORMAL", "BACTERIAL", "VIRAL"])
     (run / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(XrayError, match="is a multiclass run") as err:
-        evaluate_run(run, env["other"], config=_config(env))
+    with pytest.raises(XrayError, match="argmax") as err:
+        evaluate_run(run, env["other"], config=_config(env, threshold_policy="f1"))
     assert "\n" not in str(err.value)
 
 
