@@ -264,19 +264,18 @@ def fit_head_on_stores(
     )
     subset: dict[str, Any] = {}
     if train_fraction is not None or shots is not None:
-        _, groups, labels = source.records("train")
-        if labels.ndim != 1:
-            raise XrayError(
-                "--train-fraction and --shots stratify by class: multi-label stores are not "
-                "supported yet; use a single-label store"
-            )
+        _, groups, labels = source.records("train")  # labels (N,), multi-label (N, L)
         (sub,) = train_subsets(
             groups,
             labels,
             fractions=() if train_fraction is None else (train_fraction,),
             shots=() if shots is None else (shots,),
             seed=config.seed,
+            names=source.class_names,
         )
+        if console is not None:
+            for note in sub.notes:
+                console.print(f"[yellow]note:[/] {note}", highlight=False)
         source = source.with_train_rows(sub.indices)
         subset = {
             "train_fraction": sub.fraction,
@@ -285,6 +284,7 @@ def fit_head_on_stores(
             "train_patients": sub.patients,
             "subset_seed": config.seed,
             "subset_tag": sub.tag,
+            **sub.task_record(),
         }
     # MLP sweeps multiply (B, D) by (D, G * hidden): big enough for every core; linear heads
     # and linear sweeps are the tiny matmuls one thread does best.
