@@ -8,6 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from featurestore.config import FitHeadConfig, SweepConfig, TrainConfig, seeded
 from featurestore.data import SPLITS
 from featurestore.errors import XrayError
@@ -404,6 +406,11 @@ def _fit_head(
     )
     if subset:
         keys, groups, labels = source.records("train")
+        if labels.ndim == 2:
+            # Multi-label: train_subset.csv's label column is the records' class label, 0 for
+            # every multi-label image (as finetune writes it); the findings drawn are in
+            # config.json's subset_positives.
+            labels = np.zeros(len(keys), dtype=np.int64)
         files = write_extra
 
         def write_extra_files(folder: Path) -> None:
