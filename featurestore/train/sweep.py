@@ -29,7 +29,7 @@ from featurestore.devices import resolve_device
 from featurestore.models import StackedHeads
 from featurestore.tasks import Task
 from featurestore.train.evaluation import FitResult, conclude
-from featurestore.train.loop import selection_monitor
+from featurestore.train.loop import announce_start, epoch_table_wanted, selection_monitor
 from featurestore.train.objectives import label_pos_weights
 from featurestore.train.optim import class_weights, lr_factor
 
@@ -285,8 +285,12 @@ def fit_sweep(
     *,
     progress: Progress | None = None,
     console: Console | None = None,
+    verbose: bool | None = None,
 ) -> SweepResult:
     """Train every member of `grid` at once on `source`, keep the best on validation.
+
+    Reporting as `loop.fit`: one live progress line over the grid's epochs, one summary line
+    naming the chosen member; a line per epoch only when `verbose` (None: $XRAY_VERBOSE).
 
     Members are seeded like a single `fit-head` with `config.seed` (same initialisation, same
     batch order), so a member matches the same head trained alone up to float rounding
@@ -351,6 +355,9 @@ def fit_sweep(
     best_state = [{k: v.detach().clone() for k, v in s.state_dict().items()} for s in stacks]
     history: list[list[dict[str, float]]] = [[] for _ in members]
     bar = progress.add_task("sweep", total=config.epochs, unit="epoch") if progress else None
+    table = epoch_table_wanted(verbose)
+    announce_start(console, f"sweep: {len(members)} heads, up to {config.epochs} epochs, "
+                            f"each selecting its best epoch on {monitor}")  # fmt: skip
     began = time.perf_counter()
     step = 0
     for epoch in range(1, config.epochs + 1):
@@ -413,10 +420,12 @@ def fit_sweep(
                 for k, v in s.state_dict().items():
                     state[k][mask.to(v.device)] = v.detach()[mask.to(v.device)]
         active = (was_active & (bad < config.patience)).float()
+        alive = int(active.sum())
         if progress is not None and bar is not None:
-            progress.update(bar, completed=epoch)
-        if console is not None:
-            alive = int(active.sum())
+            best_now = _fmt_best(best_score, monitor)
+            progress.update(bar, completed=epoch, description=f"sweep ({alive}/{g_total} "
+                            f"training, best {monitor} {best_now})")  # fmt: skip
+        if console is not None and table:
             console.print(
                 f"sweep epoch {epoch}/{config.epochs}: best {monitor} "
                 f"{_fmt_best(best_score, monitor)}, {alive}/{g_total} members training, "
@@ -448,6 +457,17 @@ def fit_sweep(
         seconds_per_epoch=float(np.mean([r["seconds"] for r in hist])),
         selection={"requested": config.monitor, "used": monitor, "note": monitor_note},
     )
+    if console is not None:
+        best_at = int(best_epoch[chosen])
+        console.print(
+            f"sweep: {g_total} heads, {int(epochs_run.max())}/{config.epochs} epochs, "
+            f"{seconds_total:.1f} s; chosen member {chosen} ({kind}, lr {lr:g}, wd "
+            f"{weight_decay:g}): best epoch {best_at}, {monitor} "
+            f"{hist[best_at - 1][monitor]:.4f}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     rows = []
     for g, (h, lr_g, wd_g) in enumerate(members):
         at_best = history[g][int(best_epoch[g]) - 1]
