@@ -57,3 +57,20 @@ def test_a_multilabel_sweep_run_is_concluded_as_one_head(multilabel_env, tmp_pat
     assert run.metrics["task"] == "multilabel" and run.config["sweep"]["members"] == 2
     assert set(run.metrics["threshold"]["per_label"]) == {"Blob", "Band"}
     assert (summary.path / "sweep.csv").is_file()
+
+
+def test_finetune_draws_a_multilabel_subset_of_the_manifest(tmp_path: Path) -> None:
+    from featurestore.data import load_manifest
+    from featurestore.train.finetune import _train_subset
+
+    full = load_manifest(write_tiny_multilabel(tmp_path / "ml"))
+    cut, info = _train_subset(full, 0.25, None, seed=0)
+    train = cut.split("train")
+    assert info["train_images"] == len(train) == 12 and info["train_patients"] == 6
+    assert info["subset_positives"] == {
+        name: sum(r.targets[k] == 1.0 for r in train)  # type: ignore[index]
+        for k, name in enumerate(full.class_names)
+    }
+    assert min(info["subset_positives"].values()) >= 1 and info["subset_notes"] == []
+    # Validation and test are untouched.
+    assert cut.split("val") == full.split("val") and cut.split("test") == full.split("test")
