@@ -217,7 +217,7 @@ def _fit_logreg_multi(
             head.bias.copy_(torch.from_numpy(bias))
         row: dict[str, float] = {"epoch": i, "lr": float("nan"), "C": float(c)}
         for split in ("train", "val"):
-            x, y = source.arrays(split)  # type: ignore[arg-type]
+            x, y = source.arrays(split)
             with torch.no_grad():
                 logits = head(x).float()  # (N, C)
             probs = task.probabilities(logits).double().numpy()
