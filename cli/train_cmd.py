@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
@@ -289,6 +290,14 @@ def fit_head(
     as_json: JsonFlag = False,
     labels: LabelsOpt = LabelScheme(_HEAD.labels),
     uncertain: UncertainOpt = Uncertain(_HEAD.uncertain),
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="Print every epoch's line (train and val loss, accuracy, F1, AUC), not only "
+            "the live progress line and the summary (or set XRAY_VERBOSE=1).",
+        ),
+    ] = False,
 ) -> None:
     """Stage 2: train a head on cached features, one run folder per feature store.
 
@@ -312,7 +321,10 @@ def fit_head(
     from featurestore.config import parse_fractions, parse_shots, parse_sweep
     from featurestore.progress import make_progress
     from featurestore.train import TrainConfig, fit_heads
+    from featurestore.train.loop import VERBOSE_ENV
 
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read by the trainer and the sweep (epoch_table_wanted)
     given = from_config(ctx, config_file, locals())
     config = TrainConfig(
         epochs=given["epochs"],
@@ -404,6 +416,14 @@ def finetune(
         Path, typer.Option("--cache", help="xray's cache folder (its .pixels: decoded images).")
     ] = DEFAULT_CACHE,
     pixel_cache_gb: PixelCacheOpt = _FT.pixel_cache_gb,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="Print every epoch's line (train and val loss, accuracy, F1, AUC), not only "
+            "the live progress line and the summary (or set XRAY_VERBOSE=1).",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune a backbone end to end on streamed images, through the same trainer.
 
@@ -427,8 +447,12 @@ def finetune(
     from featurestore.progress import make_progress
     from featurestore.train import TrainConfig
     from featurestore.train import finetune as run_finetune
+    from featurestore.train.loop import VERBOSE_ENV
 
     from .common import resolve_data
+
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read by the trainer (epoch_table_wanted)
 
     given = from_config(ctx, config_file, locals())
     get_spec(given["model"])  # an unknown name fails before any data is read or generated

@@ -100,6 +100,8 @@ def finetune(
         fingerprint = distributed.on_main(lambda: dataset_fingerprint(full, progress=progress))
     # The fingerprint above is the whole dataset's: a subset run still belongs to it.
     manifest, subset = _train_subset(full, train_fraction, shots, seed=config.seed)
+    for note in subset.get("subset_notes", []):
+        say(note)
     # What forward and backward compute in (config.precision resolved on this machine).
     resolved = precision_name(amp_dtype(config.amp, device, config.precision))
     torch.manual_seed(config.seed)  # random-init trunks and the head repeat per seed
@@ -229,18 +231,18 @@ def _train_subset(
 
     if fraction is None and shots is None:
         return manifest, {}
-    if any(r.targets is not None for r in manifest.records):
-        raise XrayError(
-            "--train-fraction and --shots stratify by class: multi-label datasets are not "
-            "supported yet; use a single-label dataset"
-        )
     train = manifest.split("train")
+    multilabel = any(r.targets is not None for r in train)
     (sub,) = train_subsets(
         [r.group for r in train],
-        np.array([r.label for r in train]),
+        # Multi-label: (N, L) targets, subset by `featurestore.data.multilabel_subsets`.
+        np.array([r.targets if multilabel else r.label for r in train], dtype=np.float64)
+        if multilabel
+        else np.array([r.label for r in train]),
         fractions=() if fraction is None else (fraction,),
         shots=() if shots is None else (shots,),
         seed=seed,
+        names=manifest.class_names if multilabel else None,
     )
     keep = {train[i].key for i in sub.indices}
     records = tuple(r for r in manifest.records if r.split != "train" or r.key in keep)
@@ -251,5 +253,6 @@ def _train_subset(
         "train_patients": sub.patients,
         "subset_seed": seed,
         "subset_tag": sub.tag,
+        **sub.task_record(),
     }
     return replace(manifest, records=records), info

@@ -8,6 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from featurestore.config import FitHeadConfig, SweepConfig, TrainConfig, seeded
 from featurestore.data import SPLITS
 from featurestore.errors import XrayError
@@ -264,19 +266,18 @@ def fit_head_on_stores(
     )
     subset: dict[str, Any] = {}
     if train_fraction is not None or shots is not None:
-        _, groups, labels = source.records("train")
-        if labels.ndim != 1:
-            raise XrayError(
-                "--train-fraction and --shots stratify by class: multi-label stores are not "
-                "supported yet; use a single-label store"
-            )
+        _, groups, labels = source.records("train")  # labels (N,), multi-label (N, L)
         (sub,) = train_subsets(
             groups,
             labels,
             fractions=() if train_fraction is None else (train_fraction,),
             shots=() if shots is None else (shots,),
             seed=config.seed,
+            names=source.class_names,
         )
+        if console is not None:
+            for note in sub.notes:
+                console.print(f"[yellow]note:[/] {note}", highlight=False)
         source = source.with_train_rows(sub.indices)
         subset = {
             "train_fraction": sub.fraction,
@@ -285,6 +286,7 @@ def fit_head_on_stores(
             "train_patients": sub.patients,
             "subset_seed": config.seed,
             "subset_tag": sub.tag,
+            **sub.task_record(),
         }
     # MLP sweeps multiply (B, D) by (D, G * hidden): big enough for every core; linear heads
     # and linear sweeps are the tiny matmuls one thread does best.
@@ -404,6 +406,11 @@ def _fit_head(
     )
     if subset:
         keys, groups, labels = source.records("train")
+        if labels.ndim == 2:
+            # Multi-label: train_subset.csv's label column is the records' class label, 0 for
+            # every multi-label image (as finetune writes it); the findings drawn are in
+            # config.json's subset_positives.
+            labels = np.zeros(len(keys), dtype=np.int64)
         files = write_extra
 
         def write_extra_files(folder: Path) -> None:

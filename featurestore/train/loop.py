@@ -94,6 +94,47 @@ def _clone_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+VERBOSE_ENV = "XRAY_VERBOSE"
+"""Set to 1 (`xray fit-head --verbose`, `xray finetune --verbose` set it) for the per-epoch
+table of every run; otherwise a run shows one live progress line and one summary line."""
+
+
+def epoch_table_wanted(verbose: bool | None = None) -> bool:
+    """Whether runs print their per-epoch table: `verbose`, else $XRAY_VERBOSE is 1/true/yes."""
+    import os
+
+    if verbose is not None:
+        return verbose
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def announce_start(out: Console | None, line: str) -> None:
+    """The first line of a run in a log (a console that is not a terminal), where no live bar
+    shows that work has started; on a terminal the live progress line says it."""
+    if out is not None and not out.is_terminal and not out.is_jupyter:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _fmt_monitor(monitor: str, score: float) -> str:
+    """`val_auc 0.913` from a larger-is-better score (val_loss is stored negated)."""
+    if math.isinf(score) or math.isnan(score):
+        return f"{monitor} -"
+    return f"{monitor} {-score if monitor == 'val_loss' else score:.4f}"
+
+
+def summary_line(
+    what: str, *, epochs_run: int, epochs: int, best_epoch: int, monitor: str, score: float,
+    seconds: float,
+) -> str:  # fmt: skip
+    """The one line a run ends with: `training: 12/60 epochs (stopped early), best epoch 9,
+    val_auc 0.9132, 3.4 s`."""
+    stopped = " (stopped early)" if epochs_run < epochs else ""
+    return (
+        f"{what}: {epochs_run}/{epochs} epochs{stopped}, best epoch {best_epoch}, "
+        f"{_fmt_monitor(monitor, score)}, {seconds:.1f} s"
+    )
+
+
 EPOCH_HEADER = "epoch     train loss    acc   val loss    acc     f1    auc  s/epoch"
 """The header of the per-epoch lines (printed once, before the first epoch's line)."""
 
@@ -194,8 +235,14 @@ def fit(
     progress: Progress | None = None,
     resume_from: Path | None = None,
     console: Console | None = None,
+    verbose: bool | None = None,
 ) -> FitResult:
     """Train `model` on `source`: AdamW, warmup+cosine, early stopping, best weights restored.
+
+    Reporting: a live progress line (epochs; images per epoch when streaming) and one summary
+    line at the end; the per-epoch table too when `verbose` (None: $XRAY_VERBOSE, see
+    `epoch_table_wanted`). A console that is not a terminal gets a first line when training
+    starts, then the progress display's periodic lines.
 
     Two classes: a binary task (threshold chosen on val); more: multi-class softmax
     cross-entropy, the monitor's AUC being the macro one-vs-rest AUC, decisions by argmax.
@@ -254,6 +301,9 @@ def fit(
     ckpt_path = run_dir / "last.pt" if run_dir is not None and distributed.is_main() else None
     if out is not None and monitor_note is not None:
         out.print(f"[yellow]warning:[/] {monitor_note}", highlight=False)
+    table = epoch_table_wanted(verbose)
+    announce_start(out, f"training: up to {config.epochs} epochs, best epoch on {monitor}")
+    began = time.perf_counter()
 
     header_shown = False
     while loop.epoch < config.epochs and loop.bad_epochs < config.patience:
@@ -303,8 +353,13 @@ def fit(
         if bar is not None:
             bar[0].remove_task(bar[1])
         if overall is not None:
-            progress.update(overall, completed=epoch)  # type: ignore[union-attr]
-        if out is not None:
+            progress.update(  # type: ignore[union-attr]
+                overall,
+                completed=epoch,
+                description=f"training (best {_fmt_monitor(monitor, loop.best_score)} "
+                f"at epoch {loop.best_epoch})",
+            )
+        if out is not None and table:
             if not header_shown:
                 out.print(EPOCH_HEADER, highlight=False)
                 header_shown = True
@@ -326,6 +381,13 @@ def fit(
     assert loop.best_state is not None
     model.load_state_dict(loop.best_state)
     seconds = [r["seconds"] for r in loop.history]
+    if out is not None:
+        out.print(
+            summary_line("training", epochs_run=loop.epoch, epochs=config.epochs,
+                         best_epoch=loop.best_epoch, monitor=monitor, score=loop.best_score,
+                         seconds=time.perf_counter() - began),
+            highlight=False, markup=False, soft_wrap=True,
+        )  # fmt: skip
     return conclude(
         model,
         source,

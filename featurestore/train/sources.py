@@ -283,6 +283,7 @@ class FeatureSource:
             np.asarray(sp.labels)[idx],
             [sp.keys[i] for i in idx],
             [sp.groups[i] for i in idx],
+            targets=None if sp.targets is None else np.asarray(sp.targets)[idx],
         )
         return FeatureSource(
             {**self._splits, "train": train},

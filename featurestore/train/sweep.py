@@ -26,10 +26,11 @@ from torch import Tensor, nn
 
 from featurestore.config import SweepConfig, TrainConfig
 from featurestore.devices import resolve_device
-from featurestore.errors import XrayError
 from featurestore.models import StackedHeads
+from featurestore.tasks import Task
 from featurestore.train.evaluation import FitResult, conclude
-from featurestore.train.loop import selection_monitor
+from featurestore.train.loop import announce_start, epoch_table_wanted, selection_monitor
+from featurestore.train.objectives import label_pos_weights
 from featurestore.train.optim import class_weights, lr_factor
 
 if TYPE_CHECKING:
@@ -135,19 +136,110 @@ def _acc_f1(pred: Tensor, y: Tensor, n_classes: int) -> dict[str, Tensor]:
     return {"acc": acc, "f1": torch.stack(f1s).mean(0)}
 
 
-def _auc(p_pos: Tensor, y: Tensor, positive_index: int) -> Tensor:
-    """Per member ROC-AUC (G,) of (N, G) positive-class scores; NaN when y has one class.
+def _label_acc_f1(pred: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """Multi-label, per member: accuracy over observed entries and the mean over findings of
+    each finding's binary F1, of (N, G, L) decisions at 0.5 against (N, L) targets (NaN
+    masked); each (G,). As `objectives.multilabel_summary` (sklearn, zero_division=0)."""
+    observed = (~torch.isnan(y)).unsqueeze(1)  # (N, 1, L)
+    truth = (y == 1.0).unsqueeze(1)  # (N, 1, L)
+    n_obs = int(observed.sum())
+    right = ((pred == truth) & observed).sum((0, 2)).double()
+    acc = right / n_obs if n_obs else torch.zeros(pred.shape[1], dtype=torch.float64)
+    tp = (pred & truth & observed).sum(0).double()  # (G, L)
+    fp = (pred & ~truth & observed).sum(0).double()
+    fn = (~pred & truth & observed).sum(0).double()
+    denom = 2 * tp + fp + fn
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
+    return {"acc": acc, "f1": f1.mean(1)}
+
+
+def _auc(scores: Tensor, positive: np.ndarray) -> Tensor:
+    """Per member ROC-AUC (G,) of (N, G) scores against (N,) bool truth; NaN with one class.
 
     The Mann-Whitney statistic on average ranks: equal to sklearn's roc_auc_score, ties
     included (Hanley & McNeil, Radiology 1982).
     """
-    pos = (y == positive_index).numpy()
+    pos = np.asarray(positive, dtype=bool)
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
-        return torch.full((p_pos.shape[1],), math.nan, dtype=torch.float64)
-    ranks = rankdata(p_pos.double().numpy(), axis=0)  # (N, G)
+        return torch.full((scores.shape[1],), math.nan, dtype=torch.float64)
+    ranks = rankdata(scores.double().numpy(), axis=0)  # (N, G)
     u = ranks[pos].sum(0) - n_pos * (n_pos + 1) / 2
     return torch.from_numpy(u / (n_pos * n_neg))
+
+
+def _task_auc(logits: Tensor, y: Tensor, task: Task) -> Tensor:
+    """The single trainer's monitor AUC per member (G,) from (N, G, C) logits.
+
+    Binary: the positive class's AUC. Multi-class: the macro one-vs-rest AUC, NaN when a class
+    is missing from the split. Multi-label: the mean over findings of each finding's AUC on
+    its observed entries, over the findings where it is defined (NaN when none is).
+    """
+    probs = task.probabilities(logits.flatten(0, 1)).view(logits.shape)  # (N, G, C)
+    if task.binary:
+        # Softmax is monotone in the logit difference: rank the positive class's probability.
+        pos = task.positive_index
+        return _auc(probs[:, :, pos], (y == pos).numpy())
+    if task.multiclass:
+        aucs = torch.stack([_auc(probs[:, :, k], (y == k).numpy()) for k in range(task.n_outputs)])
+        return aucs.mean(0)  # NaN as soon as one class's AUC is
+    y_np = y.numpy()
+    per_label = []
+    for k in range(task.n_outputs):
+        mask = ~np.isnan(y_np[:, k])
+        auc = _auc(probs[mask][:, :, k], y_np[mask, k] == 1.0)
+        if not bool(torch.isnan(auc).all()):
+            per_label.append(auc)
+    if not per_label:
+        return torch.full((logits.shape[1],), math.nan, dtype=torch.float64)
+    return torch.stack(per_label).mean(0)
+
+
+def _image_losses(logits: Tensor, y: Tensor, task: Task) -> Tensor:
+    """Unweighted loss of each image for each member (B, G): cross-entropy, or the image's
+    mean BCE over its observed findings (summed, `objectives.summed_loss` of one head)."""
+    g = logits.shape[1]
+    if not task.multilabel:
+        return F.cross_entropy(logits.permute(0, 2, 1), y.view(-1, 1).expand(-1, g),
+                               reduction="none")  # fmt: skip
+    observed = (~torch.isnan(y)).unsqueeze(1)  # (B, 1, L)
+    target = torch.where(observed, y.unsqueeze(1), torch.zeros_like(y.unsqueeze(1)))
+    per_entry = F.binary_cross_entropy_with_logits(
+        logits, target.expand_as(logits), reduction="none"
+    )  # (B, G, L)
+    return (per_entry * observed).sum(2) / observed.sum(2).clamp(min=1)  # (B, G)
+
+
+def _training_loss(logits: Tensor, y: Tensor, task: Task, weight: Tensor) -> Tensor:
+    """The loss each member optimises (G,), as the single trainer's criterion of one head.
+
+    Binary / multi-class: class-weighted cross-entropy, the weighted mean of
+    `CrossEntropyLoss(weight=...)`. Multi-label: `MaskedBCEWithLogits(pos_weight=weight)`, the
+    mean over the batch's observed entries, `weight` (L,) scaling each finding's positive term.
+    """
+    g = logits.shape[1]
+    if not task.multilabel:
+        per = F.cross_entropy(logits.permute(0, 2, 1), y.view(-1, 1).expand(-1, g),
+                              weight=weight, reduction="none")  # fmt: skip
+        return per.sum(0) / weight[y].sum()  # (G,)
+    observed = (~torch.isnan(y)).unsqueeze(1)  # (B, 1, L)
+    target = torch.where(observed, y.unsqueeze(1), torch.zeros_like(y.unsqueeze(1)))
+    per_entry = F.binary_cross_entropy_with_logits(
+        logits, target.expand_as(logits), pos_weight=weight, reduction="none"
+    )  # (B, G, L)
+    return (per_entry * observed).sum((0, 2)) / observed.sum().clamp(min=1)
+
+
+def _decisions(logits: Tensor, task: Task) -> Tensor:
+    """What the history's accuracy and F1 score: argmax classes (B, G), or multi-label
+    decisions at probability 0.5 (B, G, L) bool."""
+    if task.multilabel:
+        return torch.sigmoid(logits.float()).double() >= 0.5
+    return logits.argmax(2)
+
+
+def _acc_f1_of(pred: Tensor, y: Tensor, task: Task) -> dict[str, Tensor]:
+    return _label_acc_f1(pred, y) if task.multilabel else _acc_f1(pred, y, task.n_outputs)
 
 
 def _forward(stacks: list[StackedHeads], x: Tensor) -> Tensor:
@@ -157,24 +249,33 @@ def _forward(stacks: list[StackedHeads], x: Tensor) -> Tensor:
 
 @torch.inference_mode()
 def _evaluate(
-    stacks: list[StackedHeads], source: FeatureSource, split: str, device: torch.device
+    stacks: list[StackedHeads], source: FeatureSource, split: str, device: torch.device, task: Task
 ) -> dict[str, Tensor]:
     for s in stacks:
         s.eval()
     x, y = source.arrays(split)  # type: ignore[arg-type]
     logits = _forward(stacks, x.to(device)).float().cpu()  # (N, G, C)
-    loss = F.cross_entropy(logits.permute(0, 2, 1), y.view(-1, 1).expand(-1, logits.shape[1]),
-                           reduction="none").mean(0)  # fmt: skip
-    out = _acc_f1(logits.argmax(2), y, len(source.class_names))
-    # Softmax is monotone in the logit difference: rank the positive class's probability.
-    auc = _auc(logits.softmax(2)[:, :, source.positive_index], y, source.positive_index)
-    return {"loss": loss.double(), **out, "auc": auc}
+    loss = _image_losses(logits, y, task).mean(0)  # (G,)
+    out = _acc_f1_of(_decisions(logits, task), y, task)
+    return {"loss": loss.double(), **out, "auc": _task_auc(logits, y, task)}
 
 
 def _scores(val: dict[str, Tensor], monitor: str) -> Tensor:
     """Larger is better; NaN never improves (as the single trainer's `_score`)."""
     s = -val["loss"] if monitor == "val_loss" else val[monitor.removeprefix("val_")]
     return torch.nan_to_num(s, nan=-math.inf)
+
+
+def source_task_of(source: FeatureSource) -> Task:
+    """The source's Task: multi-label when it carries per-finding targets, else from its
+    class count (binary for two, multi-class for more)."""
+    from featurestore.train.objectives import source_task
+
+    return Task.from_classes(
+        source.class_names,
+        multilabel=source_task(source) == "multilabel",
+        positive_index=source.positive_index,
+    )
 
 
 def fit_sweep(
@@ -184,27 +285,36 @@ def fit_sweep(
     *,
     progress: Progress | None = None,
     console: Console | None = None,
+    verbose: bool | None = None,
 ) -> SweepResult:
     """Train every member of `grid` at once on `source`, keep the best on validation.
+
+    Reporting as `loop.fit`: one live progress line over the grid's epochs, one summary line
+    naming the chosen member; a line per epoch only when `verbose` (None: $XRAY_VERBOSE).
 
     Members are seeded like a single `fit-head` with `config.seed` (same initialisation, same
     batch order), so a member matches the same head trained alone up to float rounding
     (dropout masks of MLP members differ). Computes on `config.device` (features move there
     batch by batch); the per-member bookkeeping stays on the CPU.
 
+    Every task trains with its own loss and selects on its own monitor, as `fit` does for one
+    head: class-weighted cross-entropy (binary, multi-class; AUC of the positive class or the
+    macro one-vs-rest AUC) or masked BCE with per-finding positive weights (multi-label; the
+    mean AUC over the findings where it is defined). The winner is concluded by `conclude`, as
+    a single head of its task is.
+
     Raises:
-        XrayError: when the task is not binary or train lacks a class.
+        XrayError: when train lacks a class (or, multi-label, every finding lacks one).
     """
-    if len(source.class_names) != 2 or source.records("val")[2].ndim != 1:
-        raise XrayError(
-            f"--sweep supports binary tasks only for now (this store has "
-            f"{len(source.class_names)} classes): train one head without --sweep"
-        )
+    task = source_task_of(source)
     members = grid.members()
-    n_classes, dim = len(source.class_names), source.feature_dim
+    n_classes, dim = task.n_outputs, source.feature_dim
     _, _, y_train = source.records("train")
     device = resolve_device(config.device)
-    weight = class_weights(y_train, n_classes, config.class_weight, source.class_names)  # (C,)
+    if task.multilabel:  # (L,) positive weights over observed train entries
+        weight = label_pos_weights(y_train, source.class_names, config.class_weight)
+    else:  # (C,) class weights
+        weight = class_weights(y_train, n_classes, config.class_weight, source.class_names)
     weight = weight.to(device)
     # A one-class validation split has no AUC: every member then selects on val_loss, as the
     # single trainer does, and metrics.json records it.
@@ -244,7 +354,10 @@ def fit_sweep(
     epochs_run = torch.zeros(g_total, dtype=torch.long)
     best_state = [{k: v.detach().clone() for k, v in s.state_dict().items()} for s in stacks]
     history: list[list[dict[str, float]]] = [[] for _ in members]
-    task = progress.add_task("sweep", total=config.epochs, unit="epoch") if progress else None
+    bar = progress.add_task("sweep", total=config.epochs, unit="epoch") if progress else None
+    table = epoch_table_wanted(verbose)
+    announce_start(console, f"sweep: {len(members)} heads, up to {config.epochs} epochs, "
+                            f"each selecting its best epoch on {monitor}")  # fmt: skip
     began = time.perf_counter()
     step = 0
     for epoch in range(1, config.epochs + 1):
@@ -258,10 +371,7 @@ def fit_sweep(
         for x_cpu, y_cpu in source.batches("train", shuffle=True, epoch=epoch):
             x, y = x_cpu.to(device), y_cpu.to(device)
             logits = _forward(stacks, x)  # (B, G, C)
-            per = F.cross_entropy(logits.permute(0, 2, 1), y.view(-1, 1).expand(-1, g_total),
-                                  weight=weight, reduction="none")  # fmt: skip
-            # Weighted mean per member, as CrossEntropyLoss(weight=...) of a single head.
-            loss = per.sum(0) / weight[y].sum()  # (G,)
+            loss = _training_loss(logits, y, task, weight)  # (G,)
             for p in params.values():
                 p.grad = None
             loss.sum().backward()
@@ -275,13 +385,11 @@ def fit_sweep(
             lr_sum += f
             n_steps += 1
             detached = logits.detach()
-            loss_sum += F.cross_entropy(detached.permute(0, 2, 1),
-                                        y.view(-1, 1).expand(-1, g_total),
-                                        reduction="none").sum(0).double().cpu()  # fmt: skip
-            run_pred.append(detached.argmax(2).cpu())  # (B, G): the history needs acc/F1 only
+            loss_sum += _image_losses(detached, y, task).sum(0).double().cpu()
+            run_pred.append(_decisions(detached, task).cpu())  # the history needs acc/F1 only
             run_y.append(y_cpu)
-        train = _acc_f1(torch.cat(run_pred), torch.cat(run_y), n_classes)
-        val = _evaluate(stacks, source, "val", device)
+        train = _acc_f1_of(torch.cat(run_pred), torch.cat(run_y), task)
+        val = _evaluate(stacks, source, "val", device, task)
         seconds = time.perf_counter() - start
         n_seen = sum(len(t) for t in run_y)
         for g in (int(i) for i in np.flatnonzero(active.numpy())):
@@ -312,17 +420,19 @@ def fit_sweep(
                 for k, v in s.state_dict().items():
                     state[k][mask.to(v.device)] = v.detach()[mask.to(v.device)]
         active = (was_active & (bad < config.patience)).float()
-        if progress is not None and task is not None:
-            progress.update(task, completed=epoch)
-        if console is not None:
-            alive = int(active.sum())
+        alive = int(active.sum())
+        if progress is not None and bar is not None:
+            best_now = _fmt_best(best_score, monitor)
+            progress.update(bar, completed=epoch, description=f"sweep ({alive}/{g_total} "
+                            f"training, best {monitor} {best_now})")  # fmt: skip
+        if console is not None and table:
             console.print(
                 f"sweep epoch {epoch}/{config.epochs}: best {monitor} "
                 f"{_fmt_best(best_score, monitor)}, {alive}/{g_total} members training, "
                 f"{seconds:.2f} s"
             )
-    if progress is not None and task is not None:
-        progress.remove_task(task)
+    if progress is not None and bar is not None:
+        progress.remove_task(bar)
     seconds_total = time.perf_counter() - began
 
     # Selection on validation only: the best monitor at each member's best epoch. Small
@@ -347,6 +457,17 @@ def fit_sweep(
         seconds_per_epoch=float(np.mean([r["seconds"] for r in hist])),
         selection={"requested": config.monitor, "used": monitor, "note": monitor_note},
     )
+    if console is not None:
+        best_at = int(best_epoch[chosen])
+        console.print(
+            f"sweep: {g_total} heads, {int(epochs_run.max())}/{config.epochs} epochs, "
+            f"{seconds_total:.1f} s; chosen member {chosen} ({kind}, lr {lr:g}, wd "
+            f"{weight_decay:g}): best epoch {best_at}, {monitor} "
+            f"{hist[best_at - 1][monitor]:.4f}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     rows = []
     for g, (h, lr_g, wd_g) in enumerate(members):
         at_best = history[g][int(best_epoch[g]) - 1]

@@ -52,8 +52,13 @@ def test_fit_head_prints_test_metrics_and_the_run_folder(store_env, tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert "test metrics" in result.stdout and "accuracy" in result.stdout
     assert "run folder:" in result.stdout
-    assert "train loss" in result.stderr and "  1/3 " in result.stderr
-    (run,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    # One summary line per run; the epoch table only with --verbose.
+    assert "training: 3/3 epochs, best epoch" in result.stderr
+    assert "train loss" not in result.stderr
+    verbose = runner.invoke(app, [*args, "--verbose"], env={"XRAY_VERBOSE": ""})
+    assert verbose.exit_code == 0, verbose.output
+    assert "train loss" in verbose.stderr and "  1/3 " in verbose.stderr
+    (run, _) = sorted(p for p in tmp_path.iterdir() if not p.name.startswith("."))
     config = load_run(run).config
     assert config["head"] == "linear"
     # It says which precision the features were extracted in, and records it.

@@ -66,7 +66,7 @@ def test_early_stopping_triggers_and_restores_the_best_epoch() -> None:
     from rich.console import Console
 
     console = Console(record=True, width=80, file=open(os.devnull, "w"))  # noqa: SIM115
-    result = fit(model, src, config, console=console)
+    result = fit(model, src, config, console=console, verbose=True)
     assert result.stopped_early
     assert result.epochs_run == result.best_epoch + 3 < 60
     # Issue 14.4: the stop is announced when it happens, and every log line fits 80 columns.
