@@ -166,6 +166,8 @@ LEGEND = (
     "test set; †: unreliable (a class has fewer than {min_units} {unit}, or >1% of "
     "resamples undefined)."
 )
+MAX_PAIR_ROWS = 6
+"""More pairs than this: the terminal shows the best run's pairs, the report shows all."""
 PAIR_LEGEND = "Tests {clustered}; Holm p: adjusted over the {n} pairs (Holm 1979), per test."
 
 
@@ -254,12 +256,22 @@ def render_comparison(
     if cmp.pairs:
         clustered = "clustered by patient" if cmp.config.resample == "patients" else "by image"
         head, rows = pair_rows(cmp, undefined="-")
+        title, more = "Paired tests (same test images)", ""
+        best = cmp.verdict.best if cmp.verdict is not None else None
+        if len(rows) > MAX_PAIR_ROWS and best is not None:
+            # Many runs: the pairs with the best run answer "is it better than each other run?";
+            # every pair is in the report (report.md, comparison.json).
+            rows = [r for r in rows if best in (r[0], r[1])]
+            n = len(cmp.pairs)
+            title = f"Paired tests: the best run against each other ({len(rows)} of {n} pairs)"
+            more = f" The other {len(cmp.pairs) - len(rows)} pairs are in the report."
         print_table(
-            "Paired tests (same test images)",
+            title,
             head,
             rows,
             legend=PAIR_LEGEND.format(clustered=clustered, n=len(cmp.pairs))
-            + (" DeLong per finding: in the report." if task.multilabel else ""),
+            + (" DeLong per finding: in the report." if task.multilabel else "")
+            + more,
         )
     if cmp.seed_groups:
         print_table(

@@ -36,10 +36,15 @@ from featurestore.compare.bootstrap import (
 from featurestore.compare.calibration import (
     IDENTITY,
     Calibration,
+    LabelCalibration,
+    Temperature,
     calibration_from_dict,
     calibration_report,
     fit_calibration,
+    fit_label_calibration,
+    fit_temperature,
     logit,
+    multiclass_nll,
 )
 from featurestore.compare.curves import (
     CurvePoint,
@@ -108,7 +113,7 @@ from featurestore.compare.report import (
     threshold_cell,
     write_report,
 )
-from featurestore.compare.splits import choose_operating_point, split_metrics
+from featurestore.compare.splits import choose_operating_point, run_calibration, split_metrics
 from featurestore.compare.stats import (
     DeLongResult,
     McNemarResult,
@@ -148,6 +153,7 @@ __all__ = [
     "Decision",
     "EvaluationResult",
     "Interval",
+    "LabelCalibration",
     "McNemarResult",
     "PairTest",
     "PairedResult",
@@ -155,6 +161,7 @@ __all__ = [
     "RunRow",
     "Scores",
     "SeedGroup",
+    "Temperature",
     "TestArrays",
     "Verdict",
     "WeightedMetric",
@@ -190,6 +197,8 @@ __all__ = [
     "external_section",
     "find_evaluations",
     "fit_calibration",
+    "fit_label_calibration",
+    "fit_temperature",
     "fmt_best",
     "fmt_interval",
     "fmt_p",
@@ -205,6 +214,7 @@ __all__ = [
     "match_classes",
     "mcnemar",
     "multiclass_metrics",
+    "multiclass_nll",
     "multilabel_metrics",
     "one_vs_rest_auc",
     "operating_point",
@@ -218,6 +228,7 @@ __all__ = [
     "render_markdown",
     "replicate_interval",
     "replicates",
+    "run_calibration",
     "run_labels",
     "run_settings",
     "runs_task",

@@ -10,7 +10,6 @@ from the run's internal test result.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +22,9 @@ from featurestore.compare.calibration import (
     fit_calibration,
 )
 from featurestore.compare.external_data import (
+    EvaluationResult,
     Findings,
+    Scores,
     check_options,
     external_manifest,
     match_classes,
@@ -61,57 +62,6 @@ MODEL_PROVENANCE = (
     "image_size",
     "dtype",
 )
-
-
-@dataclass(frozen=True)
-class Scores:
-    """One split of a dataset scored by a run's model, in manifest order."""
-
-    keys: list[str]
-    groups: list[str]
-    """Patient ids (N,)."""
-    labels: np.ndarray
-    """(N,) int64 class indices, in the run's class order; multi-label: (N, L') float64
-    targets 1/0/NaN (masked) in the dataset's finding order."""
-    outputs: np.ndarray
-    """(N, C) float64 probabilities of the run's output columns, the model's own output
-    (softmax over classes, or a sigmoid per finding)."""
-    fingerprint: str
-    """The dataset's fingerprint (every file hashed)."""
-    positive_index: int = 1
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        """(N,) float64 P(positive class) of a binary run."""
-        return np.asarray(self.outputs[:, self.positive_index])
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    """What `evaluate_run` wrote and found."""
-
-    path: Path
-    run: str
-    dataset: str
-    split: str
-    images: int
-    patients: int
-    threshold: dict[str, Any]
-    metrics: dict[str, Any]
-    """metrics.json's `test`: {"at_0.5": {...}, "at_threshold": {...}}."""
-    intervals: dict[str, Any]
-    """Metric -> {estimate, lo, hi} at the threshold (None where undefined)."""
-    difference: dict[str, Any]
-    """Metric -> {external, internal, difference, lo, hi} (None where undefined)."""
-    calibration: dict[str, Any]
-    local: dict[str, Any] | None
-    """The local calibration subset (`--recalibrate N`): patients, images; None without."""
-    task: str = "binary"
-    """The run's task: `binary`, `multiclass` or `multilabel`."""
-    shown: tuple[str, ...] = ()
-    """The metrics of `intervals` the terminal table shows, in order (binary: the CLI's own)."""
-    notes: tuple[str, ...] = ()
-    """What the user must know about this evaluation (findings left out, fits refused)."""
 
 
 def evaluate_run(

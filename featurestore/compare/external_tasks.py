@@ -21,8 +21,7 @@ from featurestore.compare.calibration import (
     fit_temperature,
     multiclass_nll,
 )
-from featurestore.compare.external import EvaluationResult, Scores
-from featurestore.compare.external_data import Findings, run_uncertain
+from featurestore.compare.external_data import EvaluationResult, Findings, Scores, run_uncertain
 from featurestore.compare.external_stats import (
     calibration_patients,
     replicate_difference,

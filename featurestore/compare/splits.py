@@ -96,3 +96,67 @@ def split_metrics(
         positive_index=task.positive_index,
         loss=loss,
     )
+
+
+def run_calibration(task: Task, scored: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """metrics.json's `calibration`: a recalibration fitted on val, reported beside the raw
+    outputs (predictions.csv and the metrics stay the model's own) with its effect on each split.
+
+    `scored`: split -> (labels (N,) or targets (N, L), probabilities (N, C)). Binary: Platt
+    scaling of P(positive) (`fit_calibration`), ECE and Brier before/after. Multi-class:
+    temperature scaling (Guo et al. 2017, `fit_temperature`), top-label ECE and NLL before/after.
+    Multi-label: Platt scaling per finding (`fit_label_calibration`), each finding's ECE
+    before/after over its observed entries. A fit that would invert a ranking or cannot be
+    made keeps the identity and says why.
+    """
+    from featurestore.compare.calibration import (
+        calibration_report,
+        fit_calibration,
+        fit_label_calibration,
+        fit_temperature,
+        multiclass_nll,
+    )
+    from featurestore.compare.metrics import expected_calibration_error
+
+    y_val, p_val = scored["val"]
+    if task.binary:
+        pos = task.positive_index
+        pairs = {s: (y, task.scores(p)) for s, (y, p) in scored.items()}
+        fitted = fit_calibration(*pairs["val"], positive_index=pos, split="val")
+        return calibration_report(fitted, pairs, positive_index=pos)
+    out: dict[str, Any]
+    if task.multiclass:
+        temperature = fit_temperature(y_val, p_val, split="val")
+        out = temperature.as_dict()
+        for split, (y, p) in scored.items():
+            q = temperature.apply(p)
+
+            def top(probs: np.ndarray, y: np.ndarray = y) -> float:
+                right = (probs.argmax(1) == y).astype(np.float64)
+                return expected_calibration_error(right, probs.max(1))
+
+            out[split] = {
+                "ece_before": top(p),
+                "ece_after": top(q),
+                "nll_before": multiclass_nll(y, p),
+                "nll_after": multiclass_nll(y, q),
+            }
+        out["ece_of"] = "the top-label confidence (Guo et al. 2017)"
+        return out
+    names = task.class_names
+    per = fit_label_calibration(y_val, p_val, names, split="val")
+    out = per.as_dict()
+    for split, (y, p) in scored.items():
+        q = per.apply(p, names)
+        rows: dict[str, Any] = {}
+        for k, name in enumerate(names):
+            mask = ~np.isnan(y[:, k])
+            if not mask.any():
+                rows[name] = None
+                continue
+            rows[name] = {
+                "ece_before": expected_calibration_error(y[mask, k], p[mask, k]),
+                "ece_after": expected_calibration_error(y[mask, k], q[mask, k]),
+            }
+        out[split] = rows
+    return out

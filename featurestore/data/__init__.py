@@ -41,12 +41,9 @@ from featurestore.data.readers import (
     read_npz,
 )
 from featurestore.data.tasks import (
-    TaskType,
-    TASK_TYPES,
     LabelScheme,
     KERMANY3_CLASSES,
     SYNTHETIC_MULTICLASS_DIR,
-    task_of,
     kermany3_class,
     apply_label_scheme,
 )
@@ -122,8 +119,10 @@ from featurestore.data.synth import (
     render_radiograph,
     generate_synthetic,
 )
+from featurestore.data.subsets import MULTILABEL_FRACTION_RULE
 
 __all__ = [
+    "MULTILABEL_FRACTION_RULE",
     "DEFAULT_PIXEL_CACHE_GB",
     "PIXELS_FOLDER",
     "PixelCache",
@@ -148,11 +147,8 @@ __all__ = [
     "KERMANY3_CLASSES",
     "SYNTHETIC_MULTICLASS_DIR",
     "LabelScheme",
-    "TASK_TYPES",
-    "TaskType",
     "apply_label_scheme",
     "kermany3_class",
-    "task_of",
     "AUDIT_DECODE_SIZE",
     "Anatomy",
     "CLASSES",

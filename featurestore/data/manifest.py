@@ -94,7 +94,7 @@ class Manifest:
     @property
     def task(self) -> str:
         """`multilabel` when records carry targets, else `binary` for two classes and
-        `multiclass` for more (`data.tasks.task_of`)."""
+        `multiclass` for more (the kinds of `featurestore.tasks.Task`)."""
         if self.records and self.records[0].targets is not None:
             return "multilabel"
         return "binary" if len(self.class_names) == 2 else "multiclass"

@@ -1,36 +1,18 @@
-"""Task types (binary, multi-class) read from the data, and label schemes such as Kermany-3."""
+"""Label schemes such as Kermany-3 (the task itself is `featurestore.tasks.Task`)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Literal
 
 from featurestore.config import LabelScheme
 from featurestore.data.manifest import POSITIVE_CLASS, Manifest, Record, sorted_records
 from featurestore.errors import XrayError
 
-TaskType = Literal["binary", "multiclass", "multilabel"]
-TASK_TYPES: tuple[TaskType, ...] = ("binary", "multiclass", "multilabel")
-
-
 SYNTHETIC_MULTICLASS_DIR = Path("data/synthetic-3class")
 """Where the built-in three-class set is generated (`xray data synth --task multiclass`)."""
 KERMANY3_CLASSES: tuple[str, ...] = ("NORMAL", "BACTERIAL", "VIRAL")
 """Class order of the Kermany three-class task (label indices 0, 1, 2)."""
-
-
-def task_of(class_names: tuple[str, ...] | list[str]) -> TaskType:
-    """The task a single-label dataset poses: two classes are binary, more are multi-class.
-
-    Raises XrayError for fewer than two classes (nothing to learn).
-    """
-    n = len(class_names)
-    if n < 2:
-        raise XrayError(
-            f"the dataset has {n} class ({', '.join(class_names)}): at least two are needed"
-        )
-    return "binary" if n == 2 else "multiclass"
 
 
 def kermany3_class(filename: str) -> str:

@@ -25,9 +25,7 @@ from featurestore.models.backbones import (
 )
 from featurestore.models.heads import (
     FREEZE_POLICIES,
-    LOGREG_CS,
     HeadKind,
-    LogregFit,
     MLPHead,
     Standardize,
     TrunkHead,
@@ -35,7 +33,6 @@ from featurestore.models.heads import (
     build_head,
     count_params,
     export_head,
-    fit_logreg,
 )
 from featurestore.models.provider_spec import Alias, ProviderSpec, token_poolings
 from featurestore.models.providers import ALIASES, PROVIDERS, file_stem, is_provider_name
@@ -57,13 +54,11 @@ __all__ = [
     "FAMILIES",
     "FREEZE_POLICIES",
     "HEAD_KINDS",
-    "LOGREG_CS",
     "PROVIDERS",
     "Alias",
     "BackboneSpec",
     "HeadKind",
     "LoadedBackbone",
-    "LogregFit",
     "MLPHead",
     "ModelInfo",
     "Preprocessing",
@@ -79,7 +74,6 @@ __all__ = [
     "download_imagenet",
     "export_head",
     "file_stem",
-    "fit_logreg",
     "get_spec",
     "hub_checkpoint_dir",
     "imagenet_available",

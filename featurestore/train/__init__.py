@@ -21,6 +21,7 @@ from featurestore.train.evaluation import (
 )
 from featurestore.train.finetune import (
     finetune,
+    manifest_train_subset,
 )
 from featurestore.train.frozen import (
     fit_head_on_store,
@@ -47,8 +48,10 @@ from featurestore.train.image_source import (
     radiograph_augmentation,
     seed_worker,
 )
+from featurestore.train.logreg import LOGREG_CS, LogregFit, fit_logreg
 from featurestore.train.loop import (
     EPOCH_HEADER,
+    VERBOSE_ENV,
     fit,
     format_epoch,
     selection_monitor,
@@ -89,8 +92,10 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "DEFAULT_CACHE_MB",
     "EPOCH_HEADER",
+    "LOGREG_CS",
     "MONITORS",
     "SWEEP_COLUMNS",
+    "VERBOSE_ENV",
     "DecodedCache",
     "FeatureSource",
     "FeatureSplit",
@@ -100,6 +105,7 @@ __all__ = [
     "ImageItem",
     "ImageSource",
     "LogRegHead",
+    "LogregFit",
     "LoopState",
     "MaskedBCEWithLogits",
     "Source",
@@ -118,6 +124,7 @@ __all__ = [
     "fit_head_on_store",
     "fit_head_on_stores",
     "fit_heads",
+    "fit_logreg",
     "fit_sweep",
     "format_epoch",
     "head_trainer",
@@ -125,6 +132,7 @@ __all__ = [
     "lr_factor",
     "make_optimizer",
     "make_scheduler",
+    "manifest_train_subset",
     "multilabel_summary",
     "one_thread_on_cpu",
     "open_checked_store",

@@ -108,14 +108,10 @@ def conclude(
     class cannot run a threshold policy: 0.5 is used and metrics.json says so (`threshold.ran`
     False, with a note; per finding for multi-label), never a silent 0.5. Decisions follow the
     task's rule (`Task.decide`): binary at the threshold, multi-class argmax, multi-label per
-    finding. Binary runs also get Platt scaling fitted on val, reported beside the raw outputs.
+    finding. A recalibration fitted on val (`compare.run_calibration`) is reported beside the raw
+    outputs.
     """
-    from featurestore.compare import (
-        calibration_report,
-        choose_operating_point,
-        fit_calibration,
-        split_metrics,
-    )
+    from featurestore.compare import choose_operating_point, run_calibration, split_metrics
 
     selection = selection or {"requested": config.monitor, "used": config.monitor, "note": None}
     task = source_task_of(source)
@@ -135,14 +131,9 @@ def conclude(
         kept = task.scores(p)  # binary: P(positive) (N,), as predictions.csv has it
         decided = task.decide(p, cut)  # type: ignore[arg-type]
         predictions[split] = SplitPredictions(keys, groups, labels, kept, decided)
-    calibration = None
-    if task.binary:
-        # Recalibration is fitted on val and stored beside the raw outputs; predictions.csv and
-        # the metrics above stay those of the model itself.
-        pos = task.positive_index
-        pairs = {s: (y, task.scores(p)) for s, (p, y, _) in scored.items()}
-        fitted = fit_calibration(*pairs["val"], positive_index=pos, split="val")
-        calibration = calibration_report(fitted, pairs, positive_index=pos)
+    # Recalibration is fitted on val and stored beside the raw outputs (every task: Platt,
+    # temperature, Platt per finding); predictions.csv and the metrics stay the model's own.
+    calibration = run_calibration(task, {s: (y, p) for s, (p, y, _) in scored.items()})
     return FitResult(
         best_state=best_state,
         history=history,

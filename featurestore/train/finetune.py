@@ -99,7 +99,7 @@ def finetune(
     if fingerprint is None:
         fingerprint = distributed.on_main(lambda: dataset_fingerprint(full, progress=progress))
     # The fingerprint above is the whole dataset's: a subset run still belongs to it.
-    manifest, subset = _train_subset(full, train_fraction, shots, seed=config.seed)
+    manifest, subset = manifest_train_subset(full, train_fraction, shots, seed=config.seed)
     for note in subset.get("subset_notes", []):
         say(note)
     # What forward and backward compute in (config.precision resolved on this machine).
@@ -221,7 +221,7 @@ def _target(record: Record) -> Any:
     return record.label if record.targets is None else record.targets
 
 
-def _train_subset(
+def manifest_train_subset(
     manifest: Manifest, fraction: float | None, shots: int | None, *, seed: int
 ) -> tuple[Manifest, dict[str, Any]]:
     """The manifest with train cut to a label-efficiency subset, and what config.json records."""

@@ -97,7 +97,7 @@ class LogRegHead:
         console: Console | None = None,
     ) -> FitResult:
         """Fit every C on train, keep the best on val, then threshold on val and test once."""
-        from featurestore.models import fit_logreg
+        from featurestore.train.logreg import fit_logreg
         from featurestore.train.loop import selection_monitor
 
         # fit_logreg keeps the C of the best validation AUC, or of the lowest validation loss

@@ -28,7 +28,7 @@ from featurestore.config import SweepConfig, TrainConfig
 from featurestore.devices import resolve_device
 from featurestore.models import StackedHeads
 from featurestore.tasks import Task
-from featurestore.train.evaluation import FitResult, conclude
+from featurestore.train.evaluation import FitResult, conclude, source_task_of
 from featurestore.train.loop import announce_start, epoch_table_wanted, selection_monitor
 from featurestore.train.objectives import label_pos_weights
 from featurestore.train.optim import class_weights, lr_factor
@@ -264,18 +264,6 @@ def _scores(val: dict[str, Tensor], monitor: str) -> Tensor:
     """Larger is better; NaN never improves (as the single trainer's `_score`)."""
     s = -val["loss"] if monitor == "val_loss" else val[monitor.removeprefix("val_")]
     return torch.nan_to_num(s, nan=-math.inf)
-
-
-def source_task_of(source: FeatureSource) -> Task:
-    """The source's Task: multi-label when it carries per-finding targets, else from its
-    class count (binary for two, multi-class for more)."""
-    from featurestore.train.objectives import source_task
-
-    return Task.from_classes(
-        source.class_names,
-        multilabel=source_task(source) == "multilabel",
-        positive_index=source.positive_index,
-    )
 
 
 def fit_sweep(

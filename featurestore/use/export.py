@@ -33,8 +33,9 @@ ONNX_OUTPUTS = ("probability", "calibrated", "prediction")
 TASK_OUTPUTS = ("probabilities", "prediction")
 """A multi-class or multi-label graph's outputs: (N, C) probabilities and the decisions."""
 NO_RECALIBRATION = (
-    "no recalibration: xray fits Platt scaling for binary runs only (one P(positive)); "
-    "multi-class and multi-label probabilities are exported as the run computed them"
+    "no recalibration in the graph: it outputs the probabilities the run computed; the "
+    "recalibration the run fitted on validation (temperature scaling, or Platt per finding) is "
+    "under recorded_calibration in this metadata, to apply to those outputs"
 )
 EXPORT_FORMATS = ("onnx",)
 OPSET = 17
@@ -200,6 +201,7 @@ def export_run(
             ),
             "threshold_policy": run.metrics["threshold"].get("policy") if task.multilabel else None,
             "calibration": {"method": "none", "note": NO_RECALIBRATION},
+            "recorded_calibration": run.metrics.get("calibration"),
             "temperature": None,
         }
     metadata |= {

@@ -115,7 +115,7 @@ def test_an_inverting_fit_is_refused_and_the_auc_never_changes() -> None:
 def test_temperature_scaling_minimises_nll_and_keeps_each_images_argmax() -> None:
     from scipy.special import softmax
 
-    from featurestore.compare.calibration import fit_temperature, multiclass_nll
+    from featurestore.compare import fit_temperature, multiclass_nll
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 1.5, (300, 3))  # the true logits: y drawn from softmax(logits)
@@ -138,7 +138,7 @@ def test_temperature_scaling_minimises_nll_and_keeps_each_images_argmax() -> Non
 def test_temperature_can_move_a_one_vs_rest_auc_so_none_is_promised() -> None:
     """With three classes, dividing logits by T keeps each image's class order but not one
     class's order across images: (3, 0, 0) vs (1, 0.9, -10) swap P(class 0) at T = 10."""
-    from featurestore.compare.calibration import Temperature
+    from featurestore.compare import Temperature
 
     p = np.array([[3.0, 0.0, 0.0], [1.0, 0.9, -10.0]])
     probs = np.exp(p) / np.exp(p).sum(1, keepdims=True)
@@ -148,7 +148,7 @@ def test_temperature_can_move_a_one_vs_rest_auc_so_none_is_promised() -> None:
 
 
 def test_platt_per_finding_refuses_an_inverting_fit_and_says_which() -> None:
-    from featurestore.compare.calibration import fit_label_calibration
+    from featurestore.compare import fit_label_calibration
 
     rng = np.random.default_rng(1)
     n = 200
@@ -169,7 +169,7 @@ def test_platt_per_finding_refuses_an_inverting_fit_and_says_which() -> None:
 def test_a_temperature_is_not_fitted_where_the_nll_has_no_minimum() -> None:
     """A calibration set with every image right: NLL falls as T -> 0 without end (the fit
     would make the model certain); the identity is kept and the reason said."""
-    from featurestore.compare.calibration import fit_temperature
+    from featurestore.compare import fit_temperature
 
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]])
     fit = fit_temperature(np.array([0, 1, 2]), probs, split="calibration")

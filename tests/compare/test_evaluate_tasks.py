@@ -20,7 +20,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from featurestore.compare.external import evaluate_run
+from featurestore.compare import evaluate_run
 from featurestore.config import EvaluateConfig
 from featurestore.errors import XrayError
 from featurestore.runs import is_evaluation, load_run
@@ -196,7 +196,7 @@ def test_recalibration_keeps_the_decisions_rule_and_says_where_it_was_fitted(
 def test_the_report_renders_every_tasks_external_section(
     case: dict[str, Any], tmp_path: Path
 ) -> None:
-    from featurestore.compare.external_report import external_section, find_evaluations
+    from featurestore.compare import external_section, find_evaluations
 
     result = evaluate_run(case["run"], case["other"], config=_config(case))
     found = find_evaluations(case["root"] / "evaluations", {case["run"].name: "the run"})

@@ -15,16 +15,8 @@ from featurestore.data import (
     kermany3_class,
     load_manifest,
     read_folder,
-    task_of,
 )
 from featurestore.errors import XrayError
-
-
-def test_task_of_counts_classes() -> None:
-    assert task_of(("NORMAL", "PNEUMONIA")) == "binary"
-    assert task_of(("a", "b", "c")) == "multiclass"
-    with pytest.raises(XrayError, match="at least two"):
-        task_of(("only",))
 
 
 def test_kermany3_class_from_file_names() -> None:

@@ -15,9 +15,8 @@ from featurestore.models import (
     build_head,
     count_params,
     export_head,
-    fit_logreg,
 )
-from featurestore.train import FeatureSource
+from featurestore.train import FeatureSource, fit_logreg
 
 torch.set_num_threads(1)
 

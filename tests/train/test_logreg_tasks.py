@@ -9,10 +9,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from test_sweep_tasks import task_source
 
-from featurestore.models import fit_logreg
 from featurestore.tasks import TASK_KINDS
-from featurestore.train import TrainConfig
-from featurestore.train.head_fit import head_trainer
+from featurestore.train import TrainConfig, fit_logreg, head_trainer
 
 CS = (1e-2, 1.0)
 

@@ -117,7 +117,7 @@ def test_threshold_is_chosen_on_validation_and_test_is_scored_once(monkeypatch) 
         calls.append(split)
         return real_batches(split, **kw)
 
-    monkeypatch.setattr(compare, "operating_point", spy)
+    monkeypatch.setattr("featurestore.compare.metrics.operating_point", spy)
     monkeypatch.setattr(src, "batches", counting)
     torch.manual_seed(0)
     result = fit(build_head("linear", 6, 2), src, replace(FAST, epochs=3))
@@ -397,7 +397,7 @@ def test_two_class_validation_keeps_the_monitor_and_runs_the_threshold() -> None
 
 
 def test_logreg_head_on_one_class_validation_selects_on_val_loss() -> None:
-    from featurestore.models import fit_logreg
+    from featurestore.train import fit_logreg
 
     fitted = fit_logreg(one_class_val())
     losses = {r["C"]: r["val_loss"] for r in fitted.history}

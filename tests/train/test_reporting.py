@@ -11,8 +11,7 @@ from test_sweep_tasks import GRID, task_source
 
 from featurestore.models import build_head
 from featurestore.progress import make_progress
-from featurestore.train import TrainConfig, fit, fit_sweep
-from featurestore.train.loop import EPOCH_HEADER, VERBOSE_ENV
+from featurestore.train import EPOCH_HEADER, VERBOSE_ENV, TrainConfig, fit, fit_sweep
 
 CFG = TrainConfig(epochs=4, lr=1e-2, batch_size=32, patience=4, device="cpu")
 
@@ -60,11 +59,13 @@ def test_a_sweep_prints_one_summary_line_naming_the_chosen_member(
     with make_progress(console) as progress:
         swept = fit_sweep(task_source(kind), CFG, GRID, progress=progress, console=console)
     lines = buf.getvalue().splitlines()
-    assert lines[0] == "sweep: 4 heads, up to 4 epochs, each selecting its best epoch on val_auc"
+    # The log's first lines say the work started: the progress line, and what the sweep is.
+    assert lines[0].startswith("sweep: started")
+    assert lines[1] == "sweep: 4 heads, up to 4 epochs, each selecting its best epoch on val_auc"
     assert not any("sweep epoch" in line for line in lines)
     row = swept.rows[swept.chosen]
     assert lines[-1].startswith("sweep: 4 heads, ") and lines[-1].endswith(
         f"chosen member {swept.chosen} (linear, lr {row['lr']:g}, wd {row['weight_decay']:g}): "
         f"best epoch {row['best_epoch']}, val_auc {row['val_auc']:.4f}"
     )
-    assert len(lines) == 2  # a job shorter than the log interval writes no progress lines
+    assert len(lines) == 3  # a job shorter than the log interval writes no periodic lines

@@ -61,10 +61,10 @@ def test_a_multilabel_sweep_run_is_concluded_as_one_head(multilabel_env, tmp_pat
 
 def test_finetune_draws_a_multilabel_subset_of_the_manifest(tmp_path: Path) -> None:
     from featurestore.data import load_manifest
-    from featurestore.train.finetune import _train_subset
+    from featurestore.train import manifest_train_subset
 
     full = load_manifest(write_tiny_multilabel(tmp_path / "ml"))
-    cut, info = _train_subset(full, 0.25, None, seed=0)
+    cut, info = manifest_train_subset(full, 0.25, None, seed=0)
     train = cut.split("train")
     assert info["train_images"] == len(train) == 12 and info["train_patients"] == 6
     assert info["subset_positives"] == {
