@@ -13,8 +13,10 @@ from featurestore.compare.questions import (
     Answer,
     PairResult,
     answer_questions,
+    check_metric,
     compare_pair,
     metric_names,
+    score,
 )
 from featurestore.config import StudyConfig
 from featurestore.study.commands import study_commands
@@ -33,6 +35,7 @@ __all__ = [
     "StudyConfig",
     "answer_questions",
     "builtin_text",
+    "check_metric",
     "compare_pair",
     "demo_text",
     "load_study",
@@ -40,5 +43,6 @@ __all__ = [
     "parse_study",
     "resolve_study_weights",
     "run_demo",
+    "score",
     "study_commands",
 ]

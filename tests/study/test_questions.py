@@ -17,10 +17,9 @@ from sklearn.metrics import (
 )
 
 from featurestore.compare import clustered_delong_test
-from featurestore.compare.questions import check_metric, metric_names, score
 from featurestore.errors import XrayError
 from featurestore.runs import RunRecord
-from featurestore.study import answer_questions, compare_pair
+from featurestore.study import answer_questions, check_metric, compare_pair, metric_names, score
 from featurestore.tasks import Task
 
 BINARY = Task.from_classes(["NORMAL", "PNEUMONIA"])
