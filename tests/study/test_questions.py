@@ -277,3 +277,52 @@ def test_the_bootstrap_is_paired_the_same_resamples_for_both_arms(task: Task) ->
     assert res.diff == 0 and (res.lo, res.hi) == (0, 0) and res.n_skipped == 0
     if not task.binary:
         assert res.p_value == 1
+
+
+def _sklearn_primary(task: Task, y: np.ndarray, p: np.ndarray) -> float:
+    """The task's primary metric by scikit-learn on rows (repeated rows = bootstrap weights);
+    NaN where a class or finding of the test set is missing."""
+    try:
+        if task.binary:
+            return float(roc_auc_score(y, p))
+        if task.multiclass:
+            return float(roc_auc_score(y, p, multi_class="ovr", labels=[0, 1, 2]))
+    except ValueError:
+        return float("nan")
+    aucs = []
+    for j in range(y.shape[1]):
+        known = np.isfinite(y[:, j])
+        if np.unique(y[known, j]).size < 2:
+            return float("nan")
+        aucs.append(roc_auc_score(y[known, j], p[known, j]))
+    return float(np.mean(aucs))
+
+
+@pytest.mark.parametrize("task", [BINARY, MULTICLASS, MULTILABEL], ids=lambda t: t.kind)
+def test_the_interval_is_sklearn_on_the_same_patient_resamples_of_both_arms(task: Task) -> None:
+    """Each resample draws whole patients once for both arms (engine.weight_blocks from the
+    study's seed): the interval is the percentile interval of sklearn's differences on them."""
+    from featurestore.compare import weight_blocks
+
+    rng = np.random.default_rng(7)
+    n = 30
+    if task.multilabel:
+        y = (rng.random((n, 3)) < 0.5).astype(float)
+        y[::6, 2] = np.nan
+    else:
+        y = np.arange(n) % (2 if task.binary else 3)
+    a, b = _task_run(task, y, 0.5, rng), _task_run(task, y, 0.2, rng)
+    res = compare_pair([a], [b], task.primary_metric, n_boot=60, seed=3)
+    col = "probability" if task.binary else "probabilities"
+    pa, pb = a.predictions[col], b.predictions[col]
+    diffs = []
+    for _, w in weight_blocks(n, a.predictions["patient"], 60, 3):
+        for row in w.astype(int):
+            take = np.repeat(np.arange(n), row)
+            diffs.append(
+                _sklearn_primary(task, y[take], pa[take])
+                - _sklearn_primary(task, y[take], pb[take])
+            )
+    valid = np.asarray(diffs)[np.isfinite(diffs)]
+    assert res.n_skipped == 60 - valid.size
+    assert (res.lo, res.hi) == pytest.approx(tuple(np.quantile(valid, [0.025, 0.975])))
