@@ -105,15 +105,6 @@ def check_metric(task: Task, metric: str) -> None:
     metric_key(task, metric)
 
 
-def run_task(record: RunRecord) -> str:
-    """binary, multiclass or multilabel: the run's `Task` as its config.json records it.
-
-    Raises:
-        XrayError: the run's config.json names no classes.
-    """
-    return record.task.kind
-
-
 @dataclass(frozen=True)
 class _Scored:
     """One run's test rows (`engine.test_arrays`) and its kernel at its first decision rule."""

@@ -326,3 +326,21 @@ def test_the_interval_is_sklearn_on_the_same_patient_resamples_of_both_arms(task
     valid = np.asarray(diffs)[np.isfinite(diffs)]
     assert res.n_skipped == 60 - valid.size
     assert (res.lo, res.hi) == pytest.approx(tuple(np.quantile(valid, [0.025, 0.975])))
+
+
+@pytest.mark.parametrize("task", [BINARY, MULTICLASS, MULTILABEL], ids=lambda t: t.kind)
+def test_the_metric_names_are_the_engine_s(task: Task) -> None:
+    """Every name a question may take is a key the engine's kernel gives, and back."""
+    from featurestore.compare import decisions, kernel, point_estimates, test_arrays
+
+    rng = np.random.default_rng(8)
+    y = (
+        (rng.random((20, 3)) < 0.5).astype(float)
+        if task.multilabel
+        else np.arange(20) % (2 if task.binary else 3)
+    )
+    run = _task_run(task, y, 0.5, rng)
+    arrays = test_arrays(run, task)
+    keys = point_estimates(kernel(task, arrays, decisions(task, run)[0]), arrays.n)
+    engine_names = {m if c is None else f"{m}:{c}" for m, c in keys}
+    assert set(metric_names(task)) == engine_names
