@@ -56,8 +56,7 @@ def test_every_demo_option_is_an_edit_of_the_study_file(task: str) -> None:
     assert study.data == Path("d") and study.seeds == (0, 1, 2)
     kinds = {a.name: a.kind for a in study.arms}
     extra = {"resnet18-sweep": "sweep", "resnet18-frozen-fewer-labels": "curve"}
-    assert kinds == {"resnet18-frozen": "primary", "resnet18-finetune": "primary",
-                     **(extra if task == "binary" else {})}  # fmt: skip
+    assert kinds == {"resnet18-frozen": "primary", "resnet18-finetune": "primary", **extra}
     frozen, finetuned = study.arm("resnet18-frozen"), study.arm("resnet18-finetune")
     assert frozen.extract is not None and frozen.extract.image_size == 32
     assert frozen.train.epochs == 3 and finetuned.train.epochs == 6
@@ -150,12 +149,13 @@ def test_demo_runs_the_multiclass_and_multilabel_studies(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["task"] == task and (doc["trained"], doc["reused"]) == (2, 0)
+    # frozen, finetune, the sweep and the curve's two fractions (#24: every task takes them)
+    assert doc["task"] == task and (doc["trained"], doc["reused"]) == (5, 0)
     (question,) = doc["questions"]
-    assert question["family"] == 1 and question["metric"] == "roc_auc"
+    assert question["family"] == 1 and question["metric"] == "roc_auc_macro"
     assert question["task"] == task and question["estimate_a"] is not None
-    assert sorted(a["mode"] for a in doc["arms"]) == ["finetune", "frozen"]
-    assert doc["exploratory"] == [] and doc["sweeps"] == [] and doc["curves"] == []
+    assert sorted(a["mode"] for a in doc["arms"]) == ["finetune", "frozen", "frozen"]
+    assert doc["exploratory"] == [] and len(doc["sweeps"]) == 1 and len(doc["curves"]) == 2
     study = (tmp_path / "studies" / f"demo-{task}" / "study.toml").read_text()
     assert f'data = "{data.as_posix()}"' in study
     assert ('labels = "kermany3"' in study) is (task == "multiclass")

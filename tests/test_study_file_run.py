@@ -99,3 +99,96 @@ def test_study_runs_resumes_and_reruns_only_the_changed_arm(
     again = CliRunner().invoke(app, ["study", "report", str(study), "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["questions"][1]["a"] == "resnet18-finetune"
+
+
+EVERY_KIND = """
+[study]
+name = "kinds"
+data = "{data}"
+{labels}image_size = 32
+seeds = [0]
+weights = "none"
+n_boot = 100
+
+[[study.arm]]
+name = "frozen"
+model = "resnet18"
+mode = "frozen"
+epochs = 2
+
+[[study.arm]]
+name = "finetune"
+model = "resnet18"
+mode = "finetune"
+epochs = 1
+
+[[study.arm]]
+name = "sweep"
+model = "resnet18"
+mode = "frozen"
+epochs = 1
+sweep = {{ lrs = [0.001, 0.01] }}
+
+[[study.arm]]
+name = "fewer-labels"
+model = "resnet18"
+mode = "frozen"
+epochs = 1
+train_fractions = [0.5]
+
+[[study.arm]]
+name = "few-shots"
+model = "resnet18"
+mode = "frozen"
+epochs = 1
+shots_per_class = [3]
+
+[[study.question]]
+name = "does fine-tuning help?"
+a = "finetune"
+b = "frozen"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_sweep_and_label_efficiency_arms_run_on_every_task(
+    task: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multi-class or multi-label study with a head sweep and two label-efficiency arms runs;
+    its report puts them in their own sections (never in a question), scored with the task's
+    primary metric."""
+    from conftest import write_tiny_kermany3, write_tiny_multilabel
+
+    from featurestore.tasks import Task
+
+    if task == "multiclass":
+        data, labels = write_tiny_kermany3(tmp_path / "k3"), 'labels = "kermany3"\n'
+    else:
+        data, labels = write_tiny_multilabel(tmp_path / "ml"), ""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    (tmp_path / "study.toml").write_text(EVERY_KIND.format(data=data, labels=labels))
+    result = CliRunner().invoke(app, ["study", "run", "study.toml", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["task"] == task and (doc["trained"], doc["reused"]) == (5, 0)
+    primary = Task(task, ("a", "b", "c"), 0).primary_metric  # type: ignore[arg-type]
+    assert doc["metrics"][0] == primary == "roc_auc_macro"
+    (question,) = doc["questions"]
+    assert question["metric"] == primary and question["estimate_a"] is not None
+    assert [a["arm"] for a in doc["arms"]] == ["frozen", "finetune", "sweep"]
+    (sweep,) = doc["sweeps"]
+    assert sweep["arm"] == "sweep" and sweep["members"] == 2
+    assert sweep["chosen_lr"] in (0.001, 0.01) and sweep[primary] is not None
+    assert [(c["arm"], c.get("fraction", c.get("shots"))) for c in doc["curves"]] == [
+        ("fewer-labels", 0.5),
+        ("few-shots", 3),
+    ]
+    assert all(c["runs"] == 1 and c[primary] is not None for c in doc["curves"])
+    report = (tmp_path / "studies" / "kinds" / "report.md").read_text()
+    order = ["## Questions", "## Arms", "## Sweeps", "## Label efficiency", "## Exploratory"]
+    assert [report.index(h) for h in order] == sorted(report.index(h) for h in order)
+    sweeps = report.split("## Sweeps")[1]
+    assert f"| arm | seed | members | head | lr | weight decay | {primary} |" in sweeps
+    assert f"- few-shots, 3 shots (1 runs): {primary} " in report.split("## Label efficiency")[1]

@@ -1,203 +1,135 @@
 """Declared questions: metric(arm a) - metric(arm b) on paired test predictions, any task.
 
-Works from `RunRecord`s alone (`runs.load_run`): the test rows of predictions.csv, paired by
-image key and resampled by patient. Each arm may hold one run per seed; the statistic is the
-difference of the seed means, seed s of a paired with seed s of b, every run scored on the
-same patient resamples. The tests:
+Works from `RunRecord`s alone (`runs.load_run`) and scores every number with the one engine,
+`compare.engine`: a run's metric is the engine's point estimate at its first decision rule
+(`engine.decisions(task, record)[0]`: the validation-chosen threshold of a binary run, argmax
+of a multi-class one, the per-finding thresholds of a multi-label one), and its resamples are
+`engine.replicates` drawn from one seed over the same patients for every run of both arms, so
+the differences are paired. Each arm may hold one run per seed; the statistic is the
+difference of the seed means, seed s of a paired with seed s of b. The tests:
 
 - binary ROC-AUC with one run per arm: the clustered DeLong test (Obuchowski 1997,
   `stats.clustered_delong_test`);
 - everything else (other metrics, other tasks, several seeds): the paired patient-cluster
-  bootstrap test of the difference (the p-value of `bootstrap.paired_bootstrap`).
+  bootstrap test of the difference (two-sided, from the share of resampled differences on the
+  other side of 0).
 
-The interval is always the paired patient-bootstrap percentile interval. Holm's correction
+The interval is always the paired patient-bootstrap percentile interval (Efron & Tibshirani
+1993, ch. 13; whole patients drawn, Davison & Hinkley 1997, sec. 3.8). Holm's correction
 (`stats.holm`) runs over the declared questions only. A number that is undefined (a metric
 without both classes, runs on different test sets) stays NaN, never 0.
-
-The metrics are one mapping, `METRICS[task][metric](y, p) -> float`, so another engine can be
-put in its place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
-from featurestore.compare.bootstrap import BOOT_METRICS, BootMetric
-from featurestore.compare.metrics import PROB_EPS
+from featurestore.compare import engine
 from featurestore.compare.stats import clustered_delong_test, holm
 from featurestore.errors import XrayError
 from featurestore.runs import RunRecord
+from featurestore.tasks import Task
 
-Metric = Callable[[np.ndarray, np.ndarray], float]
-
-
-def _auc(y: np.ndarray, s: np.ndarray) -> float:
-    """Mann-Whitney ROC-AUC, ties 1/2 (sklearn's roc_auc_score); NaN without both classes."""
-    pos = y == 1
-    m, n = int(pos.sum()), int((~pos).sum())
-    if m == 0 or n == 0:
-        return float("nan")
-    ranks = sps.rankdata(s)
-    return float((ranks[pos].sum() - m * (m + 1) / 2) / (m * n))
-
-
-def _multiclass_auc(y: np.ndarray, p: np.ndarray) -> float:
-    """Macro one-vs-rest ROC-AUC over the C classes; NaN if a class is absent. y (N,), p (N, C)."""
-    return float(np.mean([_auc((y == c).astype(np.int64), p[:, c]) for c in range(p.shape[1])]))
-
-
-def _multiclass_accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    """Share of images whose argmax class is the label. y (N,), p (N, C)."""
-    return float(np.mean(np.argmax(p, axis=1) == y))
-
-
-def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """Per-class F1 = 2tp / (2tp + fp + fn); NaN for a class without images (undefined)."""
-    den = 2 * tp + fp + fn
-    out = np.divide(2 * tp, den, out=np.zeros(tp.shape), where=den > 0)
-    return np.where(support > 0, out, np.nan)
-
-
-def _multiclass_f1(y: np.ndarray, p: np.ndarray) -> float:
-    """Macro F1 of the argmax prediction; NaN when a class has no image. y (N,), p (N, C)."""
-    c = p.shape[1]
-    pred = np.argmax(p, axis=1)
-    tp = np.bincount(y[pred == y], minlength=c).astype(float)
-    support = np.bincount(y, minlength=c).astype(float)
-    predicted = np.bincount(pred, minlength=c).astype(float)
-    return float(np.mean(_f1(tp, predicted - tp, support - tp, support)))
-
-
-def _multiclass_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean cross-entropy -log p[label]. y (N,), p (N, C)."""
-    q = np.clip(p[np.arange(y.size), y], PROB_EPS, 1.0)
-    return float(-np.mean(np.log(q)))
-
-
-def _per_label(
-    y: np.ndarray, p: np.ndarray, fn: Callable[[np.ndarray, np.ndarray], float]
-) -> float:
-    """Mean of fn over labels where it is defined; masked (NaN) targets left out. (N, L)."""
-    values = []
-    for j in range(y.shape[1]):
-        known = np.isfinite(y[:, j])
-        v = fn(y[known, j].astype(np.int64), p[known, j]) if known.any() else float("nan")
-        if np.isfinite(v):
-            values.append(v)
-    return float(np.mean(values)) if values else float("nan")
-
-
-def _ap(y: np.ndarray, s: np.ndarray) -> float:
-    """Average precision (sklearn's average_precision_score); NaN without both classes."""
-    if y.size == 0 or y.min() == y.max():
-        return float("nan")
-    return float(BootMetric("pr_auc")(y.astype(np.float64), s))
-
-
-def _binary_f1(y: np.ndarray, pred: np.ndarray) -> float:
-    """F1 of the positive class of 0/1 predictions; NaN without positives."""
-    tp = float(np.sum((pred == 1) & (y == 1)))
-    fp, fn = float(np.sum((pred == 1) & (y == 0))), float(np.sum((pred == 0) & (y == 1)))
-    return float(_f1(np.array([tp]), np.array([fp]), np.array([fn]), np.array([tp + fn]))[0])
-
-
-METRICS: dict[str, dict[str, Metric]] = {
-    # Binary: y in {0, 1} (1 = the positive class), p = P(positive) (N,); the thresholded
-    # metrics get p = the run's 0/1 predictions at its validation threshold.
-    "binary": {name: BootMetric(name) for name in BOOT_METRICS},
-    # Multi-class: y (N,) class indices, p (N, C) probabilities.
-    "multiclass": {
-        "roc_auc": _multiclass_auc,
-        "accuracy": _multiclass_accuracy,
-        "f1_macro": _multiclass_f1,
-        "loss": _multiclass_loss,
-    },
-    # Multi-label: y (N, L) 1/0 with NaN masked, p (N, L) probabilities (f1: 0/1 predictions
-    # at each label's validation threshold).
-    "multilabel": {
-        "roc_auc": lambda y, p: _per_label(y, p, _auc),
-        "pr_auc": lambda y, p: _per_label(y, p, _ap),
-        "f1_macro": lambda y, p: _per_label(y, p, _binary_f1),
-    },
+# Per-class metrics of the engine, named `metric:class` in a question ("auc:Effusion").
+PER_CLASS: dict[str, tuple[str, ...]] = {
+    "binary": (),
+    "multiclass": ("recall", "auc"),
+    "multilabel": ("auc", "sensitivity", "specificity"),
 }
-"""task -> metric -> fn(y, p) -> float (NaN where undefined)."""
-
-THRESHOLDED: dict[str, frozenset[str]] = {
-    "binary": frozenset({"accuracy", "f1_macro", "f1_positive", "sensitivity", "specificity"}),
-    "multiclass": frozenset(),
-    "multilabel": frozenset({"f1_macro"}),
-}
-"""Metrics scored on the run's predictions (its decision rule) instead of its probabilities."""
-
 LOWER_IS_BETTER = frozenset({"loss", "brier"})
-METRIC_NAMES: tuple[str, ...] = tuple(sorted({m for task in METRICS.values() for m in task}))
+# A study file names its metric before the data says the task: `roc_auc` is taken to mean
+# the task's ROC-AUC, the macro one of a multi-class or multi-label task.
+_ALIASES = {"roc_auc": "roc_auc_macro"}
 
 
-def run_task(record: RunRecord) -> str:
-    """binary, multiclass or multilabel: the run's `Task` as its config.json records it.
+_EXAMPLES = (
+    Task("binary", ("negative", "positive"), 1),
+    Task("multiclass", ("a", "b", "c"), 2),
+    Task("multilabel", ("a",), 0),
+)
+METRIC_NAMES: tuple[str, ...] = tuple(
+    sorted({m for t in _EXAMPLES for m in t.table_metrics} | set(_ALIASES))
+)
+"""Every headline metric a question may name, whatever its task (checked again per task when
+the plan knows it: `check_metric`)."""
+PER_CLASS_NAMES: tuple[str, ...] = tuple(sorted({m for ms in PER_CLASS.values() for m in ms}))
+
+
+def metric_names(task: Task) -> tuple[str, ...]:
+    """The metrics a question on `task` may name: its headline metrics (`Task.table_metrics`),
+    then `metric:class` for each per-class (per-finding) metric of the engine."""
+    per = tuple(f"{m}:{c}" for m in PER_CLASS[task.kind] for c in task.class_names)
+    return (*task.table_metrics, *per)
+
+
+def metric_key(task: Task, metric: str) -> engine.MetricKey:
+    """The engine's key of a metric name: `roc_auc` -> ("roc_auc_macro", None) on a multi-class
+    or multi-label task, `auc:Effusion` -> ("auc", "Effusion").
 
     Raises:
-        XrayError: the run's config.json names no classes.
+        XrayError: the task has no such metric (one line naming the ones it has).
     """
-    return record.task.kind
+    if ":" in metric:
+        name, cls = metric.split(":", 1)
+        if name in PER_CLASS[task.kind] and cls in task.class_names:
+            return name, cls
+    else:
+        name = metric if task.binary else _ALIASES.get(metric, metric)
+        if name in task.table_metrics:
+            return name, None
+    per = (
+        f"; per {task.unit_noun}: "
+        + ", ".join(f"{m}:<{task.unit_noun}>" for m in PER_CLASS[task.kind])
+        + f" ({task.unit_noun} one of {', '.join(task.class_names)})"
+        if PER_CLASS[task.kind]
+        else ""
+    )
+    raise XrayError(
+        f"metric {metric!r} is not defined for {task.kind} runs; choose one of: "
+        f"{', '.join(task.table_metrics)}{per}"
+    )
+
+
+def metric_label(task: Task, metric: str) -> str:
+    """The name a report shows: the engine's (`roc_auc_macro`, `auc:Effusion`)."""
+    name, cls = metric_key(task, metric)
+    return name if cls is None else f"{name}:{cls}"
+
+
+def check_metric(task: Task, metric: str) -> None:
+    """Raise XrayError (one line) when `task` has no metric `metric`; see `metric_key`."""
+    metric_key(task, metric)
 
 
 @dataclass(frozen=True)
-class ScoredArrays:
-    """One run's test rows sorted by image key: what a metric is scored on."""
+class _Scored:
+    """One run's test rows (`engine.test_arrays`) and its kernel at its first decision rule."""
 
-    keys: np.ndarray
-    patients: np.ndarray
-    y: np.ndarray
-    """Binary (N,) 1 = positive; multi-class (N,) indices; multi-label (N, L), NaN masked."""
-    p: np.ndarray
-    """The scores the metric takes (see METRICS)."""
+    arrays: engine.TestArrays
+    kernel: engine.Kernel
 
 
-def scored_arrays(record: RunRecord, metric: str) -> ScoredArrays:
-    """The run's test rows, sorted by key, as the arrays `METRICS[task][metric]` takes.
+def _scored(record: RunRecord, task: Task) -> _Scored:
+    arrays = engine.test_arrays(record, task)
+    rule = engine.decisions(task, record)[0]
+    return _Scored(arrays, engine.kernel(task, arrays, rule))
+
+
+def score(record: RunRecord, metric: str) -> float:
+    """metric on the run's whole test set: the engine's point estimate (NaN where undefined).
 
     Raises:
         XrayError: the metric is not defined for the run's task.
     """
-    task = run_task(record)
-    if metric not in METRICS[task]:
-        raise XrayError(
-            f"metric {metric!r} is not defined for {task} runs; "
-            f"choose one of: {', '.join(METRICS[task])}"
-        )
-    test = record.split_predictions("test")
-    order = np.argsort(test["key"], kind="stable")
-    thresholded = metric in THRESHOLDED[task]
-    if task == "binary":
-        positive = record.task.positive_index
-        y = (test["label"][order] == positive).astype(np.float64)
-        p = (
-            (test["prediction"][order] == positive).astype(np.float64)
-            if thresholded
-            else test["probability"][order]
-        )
-    elif task == "multiclass":
-        y, p = test["label"][order], test["probabilities"][order]
-    else:
-        y = test["targets"][order]
-        p = (
-            test["predictions"][order].astype(np.float64)
-            if thresholded
-            else test["probabilities"][order]
-        )
-    return ScoredArrays(test["key"][order], test["patient"][order], y, p)
-
-
-def score(record: RunRecord, metric: str) -> float:
-    """metric on the run's whole test set (NaN where undefined)."""
-    arrays = scored_arrays(record, metric)
-    return float(METRICS[run_task(record)][metric](arrays.y, arrays.p))
+    task = record.task
+    key = metric_key(task, metric)
+    s = _scored(record, task)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return engine.point_estimates(s.kernel, s.arrays.n)[key]
 
 
 @dataclass(frozen=True)
@@ -261,10 +193,10 @@ def compare_pair(
     """Paired comparison of two arms' runs (runs_a[i] pairs with runs_b[i], e.g. the same seed).
 
     Every run's test rows are matched by image key; whole patients are resampled (the same
-    `n_boot` resamples, drawn from `seed`, for every run), the metric is averaged over each
-    arm's runs per resample, and the percentile interval of the difference is taken. An
-    undefined estimate (or a difference undefined on every resample) gives NaN numbers and a
-    `note` saying why, not an exception.
+    `n_boot` resamples, `engine.weight_blocks` drawn from `seed`, for every run), the metric is
+    averaged over each arm's runs per resample, and the percentile interval of the difference
+    is taken. An undefined estimate (or a difference undefined on every resample) gives NaN
+    numbers and a `note` saying why, not an exception. `metric`: a name of `metric_names`.
 
     Raises:
         XrayError: no runs, unequal numbers of runs, runs of different tasks, or a metric the
@@ -275,40 +207,43 @@ def compare_pair(
             f"a paired comparison needs the same number of runs on each side, got "
             f"{len(runs_a)} and {len(runs_b)}"
         )
-    tasks = {run_task(r) for r in (*runs_a, *runs_b)}
-    if len(tasks) != 1:
-        raise XrayError(f"the runs compared are of different tasks ({', '.join(sorted(tasks))})")
-    task = tasks.pop()
-    arrays = [scored_arrays(r, metric) for r in (*runs_a, *runs_b)]
-    ref = arrays[0]
-    for r, arr in zip((*runs_a, *runs_b), arrays, strict=True):
-        same = np.array_equal(arr.keys, ref.keys) and np.array_equal(arr.patients, ref.patients)
-        if not same or not np.array_equal(arr.y, ref.y, equal_nan=True):
-            return _undefined(
-                metric, task, f"{r.name} was tested on other images than {runs_a[0].name}: "
-                "paired statistics are undefined", len(runs_a), alpha,
-            )  # fmt: skip
-    fn = METRICS[task][metric]
+    runs = (*runs_a, *runs_b)
+    kinds = {r.task.kind for r in runs}
+    if len(kinds) != 1:
+        raise XrayError(f"the runs compared are of different tasks ({', '.join(sorted(kinds))})")
+    task = runs_a[0].task
+    key = metric_key(task, metric)
+    label = metric_label(task, metric)
+    scored = [_scored(r, task) for r in runs]
+    ref = scored[0].arrays
     k = len(runs_a)
-    scores = [arr.p for arr in arrays]
-    per_run = [float(fn(ref.y, s)) for s in scores]
+    for r, s in zip(runs, scored, strict=True):
+        arr = s.arrays
+        same = np.array_equal(arr.keys, ref.keys) and np.array_equal(arr.groups, ref.groups)
+        if not same or not np.array_equal(arr.labels, ref.labels, equal_nan=True):
+            return _undefined(
+                label, task.kind, f"{r.name} was tested on other images than {runs_a[0].name}: "
+                "paired statistics are undefined", k, alpha,
+            )  # fmt: skip
+    n = ref.n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_run = [engine.point_estimates(s.kernel, n)[key] for s in scored]
     est_a, est_b = float(np.mean(per_run[:k])), float(np.mean(per_run[k:]))
     pairs = list(zip(per_run[:k], per_run[k:], strict=True))
-    _, unit = np.unique(ref.patients, return_inverse=True)
-    n_units = int(unit.max()) + 1
+    n_units = int(np.unique(ref.groups).size)
     if not (np.isfinite(est_a) and np.isfinite(est_b)):
-        out = _undefined(metric, task, f"{metric} is undefined on this test set", k, alpha)
+        out = _undefined(label, task.kind, f"{label} is undefined on this test set", k, alpha)
         return PairResult(**{**asdict(out), "estimate_a": est_a, "estimate_b": est_b,
-                             "n_images": int(ref.keys.size), "n_patients": n_units,
-                             "per_run": pairs})  # fmt: skip
-    members = [np.flatnonzero(unit == u) for u in range(n_units)]
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    for b in range(n_boot):
-        take = np.concatenate([members[u] for u in rng.integers(0, n_units, n_units)])
-        yb = ref.y[take]
-        values = [fn(yb, s[take]) for s in scores]
-        diffs[b] = np.mean(values[:k]) - np.mean(values[k:])
+                             "n_images": n, "n_patients": n_units, "per_run": pairs})  # fmt: skip
+    # The same seed and patients for every run: resample b of each run is the same draw.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = np.stack(
+            [
+                engine.replicates(s.kernel, n, groups=ref.groups, n_boot=n_boot, seed=seed)[key]
+                for s in scored
+            ]
+        )  # (2k, n_boot)
+    diffs = reps[:k].mean(0) - reps[k:].mean(0)  # (n_boot,), NaN where a run's is undefined
     valid = diffs[np.isfinite(diffs)]
     diff = est_a - est_b
     note, lo, hi, p_boot = "", float("nan"), float("nan"), float("nan")
@@ -318,8 +253,9 @@ def compare_pair(
         lo, hi = (float(v) for v in np.quantile(valid, [alpha / 2, 1 - alpha / 2]))
         tail = min(np.sum(valid <= 0), np.sum(valid >= 0)) + 1
         p_boot = min(1.0, 2 * float(tail) / (valid.size + 1))
-    if task == "binary" and metric == "roc_auc" and k == 1:
-        delong = clustered_delong_test(ref.y, scores[0], scores[1], groups=ref.patients)
+    if task.binary and key == ("roc_auc", None) and k == 1:
+        a, b = scored[0].arrays.scores, scored[1].arrays.scores
+        delong = clustered_delong_test(ref.labels, a, b, groups=ref.groups)
         p_value, test = delong.p_value, "clustered DeLong test (Obuchowski 1997)"
     else:
         p_value = p_boot
@@ -327,8 +263,8 @@ def compare_pair(
             f" of the difference of {k}-seed means" if k > 1 else ""
         )
     return PairResult(
-        metric, task, est_a, est_b, diff, lo, hi, float(p_value), test, k,
-        int(ref.keys.size), n_units, n_boot, int(n_boot - valid.size), alpha, note, pairs,
+        label, task.kind, est_a, est_b, diff, lo, hi, float(p_value), test, k,
+        n, n_units, n_boot, int(n_boot - valid.size), alpha, note, pairs,
     )  # fmt: skip
 
 

@@ -9,11 +9,14 @@ trains it through the library's own functions, `report` answers the declared que
 from __future__ import annotations
 
 from featurestore.compare.questions import (
-    METRICS,
+    METRIC_NAMES,
     Answer,
     PairResult,
     answer_questions,
+    check_metric,
     compare_pair,
+    metric_names,
+    score,
 )
 from featurestore.config import StudyConfig
 from featurestore.study.commands import study_commands
@@ -22,7 +25,7 @@ from featurestore.study.file import Arm, Question, Study, builtin_text, load_stu
 from featurestore.study.plan import resolve_study_weights
 
 __all__ = [
-    "METRICS",
+    "METRIC_NAMES",
     "Answer",
     "Arm",
     "DemoResult",
@@ -32,11 +35,14 @@ __all__ = [
     "StudyConfig",
     "answer_questions",
     "builtin_text",
+    "check_metric",
     "compare_pair",
     "demo_text",
     "load_study",
+    "metric_names",
     "parse_study",
     "resolve_study_weights",
     "run_demo",
+    "score",
     "study_commands",
 ]

@@ -59,9 +59,9 @@ def demo_text(
 ) -> str:
     """The demo's study file for `config` (default: the shipped `demo.toml`, byte for byte).
 
-    Each backbone gets a frozen arm (extract + head) and a fine-tuned arm; on binary data each
-    also gets a head sweep arm and a label-efficiency arm (`--sweep` and `--train-fraction`
-    take binary stores only, so the other tasks have neither). The declared questions: does
+    Each backbone gets a frozen arm (extract + head) and a fine-tuned arm, and with
+    `config.sweeps` a head sweep arm and a label-efficiency arm (`--sweep` and
+    `--train-fraction` take every task's store). The declared questions: does
     fine-tuning help the first backbone, and, fine-tuned, is it better than each other one.
     `data` None leaves `data` out (the `--data` default chain); `cache` and `out` None leave
     the study's defaults (cache/, studies/).
@@ -101,10 +101,7 @@ def demo_text(
     for model in config.models:
         lines += _arm(f"{model}-frozen", model, frozen)
         lines += _arm(f"{model}-finetune", model, finetuned)
-    extras = config.sweeps and config.task == "binary"
-    if config.sweeps and not extras:
-        lines += ["", "# No sweep or label-efficiency arms: the head sweep takes binary stores."]
-    if extras:
+    if config.sweeps:
         lines += ["", "# Exploratory arms: a sweep table and a label-efficiency curve, never"]
         lines += ["# primary questions."]
         g = config.sweep

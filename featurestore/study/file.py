@@ -322,7 +322,7 @@ def _sweep(value: Any, fit: FitHeadConfig) -> SweepConfig | None:
 def _question(
     source: str, table: Mapping[str, Any], arms: Mapping[str, Arm], index: int
 ) -> Question:
-    from featurestore.compare.questions import METRIC_NAMES
+    from featurestore.compare.questions import METRIC_NAMES, PER_CLASS_NAMES
 
     for key in table:
         if key not in ("name", "a", "b", "metric"):
@@ -352,11 +352,15 @@ def _question(
     if table["a"] == table["b"]:
         raise _fail(source, f"question {name!r} compares arm {table['a']!r} with itself")
     metric = table.get("metric", "roc_auc")
-    if metric not in METRIC_NAMES:
+    # The task is known once the plan reads the data (`plan.make_plan` checks the metric
+    # against it); here a metric must be one some task has.
+    per_class = isinstance(metric, str) and metric.split(":", 1)[0] in PER_CLASS_NAMES
+    if metric not in METRIC_NAMES and not (per_class and ":" in metric):
         raise _fail(
             source,
             f"question {name!r}: unknown metric {metric!r}{_hint(str(metric), METRIC_NAMES)}; "
-            f"choose one of: {', '.join(METRIC_NAMES)}",
+            f"choose one of: {', '.join(METRIC_NAMES)}, or <metric>:<class> with metric one "
+            f"of {', '.join(PER_CLASS_NAMES)}",
         )
     return Question(name.strip(), table["a"], table["b"], metric)
 

@@ -167,6 +167,19 @@ def load_manifests(study: Study, data: Path) -> dict[str, Manifest]:
     return out
 
 
+def _check_metrics(study: Study, manifest: Manifest) -> None:
+    """Every question's metric is one the data's task has (one line naming those it has)."""
+    from featurestore.compare.questions import check_metric
+    from featurestore.tasks import Task
+
+    task = Task.from_classes(manifest.class_names, multilabel=manifest.task == "multilabel")
+    for q in study.questions:
+        try:
+            check_metric(task, q.metric)
+        except XrayError as exc:
+            raise XrayError(f"{study.source}: question {q.name!r}: {exc}") from None
+
+
 def make_plan(
     study: Study,
     data: Path,
@@ -180,7 +193,8 @@ def make_plan(
     digests under the cache folder, so nothing is written.
 
     Raises:
-        XrayError: an unknown backbone, unreadable data, a malformed ledger.
+        XrayError: an unknown backbone, unreadable data, a malformed ledger, a question's
+            metric the data's task does not have.
     """
     from featurestore.data import dataset_fingerprint
     from featurestore.models import get_spec
@@ -203,17 +217,7 @@ def make_plan(
             "one study compares runs of one task"
         )
     task = tasks.pop()
-    for arm in arms:
-        if arm.sweep is not None and task != "binary":
-            raise XrayError(
-                f"{study.source}: arm {arm.name!r} is a head sweep, and --sweep takes binary "
-                f"stores only (this is {task} data)"
-            )
-        if (arm.train_fractions or arm.shots_per_class) and task == "multilabel":
-            raise XrayError(
-                f"{study.source}: arm {arm.name!r} is a label-efficiency arm, and its subsets "
-                "stratify by class: multi-label data has no single class per image"
-            )
+    _check_metrics(study, next(iter(manifests.values())))
     ledger = read_ledger(study.folder)
     stores: dict[str, dict[str, Any]] = {}
     runs: list[PlannedRun] = []

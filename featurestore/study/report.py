@@ -13,6 +13,7 @@ import numpy as np
 
 from featurestore.errors import XrayError
 from featurestore.study.plan import Plan
+from featurestore.tasks import Task
 
 REPORT = "report.md"
 REPORT_JSON = "report.json"
@@ -44,20 +45,9 @@ class StudyReport:
         }
 
 
-def _metrics_for(task: str) -> list[str]:
-    from featurestore.compare.questions import METRICS
-
-    preferred = [
-        "roc_auc",
-        "pr_auc",
-        "accuracy",
-        "f1_macro",
-        "sensitivity",
-        "specificity",
-        "loss",
-        "brier",
-    ]
-    return [m for m in preferred if m in METRICS[task]]
+def _metrics_for(task: Task) -> list[str]:
+    """The table's metrics: the task's primary metric first, then its other headline ones."""
+    return [task.primary_metric, *(m for m in task.table_metrics if m != task.primary_metric)]
 
 
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
@@ -73,7 +63,7 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
     Raises:
         XrayError: a run of the plan has no complete folder (run `xray study run` first).
     """
-    from featurestore.compare.questions import answer_questions, compare_pair, score
+    from featurestore.compare.questions import answer_questions, compare_pair, metric_label, score
     from featurestore.runs import load_run
 
     study = plan.study
@@ -88,7 +78,8 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
     for r in plan.runs:
         if r.point is None:
             by_arm.setdefault(r.arm.name, []).append(records[r.key])
-    metrics = _metrics_for(plan.task)
+    task = records[plan.runs[0].key].task
+    metrics = _metrics_for(task)
     answers = answer_questions(
         [(q.name, q.a, q.b, by_arm[q.a], by_arm[q.b], q.metric) for q in study.questions],
         n_boot=study.n_boot,
@@ -142,14 +133,15 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
             curves.append(row)
     declared = {frozenset((q.a, q.b)) for q in study.questions}
     primary = [a.name for a in study.arms if a.kind == "primary"]
-    question_metrics = sorted({q.metric for q in study.questions}) or ["roc_auc"]
+    # The declared questions' metrics (as the engine names them), else the primary one.
+    question_metrics = sorted({metric_label(task, q.metric) for q in study.questions}) or [
+        task.primary_metric
+    ]
     exploratory = []
     for a, b in itertools.combinations(primary, 2):
         if frozenset((a, b)) in declared:
             continue
         for m in question_metrics:
-            if m not in metrics:
-                continue
             res = compare_pair(
                 by_arm[a],
                 by_arm[b],
@@ -170,6 +162,7 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
         "n_boot": study.n_boot,
         "alpha": study.alpha,
         "bootstrap_seed": study.bootstrap_seed,
+        "metrics": metrics,
     }
     return StudyReport(study.name, plan.task, answers, arms, sweeps, curves, exploratory, header)
 
@@ -215,7 +208,7 @@ def render_markdown(report: StudyReport) -> str:
             f"{r.n_skipped} of {r.n_boot} resamples undefined.",
             "",
         ]
-    metrics = _metrics_for(report.task)
+    metrics = list(h["metrics"])
     out += ["## Arms (mean ± SD over seeds)", ""]
     out += ["| arm | model | mode | kind | runs | " + " | ".join(metrics) + " |"]
     out += ["|" + "---|" * (5 + len(metrics))]

@@ -86,30 +86,58 @@ def test_a_bad_file_is_one_line_exit_2_nothing_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
 
 
-@pytest.mark.parametrize("arm", ['sweep = "default"', "train_fractions = [0.5]"])
-@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
-def test_sweep_and_curve_arms_are_refused_on_data_they_cannot_take(
+def _task_data(task: str, root: Path) -> tuple[Path, str]:
+    """A tiny dataset of the task and the [study] line that reads it as that task."""
+    from conftest import write_tiny_dataset, write_tiny_kermany3, write_tiny_multilabel
+
+    if task == "binary":
+        return write_tiny_dataset(root / "bin"), ""
+    if task == "multiclass":
+        return write_tiny_kermany3(root / "k3"), 'labels = "kermany3"\n'
+    return write_tiny_multilabel(root / "ml"), ""
+
+
+@pytest.mark.parametrize(
+    "arm", ['sweep = "default"', "train_fractions = [0.5]", "shots_per_class = [4]"]
+)
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_sweep_and_curve_arms_are_planned_on_every_task(
     arm: str, task: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--sweep takes binary stores; label-efficiency subsets stratify by class (not
-    multi-label): refused in one line before anything is extracted or trained."""
-    from conftest import write_tiny_kermany3, write_tiny_multilabel
-
-    if task == "multiclass":
-        data, labels = write_tiny_kermany3(tmp_path / "k3"), 'labels = "kermany3"\n'
-    else:
-        data, labels = write_tiny_multilabel(tmp_path / "ml"), ""
-    refused = (task == "multiclass" and arm.startswith("sweep")) or task == "multilabel"
+    """fit-head --sweep, --train-fraction and --shots take every task's store: the plan of a
+    study with such an arm lists its runs, whatever the task."""
+    data, labels = _task_data(task, tmp_path)
     text = GOOD.replace('weights = "none"\n', f'weights = "none"\ndata = "{data}"\n{labels}')
     text += f'\n[[study.arm]]\nname = "extra"\nmodel = "resnet18"\nmode = "frozen"\n{arm}\n'
     monkeypatch.chdir(tmp_path)
     (tmp_path / "study.toml").write_text(text)
+    result = CliRunner().invoke(app, ["study", "run", "study.toml", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "extra seed 1" in result.output and task in result.output
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "named"),
+    [
+        ("binary", "balanced_accuracy", "specificity"),
+        ("multiclass", "sensitivity", "balanced_accuracy"),
+        ("multilabel", "accuracy", "roc_auc_macro"),
+        ("multilabel", "auc:Nodule", "auc:<finding>"),
+    ],
+)
+def test_a_metric_the_task_lacks_is_refused_at_plan_time(
+    task: str, metric: str, named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A metric some task has passes the file's check; the plan, which knows the data's task,
+    refuses one this task lacks in one line naming those it has, before anything runs."""
+    data, labels = _task_data(task, tmp_path)
+    text = GOOD.replace('weights = "none"\n', f'weights = "none"\ndata = "{data}"\n{labels}')
+    text = text.replace('b = "r-frozen"\n', f'b = "r-frozen"\nmetric = "{metric}"\n')
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.toml").write_text(text)
     before = sorted(p.name for p in tmp_path.iterdir())
     result = CliRunner().invoke(app, ["study", "run", "study.toml", "--dry-run"])
-    if not refused:  # a multi-class curve is fine
-        assert result.exit_code == 0, result.output
-        return
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()
-    assert "arm 'extra'" in line and task in line.replace("-", "")
+    assert "study.toml" in line and repr(metric) in line and named in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == before

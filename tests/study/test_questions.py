@@ -1,4 +1,5 @@
-"""compare.questions on all three tasks against independent computations (sklearn, Holm by hand)."""
+"""compare.questions on all three tasks against independent computations (sklearn, Holm by hand):
+every number comes from the one engine (`compare.engine`), checked here from the rows."""
 
 from __future__ import annotations
 
@@ -6,11 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    log_loss,
+    recall_score,
+    roc_auc_score,
+)
 
 from featurestore.compare import clustered_delong_test
+from featurestore.errors import XrayError
 from featurestore.runs import RunRecord
-from featurestore.study import METRICS, answer_questions, compare_pair
+from featurestore.study import answer_questions, check_metric, compare_pair, metric_names, score
 from featurestore.tasks import Task
 
 BINARY = Task.from_classes(["NORMAL", "PNEUMONIA"])
@@ -18,11 +27,17 @@ MULTICLASS = Task.from_classes(["NORMAL", "BACTERIAL", "VIRAL"])
 MULTILABEL = Task.from_classes(["Cardiomegaly", "Effusion", "Opacity"], multilabel=True)
 
 
-def _record(name: str, preds: dict[str, np.ndarray], task: Task) -> RunRecord:
-    """A run as load_run reads it: its task in config.json, its test rows."""
+def _record(
+    name: str, preds: dict[str, np.ndarray], task: Task, threshold: float = 0.5
+) -> RunRecord:
+    """A run as load_run reads it: its task in config.json, its validation-chosen threshold(s)
+    in metrics.json, its test rows."""
     n = preds["key"].size
     full = {"split": np.array(["test"] * n), **preds}
-    return RunRecord(Path(name), task.as_record(), {}, {}, full, {})
+    point: dict[str, object] = {"value": threshold}
+    if task.multilabel:
+        point = {"per_label": {c: threshold for c in task.class_names}}
+    return RunRecord(Path(name), task.as_record(), {"threshold": point}, {}, full, {})
 
 
 def _base(n: int = 40) -> dict[str, np.ndarray]:
@@ -68,11 +83,7 @@ def test_multiclass_macro_ovr_auc_and_seed_means() -> None:
     aucs = [roc_auc_score(y, r.predictions["probabilities"], multi_class="ovr") for r in runs]
     assert res.diff == pytest.approx(np.mean(aucs[:2]) - np.mean(aucs[2:]))
     assert "2-seed means" in res.test and 0 < res.p_value <= 1
-    f1 = METRICS["multiclass"]["f1_macro"]
-    from sklearn.metrics import f1_score
-
-    p0 = runs[0].predictions["probabilities"]
-    assert f1(y, p0) == pytest.approx(f1_score(y, p0.argmax(1), average="macro"))
+    assert res.metric == "roc_auc_macro"  # the engine's name of the multi-class ROC-AUC
 
 
 def test_multilabel_masked_macro_auc_and_undefined_stays_undefined() -> None:
@@ -189,3 +200,147 @@ def test_declared_questions_on_every_task(task: Task) -> None:
     by_hand[p[1][1]] = min(1.0, max(2 * p[0][0], p[1][0]))
     assert [a.holm_p for a in answers] == pytest.approx(by_hand)
     assert answers[0].significant is True  # 0.7 signal vs noise on 60 images
+
+
+def test_every_headline_metric_is_sklearn_on_the_rows() -> None:
+    """score() is the engine's point estimate; each equals scikit-learn on predictions.csv."""
+    rng = np.random.default_rng(5)
+    y = np.arange(60) % 2
+    p = np.clip(y * 0.4 + rng.random(60) * 0.6, 0.01, 0.99)
+    b = _record("b", {**_base(60), "label": y, "probability": p, "prediction": (p >= 0.4) * 1},
+                BINARY, threshold=0.4)  # fmt: skip
+    hard = (p >= 0.4).astype(int)
+    expected = {
+        "roc_auc": roc_auc_score(y, p),
+        "accuracy": accuracy_score(y, hard),
+        "sensitivity": recall_score(y, hard),
+        "specificity": recall_score(1 - y, 1 - hard),
+        "f1_macro": f1_score(y, hard, average="macro"),
+        "loss": log_loss(y, p),
+    }
+    assert set(expected) == set(metric_names(BINARY))
+    for m, value in expected.items():
+        assert score(b, m) == pytest.approx(value), m
+    y3 = np.arange(60) % 3
+    y3[:6] = 0  # unbalanced, so balanced accuracy differs from accuracy
+    q = rng.random((60, 3)) + np.eye(3)[y3] * 0.5
+    q /= q.sum(1, keepdims=True)
+    mc = _record("m", {**_base(60), "label": y3, "probabilities": q, "prediction": q.argmax(1)},
+                 MULTICLASS)  # fmt: skip
+    expected = {
+        "roc_auc_macro": roc_auc_score(y3, q, multi_class="ovr"),
+        "accuracy": accuracy_score(y3, q.argmax(1)),
+        "balanced_accuracy": balanced_accuracy_score(y3, q.argmax(1)),
+        "f1_macro": f1_score(y3, q.argmax(1), average="macro"),
+        "loss": log_loss(y3, q),
+        "auc:VIRAL": roc_auc_score(y3 == 2, q[:, 2]),
+        "recall:BACTERIAL": recall_score(y3 == 1, q.argmax(1) == 1),
+    }
+    for m, value in expected.items():
+        assert score(mc, m) == pytest.approx(value), m
+    assert score(mc, "roc_auc") == pytest.approx(expected["roc_auc_macro"])  # the alias
+    t = (rng.random((60, 3)) < 0.5).astype(float)
+    t[::4, 1] = np.nan
+    pl = rng.random((60, 3))
+    rows = {**_base(60), "targets": t, "probabilities": pl, "predictions": (pl >= 0.5) * 1}
+    ml = _record("l", rows, MULTILABEL)
+    known = np.isfinite(t[:, 1])
+    assert score(ml, "auc:Effusion") == pytest.approx(roc_auc_score(t[known, 1], pl[known, 1]))
+    assert score(ml, "sensitivity:Effusion") == pytest.approx(
+        recall_score(t[known, 1], pl[known, 1] >= 0.5)
+    )
+
+
+@pytest.mark.parametrize("task", [BINARY, MULTICLASS, MULTILABEL], ids=lambda t: t.kind)
+def test_an_unknown_metric_is_one_line_naming_the_task_s(task: Task) -> None:
+    with pytest.raises(XrayError) as exc:
+        check_metric(task, "balanced_acc")
+    message = str(exc.value)
+    assert "\n" not in message and task.kind in message
+    assert all(m in message for m in task.table_metrics)
+    with pytest.raises(XrayError, match="not defined"):
+        check_metric(task, "auc:NoSuchFinding")
+    check_metric(task, task.primary_metric)
+
+
+@pytest.mark.parametrize("task", [BINARY, MULTICLASS, MULTILABEL], ids=lambda t: t.kind)
+def test_the_bootstrap_is_paired_the_same_resamples_for_both_arms(task: Task) -> None:
+    """A run compared with itself: every resampled difference is 0, interval [0, 0], p = 1."""
+    rng = np.random.default_rng(6)
+    y = (
+        (rng.random((40, 3)) < 0.5).astype(float)
+        if task.multilabel
+        else np.arange(40) % (2 if task.binary else 3)
+    )
+    run = _task_run(task, y, 0.3, rng)
+    res = compare_pair([run], [run], task.primary_metric, n_boot=100)
+    assert res.diff == 0 and (res.lo, res.hi) == (0, 0) and res.n_skipped == 0
+    if not task.binary:
+        assert res.p_value == 1
+
+
+def _sklearn_primary(task: Task, y: np.ndarray, p: np.ndarray) -> float:
+    """The task's primary metric by scikit-learn on rows (repeated rows = bootstrap weights);
+    NaN where a class or finding of the test set is missing."""
+    try:
+        if task.binary:
+            return float(roc_auc_score(y, p))
+        if task.multiclass:
+            return float(roc_auc_score(y, p, multi_class="ovr", labels=[0, 1, 2]))
+    except ValueError:
+        return float("nan")
+    aucs = []
+    for j in range(y.shape[1]):
+        known = np.isfinite(y[:, j])
+        if np.unique(y[known, j]).size < 2:
+            return float("nan")
+        aucs.append(roc_auc_score(y[known, j], p[known, j]))
+    return float(np.mean(aucs))
+
+
+@pytest.mark.parametrize("task", [BINARY, MULTICLASS, MULTILABEL], ids=lambda t: t.kind)
+def test_the_interval_is_sklearn_on_the_same_patient_resamples_of_both_arms(task: Task) -> None:
+    """Each resample draws whole patients once for both arms (engine.weight_blocks from the
+    study's seed): the interval is the percentile interval of sklearn's differences on them."""
+    from featurestore.compare import weight_blocks
+
+    rng = np.random.default_rng(7)
+    n = 30
+    if task.multilabel:
+        y = (rng.random((n, 3)) < 0.5).astype(float)
+        y[::6, 2] = np.nan
+    else:
+        y = np.arange(n) % (2 if task.binary else 3)
+    a, b = _task_run(task, y, 0.5, rng), _task_run(task, y, 0.2, rng)
+    res = compare_pair([a], [b], task.primary_metric, n_boot=60, seed=3)
+    col = "probability" if task.binary else "probabilities"
+    pa, pb = a.predictions[col], b.predictions[col]
+    diffs = []
+    for _, w in weight_blocks(n, a.predictions["patient"], 60, 3):
+        for row in w.astype(int):
+            take = np.repeat(np.arange(n), row)
+            diffs.append(
+                _sklearn_primary(task, y[take], pa[take])
+                - _sklearn_primary(task, y[take], pb[take])
+            )
+    valid = np.asarray(diffs)[np.isfinite(diffs)]
+    assert res.n_skipped == 60 - valid.size
+    assert (res.lo, res.hi) == pytest.approx(tuple(np.quantile(valid, [0.025, 0.975])))
+
+
+@pytest.mark.parametrize("task", [BINARY, MULTICLASS, MULTILABEL], ids=lambda t: t.kind)
+def test_the_metric_names_are_the_engine_s(task: Task) -> None:
+    """Every name a question may take is a key the engine's kernel gives, and back."""
+    from featurestore.compare import decisions, kernel, point_estimates, test_arrays
+
+    rng = np.random.default_rng(8)
+    y = (
+        (rng.random((20, 3)) < 0.5).astype(float)
+        if task.multilabel
+        else np.arange(20) % (2 if task.binary else 3)
+    )
+    run = _task_run(task, y, 0.5, rng)
+    arrays = test_arrays(run, task)
+    keys = point_estimates(kernel(task, arrays, decisions(task, run)[0]), arrays.n)
+    engine_names = {m if c is None else f"{m}:{c}" for m, c in keys}
+    assert set(metric_names(task)) == engine_names
