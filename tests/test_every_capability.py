@@ -101,10 +101,10 @@ def test_every_capability_runs_for_the_task(task: str, tmp_path: Path) -> None:
         by_run, sort_keys=True
     ).count("prob")
     # evaluate on "another" dataset (the same files: the pipeline, not a result), recalibrated
-    # on 4 local patients; the run's label scheme is applied by itself.
+    # on 2 local patients; the run's label scheme is applied by itself.
     _ok(["evaluate", "--run", str(run), "--data", str(data), "--bootstrap", "100",
          "--out", str(tmp_path / "evaluations")])  # fmt: skip
     _ok(["evaluate", "--run", str(run), "--data", str(data), "--bootstrap", "100",
-         "--recalibrate", "4", "--out", str(tmp_path / "evaluations-recal")])  # fmt: skip
+         "--recalibrate", "2", "--out", str(tmp_path / "evaluations-recal")])  # fmt: skip
     # Grad-CAM of one image.
     _ok(["explain", "--run", str(run), image, "--out", str(tmp_path / "cam")])
