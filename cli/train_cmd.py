@@ -213,6 +213,14 @@ def _report_multiclass(summaries: Sequence[RunSummary], *, as_json: bool) -> Non
         console.print(f"run folder: [bold]{s.path}[/]", highlight=False)
 
 
+VerboseFlag = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        help="Print every epoch's line (train and val loss, accuracy, F1, AUC), not only "
+        "the live progress line and the summary (or set XRAY_VERBOSE=1).",
+    ),
+]
 _HEAD = FitHeadConfig()
 _FT = FinetuneConfig()
 
@@ -290,14 +298,7 @@ def fit_head(
     as_json: JsonFlag = False,
     labels: LabelsOpt = LabelScheme(_HEAD.labels),
     uncertain: UncertainOpt = Uncertain(_HEAD.uncertain),
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            "--verbose",
-            help="Print every epoch's line (train and val loss, accuracy, F1, AUC), not only "
-            "the live progress line and the summary (or set XRAY_VERBOSE=1).",
-        ),
-    ] = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Stage 2: train a head on cached features, one run folder per feature store.
 
@@ -416,14 +417,7 @@ def finetune(
         Path, typer.Option("--cache", help="xray's cache folder (its .pixels: decoded images).")
     ] = DEFAULT_CACHE,
     pixel_cache_gb: PixelCacheOpt = _FT.pixel_cache_gb,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            "--verbose",
-            help="Print every epoch's line (train and val loss, accuracy, F1, AUC), not only "
-            "the live progress line and the summary (or set XRAY_VERBOSE=1).",
-        ),
-    ] = False,
+    verbose: VerboseFlag = False,
 ) -> None:
     """Fine-tune a backbone end to end on streamed images, through the same trainer.
 

@@ -29,6 +29,17 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    """The module a `from ... import` names, relative imports resolved against `package`."""
+    base = node.module or ""
+    if node.level:
+        anchor = package
+        for _ in range(node.level - 1):
+            anchor = anchor.rpartition(".")[0]
+        base = f"{anchor}.{base}" if base else anchor
+    return base
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the featurestore modules it imports at run time (any depth, lazy imports too).
 
@@ -51,12 +62,7 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names if a.name in modules)
             elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package
-                    for _ in range(node.level - 1):
-                        anchor = anchor.rpartition(".")[0]
-                    base = f"{anchor}.{base}" if base else anchor
+                base = _absolute(node, package)
                 if base.startswith("featurestore"):
                     for alias in node.names:
                         full = f"{base}.{alias.name}"
@@ -119,13 +125,7 @@ def package_edges() -> dict[tuple[str, str], list[str]]:
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package
-                    for _ in range(node.level - 1):
-                        anchor = anchor.rpartition(".")[0]
-                    base = f"{anchor}.{base}" if base else anchor
-                targets = [base]
+                targets = [_absolute(node, package)]
             for target in targets:
                 if target.startswith("featurestore.") and not target.startswith("featurestore.cli"):
                     key = (_layer(name), _layer(target))

@@ -20,7 +20,6 @@ from featurestore.compare.analysis import (
     compare_runs,
     replicate_interval,
     runs_task,
-    units_per_class,
 )
 from featurestore.compare.bootstrap import (
     BOOT_METRICS,
@@ -237,7 +236,6 @@ __all__ = [
     "test_arrays",
     "test_set_line",
     "threshold_cell",
-    "units_per_class",
     "weight_blocks",
     "write_report",
 ]

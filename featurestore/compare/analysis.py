@@ -93,11 +93,6 @@ def replicate_interval(
     return Interval(float(estimate), float(lo), float(hi), n_undefined, n_boot, reliable)
 
 
-def units_per_class(labels: np.ndarray, units: np.ndarray, n_classes: int) -> list[int]:
-    """Distinct units (patients or images) holding each class: labels (N,), units (N,)."""
-    return [len(set(units[labels == k].tolist())) for k in range(n_classes)]
-
-
 @dataclass(frozen=True)
 class RunRow:
     """One run of the comparison: identity, cost and test metrics with intervals."""
