@@ -90,6 +90,18 @@ def _part(key: str, value: Any) -> str:
     return f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
 
 
+def _chosen_member(config: dict[str, Any]) -> str:
+    """` [chose linear lr=0.01 wd=0]` for a sweep run (config.json's head, lr and weight decay
+    are the chosen member's), "" for any other run: the label says which member won."""
+    if not isinstance(config.get("sweep"), dict):
+        return ""
+    lr, wd = config.get("lr"), config.get("weight_decay")
+    parts = [str(config.get("head"))]
+    parts += [f"lr={lr:g}"] if isinstance(lr, int | float) else []
+    parts += [f"wd={wd:g}"] if isinstance(wd, int | float) else []
+    return f" [chose {' '.join(parts)}]"
+
+
 def _base(settings: dict[str, Any]) -> str:
     """`resnet50 frozen/linear`, `densenet121 finetune`, `resnet18 finetune/freeze=layer2`;
     an evaluation on another dataset always says which: `resnet50 frozen/linear on site_b`."""
@@ -108,8 +120,9 @@ def run_labels(
 
     A label is `model mode[/head]`, then, among the runs sharing that start, each setting
     that differs (image size, weights, learning rate, ...: `64px`, `lr=0.01`) and the seed
-    when seeds differ; runs still alike (the same command run twice) get their folder name.
-    The configuration label is the label without the seed: what a seed group is called.
+    when seeds differ; a sweep run adds the member it chose (`[chose linear lr=0.01 wd=0]`);
+    runs still alike (the same command run twice) get their folder name. The configuration
+    label is the label without the seed (and the chosen member): what a seed group is called.
     """
     settings = [run_settings(c) for c in configs]
     seeds = [int(c.get("seed", 0)) for c in configs]
@@ -132,6 +145,7 @@ def run_labels(
             parts = [_part(k, settings[i][k]) for k in shown if k in settings[i]]
             config_labels[i] = " ".join([base, *parts])
             labels[i] = config_labels[i] + (f" s{seeds[i]}" if with_seed else "")
+            labels[i] += _chosen_member(configs[i])
     for label in set(labels):
         same = [i for i, x in enumerate(labels) if x == label]
         if len(same) > 1:

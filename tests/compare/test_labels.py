@@ -60,3 +60,16 @@ def test_settings_ignore_bookkeeping_and_keep_store_settings() -> None:
     s = run_settings(frozen(64))
     assert s["image_size"] == 64 and s["weights"] == "imagenet" and s["dtype"] == "float16"
     assert "versions" not in s and "trainable_params" not in s and "seed" not in s
+
+
+def test_a_sweep_run_says_which_member_it_chose_and_its_seeds_still_group() -> None:
+    sweep = {"members": 9, "chosen_member": 4}
+    a = frozen(seed=0, lr=0.01, weight_decay=0.0, sweep=sweep)
+    b = frozen(seed=1, lr=0.001, weight_decay=1e-4, sweep=sweep)
+    labels, config_labels = run_labels([a, b], ["a", "b"])
+    assert labels == [
+        "densenet121 frozen/sweep s0 [chose linear lr=0.01 wd=0]",
+        "densenet121 frozen/sweep s1 [chose linear lr=0.001 wd=0.0001]",
+    ]
+    assert config_labels == ["densenet121 frozen/sweep"] * 2
+    assert seed_groups([a, b])[0] == [[0, 1]]
