@@ -189,7 +189,10 @@ def render_markdown(report: StudyReport) -> str:
         f"{h['n_boot']} resamples (seed {h['bootstrap_seed']}), alpha {h['alpha']:g}."
     )
     if h["random_init"]:
-        out += ["", "**RANDOM-INIT BACKBONES in some arms: a pipeline check, not a result.**"]
+        out += [
+            "",
+            "**RANDOM-INIT BACKBONES (weights none) in this study: a pipeline check only.**",
+        ]
     family = len(report.answers)
     out += ["", f"## Questions (declared before the results; Holm over {family})", ""]
     if not report.answers:

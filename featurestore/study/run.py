@@ -139,7 +139,7 @@ def run_study_file(
     store_paths: dict[str, Path] = {}
     if plan.random_init:
         say(
-            "Some arms use RANDOMLY INITIALISED backbones (weights none): the study checks "
+            "This study uses RANDOMLY INITIALISED backbones (weights none): the study checks "
             "the pipeline end to end; its numbers say nothing about pretrained transfer."
         )
     for s in plan.stores:
