@@ -37,8 +37,9 @@ def compare(
     runs: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="Run folders, or folders of runs (a study folder from `xray demo`). "
-            "Default: every complete run under --runs, else its newest study folder.",
+            help="Run folders, folders of runs, or study folders (studies/<name> from `xray "
+            "demo` / `xray study run`). Default: every complete run under --runs, else the "
+            "newest study's runs.",
             show_default=False,
         ),
     ] = None,

@@ -441,26 +441,38 @@ def list_runs(runs_dir: Path) -> list[Path]:
     return sorted(p for p in runs_dir.iterdir() if is_complete_run(p))
 
 
-def find_runs(paths: Sequence[Path], runs_dir: Path) -> tuple[list[Path], str | None]:
+STUDIES_DIR = Path("studies")
+"""Where `xray study run` and `xray demo` keep study folders (each with its runs in `runs/`)."""
+
+
+def find_runs(
+    paths: Sequence[Path], runs_dir: Path, *, studies_dir: Path = STUDIES_DIR
+) -> tuple[list[Path], str | None]:
     """The run folders to compare, and a note saying where they were found (or None).
 
-    Each given path is a run folder, or a folder of runs (a study folder that `xray demo`
-    writes, `runs/study-<time>/`): its complete runs are taken. With no paths, the complete
-    runs directly under `runs_dir`; if there are none, those of its newest study folder.
-    A path that is neither is returned as it is, for `load_run` to refuse with the reason.
+    Each given path is a run folder, or a folder of runs, or a study folder (`studies/<name>/`,
+    whose runs are in its `runs/`): its complete runs are taken. With no paths, the complete
+    runs directly under `runs_dir`; if there are none, those of the newest study: a folder of
+    runs under `runs_dir`, or `studies_dir/<name>/runs`. A path that is neither is returned as
+    it is, for `load_run` to refuse with the reason.
     """
     if paths:
         out: list[Path] = []
         for p in map(Path, paths):
             inner = [] if is_complete_run(p) or not p.is_dir() else list_runs(p)
+            if not inner and (p / "runs").is_dir():
+                inner = list_runs(p / "runs")
             out += inner or [p]
         return out, None
     direct = list_runs(runs_dir)
-    if direct or not runs_dir.is_dir():
+    if direct:
         return direct, None
-    studies = sorted(p for p in runs_dir.iterdir() if p.is_dir() and list_runs(p))
+    studies = [p for p in runs_dir.iterdir() if p.is_dir() and list_runs(p)] if runs_dir.is_dir() else []
+    if studies_dir.is_dir():
+        studies += [p / "runs" for p in studies_dir.iterdir() if list_runs(p / "runs")]
     if not studies:
         return [], None
+    studies.sort(key=lambda p: (p.stat().st_mtime, str(p)))
     newest = studies[-1]
     others = f"; {len(studies) - 1} older, pass one to compare it" if len(studies) > 1 else ""
     return list_runs(newest), f"comparing the runs of {newest} (the newest study{others})"

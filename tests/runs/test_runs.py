@@ -26,6 +26,7 @@ from featurestore.models import build_head
 from featurestore.runs import (
     HISTORY_COLUMNS,
     PREDICTION_COLUMNS,
+    find_runs,
     inprogress_dir,
     list_runs,
     load_run,
@@ -259,3 +260,20 @@ def _write_at_once(runs: Path, doc: dict, result: FitResult, k: int, barrier, ou
         out.put(str(path))
     except BaseException as exc:
         out.put(f"error {type(exc).__name__}: {exc}")
+
+
+def test_compare_finds_the_newest_study_when_runs_is_empty(tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
+    """After `xray demo` (runs in studies/demo/runs), a bare `xray compare` finds them, and a
+    study folder passed as an argument gives its runs."""
+    import os
+
+    result, doc = trained
+    kw = {"model": "toy", "mode": "frozen", "config": doc, "result": result, "plots": False}
+    old = write_run(tmp_path / "studies" / "old" / "runs", when=WHEN, **kw)
+    new = write_run(tmp_path / "studies" / "demo" / "runs", when=WHEN, **kw)
+    os.utime(tmp_path / "studies" / "old" / "runs", (1, 1))  # older
+    runs_dir, studies = tmp_path / "runs", tmp_path / "studies"
+    found, note = find_runs([], runs_dir, studies_dir=studies)
+    assert found == [new] and note is not None and "demo" in note and "1 older" in note
+    assert find_runs([studies / "old"], runs_dir, studies_dir=studies)[0] == [old]
+    assert find_runs([], runs_dir, studies_dir=tmp_path / "none") == ([], None)
