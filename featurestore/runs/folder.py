@@ -146,15 +146,31 @@ TRAIN_SUBSET_FILE = "train_subset.csv"
 
 
 def write_train_subset(
-    path: Path, keys: Sequence[str], groups: Sequence[str], labels: Sequence[int]
+    path: Path,
+    keys: Sequence[str],
+    groups: Sequence[str],
+    labels: Sequence[Any],
+    *,
+    findings: Sequence[str] | None = None,
 ) -> None:
     """train_subset.csv: the train images a label-efficiency run used, so nesting and patient
-    disjointness from val/test (predictions.csv) can be checked from the run folders alone."""
+    disjointness from val/test (predictions.csv) can be checked from the run folders alone.
+
+    Single-label: `key, patient, label` (class index). Multi-label (`findings` given, `labels`
+    (N, L) targets of 1/0/NaN): `key, patient, y_<finding>...`, empty where masked; there is
+    no single class to write.
+    """
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(("key", "patient", "label"))
-        for key, group, label in zip(keys, groups, labels, strict=True):
-            writer.writerow([key, group, int(label)])
+        if findings is None:
+            writer.writerow(("key", "patient", "label"))
+            for key, group, label in zip(keys, groups, labels, strict=True):
+                writer.writerow([key, group, int(label)])
+            return
+        writer.writerow(("key", "patient", *(f"y_{name}" for name in findings)))
+        for key, group, row in zip(keys, groups, labels, strict=True):
+            cells = ["" if v != v else int(v) for v in map(float, row)]  # NaN: masked
+            writer.writerow([key, group, *cells])
 
 
 def prob_column(class_name: str) -> str:

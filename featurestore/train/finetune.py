@@ -201,8 +201,11 @@ def finetune(
     train = manifest.split("train")
 
     def subset_file(folder: Path) -> None:
+        multilabel = manifest.task == "multilabel"
+        labels = [r.targets if multilabel else r.label for r in train]
         write_train_subset(folder / TRAIN_SUBSET_FILE, [r.key for r in train],
-                           [r.group for r in train], [r.label for r in train])  # fmt: skip
+                           [r.group for r in train], labels,
+                           findings=manifest.class_names if multilabel else None)  # fmt: skip
 
     def write() -> Path:
         path = write_run(runs_dir, model=folder_model, mode="finetune", config=doc, result=result,

@@ -8,8 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from featurestore.config import FitHeadConfig, SweepConfig, TrainConfig, seeded
 from featurestore.data import SPLITS
 from featurestore.errors import XrayError
@@ -406,15 +404,13 @@ def _fit_head(
     )
     if subset:
         keys, groups, labels = source.records("train")
-        if labels.ndim == 2:
-            # Multi-label: train_subset.csv's label column is the records' class label, 0 for
-            # every multi-label image (as finetune writes it); the findings drawn are in
-            # config.json's subset_positives.
-            labels = np.zeros(len(keys), dtype=np.int64)
+        # Multi-label: (N, L) targets, one column per finding.
+        findings = source.class_names if labels.ndim == 2 else None
         files = write_extra
 
         def write_extra_files(folder: Path) -> None:
-            write_train_subset(folder / TRAIN_SUBSET_FILE, keys, groups, labels.tolist())
+            write_train_subset(folder / TRAIN_SUBSET_FILE, keys, groups, labels.tolist(),
+                               findings=findings)  # fmt: skip
             if files is not None:
                 files(folder)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from conftest import write_tiny_multilabel
 
 from featurestore.config import SweepConfig
-from featurestore.runs import load_run
+from featurestore.runs import TRAIN_SUBSET_FILE, load_run
 from featurestore.train import TrainConfig, fit_heads
 
 HEAD = TrainConfig(epochs=2, batch_size=8, patience=2, device="cpu")
@@ -44,6 +45,14 @@ def test_multilabel_subsets_train_and_record_what_was_drawn(multilabel_env, tmp_
         assert all(v >= 1 for v in cfg["subset_positives"].values())
         assert cfg["subset_notes"] == [] and cfg["subset_rule"].startswith("multi-label")
         assert cfg["train_images"] < len(train.keys)
+        # train_subset.csv holds each image's findings (empty where masked), not a class.
+        with (s.path / TRAIN_SUBSET_FILE).open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == cfg["train_images"] and "label" not in rows[0]
+        for name in ("Blob", "Band"):
+            positives = sum(r[f"y_{name}"] == "1" for r in rows)
+            assert positives == cfg["subset_positives"][name]
+            assert {r[f"y_{name}"] for r in rows} <= {"0", "1", ""}
     assert set(tags) == {"f0.25", "k2"}
     # 24 train patients: a quarter is 6 whole patients of two images each.
     assert tags["f0.25"]["train_patients"] == 6 and tags["f0.25"]["train_images"] == 12
