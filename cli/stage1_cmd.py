@@ -145,7 +145,7 @@ def extract(
     * `torchrun --standalone --nproc-per-node 4 $(which xray) extract --model resnet50`
     """
     from featurestore import distributed
-    from featurestore.data import load_manifest
+    from featurestore.data import load_manifest, synth_label_hint
     from featurestore.models import get_spec
     from featurestore.progress import make_progress
     from featurestore.store import extract_features
@@ -156,6 +156,9 @@ def extract(
             err_console.quiet = True  # rank 0 speaks for all: every rank's errors reach it
         # Rank 0 alone may generate the default dataset; the others then read it.
         path = distributed.on_main(lambda: resolve_data(data))
+        hint = synth_label_hint(path, labels.value)
+        if hint is not None:
+            notice(hint)
         manifest = load_manifest(path, labels=labels.value, uncertain=uncertain.value)
         result = extract_features(
             manifest,

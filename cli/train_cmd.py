@@ -475,6 +475,11 @@ def finetune(
         if launch is not None and launch.rank != 0:
             err_console.quiet = True  # rank 0 speaks for all: every rank's errors reach it
         path = distributed.on_main(lambda: resolve_data(data))  # rank 0 may generate it
+        from featurestore.data import synth_label_hint
+
+        hint = synth_label_hint(path, str(given["labels"]))
+        if hint is not None:
+            notice(hint)
         for cfg in seeded(config, seeds):
             for fraction, k in subsets:
                 summaries.append(run_finetune(

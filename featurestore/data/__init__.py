@@ -109,6 +109,7 @@ from featurestore.data.synth import (
     SUBTLE_STRENGTH,
     CLEAR_STRENGTH,
     MARKER,
+    synth_label_hint,
     CLASSES,
     SYNTH_TASKS,
     SYNTH_OPACITY,
@@ -122,6 +123,7 @@ from featurestore.data.synth import (
 from featurestore.data.subsets import MULTILABEL_FRACTION_RULE
 
 __all__ = [
+    "synth_label_hint",
     "MULTILABEL_FRACTION_RULE",
     "DEFAULT_PIXEL_CACHE_GB",
     "PIXELS_FOLDER",

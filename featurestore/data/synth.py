@@ -374,3 +374,22 @@ def generate_synthetic(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return SynthSummary(out_dir, counts, {s: len(g) for s, g in groups.items()})
+
+
+def synth_label_hint(data: Path, labels: str) -> str | None:
+    """A note when a built-in three-class set (`xray data synth --task multiclass`, its
+    NORMAL/PNEUMONIA folders named by pneumonia kind) is read as given, i.e. as binary; None
+    otherwise (any other data, or `--labels kermany3`)."""
+    marker = Path(data) / MARKER
+    if labels != "as-given" or not marker.is_file():
+        return None
+    try:
+        task = json.loads(marker.read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if task != "multiclass":
+        return None
+    return (
+        f"{data} is the built-in three-class set, read as given: binary NORMAL vs PNEUMONIA; "
+        "pass --labels kermany3 for its three classes (NORMAL, BACTERIAL, VIRAL)"
+    )

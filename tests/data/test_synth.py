@@ -359,3 +359,18 @@ def test_multilabel_set_reads_with_the_default_uncertain_policy(tmp_path: Path) 
     assert any(r[f] == "-1" for r in rows for f in SYNTH_FINDINGS)  # still some uncertain
     m = load_manifest(summary.root / "labels.csv", val_min=0)  # the defaults: ignore
     assert len(m.records) == len(rows)
+
+
+def test_the_three_class_set_read_as_given_says_how_to_read_its_classes(tmp_path: Path) -> None:
+    """`xray data synth --task multiclass` writes NORMAL/PNEUMONIA folders named by kind: read
+    as given it is binary, and extract/finetune say so and name --labels kermany3."""
+    from featurestore.data import synth_label_hint
+
+    three, two = tmp_path / "mc", tmp_path / "bin"
+    generate_synthetic(three, task="multiclass", patients=12, seed=0, max_side=64, min_side=48)
+    generate_synthetic(two, patients=12, seed=0, max_side=64, min_side=48)
+    hint = synth_label_hint(three, "as-given")
+    assert hint is not None and "--labels kermany3" in hint
+    assert synth_label_hint(three, "kermany3") is None
+    assert synth_label_hint(two, "as-given") is None
+    assert synth_label_hint(tmp_path, "as-given") is None  # no marker: not a built-in set
