@@ -142,14 +142,6 @@ def compare(
     render_comparison(cmp, as_json=as_json, report=report)
 
 
-# The terminal's headline columns per task (loss is in the compute table; the report has all).
-CONSOLE_METRICS = {
-    "binary": ("accuracy", "f1_macro", "sensitivity", "specificity", "roc_auc"),
-    "multiclass": ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro"),
-    "multilabel": ("roc_auc_macro",),
-}
-
-
 def fmt_short(iv: Interval) -> str:
     """`0.912` over `[0.887,0.934]` (stacked, so a column stays narrow); `-` where undefined,
     `†` after an unreliable interval."""
@@ -212,7 +204,7 @@ def render_comparison(
     for note in cmp.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     task = cmp.task
-    shown = CONSOLE_METRICS[task.kind]
+    shown = [m for m in task.table_metrics if m != "loss"]  # the loss: in the compute table
     first = cmp.decisions[0].name
     b = cmp.baseline
     base = f"majority ({b['majority_class']})" if b.get("majority_class") else "prevalence rule"

@@ -211,7 +211,7 @@ def demo(
         bool,
         typer.Option(
             "--sweeps/--no-sweeps",
-            help="Also a head sweep and a label-efficiency curve per backbone (binary data).",
+            help="Also a head sweep and a label-efficiency curve per backbone.",
         ),
     ] = _STUDY.sweeps,
     cache: CacheDir = DEFAULT_CACHE,
@@ -228,8 +228,8 @@ def demo(
 
     This runs the study file `xray study show demo` prints (each option edits it; the file
     run is kept as studies/demo/study.toml): the declared questions first (Holm over them
-    only), then the table of arms, then the other pairs, marked as not corrected for. On
-    binary data each frozen backbone also gets a head sweep (9 linear heads in one module)
+    only), then the table of arms, then the other pairs, marked as not corrected for. Each
+    frozen backbone also gets a head sweep (9 linear heads in one module)
     and a label-efficiency curve on quarter and half of the train patients (`--no-sweeps`
     leaves them out). A second `xray demo` retrains nothing. At the end: the same study as
     step-by-step commands.

@@ -234,6 +234,8 @@ class Comparison:
     records: list[RunRecord] = field(default_factory=list, repr=False)
     external: list[dict[str, Any]] = field(default_factory=list)
     """Summaries of these runs' evaluations on other datasets (`xray evaluate`)."""
+    tests: list[TestArrays] = field(default_factory=list, repr=False)
+    """Each run's test arrays (`engine.test_arrays`), in `records` order."""
     dataset: dict[str, Any] = field(default_factory=dict)
     """name, path, fingerprint, images per split and class, synthetic (verdict.describe_dataset)."""
     warnings: list[str] = field(default_factory=list)
@@ -247,6 +249,8 @@ class Comparison:
 
     def arrays(self, index: int) -> TestArrays:
         """The test arrays of run `index`, in key order."""
+        if self.tests:
+            return self.tests[index]
         return engine.test_arrays(self.records[index], self.task)
 
     def as_dict(self) -> dict[str, Any]:
@@ -270,12 +274,17 @@ class Comparison:
 
 
 def runs_task(paths: Sequence[Path]) -> Task:
-    """The one task of the runs, from their config.json (`Task.from_record`).
+    """The one task of the run folders, from their config.json (`Task.from_record`).
 
     Raises XrayError when the runs mix tasks or label sets (compare runs of one task at a
     time), or when a folder is not a readable run.
     """
-    tasks = [load_run(Path(p)).task for p in paths]
+    return records_task([load_run(Path(p)) for p in paths])
+
+
+def records_task(records: Sequence[RunRecord]) -> Task:
+    """The one task of loaded runs; XrayError when they mix tasks or label sets, or are none."""
+    tasks = [r.task for r in records]
     if not tasks:
         raise XrayError("no runs to compare: train some with `xray fit-head` or `xray finetune`")
     kinds = sorted({t.kind for t in tasks})
@@ -283,11 +292,11 @@ def runs_task(paths: Sequence[Path]) -> Task:
         raise XrayError(
             f"the runs mix tasks ({', '.join(kinds)}): compare runs of one task at a time"
         )
-    for t, p in zip(tasks[1:], paths[1:], strict=True):
+    for t, r in zip(tasks[1:], records[1:], strict=True):
         if t.class_names != tasks[0].class_names:
             raise XrayError(
-                f"{Path(p).name} has {t.unit_noun} names {', '.join(t.class_names)}, "
-                f"{Path(paths[0]).name} has {', '.join(tasks[0].class_names)}: compare runs "
+                f"{r.name} has {t.unit_noun} names {', '.join(t.class_names)}, "
+                f"{records[0].name} has {', '.join(tasks[0].class_names)}: compare runs "
                 "of one label set"
             )
     return tasks[0]
@@ -312,11 +321,12 @@ def compare_runs(
     if not paths:
         raise XrayError("no runs to compare: train some with `xray fit-head` or `xray finetune`")
     records = [load_run(Path(p)) for p in paths]
-    task = runs_task(paths)
-    notes: list[str] = []
-    same_test = _check_same_test_set(records, task, allow=config.allow_different_test, notes=notes)
-    labels, config_labels = run_labels([r.config for r in records], [r.name for r in records])
+    task = records_task(records)
     arrays = [engine.test_arrays(r, task) for r in records]
+    notes: list[str] = []
+    same_test = _check_same_test_set(records, arrays, task, allow=config.allow_different_test,
+                                     notes=notes)  # fmt: skip
+    labels, config_labels = run_labels([r.config for r in records], [r.name for r in records])
     patients = config.resample == "patients"
     scored = [
         _run_row(r, a, task, config, label, config_label, a.groups if patients else None)
@@ -356,6 +366,7 @@ def compare_runs(
         records,
         dataset=dataset,
         warnings=data_warnings(rows, dataset),
+        tests=arrays,
     )
     cmp.verdict = make_verdict(cmp)
     if evaluations is not None:
@@ -366,12 +377,16 @@ def compare_runs(
 
 
 def _check_same_test_set(
-    records: list[RunRecord], task: Task, *, allow: bool, notes: list[str]
+    records: list[RunRecord],
+    arrays: list[TestArrays],
+    task: Task,
+    *,
+    allow: bool,
+    notes: list[str],
 ) -> bool:
     """True when every run was evaluated on the same test images with the same labels."""
-    ref = engine.test_arrays(records[0], task)
-    for other in records[1:]:
-        arr = engine.test_arrays(other, task)
+    ref = arrays[0]
+    for other, arr in zip(records[1:], arrays[1:], strict=True):
         same = np.array_equal(arr.keys, ref.keys) and np.array_equal(
             arr.labels, ref.labels, equal_nan=task.multilabel
         )
@@ -405,7 +420,8 @@ def _run_row(
     per_class: dict[str, dict[str, Interval]] = {}
     reps_by_decision: dict[str, dict[MetricKey, np.ndarray]] = {}
     first: dict[MetricKey, Interval] = {}
-    for d in engine.decisions(task, record):
+    rules = engine.decisions(task, record)
+    for d in rules:
         score = engine.kernel(task, arrays, d)
         point = engine.point_estimates(score, arrays.n)
         reps = engine.replicates(score, arrays.n, groups=groups, n_boot=config.n_boot,
@@ -429,7 +445,7 @@ def _run_row(
             for (m, c), iv in intervals.items():
                 if c is not None:
                     per_class.setdefault(c, {})[m] = iv
-    d0 = engine.decisions(task, record)[0]
+    d0 = rules[0]
     cfg, met = record.config, record.metrics
     store = cfg.get("store") or {}
     logreg = cfg.get("head") == "logreg" and "logreg_C" in cfg
@@ -468,14 +484,11 @@ def _run_row(
 
 
 def _confusion(task: Task, arrays: TestArrays, decision: Decision) -> list[list[int]] | None:
-    """Rows true, columns predicted (binary: negative class first)."""
-    if task.multilabel:
+    """Rows true, columns predicted (binary: negative class first); None for multi-label."""
+    pred = engine.predicted(task, arrays, decision)
+    if pred is None:
         return None
-    if task.binary:
-        pred = (arrays.scores >= float(decision.thresholds)).astype(np.int64)  # type: ignore[arg-type]
-        y, k = arrays.labels, 2
-    else:
-        pred, y, k = np.asarray(arrays.scores).argmax(1), arrays.labels, task.n_outputs
+    y, k = arrays.labels, 2 if task.binary else task.n_outputs
     return [[int(np.sum((y == t) & (pred == q))) for q in range(k)] for t in range(k)]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -148,6 +148,26 @@ def _unit_index(n: int, groups: np.ndarray | Sequence[str] | None) -> tuple[np.n
     return inverse, int(inverse.max()) + 1
 
 
+def weight_blocks(
+    n: int, groups: np.ndarray | Sequence[str] | None, n_boot: int, seed: int
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Blocks of bootstrap resamples as (B, N) multiplicity weights, with their slice of 0..n_boot.
+
+    Units (images, or whole patients when `groups` is given) are drawn with replacement, in
+    blocks that bound memory; the same `seed`, `n` and groups give the same resamples, so
+    every metric and every run scored on them is paired.
+    """
+    rng = np.random.default_rng(seed)
+    unit, n_units = _unit_index(n, groups)
+    rows = max(1, _CHUNK_CELLS // max(n, n_units))
+    for start in range(0, n_boot, rows):
+        b = min(rows, n_boot - start)
+        draws = rng.integers(0, n_units, size=(b, n_units))  # (b, G) unit draws
+        offsets = (np.arange(b) * n_units)[:, None]
+        counts = np.bincount((draws + offsets).ravel(), minlength=b * n_units)
+        yield slice(start, start + b), counts.reshape(b, n_units)[:, unit].astype(np.float64)
+
+
 def _replicates(
     metrics_and_scores: Sequence[tuple[Callable[[np.ndarray, np.ndarray], float], np.ndarray]],
     y: np.ndarray,
@@ -155,26 +175,17 @@ def _replicates(
     n_boot: int,
     seed: int,
 ) -> np.ndarray:
-    """(K, B) metric k on scores k for each of B resamples (the same resamples for every k);
-    NaN where undefined. Units (images or whole patients) are drawn with replacement; a
-    resample is a (B, N) matrix of multiplicities, built in blocks to bound memory."""
-    rng = np.random.default_rng(seed)
-    unit, n_units = _unit_index(y.size, groups)
-    rows = max(1, _CHUNK_CELLS // max(y.size, n_units))
+    """(K, B) metric k on scores k for each of B resamples (the same resamples for every k,
+    `weight_blocks`); NaN where undefined."""
     index = np.arange(y.size)
     out = np.empty((len(metrics_and_scores), n_boot))
-    for start in range(0, n_boot, rows):
-        b = min(rows, n_boot - start)
-        draws = rng.integers(0, n_units, size=(b, n_units))  # (b, G) unit draws
-        offsets = (np.arange(b) * n_units)[:, None]
-        counts = np.bincount((draws + offsets).ravel(), minlength=b * n_units)
-        w = counts.reshape(b, n_units)[:, unit].astype(np.float64)  # (b, N) multiplicities
+    for sl, w in weight_blocks(y.size, groups, n_boot, seed):
         for k, (metric, p) in enumerate(metrics_and_scores):
             if isinstance(metric, WeightedMetric):
-                out[k, start : start + b] = metric.weighted(y, p, w)
+                out[k, sl] = metric.weighted(y, p, w)
             else:  # any other callable (e.g. an sklearn scorer): one call per resample
                 takes = (np.repeat(index, c) for c in w.astype(np.int64))
-                out[k, start : start + b] = [_call(metric, y, p, t) for t in takes]
+                out[k, sl] = [_call(metric, y, p, t) for t in takes]
     return out
 
 

@@ -179,6 +179,12 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return np.asarray(e / e.sum(1, keepdims=True))
 
 
+def top_label(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(correct (N,) 0/1, confidence (N,)): the top-label view of multi-class probabilities
+    (N, C) whose ECE is Guo et al.'s (2017, sec. 2)."""
+    return (probs.argmax(1) == y).astype(np.float64), probs.max(1)
+
+
 def multiclass_nll(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Mean negative log-likelihood of class indices y (N,) under probabilities (N, C)."""
     p = np.asarray(probs, dtype=np.float64)

@@ -13,18 +13,16 @@ resample is a row of multiplicity weights, so a block of resamples is scored at 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from featurestore.compare.bootstrap import BootMetric, _unit_index, _weighted_auc
+from featurestore.compare.bootstrap import BootMetric, _weighted_auc, weight_blocks
 from featurestore.errors import XrayError
 from featurestore.runs import RunRecord
 from featurestore.tasks import Task
-
-_CHUNK_CELLS = 2_000_000  # resamples x images per block, as in compare.bootstrap
 
 MetricKey = tuple[str, str | None]
 """(metric, class or finding name): ("roc_auc", None) is a headline metric, ("auc",
@@ -117,25 +115,6 @@ def decisions(task: Task, record: RunRecord) -> list[Decision]:
         Decision("at_threshold", "validation-chosen threshold", float(point["value"])),
         Decision("at_0.5", "threshold 0.5", 0.5),
     ]
-
-
-def weight_blocks(
-    n: int, groups: np.ndarray | Sequence[str] | None, n_boot: int, seed: int
-) -> Iterator[tuple[slice, np.ndarray]]:
-    """Blocks of bootstrap resamples as (B, N) multiplicity weights, with their slice of 0..n_boot.
-
-    Units (images, or whole patients when `groups` is given) are drawn with replacement; the
-    same `seed`, `n` and groups give the same resamples, so two runs scored on them are paired.
-    """
-    rng = np.random.default_rng(seed)
-    unit, n_units = _unit_index(n, groups)
-    rows = max(1, _CHUNK_CELLS // max(n, n_units))
-    for start in range(0, n_boot, rows):
-        b = min(rows, n_boot - start)
-        draws = rng.integers(0, n_units, size=(b, n_units))
-        offsets = (np.arange(b) * n_units)[:, None]
-        counts = np.bincount((draws + offsets).ravel(), minlength=b * n_units)
-        yield slice(start, start + b), counts.reshape(b, n_units)[:, unit].astype(np.float64)
 
 
 def kernel(task: Task, arrays: TestArrays, decision: Decision) -> Kernel:
@@ -291,20 +270,28 @@ def fewest_units(task: Task, key: MetricKey, arrays: TestArrays, units: np.ndarr
         )
 
     if cls is None:
-        sizes = [min(finding(c)) for c in range(task.n_outputs) if min(finding(c)) > 0]
+        sizes = [n for n in (min(finding(c)) for c in range(task.n_outputs)) if n > 0]
         return min(sizes) if sizes else 0
     pos, neg = finding(task.class_names.index(cls))
     return {"sensitivity": pos, "specificity": neg}.get(metric, min(pos, neg))
 
 
-def correct(task: Task, arrays: TestArrays, decision: Decision) -> np.ndarray | None:
-    """(N,) whether each test image is classified correctly under the decision, the input of
-    McNemar's test; None for a multi-label run (one image holds several decisions)."""
+def predicted(task: Task, arrays: TestArrays, decision: Decision) -> np.ndarray | None:
+    """(N,) the decided class of each test image in `arrays.labels`' coding (binary: 1 for the
+    positive class; multi-class: the argmax); None for a multi-label run (one decision per
+    finding, not one class)."""
     if task.multilabel:
         return None
     if task.multiclass:
-        return np.asarray(arrays.scores).argmax(1) == arrays.labels
-    return (arrays.scores >= float(decision.thresholds)).astype(np.int64) == arrays.labels  # type: ignore[arg-type]
+        return np.asarray(arrays.scores).argmax(1)
+    return (arrays.scores >= float(decision.thresholds)).astype(np.int64)  # type: ignore[arg-type]
+
+
+def correct(task: Task, arrays: TestArrays, decision: Decision) -> np.ndarray | None:
+    """(N,) whether each test image is classified correctly under the decision, the input of
+    McNemar's test; None for a multi-label run (one image holds several decisions)."""
+    pred = predicted(task, arrays, decision)
+    return None if pred is None else pred == arrays.labels
 
 
 def baseline_scores(task: Task, train_counts: np.ndarray, n: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from featurestore.compare.calibration import (
     fit_label_calibration,
     fit_temperature,
     multiclass_nll,
+    top_label,
 )
 from featurestore.compare.external_data import EvaluationResult, Findings, Scores, run_uncertain
 from featurestore.compare.external_stats import (
@@ -61,12 +62,6 @@ def _local(groups: np.ndarray, held: np.ndarray, config: EvaluateConfig) -> dict
         "seed": config.seed,
         "patient_ids": sorted(np.unique(groups[held]).tolist()),
     }
-
-
-def _top_label(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(correct (N,) 0/1, confidence (N,)): the top-label view of multi-class probabilities
-    whose ECE is Guo et al.'s (2017, sec. 2)."""
-    return (probs.argmax(1) == y).astype(np.float64), probs.max(1)
 
 
 def _evaluation_doc(
@@ -194,15 +189,15 @@ def conclude_multiclass(
         m: replicate_difference((point[m], reps[m]), (point_i[m], reps_i[m]), alpha=config.alpha)
         for m in MULTICLASS_DIFFERENCE
     }
-    correct_raw, conf_raw = _top_label(y, p_raw[keep])
-    correct, conf = _top_label(y, p)
+    correct_raw, conf_raw = top_label(y, p_raw[keep])
+    correct, conf = top_label(y, p)
     onehot = (y[:, None] == np.arange(len(names))).astype(np.float64)
     after = calibration.apply(p_raw[keep])
     cal = {
         **calibration.as_dict(),
         "test": {
             "ece_before": expected_calibration_error(correct_raw, conf_raw),
-            "ece_after": expected_calibration_error(*_top_label(y, after)),
+            "ece_after": expected_calibration_error(*top_label(y, after)),
             "nll_before": multiclass_nll(y, p_raw[keep]),
             "nll_after": multiclass_nll(y, after),
         },
@@ -231,7 +226,7 @@ def conclude_multiclass(
 
         curves = {"external (top label)": (correct_raw, conf_raw)}
         if calibration.method != "identity":
-            curves["external, recalibrated"] = _top_label(y, after)
+            curves["external, recalibrated"] = top_label(y, after)
         plot_reliability(curves, folder / "reliability.png")
         plot_roc({c: (y == k, p[:, k]) for k, c in enumerate(names)}, folder / "roc.png")
         plot_confusion(point["confusion_matrix"], names, folder / "confusion.png",
@@ -266,6 +261,19 @@ def _label_ece(targets: np.ndarray, probs: np.ndarray) -> float | None:
     return float(np.mean(eces)) if eces else None
 
 
+def _label_thresholds(
+    names: list[str], targets: np.ndarray, probs: np.ndarray, policy: str, chosen_on: str,
+    source: str,
+) -> dict[str, Any]:  # fmt: skip
+    """metrics.json's `threshold` of a multi-label evaluation: one threshold per finding chosen
+    by `policy` on `chosen_on` (`compare.choose_operating_point`, fallbacks said per finding)."""
+    from featurestore.compare.splits import choose_operating_point
+
+    task = Task.from_classes(names, multilabel=True)
+    record, _ = choose_operating_point(task, targets, probs, policy=policy)
+    return {**record, "chosen_on": chosen_on, "source": source}
+
+
 def conclude_multilabel(
     run: RunRecord,
     task: Task,
@@ -282,11 +290,7 @@ def conclude_multilabel(
     sigmoids in the run's; `findings` matches them by name. Raises XrayError when no image is
     left to evaluate.
     """
-    from featurestore.compare.multilabel import (
-        choose_label_thresholds,
-        evaluate_multilabel_split,
-        label_threshold_fallbacks,
-    )
+    from featurestore.compare.multilabel import evaluate_multilabel_split
     from featurestore.runs import write_evaluation
     from featurestore.runs.folder import prob_column
 
@@ -308,13 +312,15 @@ def conclude_multilabel(
                                     seed=config.seed)  # fmt: skip
         calibration = fit_label_calibration(t_all[held], p_raw[held], names, split="calibration")
         p_used = calibration.apply(p_raw, names)
-        thresholds = choose_label_thresholds(t_all[held], p_used[held], names, policy=policy)
-        fallback = label_threshold_fallbacks(t_all[held], names, policy=policy)
-        threshold: dict[str, Any] = {
-            "policy": policy, "value": None, "per_label": thresholds, "chosen_on": "calibration",
-            "ran": {n: n not in fallback for n in names}, "notes": list(fallback.values()),
-            "source": "the local calibration patients",
-        }  # fmt: skip
+        threshold: dict[str, Any] = _label_thresholds(
+            names,
+            t_all[held],
+            p_used[held],
+            policy,
+            "calibration",
+            "the local calibration patients",
+        )
+        thresholds = threshold["per_label"]
         local = _local(groups, held, config)
         keep = ~held
     elif config.threshold_policy is None:
@@ -328,13 +334,10 @@ def conclude_multilabel(
     else:  # chosen again on the run's own validation predictions, never on this split
         val = run.split_predictions("val")
         y_val, p_val = val["targets"][:, run_index], val["probabilities"][:, run_index]
-        thresholds = choose_label_thresholds(y_val, p_val, names, policy=policy)
-        fallback = label_threshold_fallbacks(y_val, names, policy=policy)
-        threshold = {
-            "policy": policy, "value": None, "per_label": thresholds, "chosen_on": "val",
-            "ran": {n: n not in fallback for n in names}, "notes": list(fallback.values()),
-            "source": f"the validation predictions of {run.name}",
-        }  # fmt: skip
+        threshold = _label_thresholds(
+            names, y_val, p_val, policy, "val", f"the validation predictions of {run.name}"
+        )
+        thresholds = threshold["per_label"]
     cut = np.array([thresholds[n] for n in names])  # (L,)
     rows: list[list[Any]] = []
 

@@ -49,11 +49,6 @@ COLUMN_NOTES = (
     "images); \u2020: unreliable interval (a class the metric needs has fewer than {min_units} "
     "{unit}, or over 1% of resamples were undefined)."
 )
-_TEST_COLUMNS = {
-    "mcnemar": "McNemar",
-    "delong": "DeLong",
-    "auc_difference": "macro AUC A - B (bootstrap)",
-}
 
 
 def write_report(

@@ -115,6 +115,7 @@ def run_calibration(task: Task, scored: dict[str, tuple[np.ndarray, np.ndarray]]
         fit_label_calibration,
         fit_temperature,
         multiclass_nll,
+        top_label,
     )
     from featurestore.compare.metrics import expected_calibration_error
 
@@ -130,14 +131,9 @@ def run_calibration(task: Task, scored: dict[str, tuple[np.ndarray, np.ndarray]]
         out = temperature.as_dict()
         for split, (y, p) in scored.items():
             q = temperature.apply(p)
-
-            def top(probs: np.ndarray, y: np.ndarray = y) -> float:
-                right = (probs.argmax(1) == y).astype(np.float64)
-                return expected_calibration_error(right, probs.max(1))
-
             out[split] = {
-                "ece_before": top(p),
-                "ece_after": top(q),
+                "ece_before": expected_calibration_error(*top_label(y, p)),
+                "ece_after": expected_calibration_error(*top_label(y, q)),
                 "nll_before": multiclass_nll(y, p),
                 "nll_after": multiclass_nll(y, q),
             }

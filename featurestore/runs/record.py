@@ -29,7 +29,8 @@ class RunSummary:
     mode: str
     head: str
     threshold: float
-    """The validation-chosen threshold (binary); NaN for a multi-class run (argmax)."""
+    """The validation-chosen threshold (binary); NaN for a multi-class run (argmax) and a
+    multi-label one (a threshold per finding, in metrics.json)."""
     best_epoch: int
     epochs_run: int
     seconds_per_epoch: float

@@ -17,12 +17,13 @@ class SplitPredictions:
     keys: list[str]
     groups: list[str]
     labels: np.ndarray
-    """(N,) int64 class indices."""
+    """(N,) int64 class indices; (N, L) float64 1/0/NaN targets of a multi-label task."""
     probabilities: np.ndarray
-    """(N,) float64 P(positive class) for a binary task; (N, C) class probabilities for a
-    multi-class one."""
+    """(N,) float64 P(positive class) for a binary task; (N, C) class (or finding)
+    probabilities otherwise."""
     predictions: np.ndarray
-    """(N,) int64 class indices at the validation-chosen threshold (binary) or argmax."""
+    """(N,) int64 class indices at the validation-chosen threshold (binary) or argmax; (N, L)
+    0/1 findings at their own thresholds (multi-label)."""
 
 
 @dataclass

@@ -16,7 +16,13 @@ from featurestore.config import TrainConfig
 from featurestore.errors import XrayError
 from featurestore.train import checkpoints
 from featurestore.train.checkpoints import LoopState
-from featurestore.train.evaluation import MULTICLASS_RULE, FitResult, conclude, predict
+from featurestore.train.evaluation import (
+    MULTICLASS_RULE,
+    FitResult,
+    conclude,
+    predict,
+    source_task_of,
+)
 from featurestore.train.objectives import (
     MaskedBCEWithLogits,
     label_pos_weights,
@@ -219,10 +225,8 @@ def check_threshold_policy(source: Source, config: TrainConfig) -> None:
     Raises:
         XrayError: a non-default `threshold_policy` on a multi-class source.
     """
-    if (
-        source_task(source) == "multiclass"
-        and config.threshold_policy != TrainConfig.threshold_policy
-    ):
+    takes = source_task_of(source).takes_threshold_policy
+    if not takes and config.threshold_policy != TrainConfig.threshold_policy:
         raise XrayError(f"--threshold {config.threshold_policy}: {MULTICLASS_RULE}")
 
 

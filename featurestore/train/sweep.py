@@ -195,6 +195,18 @@ def _task_auc(logits: Tensor, y: Tensor, task: Task) -> Tensor:
     return torch.stack(per_label).mean(0)
 
 
+def _masked_bce(logits: Tensor, y: Tensor, pos_weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Each member's BCE per (image, finding) (B, G, L) of (B, G, L) logits against (B, L)
+    targets, 0 where masked (NaN), and the (B, 1, L) observed mask; `pos_weight` (L,) scales
+    the positive term, as `objectives.MaskedBCEWithLogits`."""
+    observed = (~torch.isnan(y)).unsqueeze(1)  # (B, 1, L)
+    target = torch.where(observed, y.unsqueeze(1), torch.zeros_like(y.unsqueeze(1)))
+    per_entry = F.binary_cross_entropy_with_logits(
+        logits, target.expand_as(logits), pos_weight=pos_weight, reduction="none"
+    )  # (B, G, L)
+    return per_entry * observed, observed
+
+
 def _image_losses(logits: Tensor, y: Tensor, task: Task) -> Tensor:
     """Unweighted loss of each image for each member (B, G): cross-entropy, or the image's
     mean BCE over its observed findings (summed, `objectives.summed_loss` of one head)."""
@@ -202,12 +214,8 @@ def _image_losses(logits: Tensor, y: Tensor, task: Task) -> Tensor:
     if not task.multilabel:
         return F.cross_entropy(logits.permute(0, 2, 1), y.view(-1, 1).expand(-1, g),
                                reduction="none")  # fmt: skip
-    observed = (~torch.isnan(y)).unsqueeze(1)  # (B, 1, L)
-    target = torch.where(observed, y.unsqueeze(1), torch.zeros_like(y.unsqueeze(1)))
-    per_entry = F.binary_cross_entropy_with_logits(
-        logits, target.expand_as(logits), reduction="none"
-    )  # (B, G, L)
-    return (per_entry * observed).sum(2) / observed.sum(2).clamp(min=1)  # (B, G)
+    per_entry, observed = _masked_bce(logits, y, None)
+    return per_entry.sum(2) / observed.sum(2).clamp(min=1)  # (B, G)
 
 
 def _training_loss(logits: Tensor, y: Tensor, task: Task, weight: Tensor) -> Tensor:
@@ -222,12 +230,8 @@ def _training_loss(logits: Tensor, y: Tensor, task: Task, weight: Tensor) -> Ten
         per = F.cross_entropy(logits.permute(0, 2, 1), y.view(-1, 1).expand(-1, g),
                               weight=weight, reduction="none")  # fmt: skip
         return per.sum(0) / weight[y].sum()  # (G,)
-    observed = (~torch.isnan(y)).unsqueeze(1)  # (B, 1, L)
-    target = torch.where(observed, y.unsqueeze(1), torch.zeros_like(y.unsqueeze(1)))
-    per_entry = F.binary_cross_entropy_with_logits(
-        logits, target.expand_as(logits), pos_weight=weight, reduction="none"
-    )  # (B, G, L)
-    return (per_entry * observed).sum((0, 2)) / observed.sum().clamp(min=1)
+    per_entry, observed = _masked_bce(logits, y, weight)
+    return per_entry.sum((0, 2)) / observed.sum().clamp(min=1)
 
 
 def _decisions(logits: Tensor, task: Task) -> Tensor:
