@@ -65,10 +65,7 @@ from featurestore.compare.engine import (
 from featurestore.compare.external import EvaluationResult, Scores, evaluate_run, match_classes
 from featurestore.compare.external_report import external_section, find_evaluations
 from featurestore.compare.external_stats import (
-    DIFFERENCE_METRICS,
     calibration_patients,
-    external_difference,
-    patient_interval,
 )
 from featurestore.compare.labels import run_labels, run_settings, seed_groups
 from featurestore.compare.metrics import (
@@ -130,7 +127,6 @@ from featurestore.config import THRESHOLD_POLICIES, CompareConfig, parse_thresho
 __all__ = [
     "BOOT_METRICS",
     "CHOOSING_SPLITS",
-    "DIFFERENCE_METRICS",
     "IDENTITY",
     "METRIC_TITLES",
     "MULTICLASS_DECISION",
@@ -192,7 +188,6 @@ __all__ = [
     "evaluate_run",
     "evaluate_split",
     "expected_calibration_error",
-    "external_difference",
     "external_section",
     "find_evaluations",
     "fit_calibration",
@@ -220,7 +215,6 @@ __all__ = [
     "pair_rows",
     "paired_bootstrap",
     "parse_threshold_policy",
-    "patient_interval",
     "plot_curves",
     "point_estimates",
     "render_html",

@@ -13,6 +13,7 @@ from featurestore.compare.metrics import (
     expected_calibration_error,
 )
 from featurestore.errors import XrayError
+from featurestore.tasks import Task
 
 PLATT_C = 1e4
 """Inverse L2 strength on the scale: almost unpenalised (the soft targets do the work)."""
@@ -288,11 +289,14 @@ class LabelCalibration:
         """`<finding>: <why it kept the identity>` for each finding not recalibrated."""
         return [f"{name}: {c.note}" for name, c in self.per_label.items() if c.note]
 
-    def apply(self, probs: np.ndarray, names: list[str] | tuple[str, ...]) -> np.ndarray:
-        """(N, L) probabilities of the findings `names` -> (N, L) recalibrated, float64."""
+    def apply(
+        self, probs: np.ndarray, names: list[str] | tuple[str, ...] | None = None
+    ) -> np.ndarray:
+        """(N, L) probabilities of the findings `names` (default: `per_label`'s, in order) ->
+        (N, L) recalibrated, float64."""
         p = np.asarray(probs, dtype=np.float64)
         out = p.copy()
-        for k, name in enumerate(names):
+        for k, name in enumerate(self.per_label if names is None else names):
             out[:, k] = self.per_label.get(name, IDENTITY).apply(p[:, k])
         return out
 
@@ -322,3 +326,139 @@ def fit_label_calibration(
             y[mask, k].astype(np.int64), p[mask, k], positive_index=1, split=split
         )
     return LabelCalibration(per_label)
+
+
+Recalibration = Calibration | Temperature | LabelCalibration
+"""A task's recalibration: Platt scaling of P(positive) (binary), one temperature
+(multi-class), Platt scaling per finding (multi-label). Each `apply` maps the task's scores
+(`Task.scores`: (N,) P(positive), or (N, C)) to recalibrated scores of the same shape."""
+
+
+def fit_recalibration(
+    task: Task, y: np.ndarray, scores: np.ndarray, *, split: str
+) -> Recalibration:
+    """The task's recalibration fitted on one split (validation, or a local calibration set).
+
+    y: (N,) class indices, or (N, L) 1/0/NaN targets; scores: `Task.scores` of the split's
+    probabilities ((N,) P(positive) for binary, (N, C) otherwise).
+
+    Raises:
+        XrayError: when `split` is not validation or a local calibration set, or the scores are
+            not finite.
+    """
+    if task.binary:
+        return fit_calibration(y, scores, positive_index=task.positive_index, split=split)
+    if task.multiclass:
+        return fit_temperature(y, scores, split=split)
+    return fit_label_calibration(y, scores, task.class_names, split=split)
+
+
+def recalibration_from_record(task: Task, doc: Any) -> Recalibration:
+    """The recalibration a run's metrics.json records (`calibration`), for the task's classes or
+    findings; the identity where absent (older runs) or for a finding it does not name.
+
+    Raises:
+        XrayError: a malformed record.
+    """
+    if task.binary:
+        return calibration_from_dict(doc)
+    if not isinstance(doc, dict):
+        doc = {}
+    if task.multiclass:
+        if doc.get("method") != "temperature":
+            return Temperature("identity", 1.0, "val", 0, str(doc.get("note", "not fitted")))
+        try:
+            return Temperature("temperature", float(doc["temperature"]),
+                               str(doc.get("fitted_on", "val")), int(doc.get("n", 0)))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise XrayError(f"malformed calibration in metrics.json ({exc})") from None
+    per = doc.get("per_label") or {}
+    return LabelCalibration({n: calibration_from_dict(per.get(n)) for n in task.class_names})
+
+
+def _finding_eces(y: np.ndarray, p: np.ndarray) -> list[float | None]:
+    """Each finding's ECE over its observed entries (None with none); y (N, L) 1/0/NaN."""
+    out: list[float | None] = []
+    for k in range(y.shape[1]):
+        mask = ~np.isnan(y[:, k])
+        out.append(expected_calibration_error(y[mask, k], p[mask, k]) if mask.any() else None)
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def recalibration_report(
+    task: Task, fitted: Recalibration, scored: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, Any]:
+    """metrics.json's `calibration`: the fit, and its effect on each split of `scored`
+    (split -> (labels (N,) or targets (N, L), uncalibrated `Task.scores`)).
+
+    Binary: ECE and Brier of P(positive) before/after (`calibration_report`). Multi-class: the
+    top-label ECE (Guo et al. 2017) and the NLL before/after. Multi-label: the mean over findings
+    of each finding's ECE over its observed entries before/after, and each finding's own.
+    """
+    if isinstance(fitted, Calibration):
+        return calibration_report(fitted, scored, positive_index=task.positive_index)
+    out = fitted.as_dict()
+    for split, (y, p) in scored.items():
+        q = fitted.apply(p)
+        if isinstance(fitted, Temperature):
+            out[split] = {
+                "ece_before": expected_calibration_error(*top_label(y, p)),
+                "ece_after": expected_calibration_error(*top_label(y, q)),
+                "nll_before": multiclass_nll(y, p),
+                "nll_after": multiclass_nll(y, q),
+            }
+            continue
+        before, after = _finding_eces(y, p), _finding_eces(y, q)
+        out[split] = {
+            "ece_before": _mean(before),
+            "ece_after": _mean(after),
+            "per_finding": {
+                n: None if b is None else {"ece_before": b, "ece_after": a}
+                for n, b, a in zip(task.class_names, before, after, strict=True)
+            },
+        }
+    out["ece_of"] = ECE_OF[task.kind]
+    return out
+
+
+ECE_OF: dict[str, str] = {
+    "binary": "P(positive)",
+    "multiclass": "the top-label confidence (Guo et al. 2017)",
+    "multilabel": "each finding's ECE over its observed labels, averaged over findings",
+}
+"""What a task's ECE is computed on."""
+
+
+def reported_calibration(task: Task, y: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """ECE and Brier score of the probabilities a result reports, for every task.
+
+    y: (N,) class indices or (N, L) 1/0/NaN targets; scores: `Task.scores` ((N,) or (N, C)).
+    Binary: of P(positive). Multi-class: ECE of the top-label confidence (Guo et al. 2017); the
+    Brier score summed over classes (Brier 1950), averaged over images. Multi-label: the mean
+    over findings of each finding's ECE, the Brier score over the observed entries.
+    Returns {"ece", "ece_of", "brier", "brier_of"}, None where undefined.
+    """
+    p = np.asarray(scores, dtype=np.float64)
+    ece: float | None
+    brier: float | None
+    if task.binary:
+        y_pos = (np.asarray(y) == task.positive_index).astype(np.float64)
+        ece, brier = expected_calibration_error(y_pos, p), float(np.mean((p - y_pos) ** 2))
+        brier_of = "(P(positive) - [y = positive])^2, averaged over images"
+    elif task.multiclass:
+        onehot = (np.asarray(y)[:, None] == np.arange(p.shape[1])).astype(np.float64)
+        ece = expected_calibration_error(*top_label(np.asarray(y), p))
+        brier = float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+        brier_of = "the sum over classes of (p_k - [y = k])^2, averaged over images"
+    else:
+        t = np.asarray(y, dtype=np.float64)
+        observed = ~np.isnan(t)
+        ece = _mean(_finding_eces(t, p))
+        brier = float(np.mean((p[observed] - t[observed]) ** 2)) if observed.any() else None
+        brier_of = "(p - y)^2 over the observed (image, finding) labels"
+    return {"ece": ece, "ece_of": ECE_OF[task.kind], "brier": brier, "brier_of": brier_of}

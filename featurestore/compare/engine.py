@@ -13,7 +13,7 @@ resample is a row of multiplicity weights, so a block of resamples is scored at 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,10 +117,13 @@ def decisions(task: Task, record: RunRecord) -> list[Decision]:
     ]
 
 
-def kernel(task: Task, arrays: TestArrays, decision: Decision) -> Kernel:
+def kernel(
+    task: Task, arrays: TestArrays, decision: Decision, *, binary_metrics: Sequence[str] = ()
+) -> Kernel:
     """The task's metrics of one decision rule as a function of resampling weights.
 
-    Binary: TABLE metrics of `task.table_metrics` at the threshold (`compare.bootstrap.BootMetric`).
+    Binary: `binary_metrics` (default `task.table_metrics`; any of `compare.BOOT_METRICS`) at
+    the threshold (`compare.bootstrap.BootMetric`).
     Multi-class: weighted C x C confusion matrices give accuracy, balanced accuracy (mean recall
     over the classes present, as scikit-learn), macro F1 (zero_division=0, as scikit-learn) and
     each class's recall; the weighted Mann-Whitney statistic each one-vs-rest ROC-AUC and their
@@ -129,17 +132,18 @@ def kernel(task: Task, arrays: TestArrays, decision: Decision) -> Kernel:
     the macro ROC-AUC is the mean over the findings whose AUC is defined on the whole test set.
     """
     if task.binary:
-        return _binary_kernel(task, arrays, float(decision.thresholds))  # type: ignore[arg-type]
+        threshold = float(decision.thresholds)  # type: ignore[arg-type]
+        return _binary_kernel(arrays, threshold, binary_metrics or task.table_metrics)
     if task.multiclass:
         return _multiclass_kernel(task, arrays)
     t = np.asarray(decision.thresholds, dtype=np.float64)
     return _multilabel_kernel(task, arrays, t)
 
 
-def _binary_kernel(task: Task, arrays: TestArrays, threshold: float) -> Kernel:
+def _binary_kernel(arrays: TestArrays, threshold: float, names: Sequence[str]) -> Kernel:
     y = arrays.labels.astype(np.float64)
     p = arrays.scores.astype(np.float64)
-    metrics = [BootMetric(m, threshold) for m in task.table_metrics]
+    metrics = [BootMetric(m, threshold) for m in names]
 
     def score(w: np.ndarray) -> dict[MetricKey, np.ndarray]:
         return {(m.name, None): m.weighted(y, p, w) for m in metrics}

@@ -10,6 +10,7 @@ from the run's internal test result.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +18,21 @@ import numpy as np
 
 from featurestore.compare.bootstrap import BOOT_METRICS
 from featurestore.compare.calibration import (
-    calibration_from_dict,
-    calibration_report,
-    fit_calibration,
+    fit_recalibration,
+    recalibration_from_record,
+    recalibration_report,
+    reported_calibration,
+    top_label,
+)
+from featurestore.compare.engine import (
+    Decision,
+    MetricKey,
+    TestArrays,
+    decisions,
+    kernel,
+    point_estimates,
+    replicates,
+    test_arrays,
 )
 from featurestore.compare.external_data import (
     EvaluationResult,
@@ -29,20 +42,20 @@ from featurestore.compare.external_data import (
     external_manifest,
     match_classes,
     match_findings,
+    run_uncertain,
 )
 from featurestore.compare.external_stats import (
-    DIFFERENCE_METRICS,
     calibration_patients,
-    external_difference,
-    patient_interval,
+    replicate_difference,
+    replicate_summary,
 )
-from featurestore.compare.metrics import (
-    evaluate_split,
-    expected_calibration_error,
-    operating_point,
-)
+from featurestore.compare.multiclass import MULTICLASS_DECISION
+from featurestore.compare.multilabel import MULTILABEL_DECISION
+from featurestore.compare.splits import Thresholds, choose_operating_point, split_metrics
 from featurestore.config import EvaluateConfig
 from featurestore.errors import XrayError
+from featurestore.runs.result import SplitPredictions
+from featurestore.tasks import Task
 
 __all__ = ["EvaluationResult", "Scores", "evaluate_run", "match_classes"]
 
@@ -51,7 +64,6 @@ if TYPE_CHECKING:
 
     from featurestore.data import Manifest
     from featurestore.runs import RunRecord
-    from featurestore.tasks import Task
     from featurestore.use import Predictor
 
 MODEL_PROVENANCE = (
@@ -110,14 +122,7 @@ def evaluate_run(
         scores = _score_frozen(predictor, task, manifest, config, weights, progress, notice)
     else:
         scores = _score_images(predictor, task, manifest, config, progress)
-    if task.binary:
-        return _conclude(run, predictor, manifest, scores, config)
-    from featurestore.compare.external_tasks import conclude_multiclass, conclude_multilabel
-
-    if task.multiclass:
-        return conclude_multiclass(run, task, manifest, scores, config)
-    assert findings is not None
-    return conclude_multilabel(run, task, manifest, scores, config, findings)
+    return _conclude(run, task, manifest, scores, config, findings)
 
 
 def _score_frozen(
@@ -227,90 +232,109 @@ def _score_images(
 
 def _conclude(
     run: RunRecord,
-    predictor: Predictor,
+    task: Task,
     manifest: Manifest,
     scores: Scores,
     config: EvaluateConfig,
+    findings: Findings | None,
 ) -> EvaluationResult:
-    """Threshold, recalibration, metrics, intervals and the folder."""
+    """Decisions, recalibration, metrics, patient intervals, the difference from the internal
+    test result and the evaluation folder: one path for every task.
+
+    The decisions follow the task's rule (`Task.decide`) at the run's own operating point, or
+    at one chosen again by `config.threshold_policy` on the run's validation predictions, or
+    (`--recalibrate N`) on N local patients after a recalibration fitted there
+    (`fit_recalibration`). Every metric and its interval come from the one engine
+    (`compare.engine`), as `xray compare` computes them: the kernel on weights of one for the
+    estimate, on whole-patient resamples for the percentile interval.
+    """
     from featurestore.runs import write_evaluation
 
-    pos = predictor.positive_index
-    labels, p_raw = scores.labels, scores.probabilities
+    # The run's output columns evaluated: every one, or a multi-label run's shared findings.
+    columns = list(range(task.n_outputs)) if findings is None else list(findings.run_index)
+    if findings is not None and findings.left_out:
+        task = Task("multilabel", findings.names, len(findings.names) - 1)
+    y_all = scores.labels if findings is None else scores.labels[:, list(findings.data_index)]
+    s_raw = task.scores(scores.outputs[:, columns])  # (N,) P(positive), or (N, C)
     keys, groups = np.array(scores.keys), np.array(scores.groups)
-    run_policy = str(run.metrics["threshold"].get("policy", "youden"))
-    policy = config.threshold_policy or run_policy
+    keep = np.ones(len(keys), dtype=bool)
     local: dict[str, Any] | None = None
-    rows: list[tuple[str, str, str, int, float, int]] = []
     if config.recalibrate:
         # The other site's own calibration set: whole patients out of the evaluated split.
-        held = calibration_patients(groups, config.recalibrate, labels=labels, seed=config.seed)
-        calibration = fit_calibration(labels[held], p_raw[held], positive_index=pos,
-                                      split="calibration")  # fmt: skip
-        p_cal = calibration.apply(p_raw)
-        point = operating_point(labels[held], p_cal[held], policy=policy, positive_index=pos,
-                                split="calibration")  # fmt: skip
+        held = calibration_patients(groups, config.recalibrate, labels=_strata(task, y_all),
+                                    seed=config.seed)  # fmt: skip
+        fitted = fit_recalibration(task, y_all[held], s_raw[held], split="calibration")
+        s_used = fitted.apply(s_raw)
+        policy = config.threshold_policy or str(run.metrics["threshold"].get("policy") or "")
+        threshold, cut = choose_operating_point(
+            task, y_all[held], s_used[held], policy=policy or "youden", split="calibration"
+        )
+        threshold["source"] = "the local calibration patients"
         local = {
             "patients": int(np.unique(groups[held]).size),
             "images": int(held.sum()),
-            "positives": int(np.sum(labels[held] == pos)),
+            **_counts(task, y_all[held]),
             "seed": config.seed,
             "patient_ids": sorted(np.unique(groups[held]).tolist()),
         }
-        for k, g, y, q in zip(keys[held], groups[held], labels[held], p_cal[held], strict=True):
-            rows.append(("calibration", k, g, int(y), float(q), _cls(q, point["value"], pos)))
         keep = ~held
-        p_used = p_cal
     else:
-        calibration = calibration_from_dict(run.metrics.get("calibration"))
-        if config.threshold_policy is None:
-            point = {**run.metrics["threshold"], "source": f"the run {run.name}"}
-        else:  # chosen again on the run's own validation predictions, never on this split
-            val = run.split_predictions("val")
-            point = operating_point(val["label"], val["probability"], policy=policy,
-                                    positive_index=pos, split="val")  # fmt: skip
-            point["source"] = f"the validation predictions of {run.name}"
-        keep = np.ones(labels.size, dtype=bool)
-        p_used = p_raw
-    threshold = float(point["value"])
-    y, p, g = labels[keep], p_used[keep], groups[keep]
-    if y.size == 0:
+        fitted = recalibration_from_record(task, run.metrics.get("calibration"))
+        s_used = s_raw
+        threshold, cut = _run_operating_point(run, task, columns, config.threshold_policy)
+    y, s, g = y_all[keep], s_used[keep], groups[keep]
+    if len(y) == 0:
         raise XrayError("no images left to evaluate")
-    for k, gg, yy, q in zip(keys[keep], g, y, p, strict=True):
-        rows.append(("test", k, gg, int(yy), float(q), _cls(q, threshold, pos)))
 
-    metrics = evaluate_split(y, p, threshold=threshold, class_names=predictor.class_names,
-                             positive_index=pos)  # fmt: skip
-    y_pos = (y == pos).astype(np.int64)
-    boot: dict[str, Any] = {"n_boot": config.n_boot, "alpha": config.alpha, "seed": config.seed}
-    intervals = {m: patient_interval(m, threshold, y_pos, p, g, **boot) for m in BOOT_METRICS}
-    internal = run.split_predictions("test")
-    run_threshold = float(run.metrics["threshold"]["value"])
-    yi = (internal["label"] == pos).astype(np.int64)
-    difference = {
-        m: external_difference(m, (y_pos, p, g, threshold),
-                               (yi, internal["probability"], internal["patient"], run_threshold),
-                               **boot)
-        for m in DIFFERENCE_METRICS
-    }  # fmt: skip
+    metrics = split_metrics(task, y, s, thresholds=cut, loss=None)
+    external = TestArrays(keys[keep], _coded(task, y), s, g)
+    internal = _internal_arrays(run, columns)
+    own = _run_operating_point(run, task, columns, None)[1]
+    boot = {"n_boot": config.n_boot}
+    ext_point, ext_reps = _scored(task, external, cut, seed=config.seed, **boot)
+    int_point, int_reps = _scored(task, internal, own, seed=config.seed + 1, **boot)
+    intervals = {
+        _name(k): replicate_summary(v, ext_reps[k], alpha=config.alpha)
+        for k, v in ext_point.items()
+    }
+    difference: dict[str, Any] = {
+        _name(k): replicate_difference(
+            (v, ext_reps[k]), (int_point[k], int_reps[k]), alpha=config.alpha
+        )
+        for k, v in ext_point.items()
+    }
+    if task.multilabel:  # the macro difference over the findings with an AUC on both sides
+        both = [
+            n
+            for n in task.class_names
+            if np.isfinite(ext_point["auc", n]) and np.isfinite(int_point["auc", n])
+        ]
+        difference["roc_auc_macro"] = {
+            **replicate_difference(
+                _macro(ext_point, ext_reps, both, config.n_boot),
+                _macro(int_point, int_reps, both, config.n_boot),
+                alpha=config.alpha,
+            ),
+            "findings": both,
+        }
     # Calibration of the reported probabilities, and what the recalibration does to them.
-    cal = calibration_report(calibration, {"test": (y, p_raw[keep])}, positive_index=pos)
+    cal = recalibration_report(task, fitted, {"test": (y, s_raw[keep])})
+    cal["fitted_on"] = cal.get("fitted_on", "calibration" if config.recalibrate else "val")
     cal["reported_probability"] = "recalibrated" if config.recalibrate else "model output"
-    cal["ece"] = expected_calibration_error(y_pos, p)
-    cal["brier"] = float(np.mean((p - y_pos) ** 2))
+    cal.update(reported_calibration(task, y, s))
 
     dataset = manifest.name or manifest.root.stem
-    evaluation = {
+    evaluation: dict[str, Any] = {
         "run": str(run.path),
         "run_name": run.name,
         "data": str(Path(manifest.source or manifest.root)),
         "dataset": dataset,
         "dataset_fingerprint": scores.fingerprint,
         "split": config.split,
-        "images": int(y.size),
+        "images": len(y),
         "patients": int(np.unique(g).size),
-        "positives": int(y_pos.sum()),
-        "threshold_source": point.get("source", "the local calibration patients"),
+        **_counts(task, y),
+        "threshold_source": threshold.get("source", "the run"),
         "recalibrate": config.recalibrate,
         "local_calibration": local,
         "n_boot": config.n_boot,
@@ -318,43 +342,222 @@ def _conclude(
         "seed": config.seed,
         "interval_unit": "patients",
     }
+    config_doc: dict[str, Any] = {**run.config, "evaluation": evaluation}
+    notes: list[str] = []
+    if findings is not None:
+        evaluation["findings"] = list(findings.names)
+        evaluation["findings_left_out"] = list(findings.left_out)
+        evaluation["findings_not_in_run"] = list(findings.extra)
+        evaluation["uncertain"] = config.uncertain or run_uncertain(run.config)
+        if findings.left_out:  # the folder holds the shared findings only: its task says so
+            config_doc.update(task.as_record(), positive_class=task.positive_class)
+            notes.append(findings.left_out_note(run.name, Path(manifest.source or manifest.root)))
+    if config.recalibrate:  # fits refused and policies that could not run on the local set
+        notes += _fit_notes(fitted)
+        notes += [n for n in (threshold.get("note"), *threshold.get("notes", [])) if n]
     doc = {
         "best_epoch": run.metrics.get("best_epoch"),
         "epochs_run": run.metrics.get("epochs_run"),
         "stopped_early": run.metrics.get("stopped_early", False),
-        "threshold": point,
+        "threshold": threshold,
         "test": metrics,
-        "intervals": {"at_threshold": intervals},
+        "intervals": {DECISION_KEYS[task.kind]: intervals},
         "calibration": cal,
         "internal_difference": difference,
     }
+    rows = {}
+    if config.recalibrate:
+        rows["calibration"] = _predictions(task, keys, groups, y_all, s_used, cut, ~keep)
+    rows["test"] = _predictions(task, keys, groups, y_all, s_used, cut, keep)
     name = f"{run.name}-on-{dataset}-{config.split}"
     if config.recalibrate:
         name += f"-local{config.recalibrate}"
+    rule = "(argmax)" if cut is None else f"@ {float(cut):.3f}" if task.binary else ""
 
     def plots(folder: Path) -> None:
-        from featurestore.plots import plot_confusion, plot_reliability, plot_roc
+        _plot(task, folder, (y, s_raw[keep], s), fitted, internal, metrics, f"{dataset} {rule}")
 
-        curves = {"external": (y_pos, p_raw[keep])}
-        if calibration.method != "identity":
-            curves["external, recalibrated"] = (y_pos, calibration.apply(p_raw[keep]))
-        plot_reliability(curves, folder / "reliability.png")
-        plot_roc({"external": (y_pos, p), "internal test": (yi, internal["probability"])},
-                 folder / "roc.png")  # fmt: skip
-        plot_confusion(metrics["at_threshold"]["confusion_matrix"], predictor.class_names,
-                       folder / "confusion.png", title=f"{dataset} @ {threshold:.3f}")  # fmt: skip
-
-    config_doc = {**run.config, "evaluation": evaluation}
     path = write_evaluation(
         config.out_dir, name, run=run, config=config_doc, metrics=doc, evaluation=evaluation,
-        rows=rows, plots=plots,
+        predictions=rows, plots=plots,
     )  # fmt: skip
+    shown = BINARY_SHOWN if task.binary else (
+        *task.table_metrics, *(f"auc_{c}" for c in task.class_names))  # fmt: skip
     return EvaluationResult(
-        path, run.name, dataset, config.split, int(y.size), int(np.unique(g).size), point,
-        metrics, intervals, difference, cal, local,
+        path, run.name, dataset, config.split, len(y), int(np.unique(g).size), threshold,
+        metrics, intervals, difference, cal, local, task=task.kind, shown=shown,
+        notes=tuple(notes),
     )  # fmt: skip
 
 
-def _cls(p: float, threshold: float, positive_index: int) -> int:
-    """The class index at a threshold (predict positive when p >= threshold)."""
-    return positive_index if p >= threshold else 1 - positive_index
+BINARY_SHOWN = ("accuracy", "sensitivity", "specificity", "f1_positive", "roc_auc", "pr_auc",
+                "brier")  # fmt: skip
+"""The metrics the terminal shows of a binary evaluation (every task: `intervals` has all)."""
+DECISION_KEYS = {
+    "binary": "at_threshold",
+    "multiclass": MULTICLASS_DECISION,
+    "multilabel": MULTILABEL_DECISION,
+}
+"""The metrics.json key of the decision at the evaluation's operating point, per task."""
+
+
+def _name(key: tuple[str, str | None]) -> str:
+    """metrics.json's name of an engine metric: `roc_auc`, or `auc_<class>` per class."""
+    metric, cls = key
+    return metric if cls is None else f"{metric}_{cls}"
+
+
+def _coded(task: Task, y: np.ndarray) -> np.ndarray:
+    """Labels as the engine scores them: binary 1 for the positive class, 0 else; as given."""
+    return (y == task.positive_index).astype(np.int64) if task.binary else y
+
+
+def _strata(task: Task, y: np.ndarray) -> np.ndarray:
+    """The label a local calibration draw is stratified by: the class, or for multi-label
+    whether the image shows any finding (so both kinds reach the fit)."""
+    return (np.nansum(y, axis=1) > 0).astype(np.int64) if task.multilabel else y
+
+
+def _counts(task: Task, y: np.ndarray) -> dict[str, Any]:
+    """Images per class (`per_class`), or positive images per finding (`positives`)."""
+    if task.multilabel:
+        return {"positives": {n: int(np.sum(y[:, k] == 1)) for k, n in enumerate(task.class_names)}}
+    return {"per_class": {c: int(np.sum(y == k)) for k, c in enumerate(task.class_names)}}
+
+
+def _fit_notes(fitted: Any) -> list[str]:
+    """What a recalibration that kept the identity (a finding, or the whole fit) says why."""
+    if hasattr(fitted, "notes"):
+        return list(fitted.notes)
+    return [fitted.note] if fitted.note else []
+
+
+def _split_scores(run: RunRecord, split: str, columns: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (N,) or targets (N, L), `Task.scores` of the evaluated columns) of a run split."""
+    sp = run.split_predictions(split)
+    if "targets" in sp:
+        return sp["targets"][:, columns], sp["probabilities"][:, columns]
+    if "probabilities" in sp:
+        return sp["label"], sp["probabilities"][:, columns]
+    return sp["label"], sp["probability"]
+
+
+def _run_operating_point(
+    run: RunRecord, task: Task, columns: list[int], policy: str | None
+) -> tuple[dict[str, Any], Thresholds]:
+    """The operating point without local patients: the run's own (chosen on its validation
+    set), or chosen again by `policy` on the run's validation predictions, never on the
+    evaluated split. Returns metrics.json's `threshold` record and the thresholds."""
+
+    if policy is not None:
+        record, cut = choose_operating_point(task, *_split_scores(run, "val", columns),
+                                             policy=policy)  # fmt: skip
+        return {**record, "source": f"the validation predictions of {run.name}"}, cut
+    record = {**run.metrics["threshold"], "source": f"the run {run.name}"}
+    own = decisions(run.task, run)[0].thresholds
+    if task.multiclass:
+        return record, None
+    if task.binary:
+        return record, float(own)  # type: ignore[arg-type]
+    cut = np.asarray(own, dtype=np.float64)[columns]
+    ran = record.get("ran") or {}
+    record.update(per_label=dict(zip(task.class_names, cut.tolist(), strict=True)),
+                  ran={n: ran.get(n, True) for n in task.class_names}, chosen_on="val")  # fmt: skip
+    return record, cut
+
+
+def _internal_arrays(run: RunRecord, columns: list[int]) -> TestArrays:
+    """The run's own test rows (`test_arrays`), restricted to the evaluated columns."""
+    arrays = test_arrays(run)
+    if arrays.labels.ndim == 2:
+        return replace(arrays, labels=arrays.labels[:, columns], scores=arrays.scores[:, columns])
+    return arrays
+
+
+def _scored(
+    task: Task, arrays: TestArrays, cut: Thresholds, *, n_boot: int, seed: int
+) -> tuple[dict[MetricKey, float], dict[MetricKey, np.ndarray]]:
+    """Every metric of the task at the thresholds `cut` (binary: `BOOT_METRICS`), as a point
+    estimate and as (n_boot,) whole-patient bootstrap replicates (`compare.engine`)."""
+    thresholds = (
+        None
+        if cut is None
+        else (
+            float(cut) if np.ndim(cut) == 0 else tuple(np.asarray(cut, dtype=np.float64).tolist())
+        )
+    )
+    decision = Decision("evaluation", "", thresholds)
+    score = kernel(task, arrays, decision, binary_metrics=BOOT_METRICS)
+    point = point_estimates(score, arrays.n)
+    reps = replicates(score, arrays.n, groups=arrays.groups, n_boot=n_boot, seed=seed)
+    return point, reps
+
+
+def _macro(
+    point: dict[MetricKey, float],
+    reps: dict[MetricKey, np.ndarray],
+    findings: list[str],
+    n_boot: int,
+) -> tuple[float | None, np.ndarray]:
+    """The macro ROC-AUC over `findings` (estimate, (n_boot,) replicates); None without any."""
+    if not findings:
+        return None, np.full(n_boot, np.nan)
+    estimate = float(np.mean([point["auc", n] for n in findings]))
+    return estimate, np.mean([reps["auc", n] for n in findings], axis=0)
+
+
+def _predictions(
+    task: Task,
+    keys: np.ndarray,
+    groups: np.ndarray,
+    y: np.ndarray,
+    s: np.ndarray,
+    cut: Thresholds,
+    mask: np.ndarray,
+) -> SplitPredictions:
+    """predictions.csv rows of the images `mask` selects, decided by the task's rule."""
+    decided = task.decide(s[mask], cut)  # type: ignore[arg-type]
+    return SplitPredictions(list(keys[mask]), list(groups[mask]), y[mask], s[mask], decided)
+
+
+def _plot(
+    task: Task,
+    folder: Path,
+    test: tuple[np.ndarray, np.ndarray, np.ndarray],
+    fitted: Any,
+    internal: TestArrays,
+    metrics: dict[str, Any],
+    title: str,
+) -> None:
+    """reliability.png, roc.png and (single-label tasks) confusion.png of an evaluation.
+
+    `test`: (labels, model scores, reported scores) of the evaluated images; `title` the
+    confusion matrix's."""
+    from featurestore.plots import plot_confusion, plot_reliability, plot_roc
+
+    y, raw, s = test
+    recalibrated = fitted.method != "identity"
+    if task.multilabel:
+        per = {}
+        for k, n in enumerate(task.class_names):
+            seen = ~np.isnan(y[:, k])
+            per[n] = (y[seen, k], s[seen, k])
+        plot_reliability(per, folder / "reliability.png")
+        plot_roc(per, folder / "roc.png")
+        return
+    if task.binary:
+        y_pos = _coded(task, y)
+        curves = {"external": (y_pos, raw)}
+        if recalibrated:
+            curves["external, recalibrated"] = (y_pos, fitted.apply(raw))
+        roc = {"external": (y_pos, s), "internal test": (internal.labels, internal.scores)}
+        matrix = metrics["at_threshold"]["confusion_matrix"]
+    else:
+        curves = {"external (top label)": top_label(y, raw)}
+        if recalibrated:
+            curves["external, recalibrated"] = top_label(y, fitted.apply(raw))
+        roc = {c: (y == k, s[:, k]) for k, c in enumerate(task.class_names)}
+        matrix = metrics["argmax"]["confusion_matrix"]
+    plot_reliability(curves, folder / "reliability.png")
+    plot_roc(roc, folder / "roc.png")
+    plot_confusion(matrix, list(task.class_names), folder / "confusion.png", title=title)

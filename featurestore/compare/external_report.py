@@ -7,22 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-SECTION_METRICS: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "roc_auc")
-"""Metrics of the report's external-validation table (each with its interval)."""
-MULTICLASS_SECTION_METRICS: tuple[str, ...] = (
-    "accuracy",
-    "balanced_accuracy",
-    "f1_macro",
-    "roc_auc_macro",
-)
-"""Metrics of a multi-class evaluation's row (each with its interval)."""
+from featurestore.tasks import TASK_KINDS, Task
 
 
 def find_evaluations(folder: Path, runs: dict[str, str]) -> list[dict[str, Any]]:
     """Summaries of the evaluation folders under `folder` made from the runs named in `runs`
     (run folder name -> display label), oldest first; [] when there are none."""
     from featurestore.runs import EVALUATION_FILE, is_evaluation
-    from featurestore.tasks import Task
 
     if not Path(folder).is_dir():
         return []
@@ -33,7 +24,7 @@ def find_evaluations(folder: Path, runs: dict[str, str]) -> list[dict[str, Any]]
         try:
             evaluation = json.loads((path / EVALUATION_FILE).read_text())
             metrics = json.loads((path / "metrics.json").read_text())
-            task = Task.from_record(json.loads((path / "config.json").read_text())).kind
+            task = Task.from_record(json.loads((path / "config.json").read_text()))
         except ValueError:
             continue  # unreadable: compare reports runs, not broken side files
         if evaluation.get("run_name") not in runs:
@@ -50,7 +41,7 @@ def find_evaluations(folder: Path, runs: dict[str, str]) -> list[dict[str, Any]]
                 "images": evaluation.get("images"),
                 "patients": evaluation.get("patients"),
                 "recalibrate": evaluation.get("recalibrate", 0),
-                "task": task,
+                **task.as_record(),
                 "findings": evaluation.get("findings"),
                 "threshold": metrics["threshold"],
                 "intervals": intervals,
@@ -88,52 +79,37 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return [*out, *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
-def _binary_table(evaluations: list[dict[str, Any]]) -> list[str]:
-    head = ["run", "dataset", "images / patients", "threshold", "accuracy", "sensitivity"]
-    head += ["specificity", "ROC-AUC", "ECE", "Δ accuracy", "Δ ROC-AUC"]
+def _decision(e: dict[str, Any]) -> str:
+    """The decision rule of an evaluation, as its table cell."""
+    t = e["threshold"]
+    if e["task"] == "multiclass":
+        return "argmax"
+    at = "per finding" if e["task"] == "multilabel" else f"{t['value']:.3f}"
+    return f"{at} ({t.get('policy', '?')}, on {t.get('chosen_on', 'val')})"
+
+
+def _task_table(task: Task, evaluations: list[dict[str, Any]]) -> list[str]:
+    """One task's table: the decision, the task's table metrics (`Task.table_metrics`, the
+    loss left out) and for multi-label each finding's ROC-AUC, each with its interval; the ECE
+    of the reported probabilities; external - internal of accuracy (where the task has one)
+    and of the primary metric."""
+    from featurestore.compare.report import METRIC_TITLES
+
+    shown = [m for m in task.table_metrics if m != "loss"]
+    deltas = [m for m in ("accuracy", task.primary_metric) if m in shown]
+    head = ["run", "dataset", "images / patients", "decision"]
+    head += [METRIC_TITLES.get(m, m) for m in shown]
+    head += ["ROC-AUC per finding"] if task.multilabel else []
+    head += ["ECE", *(f"Δ {METRIC_TITLES.get(m, m)}" for m in deltas)]
     rows = []
     for e in evaluations:
-        t = e["threshold"]
-        rows.append(
-            [e["label"], _where(e), f"{e['images']} / {e['patients']}",
-             f"{t['value']:.3f} ({t.get('policy', '?')}, on {t.get('chosen_on', 'val')})"]
-            + [_fmt(e["intervals"][m]) for m in SECTION_METRICS]
-            + [_ece(e), _fmt(e["difference"]["accuracy"], signed=True),
-               _fmt(e["difference"]["roc_auc"], signed=True)]
-        )  # fmt: skip
-    return _table(head, rows)
-
-
-def _multiclass_table(evaluations: list[dict[str, Any]]) -> list[str]:
-    head = ["run", "dataset", "images / patients", "accuracy", "balanced accuracy"]
-    head += ["F1 (macro)", "ROC-AUC (macro)", "ECE (top label)", "Δ accuracy", "Δ ROC-AUC (macro)"]
-    rows = []
-    for e in evaluations:
-        rows.append(
-            [e["label"], _where(e), f"{e['images']} / {e['patients']}"]
-            + [_fmt(e["intervals"][m]) for m in MULTICLASS_SECTION_METRICS]
-            + [_ece(e), _fmt(e["difference"]["accuracy"], signed=True),
-               _fmt(e["difference"]["roc_auc_macro"], signed=True)]
-        )  # fmt: skip
-    return _table(head, rows)
-
-
-def _multilabel_table(evaluations: list[dict[str, Any]]) -> list[str]:
-    head = ["run", "dataset", "images / patients", "thresholds", "macro AUC", "AUC per finding"]
-    head += ["ECE (mean per finding)", "Δ macro AUC"]
-    rows = []
-    for e in evaluations:
-        t = e["threshold"]
-        findings = e.get("findings") or [
-            m.removeprefix("auc_") for m in e["intervals"] if m.startswith("auc_")
-        ]
-        per = "; ".join(f"{f} {_fmt(e['intervals'][f'auc_{f}'])}" for f in findings)
-        rows.append(
-            [e["label"], _where(e), f"{e['images']} / {e['patients']}",
-             f"per finding ({t.get('policy', '?')}, on {t.get('chosen_on', 'val')})",
-             _fmt(e["intervals"]["macro_auc"]), per, _ece(e),
-             _fmt(e["difference"]["macro_auc"], signed=True)]
-        )  # fmt: skip
+        row = [e["label"], _where(e), f"{e['images']} / {e['patients']}", _decision(e)]
+        row += [_fmt(e["intervals"][m]) for m in shown]
+        if task.multilabel:
+            findings = e.get("findings") or task.class_names
+            row.append("; ".join(f"{f} {_fmt(e['intervals'][f'auc_{f}'])}" for f in findings))
+        row += [_ece(e), *(_fmt(e["difference"][m], signed=True) for m in deltas)]
+        rows.append(row)
     return _table(head, rows)
 
 
@@ -155,12 +131,10 @@ def external_section(evaluations: list[dict[str, Any]]) -> list[str]:
         "split were used to refit and are not counted.",
         "",
     ]
-    tables = {"binary": _binary_table, "multiclass": _multiclass_table,
-              "multilabel": _multilabel_table}  # fmt: skip
-    for task, table in tables.items():
-        members = [e for e in evaluations if e.get("task", "binary") == task]
-        if members:
-            if len(tables) > 1 and any(e.get("task", "binary") != task for e in evaluations):
-                out += [f"{task}:", ""]
-            out += table(members)
+    kinds = [k for k in TASK_KINDS if any(e["task"] == k for e in evaluations)]
+    for kind in kinds:
+        members = [e for e in evaluations if e["task"] == kind]
+        if len(kinds) > 1:
+            out += [f"{kind}:", ""]
+        out += _task_table(Task.from_record(members[0]), members)
     return out

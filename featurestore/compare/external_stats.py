@@ -7,19 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.compare.bootstrap import BootMetric, bootstrap_interval, bootstrap_replicates
 from featurestore.errors import XrayError
-
-DIFFERENCE_METRICS: tuple[str, ...] = (
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "f1_positive",
-    "roc_auc",
-    "pr_auc",
-    "brier",
-)
-"""Metrics whose external - internal difference gets an interval."""
 
 
 def calibration_patients(
@@ -76,68 +64,6 @@ def calibration_patients(
     return np.isin(inverse, np.array(chosen_list, dtype=np.int64))
 
 
-def patient_interval(
-    metric: str,
-    threshold: float,
-    y: np.ndarray,
-    p: np.ndarray,
-    groups: np.ndarray,
-    *,
-    n_boot: int = 2000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> dict[str, float | None]:
-    """A patient-clustered percentile interval of a BootMetric at `threshold` on y (N,) in
-    {0, 1}, p (N,) and patient ids (N,); None values where the metric is undefined."""
-    try:
-        r = bootstrap_interval(
-            BootMetric(metric, threshold), y, p, groups=groups,
-            n_boot=n_boot, alpha=alpha, seed=seed,
-        )  # fmt: skip
-    except XrayError:  # undefined on this split (one class only)
-        return {"estimate": None, "lo": None, "hi": None}
-    return {"estimate": r.estimate, "lo": r.lo, "hi": r.hi}
-
-
-def external_difference(
-    metric: str,
-    external: tuple[np.ndarray, np.ndarray, np.ndarray, float],
-    internal: tuple[np.ndarray, np.ndarray, np.ndarray, float],
-    *,
-    n_boot: int = 2000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """external - internal with a two-sample bootstrap interval (Efron & Tibshirani 1993,
-    sec. 8.3): each test set resampled by patient on its own, the differences of the
-    replicates taken pairwise, percentile interval. The sets share no images, so unpaired.
-
-    Each side is (y (N,) in {0, 1}, p (N,), patient ids (N,), threshold). Returns
-    {external, internal, difference, lo, hi}, None where undefined.
-    """
-    ye, pe, ge, te = external
-    yi, pi, gi, ti = internal
-    me, mi = BootMetric(metric, te), BootMetric(metric, ti)
-    est_e, est_i = me(ye, pe), mi(yi, pi)
-    out: dict[str, Any] = {
-        "external": None if np.isnan(est_e) else est_e,
-        "internal": None if np.isnan(est_i) else est_i,
-        "difference": None,
-        "lo": None,
-        "hi": None,
-    }
-    if np.isnan(est_e) or np.isnan(est_i):
-        return out
-    de = bootstrap_replicates(me, ye, pe, groups=ge, n_boot=n_boot, seed=seed)
-    di = bootstrap_replicates(mi, yi, pi, groups=gi, n_boot=n_boot, seed=seed + 1)
-    d = (de - di)[np.isfinite(de - di)]
-    out["difference"] = est_e - est_i
-    if d.size:
-        lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
-        out["lo"], out["hi"] = float(lo), float(hi)
-    return out
-
-
 def replicate_summary(
     estimate: float | None, replicates: np.ndarray, *, alpha: float = 0.05
 ) -> dict[str, float | None]:
@@ -161,8 +87,9 @@ def replicate_difference(
     alpha: float = 0.05,
 ) -> dict[str, Any]:
     """external - internal from each side's (estimate, replicates (B,)) drawn by two
-    independent patient bootstraps (Efron & Tibshirani 1993, sec. 8.3, as
-    `external_difference`): percentile interval of the pairwise replicate differences.
+    independent patient bootstraps (Efron & Tibshirani 1993, sec. 8.3; the test sets share no
+    image, so the difference is unpaired): percentile interval of the pairwise replicate
+    differences.
     Returns {external, internal, difference, lo, hi}, None where undefined."""
     est_e, rep_e = external
     est_i, rep_i = internal

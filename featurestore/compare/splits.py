@@ -16,16 +16,19 @@ import numpy as np
 from featurestore.config import parse_threshold_policy
 from featurestore.tasks import MULTICLASS_RULE, Task
 
+_SPLIT_WORDS = {"val": "validation", "calibration": "local calibration"}
 Thresholds = float | np.ndarray | None
 """What `Task.decide` takes: one float (binary), one per finding (L,), or None (argmax)."""
 
 
 def choose_operating_point(
-    task: Task, y_val: np.ndarray, p_val: np.ndarray, *, policy: str
+    task: Task, y_val: np.ndarray, p_val: np.ndarray, *, policy: str, split: str = "val"
 ) -> tuple[dict[str, Any], Thresholds]:
-    """The decision thresholds chosen on validation and metrics.json's `threshold` record.
+    """The decision thresholds chosen on `split` (validation, or an external evaluation's local
+    calibration patients) and metrics.json's `threshold` record.
 
-    y_val: (N,) class indices, or (N, L) 1/0/NaN targets; p_val: (N, C) probabilities.
+    y_val: (N,) class indices, or (N, L) 1/0/NaN targets; p_val: (N, C) probabilities (binary:
+    (N,) P(positive) is taken as well).
     A policy that cannot run (validation of one class) falls back to 0.5, said in the record
     (`ran` False and a note; per finding for multi-label), never silently.
     """
@@ -44,18 +47,19 @@ def choose_operating_point(
             "per_label": per,
             "ran": {n: n not in fallback for n in names},
             "notes": list(fallback.values()),
+            "chosen_on": split,
         }
         return record, np.array([per[n] for n in names])
     pos = task.positive_index
     scores = task.scores(p_val)
-    point = operating_point(y_val, scores, policy=policy, positive_index=pos)
+    point = operating_point(y_val, scores, policy=policy, positive_index=pos, split=split)
     n_pos = int((y_val == pos).sum())
     ran = parse_threshold_policy(policy)[0] == "fixed" or 0 < n_pos < len(y_val)
     note = None
     if not ran:
         only = names[int(y_val[0])]
         note = (
-            f"the validation split holds {only} images only: the {policy} "
+            f"the {_SPLIT_WORDS.get(split, split)} split holds {only} images only: the {policy} "
             "threshold policy could not run, so 0.5 is used"
         )
     record = {  # the same keys, in the same order, as every binary metrics.json before
@@ -99,60 +103,15 @@ def split_metrics(
 
 
 def run_calibration(task: Task, scored: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """metrics.json's `calibration`: a recalibration fitted on val, reported beside the raw
-    outputs (predictions.csv and the metrics stay the model's own) with its effect on each split.
+    """metrics.json's `calibration`: a recalibration fitted on val (`fit_recalibration`: Platt,
+    temperature, or Platt per finding), reported beside the raw outputs (predictions.csv and the
+    metrics stay the model's own) with its effect on each split (`recalibration_report`).
 
-    `scored`: split -> (labels (N,) or targets (N, L), probabilities (N, C)). Binary: Platt
-    scaling of P(positive) (`fit_calibration`), ECE and Brier before/after. Multi-class:
-    temperature scaling (Guo et al. 2017, `fit_temperature`), top-label ECE and NLL before/after.
-    Multi-label: Platt scaling per finding (`fit_label_calibration`), each finding's ECE
-    before/after over its observed entries. A fit that would invert a ranking or cannot be
-    made keeps the identity and says why.
+    `scored`: split -> (labels (N,) or targets (N, L), probabilities (N, C)). A fit that would
+    invert a ranking or cannot be made keeps the identity and says why.
     """
-    from featurestore.compare.calibration import (
-        calibration_report,
-        fit_calibration,
-        fit_label_calibration,
-        fit_temperature,
-        multiclass_nll,
-        top_label,
-    )
-    from featurestore.compare.metrics import expected_calibration_error
+    from featurestore.compare.calibration import fit_recalibration, recalibration_report
 
-    y_val, p_val = scored["val"]
-    if task.binary:
-        pos = task.positive_index
-        pairs = {s: (y, task.scores(p)) for s, (y, p) in scored.items()}
-        fitted = fit_calibration(*pairs["val"], positive_index=pos, split="val")
-        return calibration_report(fitted, pairs, positive_index=pos)
-    out: dict[str, Any]
-    if task.multiclass:
-        temperature = fit_temperature(y_val, p_val, split="val")
-        out = temperature.as_dict()
-        for split, (y, p) in scored.items():
-            q = temperature.apply(p)
-            out[split] = {
-                "ece_before": expected_calibration_error(*top_label(y, p)),
-                "ece_after": expected_calibration_error(*top_label(y, q)),
-                "nll_before": multiclass_nll(y, p),
-                "nll_after": multiclass_nll(y, q),
-            }
-        out["ece_of"] = "the top-label confidence (Guo et al. 2017)"
-        return out
-    names = task.class_names
-    per = fit_label_calibration(y_val, p_val, names, split="val")
-    out = per.as_dict()
-    for split, (y, p) in scored.items():
-        q = per.apply(p, names)
-        rows: dict[str, Any] = {}
-        for k, name in enumerate(names):
-            mask = ~np.isnan(y[:, k])
-            if not mask.any():
-                rows[name] = None
-                continue
-            rows[name] = {
-                "ece_before": expected_calibration_error(y[mask, k], p[mask, k]),
-                "ece_after": expected_calibration_error(y[mask, k], q[mask, k]),
-            }
-        out[split] = rows
-    return out
+    pairs = {s: (y, task.scores(p)) for s, (y, p) in scored.items()}
+    fitted = fit_recalibration(task, *pairs["val"], split="val")
+    return recalibration_report(task, fitted, pairs)

@@ -6,7 +6,7 @@ import csv
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from featurestore.tasks import Task
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from featurestore.runs.result import FitResult
+    from featurestore.runs.result import FitResult, SplitPredictions
 
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "best.pt")
 PLOT_FILES = ("curves.png", "confusion.png", "roc.png")
@@ -179,69 +179,53 @@ def prob_column(class_name: str) -> str:
 
 
 def write_predictions(path: Path, result: FitResult, class_names: list[str] | None = None) -> None:
-    """predictions.csv: val then test rows; probabilities at full float precision.
+    """predictions.csv of a run: val then test rows (`write_prediction_rows`)."""
+    splits = {s: result.predictions[s] for s in ("val", "test")}
+    write_prediction_rows(path, splits, class_names)
 
-    Binary: `PREDICTION_COLUMNS`. Multi-class (probabilities (N, C)): `split,key,patient,label,`
-    then one `prob_<class>` column per class in class order, then `prediction` (argmax).
+
+def prediction_columns(sample: SplitPredictions, class_names: Sequence[str] | None) -> list[str]:
+    """predictions.csv's header for the task `sample`'s shapes show, every task:
+
+    binary `PREDICTION_COLUMNS`; multi-class `split,key,patient,label`, one `prob_<class>` per
+    class in class order, `prediction` (argmax); multi-label `split,key,patient`, then per finding
+    `y_<f>` (1, 0, empty = masked), `prob_<f>` and `pred_<f>` (at the finding's threshold).
     """
-    if result.predictions["val"].labels.ndim == 2:
-        _write_multilabel_predictions(path, result, class_names)
-        return
-    if result.predictions["val"].probabilities.ndim == 2:
-        _write_multiclass_predictions(path, result, class_names)
-        return
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(PREDICTION_COLUMNS)
-        for split in ("val", "test"):
-            sp = result.predictions[split]
-            for key, group, label, prob, pred in zip(
-                sp.keys, sp.groups, sp.labels, sp.probabilities, sp.predictions, strict=True
-            ):
-                writer.writerow([split, key, group, int(label), repr(float(prob)), int(pred)])
+    width = 1 if sample.probabilities.ndim == 1 else sample.probabilities.shape[1]
+    names = list(class_names) if class_names is not None else [str(k) for k in range(width)]
+    if sample.labels.ndim == 2:
+        return [*PREDICTION_COLUMNS[:3], *(c for n in names for c in (f"y_{n}", prob_column(n),
+                                                                     f"pred_{n}"))]  # fmt: skip
+    if sample.probabilities.ndim == 2:
+        return [*PREDICTION_COLUMNS[:4], *(prob_column(n) for n in names), "prediction"]
+    return list(PREDICTION_COLUMNS)
 
 
-def _write_multilabel_predictions(
-    path: Path, result: FitResult, class_names: list[str] | None
+def _prediction_row(split: str, key: str, group: str, label: Any, prob: Any, pred: Any) -> list[Any]:
+    """One image's predictions.csv cells (`prediction_columns`); probabilities at full float
+    precision (repr), a masked multi-label target as an empty cell."""
+    if np.ndim(label) == 1:  # multi-label: (L,) targets, probabilities and decisions
+        row: list[Any] = [split, key, group]
+        for t, q, d in zip(label, prob, pred, strict=True):
+            row += ["" if t != t else int(t), repr(float(q)), int(d)]
+        return row
+    probs = [repr(float(q)) for q in np.atleast_1d(prob)]
+    return [split, key, group, int(label), *probs, int(pred)]
+
+
+def write_prediction_rows(
+    path: Path, splits: Mapping[str, SplitPredictions], class_names: Sequence[str] | None
 ) -> None:
-    """`split,key,patient`, then per finding `y_<f>` (1, 0, empty = masked), `prob_<f>` and
-    `pred_<f>` (at the finding's validation threshold)."""
-    n_labels = result.predictions["val"].labels.shape[1]
-    names = list(class_names) if class_names is not None else [str(k) for k in range(n_labels)]
+    """predictions.csv: the rows of each split in `splits`' order, for every task."""
+    first = next(iter(splits.values()))
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        head = [*PREDICTION_COLUMNS[:3]]
-        for n in names:
-            head += [f"y_{n}", prob_column(n), f"pred_{n}"]
-        writer.writerow(head)
-        for split in ("val", "test"):
-            sp = result.predictions[split]
-            for key, group, y, probs, pred in zip(
+        writer.writerow(prediction_columns(first, class_names))
+        for split, sp in splits.items():
+            for cells in zip(
                 sp.keys, sp.groups, sp.labels, sp.probabilities, sp.predictions, strict=True
             ):
-                row: list[Any] = [split, key, group]
-                for t, q, d in zip(y, probs, pred, strict=True):
-                    row += ["" if t != t else int(t), repr(float(q)), int(d)]
-                writer.writerow(row)
-
-
-def _write_multiclass_predictions(
-    path: Path, result: FitResult, class_names: list[str] | None
-) -> None:
-    n_classes = result.predictions["val"].probabilities.shape[1]
-    names = list(class_names) if class_names is not None else [str(k) for k in range(n_classes)]
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(
-            [*PREDICTION_COLUMNS[:4], *(prob_column(n) for n in names), "prediction"]
-        )
-        for split in ("val", "test"):
-            sp = result.predictions[split]
-            for key, group, label, probs, pred in zip(
-                sp.keys, sp.groups, sp.labels, sp.probabilities, sp.predictions, strict=True
-            ):
-                row = [split, key, group, int(label), *(repr(float(q)) for q in probs), int(pred)]
-                writer.writerow(row)
+                writer.writerow(_prediction_row(split, *cells))
 
 
 @dataclass(frozen=True)
@@ -305,17 +289,15 @@ def write_evaluation(
     config: dict[str, Any],
     metrics: dict[str, Any],
     evaluation: dict[str, Any],
-    rows: Sequence[Sequence[Any]],
-    plots: Any = None,
-    columns: Sequence[str] | None = None,
+    predictions: Mapping[str, SplitPredictions],
+    plots: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write an evaluation folder under `.<name>.tmp`, then rename it; returns the final path.
 
-    `rows` are predictions.csv rows (split, key, patient, label, probability, prediction) of a
-    binary run; with `columns` (a multi-class or multi-label run's predictions.csv header, as
-    `write_predictions` writes it) they are rows of those cells, written as given.
-    history.csv and timing.json are the run's (compare shows the run's training cost).
-    `plots(folder)` draws into `plots/` when given.
+    `predictions`: split name (`calibration`, `test`) -> its rows, written as a run's
+    predictions.csv is (`write_prediction_rows`, class names from `config`). history.csv and
+    timing.json are the run's (compare shows the run's training cost). `plots(folder)` draws
+    into `plots/` when given.
     """
     final = claim_dir(parent, name)
     with atomic_dir(final, claimed=True) as tmp:
@@ -325,15 +307,7 @@ def write_evaluation(
         shutil.copyfile(run.path / "history.csv", tmp / "history.csv")
         if (run.path / "timing.json").is_file():
             shutil.copyfile(run.path / "timing.json", tmp / "timing.json")
-        with (tmp / "predictions.csv").open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            if columns is not None:
-                writer.writerow(columns)
-                writer.writerows(rows)
-            else:
-                writer.writerow(PREDICTION_COLUMNS)
-                for split, key, group, label, prob, pred in rows:
-                    writer.writerow([split, key, group, int(label), repr(float(prob)), int(pred)])
+        write_prediction_rows(tmp / "predictions.csv", predictions, config.get("class_names"))
         if plots is not None:
             (tmp / "plots").mkdir()
             plots(tmp / "plots")

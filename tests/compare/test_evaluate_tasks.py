@@ -135,7 +135,8 @@ def test_every_task_agrees_with_sklearn_on_its_written_predictions(case: dict[st
         assert iv["at_label_thresholds"][f"auc_{n}"]["estimate"] == pytest.approx(auc)
         assert m["labels"][n]["sensitivity"] == pytest.approx(pred[y == 1].mean())
     assert m["macro_auc"] == pytest.approx(np.mean(aucs))
-    macro = iv["at_label_thresholds"]["macro_auc"]
+    macro = iv["at_label_thresholds"]["roc_auc_macro"]
+    assert macro["estimate"] == pytest.approx(np.mean(aucs))
     assert macro["lo"] <= macro["estimate"] <= macro["hi"]
     assert len(rows) == 16  # 8 patients x 2 images
 
@@ -206,7 +207,7 @@ def test_the_report_renders_every_tasks_external_section(
     assert lines[0] == "## External validation"
     row = next(line for line in lines if line.startswith("| the run |"))
     assert f"{result.images} / {result.patients}" in row
-    auc = {"binary": "roc_auc", "multiclass": "roc_auc_macro", "multilabel": "macro_auc"}
+    auc = {"binary": "roc_auc", "multiclass": "roc_auc_macro", "multilabel": "roc_auc_macro"}
     assert f"{result.intervals[auc[case['task']]]['estimate']:.3f}" in row
 
 
@@ -292,7 +293,7 @@ def test_the_command_prints_every_tasks_table(case: dict[str, Any]) -> None:
     assert result.exit_code == 0, result.output
     assert "calibration: ECE" in result.stdout and "evaluation folder:" in result.stdout
     doc = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
-    metric = {"binary": "roc_auc", "multiclass": "roc_auc_macro", "multilabel": "macro_auc"}
+    metric = {"binary": "roc_auc", "multiclass": "roc_auc_macro", "multilabel": "roc_auc_macro"}
     assert metric[case["task"]] in {r["metric"] for r in doc["rows"]}
     local = runner.invoke(app, [*args, "--recalibrate", "2"])
     assert local.exit_code == 0, local.output
@@ -305,3 +306,21 @@ def test_the_command_prints_every_tasks_table(case: dict[str, Any]) -> None:
     for name in ("--weights-file", "--weights"):
         bad = runner.invoke(app, [*args, name, str(out / "missing.pt")])
         assert bad.exit_code == 2 and "Traceback" not in bad.output, bad.output
+
+
+def test_an_evaluation_folder_reads_back_through_compare_with_the_same_intervals(
+    case: dict[str, Any],
+) -> None:
+    """One engine: `xray compare` on the evaluation folder (its predictions.csv) finds every
+    interval `evaluate` wrote, on the same patient resamples (same seed and count)."""
+    from featurestore.compare import compare_runs
+    from featurestore.config import CompareConfig
+
+    result = evaluate_run(case["run"], case["other"], config=_config(case))
+    cmp = compare_runs([result.path], CompareConfig(n_boot=200, seed=0))
+    (row,) = cmp.rows
+    decision = cmp.decisions[0].name
+    for metric in cmp.task.table_metrics:
+        theirs, ours = row.metrics[decision][metric], result.intervals[metric]
+        for field in ("estimate", "lo", "hi"):
+            assert getattr(theirs, field) == pytest.approx(ours[field], abs=1e-12), metric
