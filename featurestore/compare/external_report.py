@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from featurestore.compare.labels import METRIC_TITLES
 from featurestore.tasks import TASK_KINDS, Task
 
 
@@ -93,8 +94,6 @@ def _task_table(task: Task, evaluations: list[dict[str, Any]]) -> list[str]:
     loss left out) and for multi-label each finding's ROC-AUC, each with its interval; the ECE
     of the reported probabilities; external - internal of accuracy (where the task has one)
     and of the primary metric."""
-    from featurestore.compare.report import METRIC_TITLES
-
     shown = [m for m in task.table_metrics if m != "loss"]
     deltas = [m for m in ("accuracy", task.primary_metric) if m in shown]
     head = ["run", "dataset", "images / patients", "decision"]

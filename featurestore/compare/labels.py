@@ -7,6 +7,20 @@ from typing import Any
 
 from featurestore.runs import run_weights
 
+METRIC_TITLES = {
+    "loss": "loss",
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "f1_macro": "F1 (macro)",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "roc_auc": "ROC-AUC",
+    "roc_auc_macro": "macro ROC-AUC",
+    "recall": "recall",
+    "auc": "ROC-AUC",
+}
+"""How tables and plots title each metric."""
+
 # config.json keys that describe the data, the outcome or bookkeeping, not a setting that
 # was chosen: two runs differing only in these are runs of the same configuration.
 NOT_SETTINGS = frozenset(

@@ -16,23 +16,12 @@ import numpy as np
 
 from featurestore.compare.analysis import TABLE_METRICS, THRESHOLDS, Comparison, Interval
 from featurestore.compare.external_report import external_section
+from featurestore.compare.labels import METRIC_TITLES
 from featurestore.fileio import atomic_dir
 from featurestore.plots import new_figure, save_figure
 
 __all__ = ["TABLE_METRICS", "THRESHOLDS"]
 
-METRIC_TITLES = {
-    "loss": "loss",
-    "accuracy": "accuracy",
-    "balanced_accuracy": "balanced accuracy",
-    "f1_macro": "F1 (macro)",
-    "sensitivity": "sensitivity",
-    "specificity": "specificity",
-    "roc_auc": "ROC-AUC",
-    "roc_auc_macro": "macro ROC-AUC",
-    "recall": "recall",
-    "auc": "ROC-AUC",
-}
 THRESHOLD_TITLES = {
     "at_0.5": "threshold 0.5",
     "at_threshold": "validation-chosen threshold",

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from featurestore.data.formats import is_utf8, not_utf8_reason, printable
 from featurestore.data.load import load_manifest
 from featurestore.data.manifest import SPLITS, Split, patient_id
-from featurestore.errors import XrayError
 from featurestore.data.readers import scan_folder
+from featurestore.errors import XrayError
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -182,7 +182,9 @@ def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAud
                 # Duplicates are identical stored values, not identical decoded pixels (the
                 # intensity stretch maps every constant image to black).
                 split_name, _, row = item.key.partition("/")
-                stored = npz_array(str(npz.root), f"{split_name}_images", npz.root.stat().st_mtime_ns)
+                stored = npz_array(
+                    str(npz.root), f"{split_name}_images", npz.root.stat().st_mtime_ns
+                )
                 payload = np.ascontiguousarray(stored[int(row)]).tobytes()
                 size = image.size
             else:

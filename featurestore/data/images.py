@@ -155,9 +155,12 @@ def decode_dicom(source: Path | str | bytes, *, label: str) -> Image.Image:
             syntax = text.split("'")[1] if text.count("'") >= 2 else "compressed"
             raise ImageDecodeError(
                 f"{label}: {syntax} DICOM needs a decoder that is not installed: "
-                "pip install -e '.[dicom-codecs]' in the xray folder (pylibjpeg) or pip install python-gdcm"
+                "pip install -e '.[dicom-codecs]' in the xray folder (pylibjpeg) or "
+                "pip install python-gdcm"
             ) from None
-        raise ImageDecodeError(f"{label}: unreadable DICOM pixel data ({_first_line(exc)})") from None
+        raise ImageDecodeError(
+            f"{label}: unreadable DICOM pixel data ({_first_line(exc)})"
+        ) from None
     except (
         InvalidDicomError,
         AttributeError,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from featurestore.config import KERMANY_DIR, SYNTHETIC_DIR
+from featurestore.data import synth
 from featurestore.data.manifest import (
-    KERMANY_DIR,
     SPLITS,
-    SYNTHETIC_DIR,
     Manifest,
     carve_validation,
 )
@@ -22,7 +22,6 @@ from featurestore.data.multilabel import (
     read_nih,
 )
 from featurestore.data.readers import read_csv, read_folder, read_npz
-from featurestore.data import synth
 from featurestore.data.synth_multilabel import (
     SYNTHETIC_MULTILABEL_DIR,
     generate_synthetic_multilabel,

@@ -5,16 +5,14 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from featurestore.config import KERMANY_DIR, SYNTHETIC_DIR
 from featurestore.errors import XrayError
-from featurestore.fileio import file_digest
 
 if TYPE_CHECKING:  # PIL and rich only where images are actually read or progress is shown
     from PIL import Image
@@ -119,7 +117,6 @@ class Manifest:
             images = npz_array(str(self.root), f"{split}_images", self.root.stat().st_mtime_ns)
             return image_from_array(images[int(row)])
         return decode_image(self.root / key, min_size=min_size)
-
 
 
 # Kermany names: person12_bacteria_55.jpeg, person1222_virus_2071.jpeg, IM-0115-0001.jpeg and

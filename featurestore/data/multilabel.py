@@ -15,8 +15,8 @@ from enum import Enum
 from pathlib import Path
 from typing import cast
 
-from featurestore.data.manifest import SPLITS, Manifest, Record, Split, sorted_records
 from featurestore.data.formats import IMAGE_SUFFIXES
+from featurestore.data.manifest import SPLITS, Manifest, Record, Split, sorted_records
 from featurestore.errors import XrayError
 
 
@@ -48,7 +48,7 @@ NIH_FINDINGS: tuple[str, ...] = (
     "Pneumonia",
     "Pneumothorax",
 )
-"""The 14 findings of NIH ChestX-ray14 (Wang et al., CVPR 2017), in the `Finding Labels` spelling."""
+"""The 14 findings of NIH ChestX-ray14 (Wang et al., CVPR 2017), spelled as `Finding Labels`."""
 CHEXPERT_FINDINGS: tuple[str, ...] = (
     "No Finding",
     "Enlarged Cardiomediastinum",
@@ -115,9 +115,7 @@ def _has_uncertain(rows: list[dict[str, str]], columns: Iterable[str]) -> bool:
     return any((row.get(c) or "").strip() in ("-1", "-1.0") for row in rows for c in columns)
 
 
-def _record(
-    key: str, targets: tuple[float, ...], split: Split, patient: str, where: str
-) -> Record:
+def _record(key: str, targets: tuple[float, ...], split: Split, patient: str, where: str) -> Record:
     if not any(t == t for t in targets):  # every finding masked: nothing to learn from
         raise XrayError(f"{where}: every finding is uncertain under --uncertain ignore")
     return Record(key, 0, split, patient, split, targets=targets)
@@ -224,11 +222,16 @@ def read_nih(root: Path) -> Manifest:
     if not entries:
         raise XrayError(f"{root}: no Data_Entry_2017*.csv (the NIH ChestX-ray14 label file)")
     lists: dict[Split, set[str]] = {}
-    official: tuple[tuple[Split, str], ...] = (("train", "train_val_list.txt"), ("test", "test_list.txt"))
+    official: tuple[tuple[Split, str], ...] = (
+        ("train", "train_val_list.txt"),
+        ("test", "test_list.txt"),
+    )
     for given, name in official:
         file = root / name
         if not file.is_file():
-            raise XrayError(f"{root}: {name} missing: put NIH's official split lists beside the CSV")
+            raise XrayError(
+                f"{root}: {name} missing: put NIH's official split lists beside the CSV"
+            )
         lists[given] = {ln.strip() for ln in file.read_text().splitlines() if ln.strip()}
     on_disk = {
         p.name: p

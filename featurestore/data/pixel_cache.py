@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from featurestore.data.manifest import Manifest
 
 
-
 class Preprocessing(Protocol):
     """The resize step of `featurestore.models.Preprocessing` (data sits below models, so the
     cache names only what it reads)."""

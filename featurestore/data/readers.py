@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import functools
 import os
 import zipfile
 from dataclasses import dataclass
@@ -11,7 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from featurestore.data.formats import IGNORED_NAMES, READ_FORMATS, is_image_file, is_utf8, not_utf8_reason, printable
+from featurestore.data.formats import (
+    IGNORED_NAMES,
+    READ_FORMATS,
+    is_image_file,
+    is_utf8,
+    not_utf8_reason,
+    printable,
+)
 from featurestore.data.manifest import (
     POSITIVE_CLASS,
     SPLITS,

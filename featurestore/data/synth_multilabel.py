@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from featurestore.data.synth import MARKER, SynthSummary, _check_target, draw_anatomy, render_radiograph
+from featurestore.data.synth import (
+    MARKER,
+    SynthSummary,
+    _check_target,
+    draw_anatomy,
+    render_radiograph,
+)
 from featurestore.errors import XrayError
 
 if TYPE_CHECKING:

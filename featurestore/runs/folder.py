@@ -29,7 +29,13 @@ PREDICTION_COLUMNS = ("split", "key", "patient", "label", "probability", "predic
 INPROGRESS = ".inprogress"
 EVALUATION_FILE = "evaluation.json"
 # An evaluation folder (`xray evaluate`) holds what compare reads of a run, without weights.
-EVALUATION_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", EVALUATION_FILE)
+EVALUATION_FILES = (
+    "config.json",
+    "history.csv",
+    "metrics.json",
+    "predictions.csv",
+    EVALUATION_FILE,
+)
 
 # The columns of history.csv, one row per epoch.
 HISTORY_COLUMNS = (
@@ -201,7 +207,9 @@ def prediction_columns(sample: SplitPredictions, class_names: Sequence[str] | No
     return list(PREDICTION_COLUMNS)
 
 
-def _prediction_row(split: str, key: str, group: str, label: Any, prob: Any, pred: Any) -> list[Any]:
+def _prediction_row(
+    split: str, key: str, group: str, label: Any, prob: Any, pred: Any
+) -> list[Any]:
     """One image's predictions.csv cells (`prediction_columns`); probabilities at full float
     precision (repr), a masked multi-label target as an empty cell."""
     if np.ndim(label) == 1:  # multi-label: (L,) targets, probabilities and decisions
@@ -373,7 +381,10 @@ def _read_history(path: Path) -> dict[str, np.ndarray]:
         reader = csv.DictReader(fh)
         rows = list(reader)
     _check_rows(rows, list(reader.fieldnames or []))
-    columns = [*HISTORY_COLUMNS, *(c for c in (rows[0] if rows else {}) if c not in HISTORY_COLUMNS)]
+    columns = [
+        *HISTORY_COLUMNS,
+        *(c for c in (rows[0] if rows else {}) if c not in HISTORY_COLUMNS),
+    ]
     out = {
         c: np.array([float(r[c] or "nan") for r in rows], dtype=np.float64) for c in columns
     }  # an empty cell is NaN (undefined)
@@ -382,46 +393,37 @@ def _read_history(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_predictions(path: Path) -> dict[str, np.ndarray]:
+    """predictions.csv's columns (`prediction_columns`, any task): split/key/patient (str);
+    binary `label`, `probability` (N,), `prediction`; multi-class `label`, `probabilities`
+    (N, C), `prediction`; multi-label `targets` (N, L) 1/0/NaN, `probabilities` (N, L),
+    `predictions` (N, L) 0/1."""
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
         columns = list(reader.fieldnames or [])
     _check_rows(rows, columns)
-    prob_columns = [c for c in columns if c.startswith("prob_")]
+    names = [c.removeprefix("prob_") for c in columns if c.startswith("prob_")]
+
+    def grid(prefix: str, parse: Any) -> np.ndarray:
+        values = [[parse(r[f"{prefix}{n}"]) for n in names] for r in rows]
+        return np.array(values, dtype=np.float64).reshape(len(rows), len(names))
+
+    def column(name: str, dtype: Any) -> np.ndarray:
+        return np.array([dtype(r[name]) for r in rows], dtype=dtype)
+
+    out = {c: column(c, str) for c in PREDICTION_COLUMNS[:3]}
     if any(c.startswith("y_") for c in columns):  # a multi-label run
-        names = [c.removeprefix("prob_") for c in prob_columns]
-
-        def grid(prefix: str, parse: Any) -> np.ndarray:
-            values = [[parse(r[f"{prefix}{n}"]) for n in names] for r in rows]
-            return np.array(values, dtype=np.float64).reshape(len(rows), len(names))
-
-        return {
-            "split": np.array([r["split"] for r in rows], dtype=str),
-            "key": np.array([r["key"] for r in rows], dtype=str),
-            "patient": np.array([r["patient"] for r in rows], dtype=str),
-            "targets": grid("y_", lambda v: float(v) if v != "" else np.nan),
-            "probabilities": grid("prob_", float),
-            "predictions": grid("pred_", float).astype(np.int64),
-        }
-    if prob_columns and "probability" not in columns:  # a multi-class run
-        return {
-            "split": np.array([r["split"] for r in rows], dtype=str),
-            "key": np.array([r["key"] for r in rows], dtype=str),
-            "patient": np.array([r["patient"] for r in rows], dtype=str),
-            "label": np.array([int(r["label"]) for r in rows], dtype=np.int64),
-            "probabilities": np.array(
-                [[float(r[c]) for c in prob_columns] for r in rows], dtype=np.float64
-            ).reshape(len(rows), len(prob_columns)),
-            "prediction": np.array([int(r["prediction"]) for r in rows], dtype=np.int64),
-        }
-    return {
-        "split": np.array([r["split"] for r in rows], dtype=str),
-        "key": np.array([r["key"] for r in rows], dtype=str),
-        "patient": np.array([r["patient"] for r in rows], dtype=str),
-        "label": np.array([int(r["label"]) for r in rows], dtype=np.int64),
-        "probability": np.array([float(r["probability"]) for r in rows], dtype=np.float64),
-        "prediction": np.array([int(r["prediction"]) for r in rows], dtype=np.int64),
-    }
+        out["targets"] = grid("y_", lambda v: float(v) if v != "" else np.nan)
+        out["probabilities"] = grid("prob_", float)
+        out["predictions"] = grid("pred_", float).astype(np.int64)
+        return out
+    out["label"] = column("label", np.int64)
+    if names and "probability" not in columns:  # a multi-class run
+        out["probabilities"] = grid("prob_", float)
+    else:
+        out["probability"] = column("probability", np.float64)
+    out["prediction"] = column("prediction", np.int64)
+    return out
 
 
 def list_runs(runs_dir: Path) -> list[Path]:
@@ -457,7 +459,9 @@ def find_runs(
     direct = list_runs(runs_dir)
     if direct:
         return direct, None
-    studies = [p for p in runs_dir.iterdir() if p.is_dir() and list_runs(p)] if runs_dir.is_dir() else []
+    studies = (
+        [p for p in runs_dir.iterdir() if p.is_dir() and list_runs(p)] if runs_dir.is_dir() else []
+    )
     if studies_dir.is_dir():
         studies += [p / "runs" for p in studies_dir.iterdir() if list_runs(p / "runs")]
     if not studies:

@@ -72,7 +72,9 @@ def class_counts(
     """
     if any(np.ndim(y) == 2 for y in labels.values()):
         return {
-            split: {name: int(np.sum(np.asarray(y)[:, i] == 1.0)) for i, name in enumerate(class_names)}
+            split: {
+                name: int(np.sum(np.asarray(y)[:, i] == 1.0)) for i, name in enumerate(class_names)
+            }
             for split, y in labels.items()
         }
     return {

@@ -123,5 +123,5 @@ def test_torn_cache_file_is_ignored(tiny_data: Path, tmp_path: Path) -> None:
 def test_unreadable_image_is_one_line(tiny_data: Path, tmp_path: Path) -> None:
     m = load_manifest(tiny_data)
     images(tiny_data)[0].unlink()
-    with pytest.raises(XrayError, match="cannot read .*jpeg to check the dataset"):
+    with pytest.raises(XrayError, match=r"cannot read .*jpeg to check the dataset"):
         dataset_fingerprint(m, cache_dir=tmp_path)

@@ -1,4 +1,4 @@
-"""Tests for featurestore.data.images: any mode to RGB, draft-mode JPEG, clear errors on bad files."""
+"""Tests for featurestore.data.images: any mode to RGB, draft-mode JPEG, clear bad-file errors."""
 
 from __future__ import annotations
 
@@ -290,7 +290,10 @@ def _write_dicom(
     meta.MediaStorageSOPInstanceUID = generate_uid()
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
@@ -322,7 +325,9 @@ def test_the_same_picture_gives_the_same_tensor_in_every_container(tmp_path: Pat
         path = tmp_path / name
         im.save(path, lossless=True) if name.endswith(".webp") else im.save(path)
         paths.append(path)
-    paths.append(_write_dicom(tmp_path / "12bit.dcm", picture.astype(np.uint16) * 16, bits_stored=12))
+    paths.append(
+        _write_dicom(tmp_path / "12bit.dcm", picture.astype(np.uint16) * 16, bits_stored=12)
+    )
     pre = preprocessing_for("resnet18", "none", 32)
     reference = pre(decode_image(paths[0]))
     expected = (picture.astype(np.float64) - picture.min()) / (picture.max() - picture.min())
@@ -371,7 +376,9 @@ def test_a_real_bomb_is_still_refused_by_default(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("XRAY_MAX_IMAGE_PIXELS", raising=False)
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
     bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
@@ -382,7 +389,7 @@ def test_a_real_bomb_is_still_refused_by_default(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize("value", ["lots", "-5", "0"])
 def test_a_bad_pixel_limit_is_one_line(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("XRAY_MAX_IMAGE_PIXELS", value)
-    with pytest.raises(XrayError, match="XRAY_MAX_IMAGE_PIXELS.*positive number"):
+    with pytest.raises(XrayError, match=r"XRAY_MAX_IMAGE_PIXELS.*positive number"):
         decode_image(encode(Image.fromarray(gradient()), "PNG"))
 
 

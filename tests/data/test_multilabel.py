@@ -74,10 +74,10 @@ def test_nih_reader(tmp_path: Path) -> None:
 
 def test_nih_reader_refuses_missing_images(tmp_path: Path) -> None:
     root = write_nih(tmp_path / "nih", drop="00000002_000.png")
-    with pytest.raises(XrayError, match="1 image.*00000002_000.png"):
+    with pytest.raises(XrayError, match=r"1 image.*00000002_000\.png"):
         load_manifest(root, val_min=0)
     (root / "test_list.txt").unlink()
-    with pytest.raises(XrayError, match="test_list.txt missing"):
+    with pytest.raises(XrayError, match=r"test_list\.txt missing"):
         load_manifest(root, val_min=0)
 
 
@@ -105,7 +105,7 @@ def test_chexpert_reader_and_policies(tmp_path: Path, policy: str, edema: float 
     assert m.name == f"CheXpert-v1.0-small-u{policy}" and m.label_scheme == f"uncertain-{policy}"
     first = next(r for r in m.records if r.group == "patient00001")
     value = (first.targets or ())[CHEXPERT_FINDINGS.index("Edema")]
-    assert (math.isnan(value) if edema is None else value == edema)
+    assert math.isnan(value) if edema is None else value == edema
     assert (first.targets or ())[CHEXPERT_FINDINGS.index("Fracture")] == 0.0  # blank
     assert {r.group for r in m.split("test")} == {"patient00009"}  # valid.csv is the test set
     assert first.key == "train/patient00001/study1/view1_frontal.jpg"
@@ -129,8 +129,9 @@ def write_findings_csv(root: Path, *, piped: bool = False) -> Path:
         rows.append((f"img/{i}.png", split, f"pt{i // 2}", a, b))
     path = root / "labels.csv"
     if piped:
-        body = [f"{p},{s},{pt},{'|'.join(n for n, v in (('Effusion', a), ('Mass', b)) if v) or 'No Finding'}"
-                for p, s, pt, a, b in rows]  # fmt: skip
+        found = ("|".join(n for n, v in (("Effusion", a), ("Mass", b)) if v) or "No Finding"
+                 for _, _, _, a, b in rows)  # fmt: skip
+        body = [f"{p},{s},{pt},{f}" for (p, s, pt, _, _), f in zip(rows, found, strict=True)]
         path.write_text("path,split,patient,findings\n" + "\n".join(body) + "\n")
     else:
         body = [f"{p},{s},{pt},{a},{-1 if p.endswith('1.png') else b}" for p, s, pt, a, b in rows]

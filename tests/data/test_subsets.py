@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -27,7 +29,7 @@ def test_fraction_subsets_are_nested_stratified_and_whole_patients() -> None:
     subs = train_subsets(groups, labels, fractions=fractions, seed=3)
     assert [s.fraction for s in subs] == list(fractions)
     g = np.array(groups)
-    for small, large in zip(subs, subs[1:], strict=False):
+    for small, large in itertools.pairwise(subs):
         assert set(small.indices) <= set(large.indices)  # nested
     for s in subs:
         inside = set(g[s.indices])

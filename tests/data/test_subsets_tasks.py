@@ -7,8 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from featurestore.data import train_subsets
-from featurestore.data import MULTILABEL_FRACTION_RULE
+from featurestore.data import MULTILABEL_FRACTION_RULE, train_subsets
 from featurestore.tasks import TASK_KINDS
 
 NAMES = ("Effusion", "Mass", "Hernia")

@@ -1,4 +1,4 @@
-"""Tests for featurestore.data.synth: layout, Kermany naming, splits, determinism, no label leaks."""
+"""Tests for featurestore.data.synth: layout, Kermany naming, splits, determinism, no leaks."""
 
 from __future__ import annotations
 
@@ -314,7 +314,9 @@ def test_multiclass_set_ties_the_opacity_to_the_pneumonia_kind(tmp_path: Path) -
 def test_the_multiclass_opacities_differ_by_kind() -> None:
     rng = np.random.default_rng(0)
     lobar = [render_radiograph(rng, 64, 64, pneumonia=True, opacity_kind="lobar")[1] for _ in "ab"]
-    patchy = [render_radiograph(rng, 64, 64, pneumonia=True, opacity_kind="patchy")[1] for _ in "ab"]
+    patchy = [
+        render_radiograph(rng, 64, 64, pneumonia=True, opacity_kind="patchy")[1] for _ in "ab"
+    ]
     assert synth.SYNTH_OPACITY == {"bacteria": "lobar", "virus": "patchy"}
     assert all(m.any() for m in lobar + patchy)
 
