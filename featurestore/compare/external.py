@@ -287,36 +287,10 @@ def _conclude(
         raise XrayError("no images left to evaluate")
 
     metrics = split_metrics(task, y, s, thresholds=cut, loss=None)
-    external = TestArrays(keys[keep], _coded(task, y), s, g)
     internal = _internal_arrays(run, columns)
     own = _run_operating_point(run, task, columns, None)[1]
-    boot = {"n_boot": config.n_boot}
-    ext_point, ext_reps = _scored(task, external, cut, seed=config.seed, **boot)
-    int_point, int_reps = _scored(task, internal, own, seed=config.seed + 1, **boot)
-    intervals = {
-        _name(k): replicate_summary(v, ext_reps[k], alpha=config.alpha)
-        for k, v in ext_point.items()
-    }
-    difference: dict[str, Any] = {
-        _name(k): replicate_difference(
-            (v, ext_reps[k]), (int_point[k], int_reps[k]), alpha=config.alpha
-        )
-        for k, v in ext_point.items()
-    }
-    if task.multilabel:  # the macro difference over the findings with an AUC on both sides
-        both = [
-            n
-            for n in task.class_names
-            if np.isfinite(ext_point["auc", n]) and np.isfinite(int_point["auc", n])
-        ]
-        difference["roc_auc_macro"] = {
-            **replicate_difference(
-                _macro(ext_point, ext_reps, both, config.n_boot),
-                _macro(int_point, int_reps, both, config.n_boot),
-                alpha=config.alpha,
-            ),
-            "findings": both,
-        }
+    external = TestArrays(keys[keep], _coded(task, y), s, g)
+    intervals, difference = _statistics(task, (external, cut), (internal, own), config)
     # Calibration of the reported probabilities, and what the recalibration does to them.
     cal = recalibration_report(task, fitted, {"test": (y, s_raw[keep])})
     cal["fitted_on"] = cal.get("fitted_on", "calibration" if config.recalibrate else "val")
@@ -399,6 +373,48 @@ DECISION_KEYS = {
     "multilabel": MULTILABEL_DECISION,
 }
 """The metrics.json key of the decision at the evaluation's operating point, per task."""
+
+
+def _statistics(
+    task: Task,
+    external: tuple[TestArrays, Thresholds],
+    internal: tuple[TestArrays, Thresholds],
+    config: EvaluateConfig,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every metric of the evaluated images with its percentile interval over whole-patient
+    resamples, and external - internal with a two-sample patient-bootstrap interval (each
+    test set resampled on its own, seeds `seed` and `seed + 1`). Each side is its test arrays
+    and its thresholds (the evaluation's, and the run's own). The multi-label macro difference
+    averages the findings with an ROC-AUC on both sides, listed in its `findings`."""
+    (ext, cut), (inner, own) = external, internal
+    boot = {"n_boot": config.n_boot}
+    ext_point, ext_reps = _scored(task, ext, cut, seed=config.seed, **boot)
+    int_point, int_reps = _scored(task, inner, own, seed=config.seed + 1, **boot)
+    intervals = {
+        _name(k): replicate_summary(v, ext_reps[k], alpha=config.alpha)
+        for k, v in ext_point.items()
+    }
+    difference: dict[str, Any] = {
+        _name(k): replicate_difference(
+            (v, ext_reps[k]), (int_point[k], int_reps[k]), alpha=config.alpha
+        )
+        for k, v in ext_point.items()
+    }
+    if task.multilabel:  # the macro difference over the findings with an AUC on both sides
+        both = [
+            n
+            for n in task.class_names
+            if np.isfinite(ext_point["auc", n]) and np.isfinite(int_point["auc", n])
+        ]
+        difference["roc_auc_macro"] = {
+            **replicate_difference(
+                _macro(ext_point, ext_reps, both, config.n_boot),
+                _macro(int_point, int_reps, both, config.n_boot),
+                alpha=config.alpha,
+            ),
+            "findings": both,
+        }
+    return intervals, difference
 
 
 def _name(key: tuple[str, str | None]) -> str:
