@@ -44,7 +44,8 @@ class LogProgress(Progress):
 
     rich draws nothing there until the end, so a long job looks dead. This prints one plain
     line when a task starts (`extract resnet50: started, 5,232 img`: a job shorter than the
-    interval still leaves a trace), then at most one every `interval` seconds, the last when
+    interval still leaves a trace; none for a task added with `announced=True`, whose caller
+    prints its own first line), then at most one every `interval` seconds, the last when
     the task finishes:
     `extract resnet50: 1,200/5,232 img (23%), 41.2 img/s, 0:00:29 elapsed, ~0:01:38 left`.
     """
@@ -61,7 +62,8 @@ class LogProgress(Progress):
         self._started[task_id] = self._last_line[task_id] = time.monotonic()
         with self._lock:
             task = self._tasks[task_id]
-        self.console.print(start_line(task), markup=False, highlight=False, soft_wrap=True)
+        if not task.fields.get("announced"):  # the caller printed its own, fuller first line
+            self.console.print(start_line(task), markup=False, highlight=False, soft_wrap=True)
         return task_id
 
     def advance(self, task_id: TaskID, advance: float = 1) -> None:

@@ -66,6 +66,9 @@ def test_the_start_line_comes_before_any_work(monkeypatch: pytest.MonkeyPatch) -
         assert buffer.getvalue() == "training: started, 100 epoch (3 done before)\n"
         bar.add_task("warm-up", total=None)
         assert buffer.getvalue().splitlines()[-1] == "warm-up: started"
+        before = buffer.getvalue()
+        bar.add_task("sweep", total=4, unit="epochs", announced=True)  # its caller's own line
+        assert buffer.getvalue() == before
         task = bar.add_task("extract resnet50", total=1000, unit="img")
         for _ in range(20):  # 20 s: one line at 5, 10, 15, 20 s after the start line
             clock[0] += 1.0

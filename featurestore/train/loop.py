@@ -300,7 +300,7 @@ def fit(
     overall = None
     if progress is not None and not streaming:
         overall = progress.add_task(
-            "training", total=config.epochs, completed=loop.epoch, unit="epoch"
+            "training", total=config.epochs, completed=loop.epoch, unit="epochs", announced=True
         )
     ckpt_path = run_dir / "last.pt" if run_dir is not None and distributed.is_main() else None
     if out is not None and monitor_note is not None:

@@ -346,10 +346,13 @@ def fit_sweep(
     epochs_run = torch.zeros(g_total, dtype=torch.long)
     best_state = [{k: v.detach().clone() for k, v in s.state_dict().items()} for s in stacks]
     history: list[list[dict[str, float]]] = [[] for _ in members]
-    bar = progress.add_task("sweep", total=config.epochs, unit="epoch") if progress else None
+    bar = None
+    if progress is not None:
+        bar = progress.add_task("sweep", total=config.epochs, unit="epochs", announced=True)
     table = epoch_table_wanted(verbose)
-    announce_start(console, f"sweep: {len(members)} heads, up to {config.epochs} epochs, "
-                            f"each selecting its best epoch on {monitor}")  # fmt: skip
+    out = console or (progress.console if progress is not None else None)
+    announce_start(out, f"sweep: {len(members)} heads, up to {config.epochs} epochs, "
+                        f"each selecting its best epoch on {monitor}")  # fmt: skip
     began = time.perf_counter()
     step = 0
     for epoch in range(1, config.epochs + 1):
