@@ -241,6 +241,8 @@ class Comparison:
     warnings: list[str] = field(default_factory=list)
     """What a reader must see before any number (random weights, synthetic data)."""
     verdict: Verdict | None = None
+    repeats: list[list[str]] = field(default_factory=list)
+    """Labels of runs with identical settings and seed (the same command run twice), per group."""
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -367,6 +369,7 @@ def compare_runs(
         dataset=dataset,
         warnings=data_warnings(rows, dataset),
         tests=arrays,
+        repeats=[[rows[i].label for i in members] for members in repeats],
     )
     cmp.verdict = make_verdict(cmp)
     if evaluations is not None:

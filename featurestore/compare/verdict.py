@@ -62,7 +62,8 @@ def _find_pair(pairs: list[PairTest], a: str, b: str) -> PairTest | None:
 def make_verdict(cmp: Comparison) -> Verdict:
     """Rank the runs on the task's primary metric (ROC-AUC; macro ROC-AUC for multi-class and
     multi-label; accuracy when an AUC is undefined for a single-label task) at the first
-    decision rule; test the best against the runner-up with the paired test of that metric
+    decision rule; test the best against the runner-up (the best run that is not a repeat of
+    it: same settings and seed) with the paired test of that metric
     (clustered DeLong, Obuchowski 1997; the paired patient bootstrap of the macro AUC
     difference; clustered McNemar, Durkalski et al. 2003) and Holm's correction over all pairs
     (stats.holm)."""
@@ -86,11 +87,20 @@ def make_verdict(cmp: Comparison) -> Verdict:
             + ("" if iv.reliable else ", unreliable: too few patients of a class")
             + ")."
         )
-    runner = ranked[1] if len(ranked) > 1 else None
+    # The runner-up is the best run that is not a repeat of the best (the same command run
+    # twice scores the same: comparing the two says nothing).
+    twins = next((set(g) for g in cmp.repeats if best.label in g), {best.label})
+    others = [r for r in ranked if r.label not in twins]
+    runner = others[0] if others else None
     margin = p = p_adj = None
     test = None
     significant = None
-    if runner is None:
+    if runner is None and len(ranked) > 1:
+        lines.append(
+            f"The other runs repeat {best.label} (identical settings and seed): there is no "
+            "different run to compare it with."
+        )
+    elif runner is None:
         lines.append("Only one run: there is nothing to compare it with.")
     elif iv.defined:
         margin = iv.estimate - runner.primary(metric).estimate

@@ -597,3 +597,23 @@ def test_issue_14_11_report_html_renders_in_a_headless_browser(
     assert seen["images"] == 3 and seen["broken"] == 0  # roc, metrics, confusion
     assert seen["banners"] == 1 and seen["tables"] >= 4
     assert not seen["page_overflow"] and seen["tables_overflowing"] == 0, seen
+
+
+def test_the_verdict_never_names_a_repeat_of_the_best_as_its_runner_up(tmp_path: Path) -> None:
+    """The same command run twice (identical settings and seed, identical scores) is a repeat:
+    the runner-up is the best different run, and with none the verdict says so."""
+    root = tmp_path / "runs"
+    test = make_test_set()
+    probs = 1 / (1 + np.exp(-(1.6 * (test[2] - 0.5) * 4)))
+    twice = [
+        write_fake_run(root, n, model="resnet50", mode="finetune", skill=0, test=test, probs=probs)
+        for n in ("first", "again")
+    ]
+    other = write_fake_run(root, "d121", model="densenet121", mode="frozen", skill=0.4, test=test)
+    cmp = compare_runs([*twice, other], CompareConfig(n_boot=100))
+    assert cmp.verdict is not None and len(cmp.repeats) == 1
+    assert cmp.verdict.best in cmp.repeats[0]
+    assert cmp.verdict.runner_up == next(r.label for r in cmp.rows if r.name == other.name)
+    alone = compare_runs(twice, CompareConfig(n_boot=100))
+    assert alone.verdict is not None and alone.verdict.runner_up is None
+    assert any("repeat" in line for line in alone.verdict.lines)
