@@ -29,6 +29,7 @@ from featurestore.compare.engine import (
     MetricKey,
     TestArrays,
     decisions,
+    fewest_units,
     kernel,
     point_estimates,
     replicates,
@@ -52,7 +53,7 @@ from featurestore.compare.external_stats import (
 from featurestore.compare.multiclass import MULTICLASS_DECISION
 from featurestore.compare.multilabel import MULTILABEL_DECISION
 from featurestore.compare.splits import Thresholds, choose_operating_point, split_metrics
-from featurestore.config import EvaluateConfig
+from featurestore.config import CompareConfig, EvaluateConfig
 from featurestore.errors import XrayError
 from featurestore.runs.result import SplitPredictions
 from featurestore.tasks import Task
@@ -288,13 +289,24 @@ def _conclude(
 
     metrics = split_metrics(task, y, s, thresholds=cut, loss=None)
     internal = _internal_arrays(run, columns)
-    own = _run_operating_point(run, task, columns, None)[1]
+    # The internal side is decided by the same rule as the external rows (the run's own, or the
+    # one --threshold chose on the run's validation set), so a difference is the change of
+    # site alone; after a local recalibration the scales differ, and the run's own rule holds.
+    own = _run_operating_point(run, task, columns, None)[1] if config.recalibrate else cut
     external = TestArrays(keys[keep], _coded(task, y), s, g)
     intervals, difference = _statistics(task, (external, cut), (internal, own), config)
+    few = [
+        name for key, name in ((k, _name(k)) for k in _metric_keys(task, intervals))
+        if (n := fewest_units(task, key, external, external.groups)) is not None
+        and n < CompareConfig().min_units_per_class
+    ]  # fmt: skip
+    for name in few:
+        intervals[name]["reliable"] = False
     # Calibration of the reported probabilities, and what the recalibration does to them.
     cal = recalibration_report(task, fitted, {"test": (y, s_raw[keep])})
     cal["fitted_on"] = cal.get("fitted_on", "calibration" if config.recalibrate else "val")
-    cal["reported_probability"] = "recalibrated" if config.recalibrate else "model output"
+    refitted = config.recalibrate and fitted.method != "identity"
+    cal["reported_probability"] = "recalibrated" if refitted else "model output"
     cal.update(reported_calibration(task, y, s))
 
     dataset = manifest.name or manifest.root.stem
@@ -326,9 +338,25 @@ def _conclude(
         if findings.left_out:  # the folder holds the shared findings only: its task says so
             config_doc.update(task.as_record(), positive_class=task.positive_class)
             notes.append(findings.left_out_note(run.name, Path(manifest.source or manifest.root)))
-    if config.recalibrate:  # fits refused and policies that could not run on the local set
+    if config.recalibrate:  # fits refused on the local set
         notes += _fit_notes(fitted)
+    if (config.recalibrate or config.threshold_policy) and not task.multiclass:
+        # A policy chosen here that could not run (one class on val or the local set).
         notes += [n for n in (threshold.get("note"), *threshold.get("notes", [])) if n]
+    macro = difference.get("roc_auc_macro") or {}
+    if task.multilabel and macro.get("findings") is not None:
+        defined = [n for n in task.class_names if intervals[f"auc_{n}"]["estimate"] is not None]
+        if macro["findings"] != defined and macro["external"] is not None:
+            notes.append(
+                "the macro ROC-AUC difference averages the findings with an ROC-AUC on both "
+                f"sides ({', '.join(macro['findings'])}): external {macro['external']:.3f} "
+                f"over them, {intervals['roc_auc_macro']['estimate']:.3f} over all it has"
+            )
+    if few:
+        notes.append(
+            f"fewer than {CompareConfig().min_units_per_class} patients of a class they need "
+            f"in the evaluated rows: the intervals of {', '.join(few)} are unreliable"
+        )
     doc = {
         "best_epoch": run.metrics.get("best_epoch"),
         "epochs_run": run.metrics.get("epochs_run"),
@@ -435,10 +463,24 @@ def _strata(task: Task, y: np.ndarray) -> np.ndarray:
 
 
 def _counts(task: Task, y: np.ndarray) -> dict[str, Any]:
-    """Images per class (`per_class`), or positive images per finding (`positives`)."""
+    """Images per class (`per_class`; binary also `positives`, as before), or positive images
+    per finding (`positives`)."""
     if task.multilabel:
         return {"positives": {n: int(np.sum(y[:, k] == 1)) for k, n in enumerate(task.class_names)}}
-    return {"per_class": {c: int(np.sum(y == k)) for k, c in enumerate(task.class_names)}}
+    per_class = {c: int(np.sum(y == k)) for k, c in enumerate(task.class_names)}
+    if task.binary:
+        return {"positives": per_class[task.positive_class], "per_class": per_class}
+    return {"per_class": per_class}
+
+
+def _metric_keys(task: Task, intervals: dict[str, Any]) -> list[MetricKey]:
+    """The engine's keys of the evaluation's interval names (`auc_Effusion` -> ("auc",
+    "Effusion")); names of no class are headline metrics."""
+    out: list[MetricKey] = []
+    for name in intervals:
+        cls = next((c for c in task.class_names if name.endswith(f"_{c}")), None)
+        out.append((name.removesuffix(f"_{cls}"), cls) if cls else (name, None))
+    return out
 
 
 def _fit_notes(fitted: Any) -> list[str]:

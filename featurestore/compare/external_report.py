@@ -32,6 +32,10 @@ def find_evaluations(folder: Path, runs: dict[str, str]) -> list[dict[str, Any]]
             continue
         # One decision rule per task: at_threshold, argmax or at_label_thresholds.
         (intervals,) = metrics["intervals"].values()
+        difference = metrics["internal_difference"]
+        for old in (intervals, difference):  # multi-label folders written before the rename
+            if "macro_auc" in old and "roc_auc_macro" not in old:
+                old["roc_auc_macro"] = old.pop("macro_auc")
         out.append(
             {
                 "path": str(path),
@@ -47,7 +51,7 @@ def find_evaluations(folder: Path, runs: dict[str, str]) -> list[dict[str, Any]]
                 "threshold": metrics["threshold"],
                 "intervals": intervals,
                 "ece": metrics["calibration"].get("ece"),
-                "difference": metrics["internal_difference"],
+                "difference": difference,
             }
         )
     return out

@@ -150,6 +150,9 @@ def test_recalibration_keeps_the_decisions_rule_and_says_where_it_was_fitted(
     local = evaluate_run(case["run"], case["other"], config=_config(case, recalibrate=n))
     cal = json.loads((local.path / "metrics.json").read_text())["calibration"]
     assert cal["fitted_on"] == "calibration" and local.local is not None
+    assert not any("argmax" in note for note in local.notes)  # no policy was asked for
+    refitted = cal["method"] != "identity"
+    assert cal["reported_probability"] == ("recalibrated" if refitted else "model output")
     held = set(local.local["patient_ids"])
     run = load_run(case["run"])
     names = list(run.config["class_names"])
@@ -324,3 +327,27 @@ def test_an_evaluation_folder_reads_back_through_compare_with_the_same_intervals
         theirs, ours = row.metrics[decision][metric], result.intervals[metric]
         for field in ("estimate", "lo", "hi"):
             assert getattr(theirs, field) == pytest.approx(ours[field], abs=1e-12), metric
+
+
+def test_a_multi_label_evaluation_written_before_the_rename_still_reports(
+    case: dict[str, Any], tmp_path: Path
+) -> None:
+    """Folders written before the engine named the macro ROC-AUC `roc_auc_macro` (they say
+    `macro_auc`) are read back by the report's external section under the new name."""
+    import shutil
+
+    from featurestore.compare import external_section, find_evaluations
+
+    if case["task"] != "multilabel":
+        pytest.skip("only multi-label evaluations were renamed")
+    result = evaluate_run(case["run"], case["other"], config=_config(case))
+    old = tmp_path / "evaluations" / result.path.name
+    shutil.copytree(result.path, old)
+    doc = json.loads((old / "metrics.json").read_text())
+    (rule,) = doc["intervals"]
+    doc["intervals"][rule]["macro_auc"] = doc["intervals"][rule].pop("roc_auc_macro")
+    doc["internal_difference"]["macro_auc"] = doc["internal_difference"].pop("roc_auc_macro")
+    (old / "metrics.json").write_text(json.dumps(doc))
+    found = find_evaluations(old.parent, {case["run"].name: "the run"})
+    row = next(line for line in external_section(found) if line.startswith("| the run |"))
+    assert f"{result.intervals['roc_auc_macro']['estimate']:.3f}" in row

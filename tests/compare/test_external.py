@@ -162,6 +162,13 @@ def test_a_new_policy_is_chosen_on_the_runs_validation_not_the_evaluated_split(
     expected = choose_threshold(val["label"], val["probability"], policy="sensitivity:0.95")
     assert result.threshold["value"] == expected
     assert result.threshold["reached"]["sensitivity"] >= 0.95
+    # The internal side of each difference is decided by the same new threshold, so the
+    # difference is the change of site alone, not also the change of threshold.
+    internal = load_run(env["frozen"]).split_predictions("test")
+    pred = (internal["probability"] >= expected).astype(int)
+    for metric, pos in (("sensitivity", 1), ("specificity", 0)):
+        want = recall_score(internal["label"], pred, pos_label=pos)
+        assert result.difference[metric]["internal"] == pytest.approx(want)
 
 
 def test_calibration_patients_are_seeded_stratified_and_whole() -> None:
