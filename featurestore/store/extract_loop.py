@@ -102,25 +102,53 @@ def decoded_in_threads(
     Pillow releases the GIL while it decodes and resizes and torch while it computes, so the
     next batches decode while the model runs this one, in the same process: no forked workers
     (and their copies of the torch thread pool) competing with torch's threads for the cores.
+    `ahead` = 0 decodes each batch only when it is asked for, with the model idle: what the
+    CPU path does when torch's threads already take every core (see `decode_overlaps`).
     """
     pending: deque[list[Future[tuple[np.ndarray | None, str | None]]]] = deque()
     todo = iter(batches)
     pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="xray-decode")
 
-    def submit() -> None:
+    def submit() -> bool:
         batch = next(todo, None)
         if batch is not None:
             pending.append([pool.submit(_pixels, manifest, keys[i], pre, cache) for i in batch])
+        return batch is not None
 
     try:
-        for _ in range(ahead):
-            submit()
         for batch in batches:
+            while len(pending) <= max(0, ahead) and submit():
+                pass  # this batch and `ahead` more are queued
             futures = pending.popleft()
-            submit()
             yield _collate([(i, *f.result()) for i, f in zip(batch, futures, strict=True)])
     finally:  # also when the consumer stops early (a bad image): drop what is queued
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def decode_overlaps(device: torch.device) -> bool:
+    """Whether decoding threads should run beside the forward pass (else between batches).
+
+    On a GPU, or when torch's threads leave a core free, the decoding threads have a core to
+    themselves while the model computes. When torch's threads take every core (the CPU
+    default), a decoding thread beside them oversubscribes the cores: the OpenMP parallel
+    regions stall whenever one of their threads is preempted, so the forward pass lost about
+    twice the decode's own CPU time. Decoding each batch in as many threads as torch's while
+    the model waits costs only that CPU time (vit-small bf16 at 224 px on 2 cores, full-size
+    JPEGs: extraction 0.68 -> 0.78 of the bare forward pass; bench/README.md). The features
+    are the same either way: the batches and their pixels do not change.
+    """
+    import os
+
+    import torch
+
+    if device.type != "cpu":
+        return True
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))  # torchrun's ranks
+    return torch.get_num_threads() < max(1, cores // share)
 
 
 def run_chunks(
@@ -146,7 +174,8 @@ def run_chunks(
     """Compute and persist every pending chunk; returns images per second.
 
     `workers` > 0 decodes in that many DataLoader processes (free cores); 0 decodes in
-    `decode_threads` threads of this process, overlapping the model. `autocast`: the
+    `decode_threads` threads of this process, overlapping the model when a core is free for
+    them (`decode_overlaps`), else in as many threads as torch's, between batches. `autocast`: the
     torch.autocast dtype of the forward pass (None: float32). `pixel_cache`: decoded, resized
     images read from / added to it (each worker process writes its share of the budget).
     """
@@ -180,8 +209,15 @@ def run_chunks(
             pin_memory=cuda,
         )
     else:
+        overlap = decode_overlaps(device)
         loader = decoded_in_threads(
-            manifest, keys, pre, batches, threads=decode_threads, cache=pixel_cache
+            manifest,
+            keys,
+            pre,
+            batches,
+            threads=decode_threads if overlap else max(decode_threads, torch.get_num_threads()),
+            ahead=2 if overlap else 0,
+            cache=pixel_cache,
         )
         cleanup.callback(loader.close)
     trunk.eval().to(device).to(memory_format=torch.channels_last)

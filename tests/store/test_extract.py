@@ -213,6 +213,50 @@ def test_rows_do_not_depend_on_workers(
     _assert_same_rows(other.path, reference.path)
 
 
+@pytest.mark.parametrize("overlap", [True, False])
+def test_rows_do_not_depend_on_when_threads_decode(
+    tiny_data_ro: Path,
+    reference: ExtractResult,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    overlap: bool,
+) -> None:
+    # Decoding beside the model (a core free) or between batches (torch holds every core):
+    # the same batches, pixels and features, a bad image reported the same way.
+    from featurestore.store import extract_loop
+
+    monkeypatch.setattr(extract_loop, "decode_overlaps", lambda device: overlap)
+    other = _extract(load_manifest(tiny_data_ro), tmp_path)
+    _assert_same_rows(other.path, reference.path)
+
+
+def test_decoding_between_batches_is_asked_for_batch_by_batch(tiny_data_ro: Path) -> None:
+    # ahead=0: nothing is decoded before the consumer asks for the batch.
+    from featurestore.models import preprocessing_for
+    from featurestore.store import extract_loop
+
+    m = load_manifest(tiny_data_ro)
+    keys = [r.key for r in m.records]
+    asked: list[str] = []
+    real = extract_loop._pixels
+    pre = preprocessing_for("resnet18", "none", 32)
+
+    def pixels(manifest: Manifest, key: str, *args: Any) -> Any:
+        asked.append(key)
+        return real(manifest, key, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(extract_loop, "_pixels", pixels)
+        batches = [[0, 1], [2, 3], [4]]
+        gen = extract_loop.decoded_in_threads(m, keys, pre, batches, threads=2, ahead=0)
+        got = []
+        for positions, batch, errors in gen:
+            assert len(asked) == positions[-1] + 1  # this batch, not the next
+            got.append((positions, None if batch is None else tuple(batch.shape), errors))
+    assert [g[0] for g in got] == batches
+    assert got[0][1] == (2, 32, 32, 3) and all(not g[2] for g in got)
+
+
 def test_changed_image_rebuilds_with_the_reason(tiny_data: Path, tmp_path: Path) -> None:
     first = _extract(load_manifest(tiny_data), tmp_path)
     image = tiny_data / load_manifest(tiny_data).split("test")[0].key
