@@ -114,11 +114,16 @@ def bench_model(
     workers: list[int],
     rounds: int,
     precision: str,
+    decode_beside: bool = False,
 ) -> dict[str, Any]:
-    """Interleave forward-only and first/second-backbone extraction over the same images."""
+    """Interleave forward-only and first/second-backbone extraction over the same images.
 
+    `decode_beside`: also extract (workers=0) with the decoding threads forced to run beside
+    the forward pass, as extraction did before it decoded between batches on busy cores
+    (`featurestore.store.extract_loop.decode_overlaps`): the before/after of that change.
+    """
     from featurestore.devices import autocast_dtype
-    from featurestore.store import extract_features
+    from featurestore.store import extract_features, extract_loop
 
     manifest, pre, trunk, batches = forward_inputs(
         model, data, image_size=image_size, batch_size=batch_size
@@ -143,14 +148,22 @@ def bench_model(
     for store in warm.rglob("*.h5"):
         store.unlink()
 
-    def extract_with(w: int, second: bool) -> Any:
-        name = f"{'second' if second else 'first'} workers={w}"
+    def extract_with(w: int, second: bool, beside: bool = False) -> Any:
+        name = f"{'second' if second else 'first'} workers={w}" + (
+            " decode beside forward" if beside else ""
+        )
         calls[name] = []
 
         def run() -> float:
             w_now[0] = w
             cache = warm if second else scratch / f"cold-{len(calls[name])}"
-            result = extract(cache)
+            chosen = extract_loop.decode_overlaps
+            if beside:
+                extract_loop.decode_overlaps = lambda device: True
+            try:
+                result = extract(cache)
+            finally:
+                extract_loop.decode_overlaps = chosen
             assert result.status in ("built", "rebuilt")
             assert sum(result.counts.values()) == len(manifest.records)
             calls[name].append(len(manifest.records) / result.seconds)
@@ -170,6 +183,9 @@ def bench_model(
     for w in workers:
         sides[f"first workers={w}"] = extract_with(w, second=False)
         sides[f"second workers={w}"] = extract_with(w, second=True)
+        if decode_beside and w == 0:
+            sides["first workers=0 decode beside forward"] = extract_with(0, False, True)
+            sides["second workers=0 decode beside forward"] = extract_with(0, True, True)
     try:
         got = interleave(sides, rounds)
     finally:
@@ -197,8 +213,12 @@ def bench_model(
         "forward_full_batches_images_per_s": round(median(got["forward, full batches"]), 3),
         "forward_ms_per_image": round(1000 / forward, 1),
         "configs": configs,
-        "first_ratio": max(c["ratio"] for n, c in configs.items() if n.startswith("first")),
-        "second_ratio": max(c["ratio"] for n, c in configs.items() if n.startswith("second")),
+        "first_ratio": max(
+            c["ratio"] for n, c in configs.items() if n.startswith("first") and "beside" not in n
+        ),
+        "second_ratio": max(
+            c["ratio"] for n, c in configs.items() if n.startswith("second") and "beside" not in n
+        ),
         "min_size": pre.resize,
         "pre": pre,
         "manifest": manifest,
@@ -294,6 +314,11 @@ def main() -> None:
         "--precision", default="auto", help="auto (bf16 where the CPU computes it), fp32, bf16"
     )
     parser.add_argument("--workers", default=None, help="loader worker counts, e.g. 0,1")
+    parser.add_argument(
+        "--decode-beside",
+        action="store_true",
+        help="also time workers=0 with decoding forced beside the forward pass (the old way)",
+    )
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -320,7 +345,7 @@ def main() -> None:
     results = [
         bench_model(
             m, data, image_size=size, batch_size=batch, workers=workers, rounds=rounds,
-            precision=precision,
+            precision=precision, decode_beside=args.decode_beside or args.quick,
         )
         for m in models
     ]  # fmt: skip
