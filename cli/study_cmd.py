@@ -12,7 +12,16 @@ import typer
 from featurestore.config import StudyConfig
 
 from .common import console, err_console, notice, resolve_data, user_errors
-from .options import DEFAULT_CACHE, CacheDir, DataPath, JsonFlag, SeedsOpt, Task, TaskOpt
+from .options import (
+    DEFAULT_CACHE,
+    CacheDir,
+    DataPath,
+    JsonFlag,
+    PrecisionOpt,
+    SeedsOpt,
+    Task,
+    TaskOpt,
+)
 
 study_app = typer.Typer(
     help="A study you declare: arms x seeds in a TOML file, its questions answered first "
@@ -223,6 +232,7 @@ def demo(
     ] = None,
     as_json: JsonFlag = False,
     task: TaskOpt = Task(_STUDY.task),
+    precision: PrecisionOpt = None,
 ) -> None:
     """The built-in study: each backbone frozen and fine-tuned, its two questions answered.
 
@@ -248,6 +258,8 @@ def demo(
         xray demo --task multiclass   (NORMAL / BACTERIAL / VIRAL: --labels kermany3)
 
         xray demo --task multilabel   (Cardiomegaly, Effusion, Opacity; masked uncertain labels)
+
+        xray demo --precision fp32   (a rerun repeats it to the byte)
     """
     from featurestore.models import get_spec
     from featurestore.progress import make_progress
@@ -259,6 +271,7 @@ def demo(
     base = StudyConfig(
         models=chosen, weights=weights, seeds=seeds, workers=workers, task=task.value,
         labels="kermany3" if task is Task.multiclass else "as-given", sweeps=sweeps,
+        precision=None if precision is None else precision.value,
     )  # fmt: skip
     base = base.full_size() if full else base
     config = _replace_some(

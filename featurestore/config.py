@@ -610,6 +610,8 @@ class StudyConfig:
     """Label scheme (`LabelScheme`): `kermany3` makes it the three-class study."""
     sweeps: bool = True
     """Also show a head sweep and a label-efficiency curve per backbone (frozen mode)."""
+    precision: PrecisionName | None = None
+    """What every arm's backbone computes in (extraction and training); None: auto."""
     sweep: SweepConfig = field(
         default_factory=lambda: SweepConfig(
             lrs=(1e-4, 1e-3, 1e-2), weight_decays=(0.0, 1e-4, 1e-2), heads=("linear",)

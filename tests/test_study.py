@@ -51,6 +51,7 @@ def test_every_demo_option_is_an_edit_of_the_study_file(task: str) -> None:
     config = StudyConfig(
         models=("resnet18",), seeds=3, image_size=32, head_epochs=3, finetune_epochs=6,
         task=task, labels="kermany3" if task == "multiclass" else "as-given", workers=0,
+        precision="fp32",
     )  # fmt: skip
     study = parse_study(demo_text(config, data=Path("d")), source="demo")
     assert study.data == Path("d") and study.seeds == (0, 1, 2)
@@ -63,6 +64,7 @@ def test_every_demo_option_is_an_edit_of_the_study_file(task: str) -> None:
     assert finetuned.train.patience == 2 and finetuned.train.batch_size == 16
     assert frozen.labels == finetuned.labels == config.labels
     assert frozen.extract.workers == 0
+    assert frozen.extract.precision == "fp32" and finetuned.train.precision == "fp32"
     (question,) = study.questions
     assert (question.a, question.b) == ("resnet18-finetune", "resnet18-frozen")
 

@@ -91,6 +91,8 @@ def demo_text(
         lines.append(f'labels = "{config.labels}"')
     if config.workers is not None:
         lines.append(f"workers = {config.workers}")
+    if config.precision is not None:
+        lines.append(f'precision = "{config.precision}"')
     frozen = ['mode = "frozen"', f'head = "{config.head}"', f"epochs = {config.head_epochs}"]
     finetuned = [
         'mode = "finetune"',
