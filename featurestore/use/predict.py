@@ -47,22 +47,24 @@ class PredictionRow:
 def prediction_row(
     task: Task, path: str, probs: Sequence[float], decision: int | Sequence[int]
 ) -> PredictionRow:
-    """A multi-class or multi-label result row from one image's probabilities (C,) and the
-    task's decision (`Task.decide`: the argmax class index, or 0/1 per finding).
+    """A result row from one image's probabilities (C,) and the task's decision
+    (`Task.decide`: the class index at the threshold or the argmax, or 0/1 per finding).
 
-    Multi-class: the decided class, its probability and every class's. Multi-label: every
-    finding's probability; `prediction` lists the findings decided present (`|`-separated,
-    `No Finding` when none), `probability` is the highest finding probability.
+    Binary: P(positive) and the class at the run's threshold. Multi-class: the decided class,
+    its probability and every class's. Multi-label: every finding's probability; `prediction`
+    lists the findings decided present (`|`-separated, `No Finding` when none), `probability`
+    is the highest finding probability.
     """
+    if task.binary:
+        k = int(cast(int, decision))
+        return PredictionRow(path, float(probs[task.positive_index]), task.class_names[k])
     per_class = dict(zip(task.class_names, (float(q) for q in probs), strict=True))
     if task.multiclass:
         k = int(cast(int, decision))
         return PredictionRow(path, float(probs[k]), task.class_names[k], None, per_class)
-    if task.multilabel:
-        on = [c for c, d in zip(task.class_names, cast(Sequence[int], decision), strict=True) if d]
-        return PredictionRow(path, max(per_class.values()), "|".join(on) or "No Finding", None,
-                             per_class)  # fmt: skip
-    raise ValueError("binary rows are P(positive) and the class at the threshold")
+    on = [c for c, d in zip(task.class_names, cast(Sequence[int], decision), strict=True) if d]
+    return PredictionRow(path, max(per_class.values()), "|".join(on) or "No Finding", None,
+                         per_class)  # fmt: skip
 
 
 class RunHead(nn.Module):
@@ -153,7 +155,7 @@ class Predictor:
         return self.run.task.kind
 
     def classify(self, p_pos: float) -> str:
-        """The class name at the run's threshold (argmax-free: binary runs only)."""
+        """A binary run's decision for one P(positive): the class name at the run's threshold."""
         pos = self.positive_index
         return self.class_names[pos if p_pos >= self.threshold else 1 - pos]
 
@@ -164,10 +166,15 @@ class Predictor:
         per_label = self.label_thresholds or {}
         return [float(per_label[c]) for c in self.class_names]
 
+    def decision_thresholds(self) -> float | list[float] | None:
+        """What `Task.decide` takes for this run: its threshold (binary), one per finding
+        (multi-label), or None (multi-class: the argmax)."""
+        return self.threshold if self.task == "binary" else self.label_threshold_list()
+
     def task_rows(self, paths: Sequence[str], probs: np.ndarray) -> list[PredictionRow]:
-        """Multi-class / multi-label rows from probabilities (B, C), decided by the task."""
+        """Result rows from probabilities (B, C), decided by the task's rule."""
         task = self.run.task
-        decided = task.decide(probs, self.label_threshold_list())
+        decided = task.decide(probs, self.decision_thresholds())
         return [
             prediction_row(task, p, q, d)
             for p, q, d in zip(paths, probs.tolist(), decided.tolist(), strict=True)
@@ -205,15 +212,10 @@ class Predictor:
                 with torch.inference_mode():
                     logits = self.logits(torch.stack(tensors))  # (B, C) float32
                     probs = self.run.task.probabilities(logits)  # softmax, or sigmoid per finding
-                if self.task != "binary":
-                    names = [printable(str(paths[i])) for i in good]
-                    done = self.task_rows(names, probs.double().cpu().numpy())
-                    for i, row in zip(good, done, strict=True):
-                        rows[i] = row
-                else:
-                    p_pos = probs[:, self.positive_index].double().cpu().tolist()
-                    for i, p in zip(good, p_pos, strict=True):
-                        rows[i] = PredictionRow(printable(str(paths[i])), p, self.classify(p))
+                names = [printable(str(paths[i])) for i in good]
+                done = self.task_rows(names, probs.double().cpu().numpy())
+                for i, row in zip(good, done, strict=True):
+                    rows[i] = row
             if progress is not None and task is not None:
                 progress.advance(task, len(chunk))
         return [r for r in rows if r is not None]
