@@ -22,6 +22,17 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 """What torchrun sets in every worker (plus LOCAL_WORLD_SIZE, GROUP_RANK, ...)."""
 
 
+def cores_per_process() -> int:
+    """CPU cores this process may use: its affinity mask (else `os.cpu_count()`), shared with
+    the other processes torchrun started on this node (LOCAL_WORLD_SIZE); at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, cores // share)
+
+
 @dataclass(frozen=True)
 class LaunchEnv:
     """Where this process sits in a torchrun job, read from the launcher's env vars."""

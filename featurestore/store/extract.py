@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,9 +40,9 @@ def default_workers(device_type: str = "cpu") -> int:
     more cores are idle, they decode as processes, out of reach of the GIL. On a GPU the
     cores are free for decoding, which then must keep up with the forward pass.
     """
-    # torchrun starts LOCAL_WORLD_SIZE processes per node: they share its cores.
-    share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    cores = (os.cpu_count() or 1) // share
+    from featurestore.distributed import cores_per_process
+
+    cores = cores_per_process()  # torchrun's processes on a node share its cores
     if device_type == "cuda":
         return max(0, min(8, cores - 1))
     import torch

@@ -137,18 +137,13 @@ def decode_overlaps(device: torch.device) -> bool:
     JPEGs: extraction 0.68 -> 0.78 of the bare forward pass; bench/README.md). The features
     are the same either way: the batches and their pixels do not change.
     """
-    import os
-
     import torch
+
+    from featurestore.distributed import cores_per_process
 
     if device.type != "cpu":
         return True
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cores = os.cpu_count() or 1
-    share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))  # torchrun's ranks
-    return torch.get_num_threads() < max(1, cores // share)
+    return torch.get_num_threads() < cores_per_process()
 
 
 def run_chunks(
