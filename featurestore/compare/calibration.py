@@ -49,6 +49,11 @@ class Calibration:
     note: str = ""
 
     @property
+    def notes(self) -> list[str]:
+        """Why the fit kept the identity, when it did (as `LabelCalibration.notes`)."""
+        return [self.note] if self.note else []
+
+    @property
     def temperature(self) -> float:
         """1 / scale: the temperature of the logit (inf when the scale is 0)."""
         return float("inf") if self.scale == 0 else 1.0 / self.scale
@@ -213,6 +218,11 @@ class Temperature:
     """Images it was fitted on."""
     note: str = ""
 
+    @property
+    def notes(self) -> list[str]:
+        """Why nothing was fitted, when nothing was (as `LabelCalibration.notes`)."""
+        return [self.note] if self.note else []
+
     def apply(self, probs: np.ndarray) -> np.ndarray:
         """(N, C) probabilities -> (N, C) recalibrated probabilities, float64."""
         p = np.asarray(probs, dtype=np.float64)
@@ -300,9 +310,15 @@ class LabelCalibration:
             out[:, k] = self.per_label.get(name, IDENTITY).apply(p[:, k])
         return out
 
+    @property
+    def fitted_on(self) -> str:
+        """The split the per-finding fits were made on ("val" when there are none)."""
+        return next((c.fitted_on for c in self.per_label.values()), "val")
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
+            "fitted_on": self.fitted_on,
             "per_label": {n: c.as_dict() for n, c in self.per_label.items()},
             "notes": self.notes,
         }

@@ -295,16 +295,9 @@ def _conclude(
     own = _run_operating_point(run, task, columns, None)[1] if config.recalibrate else cut
     external = TestArrays(keys[keep], _coded(task, y), s, g)
     intervals, difference = _statistics(task, (external, cut), (internal, own), config)
-    few = [
-        name for key, name in ((k, _name(k)) for k in _metric_keys(task, intervals))
-        if (n := fewest_units(task, key, external, external.groups)) is not None
-        and n < CompareConfig().min_units_per_class
-    ]  # fmt: skip
-    for name in few:
-        intervals[name]["reliable"] = False
+    few = [name for name, iv in intervals.items() if iv.get("reliable") is False]
     # Calibration of the reported probabilities, and what the recalibration does to them.
     cal = recalibration_report(task, fitted, {"test": (y, s_raw[keep])})
-    cal["fitted_on"] = cal.get("fitted_on", "calibration" if config.recalibrate else "val")
     refitted = config.recalibrate and fitted.method != "identity"
     cal["reported_probability"] = "recalibrated" if refitted else "model output"
     cal.update(reported_calibration(task, y, s))
@@ -339,7 +332,7 @@ def _conclude(
             config_doc.update(task.as_record(), positive_class=task.positive_class)
             notes.append(findings.left_out_note(run.name, Path(manifest.source or manifest.root)))
     if config.recalibrate:  # fits refused on the local set
-        notes += _fit_notes(fitted)
+        notes += fitted.notes
     if (config.recalibrate or config.threshold_policy) and not task.multiclass:
         # A policy chosen here that could not run (one class on val or the local set).
         notes += [n for n in (threshold.get("note"), *threshold.get("notes", [])) if n]
@@ -354,8 +347,8 @@ def _conclude(
             )
     if few:
         notes.append(
-            f"fewer than {CompareConfig().min_units_per_class} patients of a class they need "
-            f"in the evaluated rows: the intervals of {', '.join(few)} are unreliable"
+            f"fewer than {MIN_UNITS} patients of a class they need in the evaluated rows: the "
+            f"intervals of {', '.join(few)} are unreliable"
         )
     doc = {
         "best_epoch": run.metrics.get("best_epoch"),
@@ -401,6 +394,8 @@ DECISION_KEYS = {
     "multilabel": MULTILABEL_DECISION,
 }
 """The metrics.json key of the decision at the evaluation's operating point, per task."""
+MIN_UNITS = CompareConfig().min_units_per_class
+"""Patients of a class below which an interval is marked unreliable, as `xray compare` does."""
 
 
 def _statistics(
@@ -412,16 +407,20 @@ def _statistics(
     """Every metric of the evaluated images with its percentile interval over whole-patient
     resamples, and external - internal with a two-sample patient-bootstrap interval (each
     test set resampled on its own, seeds `seed` and `seed + 1`). Each side is its test arrays
-    and its thresholds (the evaluation's, and the run's own). The multi-label macro difference
-    averages the findings with an ROC-AUC on both sides, listed in its `findings`."""
+    and its thresholds (the evaluation's, and the run's own). An interval resting on fewer
+    than `MIN_UNITS` patients of a class it needs (`engine.fewest_units`) gets `reliable`
+    False. The multi-label macro difference averages the findings with an ROC-AUC on both
+    sides, listed in its `findings`."""
     (ext, cut), (inner, own) = external, internal
     boot = {"n_boot": config.n_boot}
     ext_point, ext_reps = _scored(task, ext, cut, seed=config.seed, **boot)
     int_point, int_reps = _scored(task, inner, own, seed=config.seed + 1, **boot)
-    intervals = {
-        _name(k): replicate_summary(v, ext_reps[k], alpha=config.alpha)
-        for k, v in ext_point.items()
-    }
+    intervals = {}
+    for k, v in ext_point.items():
+        intervals[_name(k)] = replicate_summary(v, ext_reps[k], alpha=config.alpha)
+        fewest = fewest_units(task, k, ext, ext.groups)
+        if fewest is not None and fewest < MIN_UNITS:
+            intervals[_name(k)]["reliable"] = False
     difference: dict[str, Any] = {
         _name(k): replicate_difference(
             (v, ext_reps[k]), (int_point[k], int_reps[k]), alpha=config.alpha
@@ -471,23 +470,6 @@ def _counts(task: Task, y: np.ndarray) -> dict[str, Any]:
     if task.binary:
         return {"positives": per_class[task.positive_class], "per_class": per_class}
     return {"per_class": per_class}
-
-
-def _metric_keys(task: Task, intervals: dict[str, Any]) -> list[MetricKey]:
-    """The engine's keys of the evaluation's interval names (`auc_Effusion` -> ("auc",
-    "Effusion")); names of no class are headline metrics."""
-    out: list[MetricKey] = []
-    for name in intervals:
-        cls = next((c for c in task.class_names if name.endswith(f"_{c}")), None)
-        out.append((name.removesuffix(f"_{cls}"), cls) if cls else (name, None))
-    return out
-
-
-def _fit_notes(fitted: Any) -> list[str]:
-    """What a recalibration that kept the identity (a finding, or the whole fit) says why."""
-    if hasattr(fitted, "notes"):
-        return list(fitted.notes)
-    return [fitted.note] if fitted.note else []
 
 
 def _split_scores(run: RunRecord, split: str, columns: list[int]) -> tuple[np.ndarray, np.ndarray]:
