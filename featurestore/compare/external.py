@@ -266,9 +266,9 @@ def _conclude(
                                     seed=config.seed)  # fmt: skip
         fitted = fit_recalibration(task, y_all[held], s_raw[held], split="calibration")
         s_used = fitted.apply(s_raw)
-        policy = config.threshold_policy or str(run.metrics["threshold"].get("policy") or "")
+        policy = config.threshold_policy or run.metrics["threshold"].get("policy") or "youden"
         threshold, cut = choose_operating_point(
-            task, y_all[held], s_used[held], policy=policy or "youden", split="calibration"
+            task, y_all[held], s_used[held], policy=str(policy), split="calibration"
         )
         threshold["source"] = "the local calibration patients"
         local = {
