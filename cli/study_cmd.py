@@ -17,6 +17,7 @@ from .options import (
     CacheDir,
     DataPath,
     JsonFlag,
+    Precision,
     PrecisionOpt,
     SeedsOpt,
     Task,
@@ -232,7 +233,7 @@ def demo(
     ] = None,
     as_json: JsonFlag = False,
     task: TaskOpt = Task(_STUDY.task),
-    precision: PrecisionOpt = None,
+    precision: PrecisionOpt = _STUDY.precision and Precision(_STUDY.precision),
 ) -> None:
     """The built-in study: each backbone frozen and fine-tuned, its two questions answered.
 
