@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featurestore.compare import engine
+from featurestore.compare.bootstrap import paired_p_value, percentile_interval
 from featurestore.compare.engine import THRESHOLD_FREE, Decision, MetricKey, TestArrays
 from featurestore.compare.labels import run_labels, run_settings, seed_groups
 from featurestore.compare.stats import clustered_delong_test, clustered_mcnemar, holm
@@ -83,11 +84,11 @@ def replicate_interval(
     undefined. An undefined estimate gives an undefined interval with `n_boot` kept.
     """
     values = np.asarray(replicates, dtype=np.float64)
-    finite = np.isfinite(values)
-    n_boot, n_undefined = int(values.size), int((~finite).sum())
-    if estimate is None or not np.isfinite(estimate) or not finite.any():
+    n_boot, n_undefined = int(values.size), int((~np.isfinite(values)).sum())
+    ends = percentile_interval(values, alpha)
+    if estimate is None or not np.isfinite(estimate) or ends is None:
         return Interval(float("nan"), float("nan"), float("nan"), n_undefined, n_boot, False)
-    lo, hi = np.quantile(values[finite], [alpha / 2, 1 - alpha / 2])
+    lo, hi = ends
     few = fewest_units is not None and fewest_units < min_units
     reliable = not few and n_undefined <= 0.01 * n_boot
     return Interval(float(estimate), float(lo), float(hi), n_undefined, n_boot, reliable)
@@ -573,16 +574,11 @@ def _auc_difference(
     share of resampled differences on the far side of 0, +1 so p is never exactly 0."""
     method = "paired bootstrap of the macro ROC-AUC difference (Davison & Hinkley 1997)"
     est_a, est_b = ra.primary("roc_auc_macro").estimate, rb.primary("roc_auc_macro").estimate
-    d = rep_a - rep_b
-    d = d[np.isfinite(d)]
-    if not (np.isfinite(est_a) and np.isfinite(est_b)) or d.size == 0:
+    ends = percentile_interval(rep_a - rep_b, alpha)
+    if not (np.isfinite(est_a) and np.isfinite(est_b)) or ends is None:
         return PairedTest("auc_difference", "roc_auc_macro", method, None)
-    lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
-    tail = min(np.sum(d <= 0), np.sum(d >= 0)) + 1
-    p = min(1.0, 2 * float(tail) / (d.size + 1))
-    return PairedTest(
-        "auc_difference", "roc_auc_macro", method, p, est_a - est_b, float(lo), float(hi)
-    )
+    p = paired_p_value(rep_a - rep_b)
+    return PairedTest("auc_difference", "roc_auc_macro", method, p, est_a - est_b, *ends)
 
 
 def _per_finding_delong(

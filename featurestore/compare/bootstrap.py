@@ -1,10 +1,10 @@
-"""Bootstrap intervals for compare: percentile, patient-clustered, paired; vectorised metrics."""
+"""The bootstrap behind every interval: patient-clustered resampling weights, binary metrics
+vectorised over them, the percentile interval and the paired p-value."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,17 +23,6 @@ BOOT_METRICS: tuple[str, ...] = (
     "brier",
 )
 _CHUNK_CELLS = 2_000_000  # resamples x images per vectorised block (~16 MB of float64)
-
-
-@runtime_checkable
-class WeightedMetric(Protocol):
-    """A metric that also scores many resamples at once, given as multiplicity weights."""
-
-    def __call__(self, y: np.ndarray, p: np.ndarray) -> float: ...
-
-    def weighted(self, y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """(N,) labels, (N,) scores, (B, N) counts -> (B,) values, NaN where undefined."""
-        ...
 
 
 def _divide(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
@@ -168,192 +157,31 @@ def weight_blocks(
         yield slice(start, start + b), counts.reshape(b, n_units)[:, unit].astype(np.float64)
 
 
-def _replicates(
-    metrics_and_scores: Sequence[tuple[Callable[[np.ndarray, np.ndarray], float], np.ndarray]],
-    y: np.ndarray,
-    groups: np.ndarray | Sequence[str] | None,
-    n_boot: int,
-    seed: int,
-) -> np.ndarray:
-    """(K, B) metric k on scores k for each of B resamples (the same resamples for every k,
-    `weight_blocks`); NaN where undefined."""
-    index = np.arange(y.size)
-    out = np.empty((len(metrics_and_scores), n_boot))
-    for sl, w in weight_blocks(y.size, groups, n_boot, seed):
-        for k, (metric, p) in enumerate(metrics_and_scores):
-            if isinstance(metric, WeightedMetric):
-                out[k, sl] = metric.weighted(y, p, w)
-            else:  # any other callable (e.g. an sklearn scorer): one call per resample
-                takes = (np.repeat(index, c) for c in w.astype(np.int64))
-                out[k, sl] = [_call(metric, y, p, t) for t in takes]
-    return out
+def percentile_interval(replicates: np.ndarray, alpha: float) -> tuple[float, float] | None:
+    """(lo, hi): the percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13) of a
+    statistic from its replicates (B,), the alpha/2 and 1 - alpha/2 quantiles of the finite
+    ones (NaN: a resample left it undefined, e.g. a class not drawn); None when none is finite.
 
-
-def _call(
-    metric: Callable[[np.ndarray, np.ndarray], float],
-    y: np.ndarray,
-    p: np.ndarray,
-    take: np.ndarray | None = None,
-) -> float:
-    """metric on the images `take` (all if None), y as int; NaN where it is undefined."""
-    yt, pt = (y, p) if take is None else (y[take], p[take])
-    if isinstance(metric, WeightedMetric):
-        return metric(yt, pt)
-    try:
-        value = metric(yt.astype(np.int64), pt)
-    except ValueError:
-        if np.unique(yt).size > 1:
-            raise  # a real error, not sklearn's one-class refusal
-        return float("nan")
-    return float("nan") if value is None else float(value)
-
-
-def _point(
-    metric: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, p: np.ndarray
-) -> float:
-    """The metric on the full sample; undefined there is a user-level problem."""
-    value = _call(metric, y, p)
-    if not np.isfinite(value):
-        raise XrayError(
-            "the metric is undefined on these labels (the test set holds one class only?); "
-            "evaluate on a test set with both classes"
-        )
-    return float(value)
-
-
-@dataclass(frozen=True)
-class BootstrapResult:
-    """A percentile bootstrap interval and how it was obtained."""
-
-    estimate: float
-    lo: float
-    hi: float
-    alpha: float
-    n_boot: int
-    n_skipped: int
-    """Resamples where the metric was undefined (e.g. one class drawn), left out."""
-    unit: str
-    """"patients" (cluster bootstrap) or "images"."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def bootstrap_interval(
-    metric: Callable[[np.ndarray, np.ndarray], float],
-    y: np.ndarray,
-    p: np.ndarray,
-    *,
-    groups: np.ndarray | Sequence[str] | None = None,
-    n_boot: int = 2000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> BootstrapResult:
-    """Percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13) of metric(y, p).
-
-    With `groups` (patient ids) whole patients are resampled, the cluster bootstrap of
-    Davison & Hinkley (1997, sec. 3.8) / Field & Welsh (2007, JRSS-B 69:369): images of one
-    patient are correlated, and resampling images would understate the uncertainty.
-    BootMetric metrics are scored on all resamples at once through multiplicity weights;
-    other callables run once per resample.
+    Every interval xray reports (a metric, a paired difference, an external-minus-internal
+    difference) is this function of its replicates.
     """
-    if n_boot < 1 or not 0.0 < alpha < 1.0:
-        raise ValueError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
-    yf, (pf,) = check_labels(y, p)
-    estimate = _point(metric, yf, pf)
-    values = _replicates([(metric, pf)], yf, groups, n_boot, seed)[0]
-    valid = values[np.isfinite(values)]
-    if valid.size == 0:
-        raise XrayError("the metric was undefined on every bootstrap resample; too few samples")
-    lo, hi = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
-    unit = "images" if groups is None else "patients"
-    return BootstrapResult(
-        estimate, float(lo), float(hi), alpha, n_boot, int(n_boot - valid.size), unit
-    )
+    values = np.asarray(replicates, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
 
 
-def bootstrap_replicates(
-    metric: Callable[[np.ndarray, np.ndarray], float],
-    y: np.ndarray,
-    p: np.ndarray,
-    *,
-    groups: np.ndarray | Sequence[str] | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> np.ndarray:
-    """(n_boot,) metric(y*, p*) over resamples of images or whole patients; NaN where undefined.
-
-    The replicates behind `bootstrap_interval`, for statistics built from several samples
-    (e.g. the difference between two independent test sets).
+def paired_p_value(differences: np.ndarray) -> float:
+    """Two-sided p-value of a paired bootstrap from the replicated differences d* (B,) of two
+    models scored on the same resamples: 2 min(#(d* <= 0) + 1, #(d* >= 0) + 1) / (B + 1),
+    capped at 1, over the finite d* (Davison & Hinkley 1997, eq. 4.11): the smallest alpha
+    whose percentile interval excludes 0, +1 so it is never exactly 0. NaN when none is finite.
     """
-    yf, (pf,) = check_labels(y, p)
-    return _replicates([(metric, pf)], yf, groups, n_boot, seed)[0]
-
-
-def bootstrap_ci(
-    metric: Callable[[np.ndarray, np.ndarray], float],
-    y: np.ndarray,
-    p: np.ndarray,
-    *,
-    groups: np.ndarray | Sequence[str] | None = None,
-    n_boot: int = 2000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """(estimate, lo, hi): the percentile interval of `bootstrap_interval`."""
-    r = bootstrap_interval(metric, y, p, groups=groups, n_boot=n_boot, alpha=alpha, seed=seed)
-    return r.estimate, r.lo, r.hi
-
-
-@dataclass(frozen=True)
-class PairedResult:
-    """metric(a) - metric(b) on the same images, with a bootstrap interval and p-value."""
-
-    diff: float
-    lo: float
-    hi: float
-    p_value: float
-    estimate_a: float
-    estimate_b: float
-    n_skipped: int
-    """Resamples where the metric was undefined for either model, left out."""
-    unit: str
-    """"patients" (cluster bootstrap) or "images"."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def paired_bootstrap(
-    metric: Callable[[np.ndarray, np.ndarray], float],
-    y: np.ndarray,
-    p_a: np.ndarray,
-    p_b: np.ndarray,
-    *,
-    groups: np.ndarray | Sequence[str] | None = None,
-    n_boot: int = 2000,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> PairedResult:
-    """Paired bootstrap of metric(y, p_a) - metric(y, p_b): both scored on the same resamples.
-
-    Two-sided p-value = 2 min(#(d* <= 0) + 1, #(d* >= 0) + 1) / (B + 1), capped at 1: the
-    smallest alpha whose percentile interval excludes 0, with the +1 correction of
-    Davison & Hinkley (1997, eq. 4.11) so it is never exactly 0.
-    """
-    if n_boot < 1 or not 0.0 < alpha < 1.0:
-        raise ValueError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
-    yf, (pa, pb) = check_labels(y, p_a, p_b)
-    est_a, est_b = _point(metric, yf, pa), _point(metric, yf, pb)
-    va, vb = _replicates([(metric, pa), (metric, pb)], yf, groups, n_boot, seed)
-    d = va - vb
+    d = np.asarray(differences, dtype=np.float64)
     d = d[np.isfinite(d)]
     if d.size == 0:
-        raise XrayError("the metric was undefined on every bootstrap resample; too few samples")
-    lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
+        return float("nan")
     tail = min(np.sum(d <= 0), np.sum(d >= 0)) + 1
-    p_value = min(1.0, 2 * float(tail) / (d.size + 1))
-    unit = "images" if groups is None else "patients"
-    return PairedResult(
-        est_a - est_b, float(lo), float(hi), p_value, est_a, est_b, n_boot - d.size, unit
-    )
+    return min(1.0, 2 * float(tail) / (d.size + 1))

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from featurestore.compare.bootstrap import percentile_interval
 from featurestore.errors import XrayError
 
 
@@ -70,14 +71,10 @@ def replicate_summary(
     """{estimate, lo, hi}: the percentile interval of a metric from its patient-bootstrap
     replicates (B,), NaN replicates (a resample left it undefined) left out; None values where
     the estimate is undefined or no replicate is finite."""
-    values = np.asarray(replicates, dtype=np.float64)
-    values = values[np.isfinite(values)]
     if estimate is None or not np.isfinite(estimate):
         return {"estimate": None, "lo": None, "hi": None}
-    if values.size == 0:
-        return {"estimate": float(estimate), "lo": None, "hi": None}
-    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return {"estimate": float(estimate), "lo": float(lo), "hi": float(hi)}
+    lo, hi = percentile_interval(replicates, alpha) or (None, None)
+    return {"estimate": float(estimate), "lo": lo, "hi": hi}
 
 
 def replicate_difference(
@@ -106,8 +103,5 @@ def replicate_difference(
         return out
     out["difference"] = out["external"] - out["internal"]
     d = np.asarray(rep_e, dtype=np.float64) - np.asarray(rep_i, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if d.size:
-        lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
-        out["lo"], out["hi"] = float(lo), float(hi)
+    out["lo"], out["hi"] = percentile_interval(d, alpha) or (None, None)
     return out

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from featurestore.compare import engine
+from featurestore.compare.bootstrap import paired_p_value, percentile_interval
 from featurestore.compare.stats import clustered_delong_test, holm
 from featurestore.errors import XrayError
 from featurestore.runs import RunRecord
@@ -244,15 +245,12 @@ def compare_pair(
             ]
         )  # (2k, n_boot)
     diffs = reps[:k].mean(0) - reps[k:].mean(0)  # (n_boot,), NaN where a run's is undefined
-    valid = diffs[np.isfinite(diffs)]
+    n_valid = int(np.isfinite(diffs).sum())
     diff = est_a - est_b
-    note, lo, hi, p_boot = "", float("nan"), float("nan"), float("nan")
-    if valid.size == 0:
-        note = "the difference was undefined on every bootstrap resample (too few patients)"
-    else:
-        lo, hi = (float(v) for v in np.quantile(valid, [alpha / 2, 1 - alpha / 2]))
-        tail = min(np.sum(valid <= 0), np.sum(valid >= 0)) + 1
-        p_boot = min(1.0, 2 * float(tail) / (valid.size + 1))
+    ends, p_boot = percentile_interval(diffs, alpha), paired_p_value(diffs)
+    lo, hi = ends or (float("nan"), float("nan"))
+    undefined = "the difference was undefined on every bootstrap resample (too few patients)"
+    note = "" if ends else undefined
     if task.binary and key == ("roc_auc", None) and k == 1:
         a, b = scored[0].arrays.scores, scored[1].arrays.scores
         delong = clustered_delong_test(ref.labels, a, b, groups=ref.groups)
@@ -264,7 +262,7 @@ def compare_pair(
         )
     return PairResult(
         label, task.kind, est_a, est_b, diff, lo, hi, float(p_value), test, k,
-        n, n_units, n_boot, int(n_boot - valid.size), alpha, note, pairs,
+        n, n_units, n_boot, n_boot - n_valid, alpha, note, pairs,
     )  # fmt: skip
 
 

@@ -117,24 +117,6 @@ def test_replicates_equal_sklearn_on_the_same_patient_resamples(kind: str) -> No
                 assert got == pytest.approx(value, abs=1e-9), (key, b)
 
 
-def test_binary_replicates_are_those_of_the_binary_bootstrap() -> None:
-    """The engine draws the resamples compare.bootstrap draws (same seed, same blocks), so the
-    binary intervals are those xray compare always gave."""
-    from featurestore.compare import BootMetric, bootstrap_interval
-
-    task = TASKS["binary"]
-    arrays, d = _arrays("binary", n=60)
-    reps = engine.replicates(
-        engine.kernel(task, arrays, d), arrays.n, groups=arrays.groups, n_boot=200, seed=4
-    )
-    for name in ("roc_auc", "sensitivity", "accuracy"):
-        r = bootstrap_interval(BootMetric(name, 0.45), arrays.labels, arrays.scores,
-                               groups=arrays.groups, n_boot=200, seed=4)  # fmt: skip
-        finite = reps[(name, None)][np.isfinite(reps[(name, None)])]
-        lo, hi = np.quantile(finite, [0.025, 0.975])
-        assert (lo, hi) == pytest.approx((r.lo, r.hi))
-
-
 @pytest.mark.parametrize("kind", list(TASKS))
 def test_a_constant_baseline_ranks_nothing(kind: str) -> None:
     task = TASKS[kind]

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 from scipy import stats as sps
-from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from featurestore.compare import (
@@ -16,8 +15,6 @@ from featurestore.compare import (
     McNemarResult,
     binary_metrics,
     bootstrap,
-    bootstrap_ci,
-    bootstrap_interval,
     check_labels,
     clustered_delong_test,
     clustered_mcnemar,
@@ -26,7 +23,11 @@ from featurestore.compare import (
     holm,
     majority_baseline,
     mcnemar,
-    paired_bootstrap,
+    paired_p_value,
+    percentile_interval,
+    replicate_interval,
+    replicates,
+    weight_blocks,
 )
 from featurestore.errors import XrayError
 
@@ -102,52 +103,68 @@ def test_boot_metrics_on_tiny_and_one_class_samples() -> None:
 # ---------------------------------------------------------------- bootstrap intervals
 
 
-def test_vectorised_bootstrap_equals_sklearn_loop() -> None:
+def resampled(
+    name: str,
+    y: np.ndarray,
+    p: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> np.ndarray:
+    """(n_boot,) BootMetric replicates on the engine's resamples (engine.replicates)."""
+    metric = BootMetric(name)
+    score = lambda w: {(name, None): metric.weighted(y.astype(float), p, w)}  # noqa: E731
+    return replicates(score, y.size, groups=groups, n_boot=n_boot, seed=seed)[(name, None)]
+
+
+def explicit_resamples(n: int, groups: np.ndarray | None, n_boot: int, seed: int):
+    """The engine's resamples as lists of image indices (each image repeated by its count)."""
+    for _, w in weight_blocks(n, groups, n_boot, seed):
+        for row in w.astype(np.int64):
+            yield np.repeat(np.arange(n), row)
+
+
+def test_vectorised_replicates_equal_sklearn_on_the_same_resamples() -> None:
     y, p = make_scores(120, seed=3)
     groups = np.repeat(np.arange(40), 3)
     for g in (None, groups):
-        fast = bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=200, seed=7)
-        slow = bootstrap_ci(roc_auc_score, y, p, groups=g, n_boot=200, seed=7)
-        assert fast == pytest.approx(slow, abs=1e-12)
-        acc = BootMetric("accuracy")
-        fast = bootstrap_ci(acc, y, p, groups=g, n_boot=200, seed=7)
-        slow = bootstrap_ci(
-            lambda t, s: accuracy_score(t, s >= 0.5), y, p, groups=g, n_boot=200, seed=7
-        )
-        assert fast == pytest.approx(slow, abs=1e-12)
+        takes = list(explicit_resamples(y.size, g, 200, 7))
+        slow_auc = [roc_auc_score(y[t], p[t]) for t in takes]
+        slow_acc = [accuracy_score(y[t], p[t] >= 0.5) for t in takes]
+        np.testing.assert_allclose(resampled("roc_auc", y, p, groups=g, n_boot=200, seed=7),
+                                   slow_auc, atol=1e-12)  # fmt: skip
+        np.testing.assert_allclose(resampled("accuracy", y, p, groups=g, n_boot=200, seed=7),
+                                   slow_acc, atol=1e-12)  # fmt: skip
 
 
-def test_blocked_resampling_gives_the_same_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_blocked_resampling_gives_the_same_replicates(monkeypatch: pytest.MonkeyPatch) -> None:
     y, p = make_scores(100, seed=12, decimals=3)
     groups = np.repeat(np.arange(25), 4)
-    whole = [
-        bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=500) for g in (None, groups)
-    ]
+    whole = [resampled("roc_auc", y, p, groups=g, n_boot=500) for g in (None, groups)]
     monkeypatch.setattr(bootstrap, "_CHUNK_CELLS", 700)  # blocks of 7 resamples, the last of 3
-    blocked = [
-        bootstrap_ci(BootMetric("roc_auc"), y, p, groups=g, n_boot=500) for g in (None, groups)
-    ]
-    assert blocked == whole
+    blocked = [resampled("roc_auc", y, p, groups=g, n_boot=500) for g in (None, groups)]
+    for b, w in zip(blocked, whole, strict=True):
+        np.testing.assert_array_equal(b, w)
 
 
 def test_interval_contains_estimate_repeats_with_seed_and_varies_without() -> None:
     y, p = make_scores(600, seed=4, decimals=3)
-    metric = BootMetric("roc_auc")
-    est, lo, hi = bootstrap_ci(metric, y, p)
+    est = BootMetric("roc_auc")(y, p)
     assert est == pytest.approx(roc_auc_score(y, p))
+    lo, hi = percentile_interval(resampled("roc_auc", y, p), 0.05)
     assert lo < est < hi
-    assert bootstrap_ci(metric, y, p) == (est, lo, hi)
-    assert bootstrap_ci(metric, y, p, seed=1) != (est, lo, hi)
-    narrower = bootstrap_ci(metric, y, p, alpha=0.5)
-    assert lo < narrower[1] < narrower[2] < hi
+    assert percentile_interval(resampled("roc_auc", y, p), 0.05) == (lo, hi)
+    assert percentile_interval(resampled("roc_auc", y, p, seed=1), 0.05) != (lo, hi)
+    narrow_lo, narrow_hi = percentile_interval(resampled("roc_auc", y, p), 0.5)
+    assert lo < narrow_lo < narrow_hi < hi
 
 
 def test_interval_narrows_with_more_data() -> None:
-    metric = BootMetric("accuracy")
     widths = []
     for n in (100, 1600):
         y, p = make_scores(n, seed=5)
-        _, lo, hi = bootstrap_ci(metric, y, p, n_boot=500)
+        lo, hi = percentile_interval(resampled("accuracy", y, p, n_boot=500), 0.05)
         widths.append(hi - lo)
     assert widths[1] < widths[0] / 2  # ~ 1/sqrt(n): a factor 4 expected
 
@@ -161,29 +178,9 @@ def test_cluster_bootstrap_is_wider_on_clustered_data() -> None:
     y, p = np.repeat(patient_y, 10), np.repeat(patient_p, 10)
     groups = np.repeat([f"person{i}" for i in range(40)], 10)
     for name in ("accuracy", "roc_auc"):
-        by_image = bootstrap_interval(BootMetric(name), y, p, n_boot=1000)
-        by_patient = bootstrap_interval(BootMetric(name), y, p, groups=groups, n_boot=1000)
-        assert by_image.unit == "images" and by_patient.unit == "patients"
-        assert by_patient.estimate == by_image.estimate
-        assert by_patient.hi - by_patient.lo > 2 * (by_image.hi - by_image.lo)  # ~sqrt(10)
-
-
-class Recording:
-    """A vectorised metric that keeps every resample it scores: weights (B, N), values (B,)."""
-
-    def __init__(self, metric: BootMetric) -> None:
-        self.metric = metric
-        self.weights: list[np.ndarray] = []
-        self.values: list[np.ndarray] = []
-
-    def __call__(self, y: np.ndarray, p: np.ndarray) -> float:
-        return self.metric(y, p)
-
-    def weighted(self, y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
-        out = self.metric.weighted(y, p, w)
-        self.weights.append(w.copy())
-        self.values.append(out.copy())
-        return out
+        lo_i, hi_i = percentile_interval(resampled(name, y, p, n_boot=1000), 0.05)
+        lo_p, hi_p = percentile_interval(resampled(name, y, p, groups=groups, n_boot=1000), 0.05)
+        assert hi_p - lo_p > 2 * (hi_i - lo_i)  # ~sqrt(10)
 
 
 def small_clustered(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -196,91 +193,49 @@ def small_clustered(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("alpha", [0.05, 0.2])
 @pytest.mark.parametrize("clustered", [False, True])
-def test_interval_ends_are_quantiles_of_the_resamples(alpha: float, clustered: bool) -> None:
+def test_interval_ends_are_quantiles_of_defined_resamples(alpha: float, clustered: bool) -> None:
     """lo, hi = np.quantile of the defined resampled values at alpha/2 and 1 - alpha/2; the
-    undefined ones are counted, not used; patients are drawn whole."""
+    undefined ones are counted (replicate_interval), not used; patients are drawn whole."""
     y, p, groups = small_clustered()
     g = groups if clustered else None
-    metric = Recording(BootMetric("roc_auc"))
-    r = bootstrap_interval(metric, y, p, groups=g, n_boot=400, alpha=alpha, seed=5)
-    values = np.concatenate(metric.values)
-    assert values.shape == (400,)
+    values = resampled("roc_auc", y, p, groups=g, n_boot=400, seed=5)
     defined = values[np.isfinite(values)]
-    assert 0 < r.n_skipped == 400 - defined.size  # the test covers the skipping
-    assert (r.lo, r.hi) == tuple(np.quantile(defined, [alpha / 2, 1 - alpha / 2]))
-    assert r.lo < r.hi and r.alpha == alpha and r.n_boot == 400
-    # The same resamples are what bootstrap_replicates returns (external test sets use them).
-    replicates = bootstrap.bootstrap_replicates(
-        BootMetric("roc_auc"), y, p, groups=g, n_boot=400, seed=5
-    )
-    np.testing.assert_array_equal(replicates, values)
-    w = np.concatenate(metric.weights)  # (B, N) multiplicities
+    assert 400 - defined.size > 0  # the test covers the skipping
+    ends = percentile_interval(values, alpha)
+    assert ends == tuple(np.quantile(defined, [alpha / 2, 1 - alpha / 2]))
+    iv = replicate_interval(0.7, values, alpha=alpha, fewest_units=None, min_units=1)
+    assert (iv.lo, iv.hi, iv.n_boot, iv.n_undefined) == (*ends, 400, 400 - defined.size)
+    assert iv.reliable == (400 - defined.size <= 4)  # unreliable past 1% undefined
+    w = np.concatenate([w for _, w in weight_blocks(y.size, g, 400, 5)])  # (B, N) multiplicities
     if clustered:
-        assert r.unit == "patients"
         per_patient = w.reshape(400, 7, 2)
         assert (per_patient[:, :, 0] == per_patient[:, :, 1]).all()  # a patient moves whole
         assert (per_patient[:, :, 0].sum(axis=1) == 7).all()  # 7 patients drawn per resample
     else:
-        assert r.unit == "images"
         assert (w.sum(axis=1) == y.size).all()
         assert (w.reshape(400, 7, 2)[:, :, 0] != w.reshape(400, 7, 2)[:, :, 1]).any()
 
 
-def test_paired_interval_ends_and_p_value_come_from_the_same_resamples() -> None:
-    """Both models are scored on one set of resamples; lo, hi and p from their differences."""
-    y, a, groups = small_clustered(seed=1)
-    b = np.clip(a + np.random.default_rng(2).normal(0, 0.3, a.size), 0, 1)
-    metric = Recording(BootMetric("roc_auc"))
-    r = paired_bootstrap(metric, y, a, b, groups=groups, n_boot=400, alpha=0.1, seed=4)
-    (wa, wb), (va, vb) = metric.weights, metric.values
-    np.testing.assert_array_equal(wa, wb)
-    per_patient = wa.reshape(400, 7, 2)
-    assert (per_patient[:, :, 0] == per_patient[:, :, 1]).all()  # a patient moves whole
-    d = (va - vb)[np.isfinite(va - vb)]
-    assert 0 < r.n_skipped == 400 - d.size
-    assert (r.lo, r.hi) == tuple(np.quantile(d, [0.05, 0.95]))
-    tail = min(np.sum(d <= 0), np.sum(d >= 0)) + 1
-    assert r.p_value == min(1.0, 2 * tail / (d.size + 1))
-    assert 0 < r.p_value < 1 and r.unit == "patients"
-    assert (r.estimate_a, r.estimate_b) == (roc_auc_score(y, a), roc_auc_score(y, b))
-    assert r.diff == r.estimate_a - r.estimate_b
-    by_image = paired_bootstrap(BootMetric("accuracy"), y, a, b, n_boot=100)
-    assert by_image.unit == "images"
-    assert json.loads(json.dumps(r.as_dict())) == {**r.__dict__}
-
-
-def test_undefined_resamples_are_skipped_and_counted() -> None:
+def test_undefined_resamples_are_counted_and_an_undefined_estimate_has_no_interval() -> None:
     y = np.array([0, 1, 1, 1, 1, 1])
     p = np.array([0.2, 0.6, 0.7, 0.4, 0.9, 0.8])
-    auc = bootstrap_interval(BootMetric("roc_auc"), y, p, n_boot=2000)
+    iv = replicate_interval(BootMetric("roc_auc")(y, p), resampled("roc_auc", y, p), alpha=0.05,
+                            fewest_units=1, min_units=5)  # fmt: skip
     # P(the single negative is never drawn) = (5/6)^6 = 0.335.
-    assert 0.29 * 2000 < auc.n_skipped < 0.38 * 2000
-    assert auc.lo <= auc.estimate <= auc.hi
-    assert bootstrap_interval(BootMetric("accuracy"), y, p).n_skipped == 0
-    # sklearn's scorer warns and returns NaN on one class: skipped the same way.
-    fast = bootstrap_interval(BootMetric("roc_auc"), y, p, n_boot=300, seed=1)
-    with pytest.warns(UndefinedMetricWarning):
-        slow = bootstrap_interval(roc_auc_score, y, p, n_boot=300, seed=1)
-    assert slow.n_skipped == fast.n_skipped > 0
-    json.dumps(auc.as_dict(), allow_nan=False)
+    assert 0.29 * 2000 < iv.n_undefined < 0.38 * 2000
+    assert iv.lo <= iv.estimate <= iv.hi and not iv.reliable
+    assert np.isfinite(resampled("accuracy", y, p)).all()
+    json.dumps(iv.as_dict(), allow_nan=False)
+    assert percentile_interval(np.full(10, np.nan), 0.05) is None
+    assert np.isnan(paired_p_value(np.full(10, np.nan)))
+    undefined = replicate_interval(float("nan"), resampled("accuracy", y, p, n_boot=50),
+                                   alpha=0.05, fewest_units=None, min_units=1)  # fmt: skip
+    assert not undefined.defined and undefined.n_boot == 50 and not undefined.reliable
 
 
-def test_bootstrap_unhappy_paths() -> None:
-    y, p = make_scores(20)
-    with pytest.raises(XrayError, match="one class"):
-        bootstrap_ci(BootMetric("roc_auc"), np.ones(5, int), np.linspace(0, 1, 5))
-    with pytest.raises(XrayError, match="one class"), pytest.warns(UndefinedMetricWarning):
-        bootstrap_ci(roc_auc_score, np.ones(5, int), np.linspace(0, 1, 5))
+def test_resampling_unhappy_paths() -> None:
     with pytest.raises(ValueError, match="one entry per image"):
-        bootstrap_ci(BootMetric("accuracy"), y, p, groups=np.arange(3))
-    with pytest.raises(ValueError, match="1 for the positive class"):
-        bootstrap_ci(BootMetric("accuracy"), y + 1, p)
-    with pytest.raises(ValueError, match="alpha"):
-        bootstrap_ci(BootMetric("accuracy"), y, p, alpha=1.5)
-    with pytest.raises(
-        XrayError, match=r"^predicted probabilities contain NaN/inf; re-run the training$"
-    ):
-        bootstrap_ci(BootMetric("accuracy"), y, np.full(20, np.nan))
+        next(weight_blocks(20, np.arange(3), 10, 0))
 
 
 @pytest.mark.parametrize(
@@ -309,129 +264,59 @@ def test_check_labels_shapes_types_and_messages() -> None:
         check_labels(np.array([0, 2]))
     with pytest.raises(ValueError, match=r"^scores must match y's shape \(2,\), got \(3,\)$"):
         check_labels(np.array([0, 1]), np.zeros(3))
-
-
-def test_generic_metrics_undefined_on_one_class_are_skipped_real_errors_raised() -> None:
-    """A scorer that refuses one class (ValueError) or returns None is skipped on resamples
-    that drew one class; a ValueError on two classes is a bug and propagates."""
-    y, p = np.array([0, 1, 1, 1, 1, 1]), np.array([0.2, 0.6, 0.7, 0.4, 0.9, 0.8])
-
-    def refuses(t: np.ndarray, s: np.ndarray) -> float:
-        if np.unique(t).size < 2:
-            raise ValueError("one class")
-        return float(roc_auc_score(t, s))
-
-    def none_on_one_class(t: np.ndarray, s: np.ndarray) -> float | None:
-        return None if np.unique(t).size < 2 else float(roc_auc_score(t, s))
-
-    fast = bootstrap_interval(BootMetric("roc_auc"), y, p, n_boot=300, seed=1)
-    for metric in (refuses, none_on_one_class):
-        slow = bootstrap_interval(metric, y, p, n_boot=300, seed=1)  # type: ignore[arg-type]
-        assert (slow.lo, slow.hi, slow.n_skipped) == (fast.lo, fast.hi, fast.n_skipped)
-
-    def broken(t: np.ndarray, s: np.ndarray) -> float:
-        raise ValueError("a real bug")
-
-    with pytest.raises(ValueError, match="a real bug"):
-        bootstrap_interval(broken, y, p, n_boot=100)
-
-
-def test_undefined_everywhere_is_one_line() -> None:
-    y, p = make_scores(20)
-    calls: list[int] = []
-    points = [1]  # how many first calls score the full sample (one per model)
-
-    def only_on_the_full_sample(t: np.ndarray, s: np.ndarray) -> float:
-        calls.append(1)
-        return 0.5 if len(calls) <= points[0] else float("nan")
-
     with pytest.raises(
-        XrayError,
-        match=r"^the metric was undefined on every bootstrap resample; too few samples$",
+        XrayError, match=r"^predicted probabilities contain NaN/inf; re-run the training$"
     ):
-        bootstrap_interval(only_on_the_full_sample, y, p, n_boot=100)
-    calls.clear()
-    points[0] = 2
-    with pytest.raises(XrayError, match=r"^the metric was undefined on every bootstrap resample"):
-        paired_bootstrap(only_on_the_full_sample, y, p, p, n_boot=100)
-    with pytest.raises(
-        XrayError,
-        match=r"^the metric is undefined on these labels \(the test set holds one class only\?\); "
-        r"evaluate on a test set with both classes$",
-    ):
-        bootstrap_interval(BootMetric("roc_auc"), np.ones(4, int), np.linspace(0, 1, 4))
-
-
-def test_defaults_bounds_and_the_ci_shortcut() -> None:
-    """2000 resamples seeded 0 by default; n_boot = 1 is allowed, alpha must lie in (0, 1)."""
-    y, p = make_scores(60, seed=2, decimals=3)
-    b = make_scores(60, seed=3, decimals=3)[1]
-    metric = BootMetric("accuracy")
-    default = bootstrap_interval(metric, y, p)
-    assert default == bootstrap_interval(metric, y, p, n_boot=2000, seed=0)
-    assert default.n_boot == 2000
-    assert bootstrap_ci(metric, y, p) == (default.estimate, default.lo, default.hi)
-    r = bootstrap_interval(metric, y, p, n_boot=300, seed=4, alpha=0.2)
-    assert bootstrap_ci(metric, y, p, n_boot=300, seed=4, alpha=0.2) == (r.estimate, r.lo, r.hi)
-    paired = paired_bootstrap(metric, y, p, b)
-    assert paired == paired_bootstrap(metric, y, p, b, n_boot=2000, seed=0)
-    assert paired.n_skipped == 0
-    assert bootstrap_interval(metric, y, p, n_boot=1).n_boot == 1
-    replicates = bootstrap.bootstrap_replicates(metric, y, p)
-    assert replicates.shape == (2000,)
-    np.testing.assert_array_equal(
-        replicates, bootstrap.bootstrap_replicates(metric, y, p, n_boot=2000, seed=0)
-    )
-    assert np.quantile(replicates, [0.025, 0.975]).tolist() == [default.lo, default.hi]
-    assert paired_bootstrap(metric, y, p, b, n_boot=1).n_skipped == 0
-    for bad in ({"n_boot": 0}, {"alpha": 0.0}, {"alpha": 1.0}):
-        with pytest.raises(ValueError, match=r"^need n_boot >= 1 and 0 < alpha < 1"):
-            bootstrap_interval(metric, y, p, **bad)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match=r"^need n_boot >= 1 and 0 < alpha < 1"):
-            paired_bootstrap(metric, y, p, b, **bad)  # type: ignore[arg-type]
+        check_labels(np.array([0, 1]), np.full(2, np.nan))
 
 
 # ---------------------------------------------------------------- paired bootstrap
 
 
+def paired(y: np.ndarray, a: np.ndarray, b: np.ndarray, name: str = "roc_auc", **kw: object):
+    """(difference, (lo, hi), p) of the paired bootstrap: both models on the same resamples."""
+    d = resampled(name, y, a, **kw) - resampled(name, y, b, **kw)  # type: ignore[arg-type]
+    return BootMetric(name)(y, a) - BootMetric(name)(y, b), percentile_interval(d, 0.05), d
+
+
+def test_paired_p_value_is_the_smallest_alpha_whose_interval_excludes_zero() -> None:
+    """p = 2 min(#(d <= 0) + 1, #(d >= 0) + 1) / (B + 1) over the defined differences."""
+    y, a, groups = small_clustered(seed=1)
+    b = np.clip(a + np.random.default_rng(2).normal(0, 0.3, a.size), 0, 1)
+    _, _, d = paired(y, a, b, groups=groups, n_boot=400, seed=4)
+    defined = d[np.isfinite(d)]
+    assert 0 < defined.size < 400  # undefined differences are left out
+    tail = min(np.sum(defined <= 0), np.sum(defined >= 0)) + 1
+    p = paired_p_value(d)
+    assert p == min(1.0, 2 * tail / (defined.size + 1)) and 0 < p < 1
+
+
+def test_paired_p_value_matches_interval() -> None:
+    y, a = make_scores(200, seed=10, signal=0.3)
+    _, b = make_scores(200, seed=11, signal=0.25)
+    _, (lo, hi), d = paired(y, a, b, name="accuracy", n_boot=1000, seed=3)
+    p = paired_p_value(d)
+    assert (p < 0.05) == (not lo <= 0 <= hi) or abs(p - 0.05) < 0.01
+    assert 0 < p <= 1
+
+
 def test_paired_bootstrap_identical_predictors() -> None:
     y, p = make_scores(100)
-    r = paired_bootstrap(BootMetric("roc_auc"), y, p, p, n_boot=300)
-    assert (r.diff, r.lo, r.hi, r.p_value) == (0.0, 0.0, 0.0, 1.0)
+    diff, ends, d = paired(y, p, p, n_boot=300)
+    assert (diff, ends, paired_p_value(d)) == (0.0, (0.0, 0.0), 1.0)
 
 
 def test_paired_bootstrap_detects_a_better_model_and_is_antisymmetric() -> None:
     y, good = make_scores(300, seed=8, signal=0.5, decimals=3)
     _, weak = make_scores(300, seed=9, signal=0.0, decimals=3)  # noise: AUC ~ 0.5
-    metric = BootMetric("roc_auc")
-    ab = paired_bootstrap(metric, y, good, weak, n_boot=1000)
-    assert ab.diff == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, weak))
-    assert 0 < ab.lo < ab.diff < ab.hi
-    assert ab.p_value == pytest.approx(2 / 1001)  # no resample reaches 0: the floor
-    ba = paired_bootstrap(metric, y, weak, good, n_boot=1000)
-    assert ba.diff == pytest.approx(-ab.diff)
-    assert (ba.lo, ba.hi) == pytest.approx((-ab.hi, -ab.lo))
-    assert ba.p_value == ab.p_value
-
-
-def test_paired_bootstrap_generic_callable_and_groups() -> None:
-    y, a = make_scores(90, seed=13, signal=0.4)
-    _, b = make_scores(90, seed=14, signal=0.1)
-    groups = np.repeat(np.arange(30), 3)
-    fast = paired_bootstrap(BootMetric("roc_auc"), y, a, b, groups=groups, n_boot=100)
-    slow = paired_bootstrap(roc_auc_score, y, a, b, groups=groups, n_boot=100)
-    assert fast.unit == "patients"
-    assert (slow.diff, slow.lo, slow.hi, slow.p_value) == pytest.approx(
-        (fast.diff, fast.lo, fast.hi, fast.p_value), abs=1e-12
-    )
-
-
-def test_paired_bootstrap_p_value_matches_interval() -> None:
-    y, a = make_scores(200, seed=10, signal=0.3)
-    _, b = make_scores(200, seed=11, signal=0.25)
-    r = paired_bootstrap(BootMetric("accuracy"), y, a, b, n_boot=1000, seed=3)
-    assert (r.p_value < 0.05) == (not r.lo <= 0 <= r.hi) or abs(r.p_value - 0.05) < 0.01
-    assert 0 < r.p_value <= 1
+    diff, (lo, hi), d = paired(y, good, weak, n_boot=1000)
+    assert diff == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, weak))
+    assert 0 < lo < diff < hi
+    assert paired_p_value(d) == pytest.approx(2 / 1001)  # no resample reaches 0: the floor
+    back, (back_lo, back_hi), d_back = paired(y, weak, good, n_boot=1000)
+    assert back == pytest.approx(-diff)
+    assert (back_lo, back_hi) == pytest.approx((-hi, -lo))
+    assert paired_p_value(d_back) == paired_p_value(d)
 
 
 # ---------------------------------------------------------------- McNemar
