@@ -108,108 +108,88 @@ def _emit_json(title: str, summaries: Sequence[RunSummary], ats: Sequence[str]) 
     )
 
 
+# Per task: the metrics.json decision keys a table shows (a column each per run), the column
+# suffix of each, its title, and the headline rows (per-class or per-finding rows follow).
+_DECISIONS = {
+    "binary": ("at_0.5", "at_threshold"),
+    "multiclass": ("argmax",),
+    "multilabel": ("at_label_thresholds",),
+}
+_TITLES = {
+    "binary": "test metrics (threshold chosen on validation)",
+    "multiclass": "test metrics (multi-class, argmax)",
+    "multilabel": "test metrics (multi-label, per-label thresholds chosen on validation)",
+}
+_HEADLINE = {
+    "binary": METRIC_COLUMNS,
+    "multiclass": MULTICLASS_COLUMNS,
+    "multilabel": ("macro_auc", "micro_auc", "macro_average_precision", "loss"),
+}
+
+
+def _rows_of(kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Row name -> value of one decision's test metrics (metrics.json): the task's headline
+    metrics, then each class's recall and one-vs-rest AUC (multi-class) or each finding's AUC,
+    sensitivity and specificity (multi-label)."""
+    rows = {m: metrics.get(m) for m in _HEADLINE[kind]}
+    if kind == "multiclass":
+        rows |= {k: v for k, v in metrics.items() if k.startswith(("recall_", "auc_"))}
+    elif kind == "multilabel":
+        for name, per in metrics["labels"].items():
+            rows |= {f"{name} {m}": per[m] for m in ("auc", "sensitivity", "specificity")}
+    return rows
+
+
+def _best(summary: RunSummary, config: dict[str, Any]) -> str:
+    if config.get("head") == "logreg" and "logreg_C" in config:  # rows are values of C
+        return f"C={config['logreg_C']:g} of {summary.epochs_run} C values"
+    return f"{summary.best_epoch}/{summary.epochs_run}"
+
+
 def _report(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
-    """Test metrics at 0.5 and at the validation threshold, then the run folders.
-
-    Multi-class runs (metrics under "argmax") get their own table: headline metrics, then
-    per-class recall and one-vs-rest AUC.
-
-    The table has one column per (run, threshold) so it fits a terminal; JSON has one record
-    per (run, threshold) for scripts.
-    """
-    _warn_runs(summaries)
-    tagged = [s for s in summaries if "at_label_thresholds" in s.test]
-    if tagged:
-        _report_multilabel(tagged, as_json=as_json)
-        summaries = [s for s in summaries if "at_label_thresholds" not in s.test]
-        if not summaries:
-            return
-    multi = [s for s in summaries if "argmax" in s.test]
-    if multi:
-        _report_multiclass(multi, as_json=as_json)
-        summaries = [s for s in summaries if "argmax" not in s.test]
-        if not summaries:
-            return
-    title = "test metrics (threshold chosen on validation)"
-    if as_json:
-        _emit_json(title, summaries, ("at_0.5", "at_threshold"))
-        return
+    """The runs' test metrics, one table per task (a column per run and decision rule: at 0.5
+    and at the validation-chosen threshold for binary, argmax for multi-class, the per-finding
+    thresholds for multi-label), then the run folders. JSON: one record per (run, decision)."""
     import json
 
+    from featurestore.tasks import Task
+
+    _warn_runs(summaries)
+    configs = [json.loads((s.path / "config.json").read_text()) for s in summaries]
+    kinds = [Task.from_record(c).kind for c in configs]
+    for kind in dict.fromkeys(kinds):  # one table per task, in the order the runs came
+        group = [(s, c) for s, c, k in zip(summaries, configs, kinds, strict=True) if k == kind]
+        _task_report(kind, group, as_json=as_json)
+
+
+def _task_report(
+    kind: str, group: list[tuple[RunSummary, dict[str, Any]]], *, as_json: bool
+) -> None:
     from featurestore.compare import run_labels
 
-    configs = [json.loads((s.path / "config.json").read_text()) for s in summaries]
-    labels, _ = run_labels(configs, [s.path.name for s in summaries])
-    columns = ["metric"]
-    for s, label in zip(summaries, labels, strict=True):
-        columns += [f"{label} @0.5", f"{label} @{s.threshold:.3f}"]
-    table_rows = [
-        [name] + [s.test[at][name] for s in summaries for at in ("at_0.5", "at_threshold")]
-        for name in METRIC_COLUMNS
-    ]
-    best = []
-    for s, cfg in zip(summaries, configs, strict=True):
-        if cfg.get("head") == "logreg" and "logreg_C" in cfg:  # rows are values of C
-            best.append(f"C={cfg['logreg_C']:g} of {s.epochs_run} C values")
-        else:
-            best.append(f"{s.best_epoch}/{s.epochs_run}")
-    table_rows.append(["best epoch / run"] + [b for b in best for _ in range(2)])
+    runs, decisions = [s for s, _ in group], _DECISIONS[kind]
+    if as_json:
+        _emit_json(_TITLES[kind], runs, decisions)
+        return
+    labels, _ = run_labels([c for _, c in group], [s.path.name for s in runs])
+    suffix = {"at_0.5": " @0.5", "argmax": "", "at_label_thresholds": ""}
+    columns, cells = ["metric"], []
+    for s, label in zip(runs, labels, strict=True):
+        for d in decisions:
+            columns.append(label + suffix.get(d, f" @{s.threshold:.3f}"))
+            cells.append(_rows_of(kind, s.test[d]))
+    names = list(dict.fromkeys(name for c in cells for name in c))
+    table_rows: list[list[Any]] = [[name] + [c.get(name) for c in cells] for name in names]
+    best = [_best(s, c) for s, c in group]
+    table_rows.append(["best epoch / run"] + [b for b in best for _ in decisions])
     legend = "-: undefined on this test set (e.g. specificity without negative images)."
-    swept = [c["logreg_Cs"] for c in configs if c.get("head") == "logreg" and "logreg_Cs" in c]
+    swept = [c["logreg_Cs"] for _, c in group if c.get("head") == "logreg" and "logreg_Cs" in c]
     if swept:
         values = ", ".join(f"{c:g}" for c in swept[0])
         legend += f" logreg: C swept over {values}; the C with the best validation AUC is kept."
-    print_table(
-        title,
-        columns,
-        [[format_cell(v) for v in row] for row in table_rows],
-        legend=legend,
-    )
-    for s in summaries:
-        console.print(f"run folder: [bold]{s.path}[/]", highlight=False)
-
-
-def _report_multilabel(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
-    """Multi-label test metrics: macro/micro AUC, then per label AUC, sensitivity and
-    specificity at the label's validation threshold; one column per run."""
-    title = "test metrics (multi-label, per-label thresholds chosen on validation)"
-    if as_json:
-        _emit_json(title, summaries, ("at_label_thresholds",))
-        return
-    columns = ["metric"] + [f"{s.model} {s.mode} {s.head}" for s in summaries]
-    heads = ("macro_auc", "micro_auc", "macro_average_precision", "loss")
-    table_rows = [[m] + [s.test["at_label_thresholds"][m] for s in summaries] for m in heads]
-    for name in summaries[0].test["at_label_thresholds"]["labels"]:
-        for m in ("auc", "sensitivity", "specificity"):
-            table_rows.append(
-                [f"{name} {m}"]
-                + [s.test["at_label_thresholds"]["labels"][name][m] for s in summaries]
-            )
-    table_rows.append(["best epoch / run"] + [f"{s.best_epoch}/{s.epochs_run}" for s in summaries])
-    emit_table(title, columns, table_rows, as_json=False)
-    for s in summaries:
-        console.print(f"run folder: [bold]{s.path}[/]", highlight=False)
-
-
-def _report_multiclass(summaries: Sequence[RunSummary], *, as_json: bool) -> None:
-    """Multi-class test metrics (argmax decisions), one column per run; undefined shown as -."""
-    title = "test metrics (multi-class, argmax)"
-    if as_json:
-        _emit_json(title, summaries, ("argmax",))
-        return
-    columns = ["metric"] + [f"{s.model} {s.mode} {s.head}" for s in summaries]
-    per_class = [
-        k
-        for k in summaries[0].test["argmax"]
-        if k.startswith(("recall_", "auc_")) and k != "roc_auc_macro"
-    ]
-    table_rows = [
-        [name] + [s.test["argmax"].get(name) for s in summaries]
-        for name in (*MULTICLASS_COLUMNS, *per_class)
-    ]
-    table_rows.append(["best epoch / run"] + [f"{s.best_epoch}/{s.epochs_run}" for s in summaries])
-    emit_table(title, columns, table_rows, as_json=False)
-    for s in summaries:
+    rows = [[format_cell(v) for v in row] for row in table_rows]
+    print_table(_TITLES[kind], columns, rows, legend=legend)
+    for s in runs:
         console.print(f"run folder: [bold]{s.path}[/]", highlight=False)
 
 
