@@ -139,6 +139,16 @@ PrecisionOpt = Annotated[
         show_default=False,
     ),
 ]
+HeadPrecisionOpt = Annotated[
+    Precision | None,
+    typer.Option(
+        "--precision",
+        help="What the head trains in: auto (fp32 on CPU, where a head's small matrix "
+        "products gain nothing from bf16; autocast on CUDA), fp32 or bf16. The features are "
+        "the store's, in the precision they were extracted in. Default: auto.",
+        show_default=False,
+    ),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(

@@ -33,6 +33,7 @@ from .options import (
     DeviceOpt,
     EpochsOpt,
     HeadKind,
+    HeadPrecisionOpt,
     ImageSizeOpt,
     JsonFlag,
     LabelScheme,
@@ -257,6 +258,7 @@ def fit_head(
     train_fraction: TrainFractionOpt = None,
     shots: ShotsOpt = None,
     device: DeviceOpt = Device(_HEAD.train.device),
+    precision: HeadPrecisionOpt = None,
     pooling: Annotated[
         str | None,
         typer.Option(
@@ -317,6 +319,7 @@ def fit_head(
         threshold_policy=given["threshold_policy"],
         seed=given["seed"],
         device=str(given["device"]),  # type: ignore[arg-type]
+        precision=str(given["precision"]) if given["precision"] else None,  # type: ignore[arg-type]
     )
     grid = None
     if sweep:

@@ -17,7 +17,8 @@ from featurestore.study.plan import RUNS, Plan
 
 # TrainConfig fields -> flag, per command (fields absent here have no flag on that command).
 _TRAIN_FLAGS = {
-    "fit-head": ("epochs", "lr", "patience", "monitor", "class_weight", "batch_size", "device"),
+    "fit-head": ("epochs", "lr", "patience", "monitor", "class_weight", "batch_size", "device",
+                 "precision"),
     "finetune": ("epochs", "lr", "patience", "monitor", "class_weight", "batch_size", "device",
                  "backbone_lr_mult", "precision"),
 }  # fmt: skip
