@@ -135,7 +135,8 @@ PrecisionOpt = Annotated[
         "--precision",
         help="What the backbone computes in: auto (bf16 on a CPU with native bf16/AMX, "
         "about twice as fast there; else fp32; autocast on CUDA), fp32 or bf16. Default: "
-        "auto. Recorded; a store of another precision is another store.",
+        "auto. Recorded with the features and the run; a bf16 store is kept beside an fp32 "
+        "one (its file name ends in -bf16), never over it.",
         show_default=False,
     ),
 ]

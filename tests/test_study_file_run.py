@@ -65,6 +65,8 @@ def test_study_runs_resumes_and_reruns_only_the_changed_arm(
 
     first = CliRunner().invoke(app, ["study", "run", str(study), "--json"])
     assert first.exit_code == 0, first.output
+    # precision is left at auto: the run says what auto resolved to on this CPU
+    assert re.search(r"precision auto: backbones compute in (bf16|fp32) on this CPU", first.stderr)
     doc = json.loads(first.stdout)
     assert (doc["trained"], doc["reused"]) == (8, 0)
     assert [q["family"] for q in doc["questions"]] == [2, 2]
@@ -74,6 +76,7 @@ def test_study_runs_resumes_and_reruns_only_the_changed_arm(
     assert len(doc["exploratory"]) == 4 * 2
     folder = tmp_path / "studies" / "tiny"
     report = (folder / "report.md").read_text()
+    assert re.search(r"; backbones in (bf16|fp32); intervals:", report)
     assert report.index("## Questions") < report.index("## Arms") < report.index("NOT corrected")
     record = json.loads((folder / "study.json").read_text())
     assert (folder / "study.toml").read_text() == study.read_text()

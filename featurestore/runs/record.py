@@ -118,6 +118,16 @@ def run_weights(config: dict[str, Any]) -> str:
     return str(config.get("weights_id") or store.get("weights_id") or config.get("weights") or "")
 
 
+def run_precision(config: dict[str, Any]) -> str | None:
+    """What a run's backbone computed in (`fp32`, `bf16`, `fp16`): its store's `precision` for
+    a frozen run (the features the head saw), `resolved_precision` for a fine-tuned one; None
+    where the run or its store predates recording it."""
+    store = config.get("store")
+    if config.get("mode") == "finetune":
+        return config.get("resolved_precision")
+    return store.get("precision") if isinstance(store, dict) else None
+
+
 def run_dataset_root(config: dict[str, Any]) -> Path | None:
     """The dataset folder a run was trained on (recorded by the run or by its store)."""
     root = config.get("dataset_root") or (config.get("store") or {}).get("dataset_root")

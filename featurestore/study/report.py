@@ -163,8 +163,28 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
         "alpha": study.alpha,
         "bootstrap_seed": study.bootstrap_seed,
         "metrics": metrics,
+        "precision": _precision(plan, records),
     }
     return StudyReport(study.name, plan.task, answers, arms, sweeps, curves, exploratory, header)
+
+
+def _precision(plan: Plan, records: dict[str, Any]) -> dict[str, str]:
+    """Arm -> what its backbone computed in (`bf16`, `fp32`; `unrecorded` for runs from before
+    it was kept; several joined by `/` when its runs differ)."""
+    from featurestore.runs import run_precision
+
+    out: dict[str, set[str]] = {}
+    for r in plan.runs:
+        out.setdefault(r.arm.name, set()).add(run_precision(records[r.key].config) or "unrecorded")
+    return {arm: "/".join(sorted(values)) for arm, values in out.items()}
+
+
+def _precision_text(by_arm: dict[str, str]) -> str:
+    """`backbones in bf16`, or each arm's precision when they differ."""
+    values = set(by_arm.values())
+    if len(values) == 1:
+        return f"backbones in {values.pop()}"
+    return "backbone precision " + ", ".join(f"{a} {p}" for a, p in by_arm.items())
 
 
 def _none(value: float) -> float | None:
@@ -185,7 +205,8 @@ def render_markdown(report: StudyReport) -> str:
     out = [f"# Study {report.name}", ""]
     out.append(
         f"File `{h['source']}` (sha256 `{h['sha256'][:12]}`), data `{h['data']}` ({h['task']}), "
-        f"seeds {', '.join(map(str, h['seeds']))}; intervals: paired patient bootstrap, "
+        f"seeds {', '.join(map(str, h['seeds']))}; {_precision_text(h['precision'])}; "
+        "intervals: paired patient bootstrap, "
         f"{h['n_boot']} resamples (seed {h['bootstrap_seed']}), alpha {h['alpha']:g}."
     )
     if h["random_init"]:

@@ -104,6 +104,29 @@ def record_study(plan: Plan, paths: dict[str, Path], stores: dict[str, Path]) ->
     }
 
 
+def _auto_precision(study: Study) -> str | None:
+    """The line that says what `precision = auto` (the default) resolved to on this CPU, when
+    some arm's backbone runs on CPU at auto; None otherwise."""
+    import torch
+
+    from featurestore.devices import resolve_device, resolve_precision
+
+    devices = [
+        (arm.extract.device if arm.extract is not None else arm.train.device)
+        for arm in study.arms
+        if (arm.extract.precision if arm.extract is not None else arm.train.precision)
+        in (None, "auto")
+    ]
+    if not any(resolve_device(d).type == "cpu" for d in devices):
+        return None
+    got = resolve_precision("auto", torch.device("cpu"), cuda_auto="bf16")
+    why = "it computes bf16 natively" if got == "bf16" else "it has no native bf16"
+    return (
+        f"precision auto: backbones compute in {got} on this CPU ({why}); "
+        'precision = "fp32" in the study file (xray demo --precision fp32) runs float32'
+    )
+
+
 def run_study_file(
     study: Study,
     *,
@@ -142,6 +165,9 @@ def run_study_file(
             "This study uses RANDOMLY INITIALISED backbones (weights none): the study checks "
             "the pipeline end to end; its numbers say nothing about pretrained transfer."
         )
+    auto = _auto_precision(study)
+    if auto:
+        say(auto)
     for s in plan.stores:
         if not s.train:
             continue

@@ -327,13 +327,14 @@ def _run_autocast(cfg: dict[str, Any], device: torch.device) -> torch.dtype | No
     Fine-tune: the run's `resolved_precision`, in which the trainer also scored val and test
     for predictions.csv (`conclude`); runs that did not record it scored in float32.
     """
-    store = cfg.get("store")
+    from featurestore.runs import run_precision
+
     if cfg.get("mode") == "finetune":
-        recorded = cfg.get("resolved_precision", "fp32")
-    elif cfg.get("mode") != "frozen" or not isinstance(store, dict):
+        recorded = run_precision(cfg) or "fp32"
+    elif cfg.get("mode") != "frozen" or not isinstance(cfg.get("store"), dict):
         return None
     else:
-        recorded = store.get("precision", "fp16")
+        recorded = run_precision(cfg) or "fp16"
     if recorded == "bf16":
         return torch.bfloat16
     if recorded == "fp16" and device.type == "cuda":

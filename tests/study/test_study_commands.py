@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from featurestore.study import load_study
 from featurestore.study.commands import study_commands
+from featurestore.study.report import build_report, render_markdown
 from featurestore.study.run import run_study_file
 
 STUDY = """
@@ -68,7 +69,11 @@ def test_the_step_by_step_commands_repeat_the_study_byte_for_byte(
     path = tmp_path / "study.toml"
     path.write_text(STUDY.format(data=tiny_data))
     study = load_study(path)
-    done = run_study_file(study, data=tiny_data)
+    said: list[str] = []
+    done = run_study_file(study, data=tiny_data, notice=said.append)
+    assert not [line for line in said if line.startswith("precision auto")]  # fp32 was set
+    report = render_markdown(build_report(done.plan, done.paths))
+    assert "; backbones in fp32; intervals:" in report
     commands = study_commands(done.plan, done.stores, cache=study.cache)
     assert not [c for c in commands if c.startswith("#")], commands  # every setting has a flag
     assert sum("--precision fp32" in c for c in commands) == 4  # extract, 2 fit-head, finetune
