@@ -302,7 +302,7 @@ def _conclude(
     cal["reported_probability"] = "recalibrated" if refitted else "model output"
     cal.update(reported_calibration(task, y, s))
 
-    dataset = manifest.name or manifest.root.stem
+    dataset = _dataset_name(manifest)
     evaluation: dict[str, Any] = {
         "run": str(run.path),
         "run_name": run.name,
@@ -442,6 +442,17 @@ def _statistics(
             "findings": both,
         }
     return intervals, difference
+
+
+def _dataset_name(manifest: Manifest) -> str:
+    """The evaluated dataset's name in the evaluation's folder name and tables: the manifest's
+    name, after its folder's name for a CSV (two `labels.csv` or `valid.csv` of different
+    folders are then told apart)."""
+    name = manifest.name or manifest.root.stem
+    source = manifest.source
+    if source is not None and source.suffix.lower() == ".csv" and manifest.root.name:
+        return name if name.startswith(manifest.root.name) else f"{manifest.root.name}-{name}"
+    return name
 
 
 def _name(key: tuple[str, str | None]) -> str:

@@ -351,3 +351,20 @@ def test_a_multi_label_evaluation_written_before_the_rename_still_reports(
     found = find_evaluations(old.parent, {case["run"].name: "the run"})
     row = next(line for line in external_section(found) if line.startswith("| the run |"))
     assert f"{result.intervals['roc_auc_macro']['estimate']:.3f}" in row
+
+
+def test_two_csvs_of_one_name_in_two_folders_are_two_datasets(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A CSV's dataset is named after its folder too: `labels.csv` of site_b and of site_c are
+    two evaluations with two names, not `labels` and `labels-2`."""
+    root = tmp_path_factory.mktemp("two-csvs")
+    run, other = _make("multilabel", root)
+    third = write_tiny_multilabel(root / "site_c", seed=2)
+    assert other.name == third.name == "labels.csv"
+    names = []
+    for data in (other, third):
+        result = evaluate_run(run, data, config=_config({"root": root}))
+        names.append(json.loads((result.path / "evaluation.json").read_text())["dataset"])
+        assert f"-on-{names[-1]}-test" in result.path.name
+    assert names == ["ml-labels-uignore", "site_c-labels-uignore"]  # and the uncertain policy
