@@ -52,6 +52,7 @@ NOT_SETTINGS = frozenset(
         "train_images",
         "train_patients",
         "subset_seed",
+        "subset_rule",  # multi-label: how the subset was drawn (a sentence), fixed by the task
     }
 )
 # Store attributes that are settings of the features a frozen run trained on.

@@ -252,10 +252,11 @@ def _plot_roc(cmp: Comparison, path: Path) -> bool:
 
 def _plot_intervals(cmp: Comparison, path: Path) -> bool:
     metrics = [m for m in cmp.metrics if m != "loss"]
-    fig, axes = new_figure(
-        (3 * len(metrics), 0.5 * len(cmp.rows) + 2), 1, len(metrics), squeeze=False
-    )
     labels = [r.label for r in cmp.rows]
+    room = 0.3 + 0.08 * max(len(label) for label in labels)  # inches for the run labels
+    fig, axes = new_figure(
+        (3 * len(metrics) + room, 0.5 * len(cmp.rows) + 2), 1, len(metrics), squeeze=False
+    )
     for ax, m in zip(axes[0], metrics, strict=True):
         ivs = [r.primary(m) for r in cmp.rows]
         ivs = [iv if iv.defined else Interval(np.nan, np.nan, np.nan) for iv in ivs]

@@ -73,3 +73,12 @@ def test_a_sweep_run_says_which_member_it_chose_and_its_seeds_still_group() -> N
     ]
     assert config_labels == ["densenet121 frozen/sweep"] * 2
     assert seed_groups([a, b])[0] == [[0, 1]]
+
+
+def test_a_multilabel_subset_run_is_labelled_by_its_tag_not_its_rule() -> None:
+    """A multi-label subset records how it was drawn (a sentence, the same for every subset of
+    the task): bookkeeping, not a setting, so the label stays `... @f0.5`."""
+    rule = "multi-label, by patient: patients in a seeded order; first, for each finding ..."
+    subset = frozen(subset_tag="f0.5", subset_rule=rule, subset_positives={"Effusion": 3})
+    labels, _ = run_labels([frozen(), subset], ["a", "b"])
+    assert labels == ["densenet121 frozen/linear", "densenet121 frozen/linear @f0.5"]
