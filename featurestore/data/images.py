@@ -30,13 +30,20 @@ class ImageDecodeError(XrayError):
 
 
 def decode_image(
-    source: Path | str | bytes, *, min_size: int | None = None, name: str | None = None
+    source: Path | str | bytes,
+    *,
+    min_size: int | None = None,
+    name: str | None = None,
+    grey: bool = False,
 ) -> Image.Image:
     """Decode a file or its bytes to an RGB image, at reduced JPEG scale when min_size allows.
 
     `min_size` is the smallest short side the caller needs: JPEGs are then decoded by libjpeg
     at 1/2, 1/4 or 1/8 scale (Pillow's draft mode) but never below it. `name` labels errors
     for bytes input. The whole image is always decoded, so truncated files are detected.
+    `grey` keeps a greyscale source one channel (mode L, `to_8bit`): the pixels of the RGB
+    image's three equal channels, a third of the work for every later step (the extraction
+    path; `Preprocessing.pixels` makes the three channels at the end). DICOM is always RGB.
     """
     label = printable(name or (str(source) if not isinstance(source, bytes) else "<bytes>"))
     limit = max_image_pixels()
@@ -65,7 +72,7 @@ def decode_image(
                     im.draft(im.mode, (min_size, min_size))
                 im.load()  # full decode now: a truncated file fails here, not later
                 oriented = ImageOps.exif_transpose(im)
-                return to_rgb(oriented)
+                return to_8bit(oriented) if grey else to_rgb(oriented)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         first = str(exc).split(" could be")[0].split(" exceeds")[0]
         raise ImageDecodeError(
@@ -184,7 +191,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode to 3-channel RGB: the one grayscale-to-3-channel step of the project.
+    """Any Pillow mode to 3-channel RGB: the one grayscale-to-3-channel step of the project,
+    `to_8bit` and then three equal channels for a greyscale image."""
+    return to_8bit(im).convert("RGB")
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit L (a greyscale image) or RGB (a colour one).
 
     The intensity rule (`INTENSITY_RULE`), the same for every container and bit depth (8-bit,
     12-bit stored in 16, 16-bit, float, DICOM after its LUTs): the image's own minimum..maximum
@@ -202,10 +215,10 @@ def to_rgb(im: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         im = background
     if im.mode.startswith("I") or im.mode == "F":
-        return _stretch_to_l(np.asarray(im)).convert("RGB")
+        return _stretch_to_l(np.asarray(im))
     if im.mode not in ("L", "RGB"):
         im = im.convert("RGB")  # 1, CMYK, YCbCr, LAB, HSV: Pillow's conversions are right
-    return _stretch_8bit(im).convert("RGB")
+    return _stretch_8bit(im)
 
 
 def _stretch_8bit(im: Image.Image) -> Image.Image:

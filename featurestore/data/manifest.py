@@ -108,15 +108,18 @@ class Manifest:
             return self.class_names.index(POSITIVE_CLASS)
         return len(self.class_names) - 1
 
-    def open_image(self, key: str, *, min_size: int | None = None) -> Image.Image:
-        """Decode one image to 3-channel RGB (reduced-scale JPEG decoding down to min_size)."""
+    def open_image(
+        self, key: str, *, min_size: int | None = None, grey: bool = False
+    ) -> Image.Image:
+        """Decode one image to 3-channel RGB (reduced-scale JPEG decoding down to min_size);
+        `grey`: a greyscale file stays one channel (mode L, `decode_image`)."""
         from featurestore.data.images import decode_image, image_from_array, npz_array
 
         if self.kind == "npz":
             split, _, row = key.partition("/")
             images = npz_array(str(self.root), f"{split}_images", self.root.stat().st_mtime_ns)
             return image_from_array(images[int(row)])
-        return decode_image(self.root / key, min_size=min_size)
+        return decode_image(self.root / key, min_size=min_size, grey=grey)
 
 
 # Kermany names: person12_bacteria_55.jpeg, person1222_virus_2071.jpeg, IM-0115-0001.jpeg and

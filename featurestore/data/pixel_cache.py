@@ -82,7 +82,8 @@ def resize_rule(pre: Preprocessing) -> dict[str, Any]:
 
 
 def resize_image(image: Image.Image, pre: Preprocessing) -> Image.Image:
-    """The preprocessing's resize step alone: RGB image -> short side `pre.resize` (or squashed).
+    """The preprocessing's resize step alone: RGB or L image -> short side `pre.resize` (or
+    squashed), in the image's mode.
 
     Exactly the first step of `Preprocessing.pixels`, which is a no-op on its result (Pillow
     returns a copy when the size already matches), so cached and fresh pixels agree.
@@ -227,7 +228,8 @@ def open_pixel_cache(
 def resized_image(
     manifest: Manifest, key: str, pre: Preprocessing, cache: PixelCache | None
 ) -> tuple[Image.Image, bool]:
-    """(image `key` decoded and resized by `pre`'s resize step as RGB, whether it was cached).
+    """(image `key` decoded and resized by `pre`'s resize step, L for a greyscale file and RGB
+    otherwise, whether it was cached).
 
     The file's bytes are read once: hashed for the cache key and, on a miss, decoded from the
     same buffer, so the cache never pairs a digest with other content. npz datasets (arrays,
@@ -239,7 +241,7 @@ def resized_image(
     from PIL import Image
 
     if cache is None or manifest.kind == "npz":
-        return resize_image(manifest.open_image(key, min_size=pre.resize), pre), False
+        return resize_image(manifest.open_image(key, min_size=pre.resize, grey=True), pre), False
     path = Path(manifest.root) / key
     try:
         data = path.read_bytes()
@@ -253,10 +255,9 @@ def resized_image(
     digest = hashlib.blake2b(data).hexdigest()
     pixels = cache.get(digest)
     if pixels is not None:
-        image = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
-        return image.convert("RGB"), True
+        return Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB"), True
     # DICOM is routed by name as well as content: decode it from the path as always.
     source: Path | bytes = path if is_dicom(path) else data
-    image = resize_image(decode_image(source, min_size=pre.resize, name=str(path)), pre)
+    image = resize_image(decode_image(source, min_size=pre.resize, name=str(path), grey=True), pre)
     cache.put(digest, image)
     return image, False

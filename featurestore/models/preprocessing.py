@@ -43,10 +43,15 @@ class Preprocessing:
             raise ValueError(f"mean and std need {self.channels} values")
 
     def pixels(self, image: Image.Image) -> np.ndarray:
-        """RGB PIL image -> resized, center-cropped uint8 pixels (crop, crop, channels).
+        """RGB or L (greyscale) PIL image -> resized, center-cropped uint8 pixels (crop, crop,
+        channels).
 
         The half of preprocessing that runs per image (Pillow releases the GIL while it
         resizes, so decoding threads overlap the model); `normalize` does the rest per batch.
+        An L image is resized and cropped as one channel, then repeated to three: Pillow
+        resamples each channel alike, and the luma of three equal channels is that channel
+        (19595 + 38470 + 7471 = 2^16 in Pillow's fixed point), so its pixels are exactly
+        those of the same image given as RGB, for a third of the work.
         """
         import numpy as np
         from torchvision.transforms import InterpolationMode
@@ -55,10 +60,12 @@ class Preprocessing:
         size = [self.resize, self.resize] if self.squash else self.resize
         image = F.resize(image, size, interpolation=InterpolationMode(self.interpolation))
         image = F.center_crop(image, self.crop)
-        if self.channels == 1:
+        if self.channels == 1 and image.mode != "L":
             image = F.rgb_to_grayscale(image, num_output_channels=1)  # ITU-R 601-2 luma
         array = np.asarray(image, dtype=np.uint8)
-        return array[..., None] if array.ndim == 2 else array
+        if array.ndim == 3:
+            return array
+        return array[..., None] if self.channels == 1 else np.repeat(array[..., None], 3, axis=2)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, C) -> normalized float32 (B, C, S, S), channels_last in memory.

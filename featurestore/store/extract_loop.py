@@ -49,7 +49,7 @@ def _pixels(
 
     try:
         if cache is None:
-            image = manifest.open_image(key, min_size=pre.resize)
+            image = manifest.open_image(key, min_size=pre.resize, grey=True)
         else:
             image, _ = resized_image(manifest, key, pre, cache)
     except XrayError as exc:  # ImageDecodeError: reported by the main process

@@ -89,7 +89,8 @@ class _ImageDataset(torch.utils.data.Dataset[ImageItem]):
             # and fresh images are the same pixels: short side = preprocessing.resize, RGB.
             image, _ = resized_image(self.manifest, rec.key, self.preprocessing, self.pixel_cache)
             if self.cache is not None and self.cache.has_room():
-                fresh = np.asarray(image)  # (H, W, 3) uint8, for the main process to keep
+                fresh = np.asarray(image)  # (H, W) or (H, W, 3) uint8, for the main process
+            image = image.convert("RGB")  # augmentation sees RGB, as it always did
         if self.augment is not None:
             # Seeded per (run seed, epoch, image): the same draws in any worker, in the main
             # process, cached or not; torchvision's random transforms draw from torch's RNG,
