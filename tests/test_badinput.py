@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import random
+import re
 import shutil
 import struct
 import zlib
@@ -521,13 +522,19 @@ SEEDS = {
 
 
 def _decode_or_refuse(data: bytes) -> None:
-    """decode_image either gives an RGB image or raises ImageDecodeError: nothing else."""
+    """decode_image either gives an RGB image or raises ImageDecodeError: nothing else; with
+    grey=True (the extraction path) an L or RGB image with the same pixels, or the same error."""
     try:
         im = decode_image(data, min_size=16)
     except ImageDecodeError as exc:
         assert str(exc).startswith("<bytes>: ") and "\n" not in str(exc)
+        with pytest.raises(ImageDecodeError, match=re.escape(str(exc))):
+            decode_image(data, min_size=16, grey=True)
         return
     assert im.mode == "RGB" and im.width > 0 and im.height > 0
+    grey = decode_image(data, min_size=16, grey=True)
+    assert grey.mode in ("L", "RGB")
+    assert np.array_equal(np.asarray(grey.convert("RGB")), np.asarray(im))
 
 
 @settings(max_examples=60, deadline=None)
