@@ -23,6 +23,8 @@ from featurestore.study.commands import study_commands
 from featurestore.study.demo import DemoResult, demo_text, run_demo
 from featurestore.study.file import Arm, Question, Study, builtin_text, load_study, parse_study
 from featurestore.study.plan import resolve_study_weights
+from featurestore.study.report import build_report, render_markdown
+from featurestore.study.run import run_study_file
 
 __all__ = [
     "METRIC_NAMES",
@@ -34,6 +36,7 @@ __all__ = [
     "Study",
     "StudyConfig",
     "answer_questions",
+    "build_report",
     "builtin_text",
     "check_metric",
     "compare_pair",
@@ -41,8 +44,10 @@ __all__ = [
     "load_study",
     "metric_names",
     "parse_study",
+    "render_markdown",
     "resolve_study_weights",
     "run_demo",
+    "run_study_file",
     "score",
     "study_commands",
 ]

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featurestore.data import decode_image
-from featurestore.data.pixel_cache import PixelCache, resized_image
+from featurestore.data import PixelCache, decode_image, resized_image
 from featurestore.models import Preprocessing
 
 REALSAMPLE = Path(__file__).resolve().parents[3] / "shared" / "realsample"

@@ -11,10 +11,13 @@ import pytest
 from featurestore.cli.main import app
 from typer.testing import CliRunner
 
-from featurestore.study import load_study
-from featurestore.study.commands import study_commands
-from featurestore.study.report import build_report, render_markdown
-from featurestore.study.run import run_study_file
+from featurestore.study import (
+    build_report,
+    load_study,
+    render_markdown,
+    run_study_file,
+    study_commands,
+)
 
 STUDY = """
 [study]
