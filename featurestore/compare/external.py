@@ -171,7 +171,7 @@ def _score_frozen(
     arrays = store.split(config.split)
     with torch.inference_mode():
         features = torch.from_numpy(arrays.features).to(predictor.device)  # (N, D)
-        probs = task.probabilities(predictor.head(features))  # (N, C)
+        probs = task.probabilities(predictor.head_logits(features))  # (N, C)
     labels = arrays.labels.astype(np.int64)
     if task.multilabel:
         if arrays.targets is None:
@@ -451,7 +451,8 @@ def _dataset_name(manifest: Manifest) -> str:
     name = manifest.name or manifest.root.stem
     source = manifest.source
     if source is not None and source.suffix.lower() == ".csv" and manifest.root.name:
-        return name if name.startswith(manifest.root.name) else f"{manifest.root.name}-{name}"
+        folder = manifest.root.name
+        return name if name == folder or name.startswith(folder + "-") else f"{folder}-{name}"
     return name
 
 

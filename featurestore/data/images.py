@@ -36,7 +36,8 @@ def decode_image(
     name: str | None = None,
     grey: bool = False,
 ) -> Image.Image:
-    """Decode a file or its bytes to an RGB image, at reduced JPEG scale when min_size allows.
+    """Decode a file or its bytes to an RGB image (or L, with `grey`), at reduced JPEG scale when
+    min_size allows.
 
     `min_size` is the smallest short side the caller needs: JPEGs are then decoded by libjpeg
     at 1/2, 1/4 or 1/8 scale (Pillow's draft mode) but never below it. `name` labels errors

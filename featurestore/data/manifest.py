@@ -112,7 +112,8 @@ class Manifest:
         self, key: str, *, min_size: int | None = None, grey: bool = False
     ) -> Image.Image:
         """Decode one image to 3-channel RGB (reduced-scale JPEG decoding down to min_size);
-        `grey`: a greyscale file stays one channel (mode L, `decode_image`)."""
+        `grey`: a greyscale file stays one channel (mode L, `decode_image`); npz arrays and
+        DICOM files come back RGB either way."""
         from featurestore.data.images import decode_image, image_from_array, npz_array
 
         if self.kind == "npz":

@@ -164,8 +164,8 @@ class PixelCache:
         return pixels
 
     def put(self, digest: str, image: Image.Image) -> bool:
-        """Keep a resized RGB image's pixels; False when over the limit or on a write error."""
-        pixels = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
+        """Keep a resized L or RGB image's pixels; False when over the limit or on a write error."""
+        pixels = np.asarray(image, dtype=np.uint8)  # (H, W) or (H, W, 3)
         if pixels.ndim == 3 and (pixels == pixels[..., :1]).all():
             pixels = np.ascontiguousarray(pixels[..., 0])  # grey: one channel, a third of it
         size = pixels.nbytes + 128  # the .npy header

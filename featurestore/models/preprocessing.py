@@ -83,7 +83,7 @@ class Preprocessing:
         return x.sub_(mean).div_(std)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL image -> normalized float tensor (channels, crop, crop)."""
+        """RGB or L PIL image -> normalized float tensor (channels, crop, crop)."""
         import torch
 
         pixels = torch.from_numpy(self.pixels(image).copy())  # (S, S, C) uint8, writable

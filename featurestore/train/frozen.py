@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -157,10 +156,9 @@ def fit_heads(
     from featurestore.models import HEAD_KINDS
 
     config = config or _HEAD.train
-    if config.precision in (None, "auto") and not _on_cuda(config.device):
-        # The features are computed already: a head's tiny matmuls gain nothing from bf16
-        # and would lose precision, so on CPU heads train in float32 (recorded as such).
-        config = replace(config, precision="fp32")
+    # At precision auto (or None) heads train in float32 on CPU (`train.loop.fit`): the
+    # features are computed already, and a head's tiny matmuls gain nothing from bf16.
+    # config.json records what was asked, so `--config` repeats it on any device.
     say = notice or (lambda _msg: None)
     repeats = seeded(config, seeds)  # refuses seeds < 1 before any store is read
     if head not in HEAD_KINDS:

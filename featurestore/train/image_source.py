@@ -86,7 +86,7 @@ class _ImageDataset(torch.utils.data.Dataset[ImageItem]):
             image = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB").convert("RGB")
         else:
             # The preprocessing's own resize step (what extraction caches too), so cached
-            # and fresh images are the same pixels: short side = preprocessing.resize, RGB.
+            # and fresh images are the same pixels: short side = preprocessing.resize, L or RGB.
             image, _ = resized_image(self.manifest, rec.key, self.preprocessing, self.pixel_cache)
             if self.cache is not None and self.cache.has_room():
                 fresh = np.asarray(image)  # (H, W) or (H, W, 3) uint8, for the main process

@@ -268,7 +268,7 @@ def fit(
     if devices.channels_last_for(device):
         model.to(memory_format=torch.channels_last)  # 4-D conv weights NHWC; others unchanged
     precision = config.precision
-    if precision is None and not source.streaming and device.type == "cpu":
+    if precision in (None, "auto") and not source.streaming and device.type == "cpu":
         precision = "fp32"  # heads on cached features: bf16 gains nothing (see fit_heads)
     amp_dtype = devices.amp_dtype(config.amp, device, precision)
     _, _, y_train = source.records("train")

@@ -133,15 +133,14 @@ def predictor_cam(
         binary = predictor.task == "binary"
         target = predictor.positive_index if binary else None
     # In the precision the run recorded, as `Predictor.logits`: a fine-tuned trunk + head
-    # under its autocast; a frozen run's head in float32, as it was trained.
+    # under its autocast; a frozen run's head in the precision it trained in.
     amp, device = predictor.autocast, predictor.device.type
 
     def classify(a: Tensor) -> Tensor:
         features = pool(a)
         if not predictor.mirror_extract:
             return predictor.head(features)
-        with torch.autocast(device, enabled=False):
-            return predictor.head(features.float())
+        return predictor.head_logits(features)
 
     with torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
         return grad_cam(acts, classify, x, target=target)

@@ -122,6 +122,9 @@ class Predictor:
     """Frozen runs: run the trunk the way `extract` did (channels_last, its precision)."""
     autocast: torch.dtype | None = None
     """The trunk's autocast dtype: its store's precision (frozen runs), else None (float32)."""
+    head_autocast: torch.dtype | None = None
+    """Frozen runs: the autocast dtype the head trained and was scored in (`_head_autocast`);
+    None: float32."""
 
     @property
     def mode(self) -> str:
@@ -143,7 +146,14 @@ class Predictor:
             features = self.trunk(x)  # (B, D)
             if not self.mirror_extract:  # fine-tune: trunk + head ran under one autocast
                 return self.head(features).float()
-        return self.head(features.float()).float()  # frozen: the head trained in float32
+        return self.head_logits(features)
+
+    def head_logits(self, features: Tensor) -> Tensor:
+        """A frozen run's head on features (N, D) -> (N, C) float32 logits, in the precision the
+        head trained and was scored in (`head_autocast`), as predictions.csv was written."""
+        amp = self.head_autocast
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            return self.head(features.float()).float()
 
     label_thresholds: dict[str, float] | None = None
     """Multi-label runs: each finding's validation-chosen threshold; None otherwise."""
@@ -315,7 +325,7 @@ def load_predictor(
     return Predictor(
         run, trunk, head, pre, class_names, positive_index, threshold, torch_device,
         spec.family, mirror, _run_autocast(cfg, torch_device),
-        label_thresholds=per_label,
+        _head_autocast(cfg, torch_device) if mirror else None, label_thresholds=per_label,
     )  # fmt: skip
 
 
@@ -340,6 +350,20 @@ def _run_autocast(cfg: dict[str, Any], device: torch.device) -> torch.dtype | No
     if recorded == "fp16" and device.type == "cuda":
         return torch.float16
     return None
+
+
+def _head_autocast(cfg: dict[str, Any], device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a frozen run's head trained in, as `train.loop.fit` chose it: the
+    recorded `precision` through `devices.amp_dtype`, float32 on CPU when it was left at
+    None or auto (heads on cached features train in float32 there)."""
+    from featurestore.devices import amp_dtype
+
+    precision = cfg.get("precision")
+    if cfg.get("head") == "logreg" or isinstance(cfg.get("sweep"), dict):
+        return None  # fitted by scikit-learn, or by the sweep, in float32
+    if precision in (None, "auto") and device.type == "cpu":
+        return None
+    return amp_dtype(bool(cfg.get("amp", True)), device, precision)
 
 
 def _read_best(path: Path) -> dict[str, Tensor]:

@@ -90,6 +90,22 @@ def test_finetune_run_from_images_reproduces_predictions_csv(finetuned: Path, ti
     np.testing.assert_allclose(predicted, recorded, rtol=0, atol=1e-5)
 
 
+def test_a_head_trained_in_bf16_is_predicted_in_bf16(frozen16: Path, tiny: Path) -> None:
+    """fit-head --precision bf16: the head trains and is scored under bf16 autocast, and
+    predict (which scores frozen heads in float32 otherwise) runs it the same way."""
+    from dataclasses import replace
+
+    from featurestore.train import fit_heads
+
+    root = tiny.parent / "f16"
+    (summary,) = fit_heads(data=tiny, cache_dir=root / "cache", runs_dir=root / "bf16-head",
+                           config=replace(HEAD, precision="bf16"))  # fmt: skip
+    assert load_run(summary.path).config["precision"] == "bf16"
+    assert load_run(frozen16).config["precision"] is None  # auto: recorded as asked
+    recorded, predicted, _ = test_probabilities(summary.path, tiny)
+    np.testing.assert_allclose(predicted, recorded, rtol=0, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_mlp_head_on_float32_store(tiny: Path, tmp_path: Path) -> None:
     run = frozen_run(tiny, tmp_path, image_size=32, dtype="float32", head="mlp")
