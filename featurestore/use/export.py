@@ -322,7 +322,7 @@ def _check(
     else:
         ref_p, ref_pred = test["probabilities"], test["predictions"]
     reference = "predictions.csv"
-    if predictor.autocast is not None:
+    if predictor.autocast is not None or predictor.head_autocast is not None:
         # Like with like: the graph is float32, so is this reference (same weights, images).
         ref_p, ref_pred = _score_fp32(predictor, images, batch_size)
         reference = "the run's model in fp32"
@@ -340,7 +340,7 @@ def _score_fp32(
     import dataclasses
 
     task = predictor.run.task
-    fp32 = dataclasses.replace(predictor, autocast=None)
+    fp32 = dataclasses.replace(predictor, autocast=None, head_autocast=None)
     probs = []
     for start in range(0, len(images), batch_size):
         x = torch.stack([fp32.preprocessing(im) for im in images[start : start + batch_size]])
