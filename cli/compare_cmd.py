@@ -80,7 +80,8 @@ def compare(
         typer.Option(
             "--explain",
             help="Add Grad-CAM heatmaps of N test images per class and run to the report "
-            "(needs the runs' test images). 0: none.",
+            "(multi-label: per finding, N present and N absent; needs the runs' test images). "
+            "0: none.",
         ),
     ] = 0,
     as_json: JsonFlag = False,

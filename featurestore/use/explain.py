@@ -26,11 +26,18 @@ if TYPE_CHECKING:
 
 CONTACT_SHEET = "contact_sheet.png"
 OVERLAY_ALPHA = 0.55
-MULTILABEL_PICKS = (
-    "no report heatmaps for a multi-label run: images are picked per true class, and a "
-    "multi-label image has findings instead; use `xray explain --run RUN` (a map per finding)"
-)
 """Colour weight where the heat is 1; cold regions show the radiograph unchanged."""
+MULTILABEL_PICKS = (
+    "a multi-label image has findings instead of one true class: pick_finding_images picks "
+    "them finding by finding"
+)
+"""Why `pick_test_images` refuses a multi-label run."""
+_CAM_TARGETS = {
+    "binary": "the positive-class logit",
+    "multiclass": "the predicted class's logit",
+    "multilabel": "each finding's logit",
+}
+"""What a report heatmap maps, per task."""
 
 
 @dataclass(frozen=True)
@@ -286,6 +293,9 @@ def explain_images(
                 title = titles[i] if titles is not None else Path(paths[i]).name
                 # The probability shown is of the class whose map this is.
                 shown = predictor.class_names[e]
+                if multilabel:  # the finding's decision at its validation threshold
+                    cut = (predictor.label_thresholds or {}).get(shown, 0.5)
+                    label = "present" if p >= cut else "absent"
                 thumbs.append((picture, f"{title}\n{label}, P({shown})={p:.2f}"))
         for i in range(start, min(start + batch_size, len(paths))):
             rows.append(
@@ -421,12 +431,28 @@ def explain_run(
     )  # fmt: skip
 
 
+def _pick(labels: np.ndarray, decided: np.ndarray, confidence: np.ndarray, n: int) -> list[int]:
+    """Row indices: up to n per true label (ascending), wrong and correct when both exist (half
+    each, the rest from the other), most confident first within each."""
+    picked: list[int] = []
+    for label in sorted(set(labels.tolist())):
+        rows = [i for i in np.argsort(-confidence, kind="stable") if labels[i] == label]
+        wrong = [i for i in rows if decided[i] != label]
+        right = [i for i in rows if decided[i] == label]
+        n_wrong = min(len(wrong), n // 2)
+        n_right = min(len(right), n - n_wrong)
+        n_wrong = min(len(wrong), n - n_right)
+        picked += right[:n_right] + wrong[:n_wrong]
+    return picked
+
+
 def pick_test_images(record: RunRecord, n: int) -> list[tuple[str, int, int, float]]:
     """Up to n test images per true class, wrong and correct when both exist, most confident first.
 
     Returns (key, label, prediction, probability) rows: binary runs give P(positive) and rank
     by its distance from the threshold; multi-class runs give and rank by P(predicted class).
-    Raises XrayError for a multi-label run: its images have findings, not one true class.
+    Raises XrayError for a multi-label run: its images have findings, not one true class
+    (`pick_finding_images` picks them per finding).
     """
     task = record.task
     if task.multilabel:
@@ -439,20 +465,39 @@ def pick_test_images(record: RunRecord, n: int) -> list[tuple[str, int, int, flo
     else:  # the predicted class's probability
         probability = test["probabilities"][np.arange(len(test["key"])), test["prediction"]]
         confidence = probability
-    picked: list[tuple[str, int, int, float]] = []
-    for label in sorted(set(test["label"].tolist())):
-        rows = [i for i in np.argsort(-confidence, kind="stable") if test["label"][i] == label]
-        wrong = [i for i in rows if test["prediction"][i] != label]
-        right = [i for i in rows if test["prediction"][i] == label]
-        n_wrong = min(len(wrong), n // 2)
-        n_right = min(len(right), n - n_wrong)
-        n_wrong = min(len(wrong), n - n_right)
-        for i in right[:n_right] + wrong[:n_wrong]:
-            picked.append(
-                (str(test["key"][i]), int(test["label"][i]), int(test["prediction"][i]),
-                 float(probability[i]))
-            )  # fmt: skip
-    return picked
+    return [
+        (str(test["key"][i]), int(test["label"][i]), int(test["prediction"][i]),
+         float(probability[i]))
+        for i in _pick(test["label"], test["prediction"], confidence, n)
+    ]  # fmt: skip
+
+
+def pick_finding_images(record: RunRecord, n: int) -> dict[str, list[tuple[str, int, int, float]]]:
+    """A multi-label run's picks, finding by finding, as a binary run's are for its one
+    positive class: up to n test images where the finding is present and n where it is absent
+    (masked labels left out), wrong and correct at the finding's validation threshold when both
+    exist, most confident (farthest from the threshold) first.
+
+    Returns finding -> (key, label 0/1, decision 0/1, P(finding)) rows.
+    Raises XrayError for a run that is not multi-label.
+    """
+    task = record.task
+    if not task.multilabel:
+        raise XrayError(f"{record.name} is a {task.kind} run: pick_test_images picks its images")
+    test = record.split_predictions("test")
+    per = (record.metrics.get("threshold") or {}).get("per_label") or {}
+    out: dict[str, list[tuple[str, int, int, float]]] = {}
+    for k, finding in enumerate(task.class_names):
+        observed = np.flatnonzero(~np.isnan(test["targets"][:, k]))
+        y = test["targets"][observed, k].astype(np.int64)  # (M,)
+        p = test["probabilities"][observed, k]  # (M,)
+        threshold = float(per.get(finding, 0.5))
+        decided = (p >= threshold).astype(np.int64)
+        out[finding] = [
+            (str(test["key"][observed[i]]), int(y[i]), int(decided[i]), float(p[i]))
+            for i in _pick(y, decided, np.abs(p - threshold), n)
+        ]
+    return out
 
 
 def report_section(
@@ -464,34 +509,40 @@ def report_section(
     device: str = "auto",
     progress: Progress | None = None,
 ) -> list[str]:
-    """Markdown lines of "What the model looks at": heatmaps of n test images per class per run.
+    """Markdown lines of "What the model looks at": heatmaps of n test images per class per run
+    (multi-label: per finding, n where it is present and n where absent, each the map of that
+    finding).
 
-    Images go to out_dir/<run name>/; links are relative to out_dir's parent (the report).
-    A run whose images or weights cannot be found gets a line saying so instead.
+    Images go to out_dir/<run name>/ (multi-label: out_dir/<run name>/<finding>/); links are
+    relative to out_dir's parent (the report). A run whose images or weights cannot be found
+    gets a line saying so instead.
     """
     from featurestore.use.predict import load_predictor
 
+    kinds = [k for k in _CAM_TARGETS if any(r.task.kind == k for r in records)]
+    target = ", ".join(_CAM_TARGETS[k] + (f" ({k})" if len(kinds) > 1 else "") for k in kinds)
     lines = ["## What the model looks at", ""]
-    target = (
-        "the positive-class logit"
-        if all(r.task.binary for r in records)
-        else "the positive-class logit (binary runs) or the predicted class's (multi-class)"
-    )
     lines += [
-        f"Grad-CAM of {target} on the last convolutional stage, for up to {n} "
-        "test images per true class (correct and wrong when both exist, most confident first).",
+        f"Grad-CAM of {target} on the last convolutional stage, for up to {n} test images "
+        + (
+            "where each finding is present and where it is absent"
+            if "multilabel" in kinds
+            else "per true class"
+        )
+        + " (correct and wrong when both exist, most confident first).",
         "",
     ]
     for record in records:
         lines += [f"### {record.name}", ""]
-        if record.task.multilabel:
-            lines += [f"{MULTILABEL_PICKS}.", ""]
-            continue
         cfg = record.config
         store = cfg.get("store") if isinstance(cfg.get("store"), dict) else {}
         root = Path(str(cfg.get("dataset_root") or (store or {}).get("dataset_root") or ""))
-        picked = pick_test_images(record, n)
-        missing = [k for k, *_ in picked if not (root / k).is_file()]
+        if record.task.multilabel:
+            groups = pick_finding_images(record, n)
+        else:
+            groups = {"": pick_test_images(record, n)}
+        keys = {k for picked in groups.values() for k, *_ in picked}
+        missing = [k for k in keys if not (root / k).is_file()]
         if not str(root) or missing:
             lines += [f"Test images not found under `{root}`: no heatmaps.", ""]
             continue
@@ -500,20 +551,48 @@ def report_section(
         except XrayError as exc:
             lines += [f"Model not rebuilt ({exc}): no heatmaps.", ""]
             continue
-        names = list(cfg["class_names"])
+        for finding, picked in groups.items():
+            lines += _heatmap_table(
+                predictor, record, root, picked, out_dir, folder_name, finding, progress
+            )
+    return lines
+
+
+def _heatmap_table(
+    predictor: Predictor,
+    record: RunRecord,
+    root: Path,
+    picked: list[tuple[str, int, int, float]],
+    out_dir: Path,
+    folder_name: str,
+    finding: str,
+    progress: Progress | None,
+) -> list[str]:
+    """One run's (or, multi-label, one finding's) contact sheet and table of picked images."""
+    names = list(record.config["class_names"])
+    if finding:
+        sub = "".join(c if c.isalnum() or c in "._-" else "_" for c in finding)
+        rel, where = f"{folder_name}/{record.name}/{sub}", out_dir / record.name / sub
+        words = ["absent", "present"]
+        lines = [f"#### {finding}", ""]
+        if not picked:
+            return [*lines, "No test image has this finding observed: no heatmaps.", ""]
+        titles = [f"{finding} {words[y]}" for _, y, _, _ in picked]
+    else:
+        rel, where = f"{folder_name}/{record.name}", out_dir / record.name
+        words, lines = names, []
         titles = [f"true {names[y]}" for _, y, _, _ in picked]
-        result = explain_images(
-            predictor, [root / k for k, *_ in picked], out_dir / record.name,
-            titles=titles, progress=progress,
-        )  # fmt: skip
-        rel = f"{folder_name}/{record.name}"
-        if result.contact_sheet is not None:
-            lines += [f"![{record.name}]({rel}/{CONTACT_SHEET})", ""]
-        shown = "P(positive)" if record.task.binary else "P(predicted)"
-        lines += [f"| image | true | predicted | {shown} | heatmap |", "|---|---|---|---|---|"]
-        for (key, y, pred, prob), row in zip(picked, result.rows, strict=True):
-            link = f"[png]({rel}/{Path(row.heatmap).name})" if row.heatmap else row.error or "-"
-            mark = "" if pred == y else " (wrong)"
-            lines.append(f"| `{key}` | {names[y]} | {names[pred]}{mark} | {prob:.3f} | {link} |")
-        lines.append("")
+    result = explain_images(
+        predictor, [root / k for k, *_ in picked], where, titles=titles, progress=progress,
+        target_class=finding or None,
+    )  # fmt: skip
+    if result.contact_sheet is not None:
+        lines += [f"![{record.name}]({rel}/{CONTACT_SHEET})", ""]
+    shown = f"P({finding})" if finding else "P(positive)" if record.task.binary else "P(predicted)"
+    lines += [f"| image | true | predicted | {shown} | heatmap |", "|---|---|---|---|---|"]
+    for (key, y, pred, prob), row in zip(picked, result.rows, strict=True):
+        link = f"[png]({rel}/{Path(row.heatmap).name})" if row.heatmap else row.error or "-"
+        mark = "" if pred == y else " (wrong)"
+        lines.append(f"| `{key}` | {words[y]} | {words[pred]}{mark} | {prob:.3f} | {link} |")
+    lines.append("")
     return lines

@@ -247,35 +247,61 @@ def test_explain_targets_the_tasks_class(root: Path, task: str, tmp_path: Path) 
 
 @pytest.mark.parametrize("task", TASK_KINDS)
 def test_report_heatmaps_for_every_task(root: Path, task: str, tmp_path: Path) -> None:
-    """compare's "What the model looks at": binary and multi-class runs get picked test images
-    with the probability predictions.csv gives them; a multi-label run gets one line."""
-    from featurestore.use import MULTILABEL_PICKS, pick_test_images, report_section
+    """compare's "What the model looks at": picked test images with the probability
+    predictions.csv gives them, per true class (binary, multi-class) or, multi-label, per
+    finding present and absent at its validation threshold, each with its heatmap file."""
+    from featurestore.use import (
+        MULTILABEL_PICKS,
+        pick_finding_images,
+        pick_test_images,
+        report_section,
+    )
 
     info = task_run(root, task)
     record = load_run(info["run"])
     lines = report_section([record], tmp_path / "explain", n=2, device="cpu")
-    if task == "multilabel":
-        assert f"{MULTILABEL_PICKS}." in lines
-        with pytest.raises(XrayError, match="findings instead"):
-            pick_test_images(record, 2)
-        return
-    picked = pick_test_images(record, 2)
     test = record.split_predictions("test")
     row_of = {str(k): i for i, k in enumerate(test["key"])}
-    for key, label, pred, prob in picked:
-        i = row_of[key]
-        assert (label, pred) == (test["label"][i], test["prediction"][i])
-        if task == "binary":
-            assert prob == test["probability"][i]
-        else:  # P(predicted class), the argmax
-            assert prob == test["probabilities"][i].max() == test["probabilities"][i, pred]
-    shown = "P(positive)" if task == "binary" else "P(predicted)"
-    assert f"| image | true | predicted | {shown} | heatmap |" in lines
+    if task == "multilabel":
+        with pytest.raises(XrayError, match="findings instead"):
+            pick_test_images(record, 2)
+        per = record.metrics["threshold"]["per_label"]
+        groups = pick_finding_images(record, 2)
+        assert list(groups) == list(record.task.class_names)
+        for k, (finding, picked) in enumerate(groups.items()):
+            assert f"#### {finding}" in lines
+            observed = ~np.isnan(test["targets"][:, k])
+            present = int(np.nansum(test["targets"][:, k]))
+            want = min(2, present) + min(2, int(observed.sum()) - present)
+            assert len(picked) == want > 0  # two per side where the test set has them
+            for key, label, decided, prob in picked:
+                i = row_of[key]
+                assert label == test["targets"][i, k] and prob == test["probabilities"][i, k]
+                assert decided == int(prob >= per[finding])
+        assert f"| image | true | predicted | P({finding}) | heatmap |" in lines
+        subdirs = {p.name for p in (tmp_path / "explain" / record.name).iterdir()}
+        assert subdirs == set(record.task.class_names)  # the tiny set's names are folder-safe
+        n_links = sum(len(p) for p in groups.values())
+    else:
+        with pytest.raises(XrayError, match="pick_test_images"):
+            pick_finding_images(record, 2)
+        picked = pick_test_images(record, 2)
+        for key, label, pred, prob in picked:
+            i = row_of[key]
+            assert (label, pred) == (test["label"][i], test["prediction"][i])
+            if task == "binary":
+                assert prob == test["probability"][i]
+            else:  # P(predicted class), the argmax
+                assert prob == test["probabilities"][i].max() == test["probabilities"][i, pred]
+        shown = "P(positive)" if task == "binary" else "P(predicted)"
+        assert f"| image | true | predicted | {shown} | heatmap |" in lines
+        n_links = len(picked)
+    assert not any(MULTILABEL_PICKS in ln for ln in lines)
     links = [ln for ln in lines if "[png](" in ln]
-    assert len(links) == len(picked) > 0
+    assert len(links) == n_links > 0
     for ln in links:
-        name = ln.split("[png](")[1].split(")")[0].split("/")[-1]
-        assert (tmp_path / "explain" / record.name / name).is_file()
+        rel = ln.split("[png](")[1].split(")")[0]
+        assert (tmp_path / rel).is_file()
 
 
 def test_weights_file_option_and_its_old_name(root: Path, tmp_path: Path) -> None:
