@@ -79,9 +79,9 @@ def test_every_capability_runs_for_the_task(task: str, tmp_path: Path) -> None:
     assert len(paths) == 4
     for path in paths:
         assert load_run(path).task.kind == task
-    # compare: the verdict, the random-weights banner and intervals for every run.
+    # compare: the verdict, the random-weights banner, intervals for every run and heatmaps.
     result = _ok(["compare", *map(str, paths), "--bootstrap", "100", "--out",
-                  str(tmp_path / "report"), "--json"])  # fmt: skip
+                  str(tmp_path / "report"), "--json", "--explain", "1"])  # fmt: skip
     doc = json.loads(result.stdout)
     assert doc["task"] == task and len(doc["pairs"]) == 6
     assert doc["verdict"] is not None and doc["verdict"]["lines"]
@@ -89,7 +89,10 @@ def test_every_capability_runs_for_the_task(task: str, tmp_path: Path) -> None:
     for row in doc["runs"]:
         first = next(iter(row["metrics"].values()))
         assert all(iv["n_boot"] == 100 for iv in first.values())
-    assert (tmp_path / "report" / "report.md").is_file()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## What the model looks at" in report and "no heatmaps" not in report
+    per_run = {"binary": 2, "multiclass": 3, "multilabel": 4}[task]  # classes, or 2 x findings
+    assert report.count("[png](explain/") == 4 * per_run
     # export to ONNX (checked against predictions.csv), then predict with the exported model.
     run = next((runs / "head").iterdir())
     onnx = tmp_path / "model.onnx"
