@@ -28,6 +28,15 @@ TASK_KINDS: tuple[TaskKind, ...] = ("binary", "multiclass", "multilabel")
 POSITIVE_CLASS = "PNEUMONIA"
 """The positive class of a binary dataset when present (the founding study's); else the last."""
 
+LOG_LOSS_EPS = float(np.finfo(np.float64).eps)
+"""Every reported log-loss clips probabilities to [eps, 1 - eps] with float64's machine epsilon
+(2.2e-16), as scikit-learn's `log_loss` does on float64 input, so the loss sklearn recomputes
+from predictions.csv is the one reported (`compare.log_loss_per_image`); the trainer caps each
+image's cross-entropy from logits at `MAX_IMAGE_LOSS` to match."""
+
+MAX_IMAGE_LOSS = float(-np.log(LOG_LOSS_EPS))
+"""The largest loss of one prediction (or one finding) under the `LOG_LOSS_EPS` clip: 36.04 nats."""
+
 MULTICLASS_RULE = (
     "multi-class decisions are the most probable class (argmax); a threshold policy chooses "
     "one cut-off for a two-class or a per-label decision and has no meaning here"

@@ -72,6 +72,7 @@ from featurestore.compare.metrics import (
     choose_threshold,
     evaluate_split,
     expected_calibration_error,
+    log_loss_per_image,
     operating_point,
 )
 from featurestore.compare.multiclass import (
@@ -193,6 +194,7 @@ __all__ = [
     "kernel",
     "label_metrics",
     "label_threshold_fallbacks",
+    "log_loss_per_image",
     "logit",
     "majority_baseline",
     "make_verdict",

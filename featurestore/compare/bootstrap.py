@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featurestore.compare.metrics import PROB_EPS
+from featurestore.compare.metrics import log_loss_per_image
 from featurestore.errors import XrayError
 
 BOOT_METRICS: tuple[str, ...] = (
@@ -86,8 +86,7 @@ class BootMetric:
             return _weighted_ap(y, p, w)
         total = w.sum(axis=1)
         if self.name == "loss":
-            q = np.clip(p, PROB_EPS, 1.0 - PROB_EPS)
-            return w @ -(y * np.log(q) + (1 - y) * np.log(1 - q)) / total
+            return w @ log_loss_per_image("binary", y, p) / total
         if self.name == "brier":
             return w @ (p - y) ** 2 / total
         pred = (p >= self.threshold).astype(np.float64)

@@ -11,6 +11,7 @@ from featurestore.compare.metrics import (
     PROB_EPS,
     check_choosing_split,
     expected_calibration_error,
+    log_loss_per_image,
 )
 from featurestore.errors import XrayError
 from featurestore.tasks import Task
@@ -192,10 +193,9 @@ def top_label(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def multiclass_nll(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """Mean negative log-likelihood of class indices y (N,) under probabilities (N, C)."""
-    p = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(y_true, dtype=np.int64)
-    return float(-np.mean(np.log(np.clip(p[np.arange(y.size), y], PROB_EPS, 1.0))))
+    """Mean negative log-likelihood of class indices y (N,) under probabilities (N, C), in nats:
+    sklearn's `log_loss` (`log_loss_per_image`)."""
+    return float(np.mean(log_loss_per_image("multiclass", y_true, probs)))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from featurestore.compare.bootstrap import BootMetric, _weighted_auc, weight_blocks
+from featurestore.compare.metrics import log_loss_per_image
 from featurestore.errors import XrayError
 from featurestore.runs import RunRecord
 from featurestore.tasks import Task
@@ -159,7 +160,7 @@ def _multiclass_kernel(task: Task, arrays: TestArrays) -> Kernel:
     cell = np.zeros((n, k * k))
     cell[np.arange(n), y * k + pred] = 1.0  # (N, C*C): the confusion cell of each image
     onehot = (y[:, None] == np.arange(k)).astype(np.float64)  # (N, C)
-    nll = -np.log(np.clip(p[np.arange(n), y], 1e-7, 1.0))  # (N,)
+    nll = log_loss_per_image("multiclass", y, p)  # (N,) sklearn's clip
     names = task.class_names
 
     def score(w: np.ndarray) -> dict[MetricKey, np.ndarray]:

@@ -11,7 +11,6 @@ from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
     confusion_matrix,
-    log_loss,
     precision_recall_curve,
     roc_auc_score,
     roc_curve,
@@ -19,14 +18,38 @@ from sklearn.metrics import (
 
 from featurestore.config import parse_threshold_policy
 from featurestore.errors import XrayError
+from featurestore.tasks import LOG_LOSS_EPS
 
 CHOOSING_SPLITS: tuple[str, ...] = ("val", "calibration")
 """Where an operating point or a recalibration may be chosen: validation, or a local
 calibration subset taken out of an external dataset by patient. Never the split reported."""
 
 PROB_EPS = 1e-7
-"""Probabilities are clipped to [eps, 1 - eps] for the cross-entropy, so a confident mistake
-costs ~16 nats instead of infinity (the same clip the loss would see in float32)."""
+"""Probabilities are clipped to [eps, 1 - eps] before a logit (Platt scaling), so a saturated
+output maps to a finite logit (about +-16)."""
+
+
+def log_loss_per_image(kind: str, y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """(N,) negative log-likelihood of each image under its saved probabilities, in nats.
+
+    binary: y (N,) 0/1 (1 = positive), probs (N,) P(positive); multiclass: y (N,) class
+    indices, probs (N, C); multilabel: targets (N, L) 0/1 with NaN unobserved, probs (N, L),
+    each image's mean binary cross-entropy over its observed findings (NaN when none is).
+    Probabilities are clipped to [`LOG_LOSS_EPS`, 1 - `LOG_LOSS_EPS`] and not renormalised:
+    the mean over images of a binary or multi-class task is sklearn's `log_loss(y, probs)`.
+    """
+    p = np.clip(np.asarray(probs, dtype=np.float64), LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS)
+    if kind == "multiclass":
+        idx = np.asarray(y, dtype=np.int64)
+        return np.asarray(-np.log(p[np.arange(idx.size), idx]))
+    t = np.asarray(y, dtype=np.float64)
+    bce = -(t * np.log(p) + (1.0 - t) * np.log(1.0 - p))  # NaN where t is NaN
+    if kind != "multilabel":
+        return np.asarray(bce)
+    observed = ~np.isnan(t)
+    n_obs = observed.sum(1)
+    total = np.where(observed, bce, 0.0).sum(1)
+    return np.divide(total, n_obs, out=np.full(total.shape, np.nan), where=n_obs > 0)
 
 
 def _check_inputs(
@@ -125,7 +148,7 @@ def binary_metrics(
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)  # (2,) images / predictions per class
     f1 = [_ratio(2 * cm[k, k], support[k] + predicted[k]) if support[k] else None for k in labels]
     if loss is None:
-        loss = log_loss(y_pos, np.clip(p, PROB_EPS, 1.0 - PROB_EPS), labels=[0, 1])
+        loss = float(np.mean(log_loss_per_image("binary", y_pos, p)))
     out: dict[str, Any] = {
         "loss": float(loss),
         "accuracy": float(accuracy_score(y, y_pred)),

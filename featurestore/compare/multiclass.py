@@ -12,12 +12,11 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     confusion_matrix,
     f1_score,
-    log_loss,
     precision_recall_fscore_support,
     roc_auc_score,
 )
 
-from featurestore.compare.metrics import PROB_EPS
+from featurestore.compare.metrics import log_loss_per_image
 from featurestore.errors import XrayError
 
 MULTICLASS_DECISION = "argmax"
@@ -84,9 +83,7 @@ def multiclass_metrics(
     labels = list(range(len(names)))
     pred = p.argmax(1)  # (N,)
     if loss is None:
-        # Softmax outputs saved as float32 sum to 1 only to ~1e-7: renormalise for sklearn.
-        clipped = np.clip(p, PROB_EPS, 1.0)
-        loss = log_loss(y, clipped / clipped.sum(1, keepdims=True), labels=labels)
+        loss = float(np.mean(log_loss_per_image("multiclass", y, p)))  # sklearn's log_loss
     precision, recall, f1, support = precision_recall_fscore_support(
         y, pred, labels=labels, zero_division=0
     )

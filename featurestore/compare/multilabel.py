@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from featurestore.compare.metrics import choose_threshold
+from featurestore.compare.metrics import choose_threshold, log_loss_per_image
 from featurestore.config import parse_threshold_policy
 from featurestore.errors import XrayError
 
@@ -93,6 +93,14 @@ def label_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, A
     }
 
 
+def _mean_loss(targets: np.ndarray, probs: np.ndarray) -> float | None:
+    """Mean over images with an observed finding of each image's mean BCE over its observed
+    findings (`log_loss_per_image`); None when no image has one."""
+    per_image = log_loss_per_image("multilabel", targets, probs)
+    scored = ~np.isnan(per_image)
+    return float(per_image[scored].mean()) if scored.any() else None
+
+
 def multilabel_metrics(
     targets: np.ndarray,
     probs: np.ndarray,
@@ -106,7 +114,9 @@ def multilabel_metrics(
     `labels`: per label `label_metrics` at its threshold, plus `n_masked`. `macro_auc`: the mean
     of the per-label AUCs where defined (`n_labels_auc` says how many; None when none is),
     `macro_average_precision` likewise; `micro_auc`: one AUC over every observed (image, label)
-    pair pooled (sklearn's average="micro" with masking); `loss`: mean per-image BCE.
+    pair pooled (sklearn's average="micro" with masking); `loss`: the mean over images with an
+    observed finding of each image's mean BCE over its observed findings (given by the trainer,
+    or from `probs` by `log_loss_per_image`).
     """
     y, p = check_multilabel_inputs(targets, probs)
     per_label: dict[str, dict[str, Any]] = {}
@@ -121,7 +131,7 @@ def multilabel_metrics(
     pooled_y, pooled_p = y[observed], p[observed]
     micro = float(roc_auc_score(pooled_y, pooled_p)) if 0 < pooled_y.sum() < pooled_y.size else None
     return {
-        "loss": None if loss is None else float(loss),
+        "loss": _mean_loss(y, p) if loss is None else float(loss),
         "macro_auc": float(np.mean(aucs)) if aucs else None,
         "n_labels_auc": len(aucs),
         "micro_auc": micro,

@@ -34,7 +34,14 @@ __all__ = [
 def predict(
     model: nn.Module, source: Source, split: Split, *, amp_dtype: torch.dtype | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Class probabilities (N, C), labels (N,) and the mean unweighted cross-entropy.
+    """Class probabilities (N, C), labels (N,) and the mean unweighted loss, in nats.
+
+    The loss is scikit-learn's `log_loss` of the probabilities returned (clipped at
+    `tasks.LOG_LOSS_EPS`; for multi-label the mean over images with an observed finding of each
+    image's mean BCE, `compare.log_loss_per_image`), so it is what sklearn recomputes from
+    predictions.csv. Binary runs keep the cross-entropy of the logits (capped per image at
+    `tasks.MAX_IMAGE_LOSS`), which their metrics.json has always recorded: it differs from the
+    csv's only where P(negative) falls below float32's resolution near 1 (6e-8).
 
     Under torchrun a source with `eval_positions` scores one shard per rank; the shards are
     gathered by position, so every rank gets the whole split in records() order, each image once.
@@ -65,7 +72,13 @@ def predict(
         loss_sum = distributed.all_reduce_sum([loss_sum])[0]
     if not len(y_all):
         raise XrayError(f"the {split} split is empty: nothing to evaluate")
-    return p, y_all, loss_sum / len(y_all)
+    if task == "binary":
+        return p, y_all, loss_sum / len(y_all)
+    from featurestore.compare import log_loss_per_image
+
+    per_image = log_loss_per_image(task, y_all, p)  # (N,), NaN: no observed finding
+    scored = ~np.isnan(per_image)
+    return p, y_all, float(per_image[scored].mean()) if scored.any() else 0.0
 
 
 def evaluate(

@@ -108,7 +108,7 @@ def _fit_logreg_multi(
 
     from featurestore.tasks import Task
     from featurestore.train.loop import _summary
-    from featurestore.train.objectives import source_task, summed_loss
+    from featurestore.train.objectives import scored_images, source_task, summed_loss
 
     task = Task.from_classes(
         source.class_names,
@@ -166,7 +166,7 @@ def _fit_logreg_multi(
                 logits = head(x).float()  # (N, C)
             probs = task.probabilities(logits).double().numpy()
             summary = _summary(probs, y.numpy(), source.positive_index)
-            row[f"{split}_loss"] = summed_loss(logits, y, task.kind) / len(y)
+            row[f"{split}_loss"] = summed_loss(logits, y, task.kind) / scored_images(y, task.kind)
             row[f"{split}_acc"], row[f"{split}_f1"] = summary["acc"], summary["f1"]
             if split == "val":
                 row["val_auc"] = summary["auc"]

@@ -27,6 +27,7 @@ from featurestore.train.objectives import (
     MaskedBCEWithLogits,
     label_pos_weights,
     multilabel_summary,
+    scored_images,
     source_task,
     summed_loss,
     to_probabilities,
@@ -211,7 +212,7 @@ def train_one_epoch(
     s = _summary(p, y_all, source.positive_index)
     return {
         "lr": lr_sum / len(probs),  # mean over the epoch's steps
-        "train_loss": loss_sum / len(y_all),
+        "train_loss": loss_sum / scored_images(y_all, task),
         "train_acc": s["acc"],
         "train_f1": s["f1"],
     }

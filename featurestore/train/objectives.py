@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featurestore.errors import XrayError
+from featurestore.tasks import MAX_IMAGE_LOSS
 
 if TYPE_CHECKING:
     from featurestore.train.sources import Source
@@ -74,16 +75,35 @@ def label_pos_weights(targets: np.ndarray, names: tuple[str, ...], policy: str) 
 
 
 def summed_loss(logits: Tensor, y: Tensor, task: str) -> float:
-    """The unweighted loss summed over the batch's images (history and evaluation): cross-
-    entropy, or for multi-label each image's mean BCE over its observed labels."""
+    """The unweighted loss summed over the batch's images (history and evaluation), in nats:
+    cross-entropy, or for multi-label each image's mean BCE over its observed labels (an image
+    with none observed adds 0; divide by `scored_images`, not the batch size).
+
+    logits (B, C) or (B, L); y (B,) class indices or (B, L) targets with NaN unobserved. Each
+    image's cross-entropy (each finding's BCE) is capped at `tasks.MAX_IMAGE_LOSS`, the loss of
+    a probability clipped at `tasks.LOG_LOSS_EPS`, so the figure is scikit-learn's `log_loss` of
+    the saved probabilities even where a softmax saturates.
+    """
     if task != "multilabel":
-        return float(F.cross_entropy(logits, y, reduction="sum"))
+        per_image = F.cross_entropy(logits, y, reduction="none")  # (B,)
+        # The sum less what the cap removes: exactly the plain sum when nothing saturates.
+        excess = float((per_image - MAX_IMAGE_LOSS).clamp(min=0).sum())
+        return float(F.cross_entropy(logits, y, reduction="sum")) - excess
     observed = ~torch.isnan(y)
     per_entry = F.binary_cross_entropy_with_logits(
         logits, torch.where(observed, y, torch.zeros_like(y)), reduction="none"
-    )
+    ).clamp(max=MAX_IMAGE_LOSS)
     per_image = (per_entry * observed).sum(1) / observed.sum(1).clamp(min=1)  # (B,)
     return float(per_image.sum())
+
+
+def scored_images(y: np.ndarray | Tensor, task: str) -> int:
+    """How many images a mean loss divides by: every image, or for multi-label (N, L) targets
+    the images with at least one observed finding (at least 1, so an empty mean is 0)."""
+    if task != "multilabel":
+        return max(len(y), 1)
+    t = torch.as_tensor(y)
+    return max(int((~torch.isnan(t)).any(1).sum()), 1)
 
 
 def to_probabilities(logits: Tensor, task: str) -> Tensor:

@@ -27,10 +27,10 @@ from torch import Tensor, nn
 from featurestore.config import SweepConfig, TrainConfig
 from featurestore.devices import resolve_device
 from featurestore.models import StackedHeads
-from featurestore.tasks import Task
+from featurestore.tasks import MAX_IMAGE_LOSS, Task
 from featurestore.train.evaluation import FitResult, conclude, source_task_of
 from featurestore.train.loop import announce_start, epoch_table_wanted, selection_monitor
-from featurestore.train.objectives import label_pos_weights
+from featurestore.train.objectives import label_pos_weights, scored_images
 from featurestore.train.optim import class_weights, lr_factor
 
 if TYPE_CHECKING:
@@ -208,13 +208,15 @@ def _masked_bce(logits: Tensor, y: Tensor, pos_weight: Tensor | None) -> tuple[T
 
 
 def _image_losses(logits: Tensor, y: Tensor, task: Task) -> Tensor:
-    """Unweighted loss of each image for each member (B, G): cross-entropy, or the image's
-    mean BCE over its observed findings (summed, `objectives.summed_loss` of one head)."""
+    """Unweighted loss of each image for each member (B, G), in nats: cross-entropy, or the
+    image's mean BCE over its observed findings (0 with none observed), each capped at
+    `tasks.MAX_IMAGE_LOSS` as `objectives.summed_loss` of one head."""
     g = logits.shape[1]
     if not task.multilabel:
         return F.cross_entropy(logits.permute(0, 2, 1), y.view(-1, 1).expand(-1, g),
-                               reduction="none")  # fmt: skip
+                               reduction="none").clamp(max=MAX_IMAGE_LOSS)  # fmt: skip
     per_entry, observed = _masked_bce(logits, y, None)
+    per_entry = per_entry.clamp(max=MAX_IMAGE_LOSS)
     return per_entry.sum(2) / observed.sum(2).clamp(min=1)  # (B, G)
 
 
@@ -259,7 +261,8 @@ def _evaluate(
         s.eval()
     x, y = source.arrays(split)  # type: ignore[arg-type]
     logits = _forward(stacks, x.to(device)).float().cpu()  # (N, G, C)
-    loss = _image_losses(logits, y, task).mean(0)  # (G,)
+    per_image = _image_losses(logits, y, task)  # (N, G)
+    loss = per_image.sum(0) / scored_images(y, task.kind) if task.multilabel else per_image.mean(0)
     out = _acc_f1_of(_decisions(logits, task), y, task)
     return {"loss": loss.double(), **out, "auc": _task_auc(logits, y, task)}
 
@@ -386,13 +389,13 @@ def fit_sweep(
         train = _acc_f1_of(torch.cat(run_pred), torch.cat(run_y), task)
         val = _evaluate(stacks, source, "val", device, task)
         seconds = time.perf_counter() - start
-        n_seen = sum(len(t) for t in run_y)
+        n_scored = scored_images(torch.cat(run_y), task.kind)
         for g in (int(i) for i in np.flatnonzero(active.numpy())):
             history[g].append(
                 {
                     "epoch": float(epoch),
                     "lr": members[g][1] * lr_sum / n_steps,
-                    "train_loss": float(loss_sum[g]) / n_seen,
+                    "train_loss": float(loss_sum[g]) / n_scored,
                     "train_acc": float(train["acc"][g]),
                     "train_f1": float(train["f1"][g]),
                     "val_loss": float(val["loss"][g]),

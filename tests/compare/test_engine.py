@@ -130,3 +130,24 @@ def test_a_constant_baseline_ranks_nothing(kind: str) -> None:
     assert point[(task.primary_metric, None)] == pytest.approx(0.5)
     if kind == "multiclass":  # always BACTERIAL, the train majority
         assert point[("accuracy", None)] == pytest.approx(np.mean(arrays.labels == 1))
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass"])
+def test_the_loss_of_confident_mistakes_equals_sklearn(kind: str) -> None:
+    # A saved probability of 1e-12 and an exact 0 for the true class: sklearn clips at float64's
+    # eps without renormalising; the old 1e-7 clip gave 16.1 nats where sklearn gives 36.0.
+    task = TASKS[kind]
+    arrays, d = _arrays(kind, n=20, seed=5)
+    y, p = arrays.labels, arrays.scores.copy()
+    if kind == "binary":
+        p[0], p[1] = (1e-12, 1.0) if y[0] == 1 else (1.0, 1e-12)
+        p[2] = 0.0 if y[2] == 1 else 1.0
+    else:
+        for i, tiny in ((0, 1e-12), (1, 0.0)):
+            p[i] = 0.0
+            p[i, y[i]] = tiny
+            p[i, (y[i] + 1) % 3] = 1.0 - tiny
+    confident = TestArrays(arrays.keys, y, p, arrays.groups)
+    point = engine.point_estimates(engine.kernel(task, confident, d), arrays.n)
+    labels = [0, 1] if kind == "binary" else [0, 1, 2]
+    assert point[("loss", None)] == pytest.approx(log_loss(y, p, labels=labels), rel=1e-12)

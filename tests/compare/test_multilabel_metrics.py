@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, roc_curve
 
 from featurestore.compare import choose_label_thresholds, multilabel_metrics
 
@@ -69,3 +69,26 @@ def test_holm_adjusts_step_down_and_stays_monotone() -> None:
     # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> 0.04, 0.06, 0.06 (monotone), 0.5.
     assert holm([0.03, 0.01, 0.5, 0.02]) == pytest.approx([0.06, 0.04, 0.5, 0.06])
     assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_the_loss_is_the_mean_over_scored_images_of_each_ones_sklearn_log_loss() -> None:
+    # Each image's binary cross-entropy over its observed findings, then the mean over images with
+    # one observed; confident mistakes (1e-12 and an exact 0) are clipped as sklearn clips them.
+    y, p = _sample(seed=4)
+    y[0] = np.nan  # nothing observed: the image counts nowhere
+    y[1], p[1] = [1.0, 0.0, np.nan], [1e-12, 1.0, 0.5]
+    y[2], p[2] = [0.0, np.nan, 1.0], [1.0, 0.5, 0.0]
+    per_image = [
+        log_loss(y[i][~np.isnan(y[i])], p[i][~np.isnan(y[i])], labels=[0, 1])
+        for i in range(len(y))
+        if (~np.isnan(y[i])).any()
+    ]
+    thresholds = dict.fromkeys(NAMES, 0.5)
+    m = multilabel_metrics(y, p, names=NAMES, thresholds=thresholds)
+    assert m["loss"] == pytest.approx(np.mean(per_image), rel=1e-12)
+    assert (
+        multilabel_metrics(np.full((3, 3), np.nan), p[:3], names=NAMES, thresholds=thresholds)[
+            "loss"
+        ]
+        is None
+    )
