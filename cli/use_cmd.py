@@ -357,6 +357,9 @@ def export(
         "max_abs_difference": result.max_abs_difference,
         "predictions_agree": result.predictions_agree,
         "reference": result.reference,
+        "recorded_max_abs_difference": result.recorded_max_abs_difference,
+        "recorded_decisions_differ": result.recorded_decisions_differ,
+        "recorded_precision": result.recorded_precision,
         "metadata": result.metadata,
     }
     if as_json:
@@ -387,3 +390,15 @@ def export(
             f"{'all agree' if result.predictions_agree else 'DIFFER'}",
             highlight=False,
         )
+        if result.reference != "predictions.csv":
+            # A bf16/fp16 run's figures are not the float32 file's: say by how much, never hide it.
+            precision = result.recorded_precision
+            other = "other findings" if decided == "findings" else "another class"
+            console.print(
+                f"[yellow]against predictions.csv (the run's reported figures, computed in "
+                f"{precision}): max abs difference {result.recorded_max_abs_difference:.2e}; "
+                f"{result.recorded_decisions_differ} of {result.checked_images} test images get "
+                f"{other}; the float32 file reproduces the run's model, not its {precision} "
+                "numbers[/]",
+                highlight=False,
+            )

@@ -122,6 +122,13 @@ class ExportResult:
     """What the file was checked against: predictions.csv for float32 runs; for runs that
     recorded bf16/fp16 (which ONNX's float32 graph does not compute in), the run's model
     scoring the same images in float32 ("the run's model in fp32")."""
+    recorded_max_abs_difference: float | None = None
+    """max |P_onnx - P_predictions.csv|: how far the file is from the figures the run reports
+    (equal to `max_abs_difference` when the reference is predictions.csv); None: not checked."""
+    recorded_decisions_differ: int | None = None
+    """Test images whose class (any finding, multi-label) differs from predictions.csv's."""
+    recorded_precision: str = "float32"
+    """What predictions.csv was computed in: float32, or the run's bf16/fp16 autocast."""
 
 
 def _require_onnx() -> None:
@@ -290,7 +297,8 @@ def _check(
 ) -> ExportResult:
     """Score the run's test images with the exported file; compare every probability column
     and every decision with predictions.csv (binary: P(positive) and the class; multi-class:
-    P(class) (N, C) and the argmax; multi-label: P(finding) (N, L) and the 0/1 findings)."""
+    P(class) (N, C) and the argmax; multi-label: P(finding) (N, L) and the 0/1 findings), and
+    for a bf16/fp16 run also with its model in float32 (the graph's own arithmetic)."""
     from featurestore.data import load_manifest
 
     run = predictor.run
@@ -321,14 +329,22 @@ def _check(
         ref_p, ref_pred = test["probabilities"], test["prediction"]
     else:
         ref_p, ref_pred = test["probabilities"], test["predictions"]
-    reference = "predictions.csv"
-    if predictor.autocast is not None or predictor.head_autocast is not None:
-        # Like with like: the graph is float32, so is this reference (same weights, images).
-        ref_p, ref_pred = _score_fp32(predictor, images, batch_size)
-        reference = "the run's model in fp32"
-    diff = float(np.max(np.abs(p - ref_p))) if p.size else 0.0
-    agree = bool(np.array_equal(pred, ref_pred))
-    return ExportResult(path, metadata, len(images), diff, agree, reference)
+    recorded_diff = float(np.max(np.abs(p - ref_p))) if p.size else 0.0
+    unequal = np.asarray(pred != ref_pred)  # (N,), or (N, L) findings
+    differ = np.asarray(unequal.any(1) if unequal.ndim == 2 else unequal)  # (N,)
+    if predictor.autocast is None and predictor.head_autocast is None:
+        agree = not bool(differ.any())
+        return ExportResult(path, metadata, len(images), recorded_diff, agree,
+                            "predictions.csv", recorded_diff, int(differ.sum()))  # fmt: skip
+    # Like with like: the graph is float32, so is this reference (same weights, images). The
+    # distance from predictions.csv is kept: it is what a bf16 run's figures and the file differ by.
+    amp = predictor.autocast or predictor.head_autocast
+    precision = "fp16" if amp == torch.float16 else "bf16"
+    fp32_p, fp32_pred = _score_fp32(predictor, images, batch_size)
+    diff = float(np.max(np.abs(p - fp32_p))) if p.size else 0.0
+    agree = bool(np.array_equal(pred, fp32_pred))
+    return ExportResult(path, metadata, len(images), diff, agree, "the run's model in fp32",
+                        recorded_diff, int(differ.sum()), precision)  # fmt: skip
 
 
 def _score_fp32(

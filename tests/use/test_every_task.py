@@ -97,6 +97,8 @@ def test_export_reproduces_predictions_csv(root: Path, task: str) -> None:
     result = export_run(info["run"], out)
     ref_p, ref_d = recorded(info["run"])
     assert result.reference == "predictions.csv"
+    assert result.recorded_max_abs_difference == result.max_abs_difference
+    assert result.recorded_decisions_differ == 0 and result.recorded_precision == "float32"
     assert result.checked_images == len(ref_d) > 0
     assert result.max_abs_difference is not None and result.max_abs_difference < ATOL
     assert result.predictions_agree
@@ -139,10 +141,25 @@ def test_export_reproduces_predictions_csv(root: Path, task: str) -> None:
 def test_bf16_run_is_checked_against_its_model_in_fp32(root: Path, task: str) -> None:
     """ONNX computes in float32: a bf16 store's run is checked like with like, every column."""
     info = task_run(root, task, precision="bf16")
-    result = export_run(info["run"], info["root"] / "bf16.onnx")
+    out = info["root"] / "bf16.onnx"
+    result = export_run(info["run"], out)
     assert result.reference == "the run's model in fp32"
     assert result.max_abs_difference is not None and result.max_abs_difference < ATOL
     assert result.predictions_agree
+    # How far the file is from the run's reported bf16 figures is measured and said, not hidden.
+    from featurestore.data import decode_image
+
+    model = OnnxModel(out)
+    p = model.run_images([decode_image(k, min_size=model.preprocessing.resize)
+                          for k in info["tests"]])[0]  # fmt: skip
+    ref_p, _ = recorded(info["run"])
+    assert result.recorded_precision == "bf16"
+    assert result.recorded_max_abs_difference == pytest.approx(np.abs(p - ref_p).max(), abs=1e-6)
+    assert 0 <= (result.recorded_decisions_differ or 0) <= result.checked_images
+    cli = runner.invoke(app, ["export", "--run", str(info["run"]), "--out", str(out)])
+    assert cli.exit_code == 0, cli.output
+    said = " ".join(cli.stdout.split())
+    assert "against predictions.csv (the run's reported figures, computed in bf16)" in said
 
 
 @pytest.mark.parametrize("task", TASK_KINDS)
