@@ -160,10 +160,12 @@ ConfigOpt = Annotated[
     ),
 ]
 ThresholdOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--threshold",
-        help=f"Operating point, chosen on validation only: {THRESHOLD_HELP}.",
+        help=f"Operating point, chosen on validation only: {THRESHOLD_HELP} [default: youden; "
+        "multi-class runs decide by argmax and take none].",
+        show_default=False,
     ),
 ]
 
