@@ -103,7 +103,8 @@ def run_uncertain(run_config: dict[str, Any]) -> str:
 def external_manifest(
     data: Path, task: Task, config: EvaluateConfig, run_config: dict[str, Any]
 ) -> Manifest:
-    """The other dataset, read as the run read its own (issue #28.9).
+    """The other dataset, read as the run read its own (issue #28.9), its splits as they are:
+    nothing is trained on it, so no validation is carved out of its train split.
 
     Multi-label: with `config.uncertain`, else the run's policy (`run_uncertain`). Single-label:
     with `config.labels`, else the run's `label_scheme`; a dataset that already has the run's
@@ -115,7 +116,8 @@ def external_manifest(
     from featurestore.data import load_manifest
 
     if task.multilabel:
-        manifest = load_manifest(data, uncertain=config.uncertain or run_uncertain(run_config))
+        manifest = load_manifest(data, uncertain=config.uncertain or run_uncertain(run_config),
+                                 evaluation_only=True)  # fmt: skip
         if manifest.task != "multilabel":
             raise XrayError(
                 f"{data} is single-label ({', '.join(manifest.class_names)}) but the run is "
@@ -124,10 +126,10 @@ def external_manifest(
         return manifest
     scheme = config.labels or str(run_config.get("label_scheme") or "as-given")
     if config.labels is None and scheme != "as-given":
-        given = load_manifest(data)
+        given = load_manifest(data, evaluation_only=True)
         if given.task != "multilabel" and sorted(given.class_names) == sorted(task.class_names):
             return given
-    manifest = load_manifest(data, labels=scheme)
+    manifest = load_manifest(data, labels=scheme, evaluation_only=True)
     if manifest.task == "multilabel":
         raise XrayError(
             f"{data} is multi-label (findings {', '.join(manifest.class_names)}) but the run is "

@@ -38,9 +38,13 @@ def load_manifest(
     seed: int = 0,
     labels: LabelScheme | str = LabelScheme.as_given,
     uncertain: UncertainPolicy | str = UncertainPolicy.ignore,
+    evaluation_only: bool = False,
 ) -> Manifest:
     """Read a folder, .csv or .npz dataset, relabel it by `labels` (`tasks.LabelScheme`), then
     carve a validation set when val is too small.
+
+    `evaluation_only`: the dataset is only scored (external validation), so its splits are taken
+    as they are: no validation carve out of train, and no check that train holds every class.
 
     Multi-label layouts are recognised by their files: a folder with `Data_Entry_2017*.csv`
     (NIH ChestX-ray14), a folder with `train.csv` and `valid.csv` (CheXpert), a CSV with
@@ -73,9 +77,12 @@ def load_manifest(
         if LabelScheme(labels) is not LabelScheme.as_given:
             raise XrayError(f"--labels {LabelScheme(labels).value} is for Kermany folders, "
                             f"not the multi-label dataset {path}")  # fmt: skip
-        return carve_validation(manifest, fraction=val_fraction, min_val=val_min, seed=seed)
-    manifest = apply_label_scheme(manifest, labels)
-    check_labels_in_train(manifest, path)
+    else:
+        manifest = apply_label_scheme(manifest, labels)
+    if evaluation_only:
+        return manifest
+    if manifest.task != "multilabel":
+        check_labels_in_train(manifest, path)
     return carve_validation(manifest, fraction=val_fraction, min_val=val_min, seed=seed)
 
 

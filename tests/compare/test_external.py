@@ -245,3 +245,26 @@ def test_classes_are_matched_by_name_not_by_order(tmp_path: Path) -> None:
     ]
     with pytest.raises(XrayError, match="same labels"):
         match_classes(m, ("NORMAL", "COVID"), "run", tmp_path)
+
+
+def test_an_external_dataset_is_scored_as_it_is_with_no_validation_carved_from_its_train(
+    env: dict[str, Path],
+) -> None:
+    """Nothing trains on another site's data: a train split of two patients (too few to carve
+    a validation set from) and no val split still give an evaluation of its whole test split."""
+    import shutil
+
+    from featurestore.data import load_manifest
+
+    site = env["root"] / "site_c" / "chest_xray"
+    shutil.copytree(env["other"], site)
+    shutil.rmtree(site / "val")
+    for cls in ("NORMAL", "PNEUMONIA"):
+        files = sorted((site / "train" / cls).iterdir())
+        for f in files[1:]:
+            f.unlink()  # one image of one patient per class is left
+    with pytest.raises(XrayError, match="cannot carve"):
+        load_manifest(site)  # as training would read it
+    result = evaluate_run(env["finetune"], site, config=_config(env))
+    n_test = sum(1 for _ in (site / "test").rglob("*.jpeg"))
+    assert json.loads((result.path / "evaluation.json").read_text())["images"] == n_test
