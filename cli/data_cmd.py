@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from featurestore.config import SYNTHETIC_DIR, SynthConfig
+from featurestore.config import SYNTHETIC_DIR, LabelScheme, SynthConfig
 
 from .common import console, emit_table, err_console, user_errors
-from .options import DataPath, JsonFlag, Task, TaskOpt
+from .options import DataPath, JsonFlag, LabelsOpt, Task, TaskOpt
 
 _SYNTH = SynthConfig()
 
@@ -44,9 +44,10 @@ def check(
         typer.Option(
             "--strict",
             help="Exit with code 1 when patients or identical files are shared between splits, "
-            "or files cannot be decoded.",
+            "files cannot be decoded, or (--labels kermany3) a PNEUMONIA file cannot be placed.",
         ),
     ] = False,
+    labels: LabelsOpt = LabelScheme.as_given,
     as_json: JsonFlag = False,
 ) -> None:
     """Audit a dataset: images per split and class, patients, leakage, duplicates, bad files.
@@ -59,6 +60,8 @@ def check(
     * `xray data check --data data/chest_xray`
     * `xray data check --data ../shared/realsample --strict`
     * `xray data check --data manifest.csv --json > audit.json`
+    * `xray data check --data data/chest_xray --labels kermany3` (NORMAL / BACTERIAL / VIRAL,
+      as the three-class task reads them)
     """
     from featurestore.data import audit_dataset
     from featurestore.progress import make_progress
@@ -67,7 +70,7 @@ def check(
 
     path = resolve_data(data)
     with make_progress(err_console, transient=True) as progress:
-        audit = audit_dataset(path, progress=progress)
+        audit = audit_dataset(path, labels=labels, progress=progress)
 
     classes = list(audit.class_names)
     emit_table(
@@ -79,9 +82,10 @@ def check(
     )
     if not as_json:
         _print_details(audit)
-    if strict and (audit.leakage or audit.unreadable):
+    if strict and (audit.leakage or audit.unreadable or audit.unplaced):
         err_console.print(
-            "[bold red]strict:[/] leakage or unreadable files found (see above)", highlight=False
+            "[bold red]strict:[/] leakage, unreadable or unplaced files found (see above)",
+            highlight=False,
         )
         raise typer.Exit(1)
 
@@ -121,6 +125,10 @@ def _print_details(audit: DatasetAudit) -> None:
         console.print("[bold]unreadable files[/]")
         for key, why in audit.unreadable.items():
             console.print(f"  {key}: {why}", highlight=False, soft_wrap=True, markup=False)
+    if audit.unplaced:
+        console.print("[bold]PNEUMONIA files --labels kermany3 cannot place (not counted)[/]")
+        for key in audit.unplaced:
+            console.print(f"  {key}", highlight=False, soft_wrap=True, markup=False)
     if audit.ignored:
         console.print("[bold]files left out (not an image format xray reads)[/]")
         for key in audit.ignored:

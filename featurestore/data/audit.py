@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featurestore.config import LabelScheme
 from featurestore.data.formats import is_utf8, not_utf8_reason, printable
 from featurestore.data.load import load_manifest
 from featurestore.data.manifest import SPLITS, Split, patient_id
@@ -76,6 +77,10 @@ class DatasetAudit:
     missing_classes: dict[str, tuple[str, ...]]
     """split -> classes with no image in that split."""
     ignored: tuple[str, ...] = field(default=())
+    label_scheme: str = "as-given"
+    """How labels were read (`--labels`): as-given, or kermany3 (classes from file names)."""
+    unplaced: tuple[str, ...] = field(default=())
+    """kermany3: PNEUMONIA files whose names say neither bacteria nor virus (not counted)."""
     """Files in class folders that xray does not read (not an image format it knows)."""
     warnings: tuple[str, ...] = field(default=())
 
@@ -102,6 +107,7 @@ class DatasetAudit:
         doc["missing_classes"] = {s: list(c) for s, c in self.missing_classes.items()}
         doc["warnings"] = list(self.warnings)
         doc["ignored"] = list(self.ignored)
+        doc["unplaced"] = list(self.unplaced)
         doc["leakage"] = self.leakage
         return doc
 
@@ -153,8 +159,44 @@ def _items(
     return manifest.kind, manifest.root, names, splits, items, ()
 
 
-def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAudit:
-    """Audit a dataset (folder, .csv or .npz) on its splits as given; never fails on bad files."""
+def _relabel(
+    scheme: str, kind: str, root: Path, class_names: tuple[str, ...], items: list[_Item]
+) -> tuple[tuple[str, ...], list[_Item], tuple[str, ...]]:
+    """(classes, items, unplaced keys) under `--labels`: kermany3 reads NORMAL / BACTERIAL /
+    VIRAL from Kermany file names (`tasks.kermany3_class`); a PNEUMONIA file whose name says
+    neither is left out and listed, not raised, so the audit still reports everything else."""
+    from featurestore.data.tasks import KERMANY3_CLASSES, check_kermany3_layout, kermany3_class
+
+    if LabelScheme(scheme) is LabelScheme.as_given:
+        return class_names, items, ()
+    check_kermany3_layout(class_names, kind, root)
+    placed, unplaced = [], []
+    for item in items:
+        if item.class_name == "NORMAL":
+            placed.append(item)
+            continue
+        try:
+            placed.append(replace(item, class_name=kermany3_class(item.key)))
+        except XrayError:
+            unplaced.append(item.key)
+    return KERMANY3_CLASSES, placed, tuple(unplaced)
+
+
+def audit_dataset(
+    path: Path,
+    *,
+    labels: LabelScheme | str = LabelScheme.as_given,
+    progress: Progress | None = None,
+) -> DatasetAudit:
+    """Audit a dataset (folder, .csv or .npz) on its splits as given; never fails on bad files.
+
+    `labels`: as-given, or kermany3 (a Kermany folder or CSV counted as NORMAL / BACTERIAL /
+    VIRAL, as `--labels kermany3` trains on it).
+
+    Raises:
+        XrayError: no such dataset, a structurally broken CSV or npz, or kermany3 on a dataset
+            that is not NORMAL / PNEUMONIA.
+    """
     import numpy as np
 
     from featurestore.data.images import ImageDecodeError, decode_image, npz_array
@@ -163,6 +205,8 @@ def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAud
     if not path.exists():
         raise XrayError(f"dataset {path} does not exist: pass --data with a folder, .csv or .npz")
     kind, root, class_names, splits, items, ignored = _items(path)
+    scheme = str(getattr(labels, "value", labels))
+    class_names, items, unplaced = _relabel(scheme, kind, root, class_names, items)
     npz = None
     if kind == "npz":
         from featurestore.data.readers import read_npz
@@ -242,6 +286,8 @@ def audit_dataset(path: Path, *, progress: Progress | None = None) -> DatasetAud
         sizes=sizes,
         missing_classes=missing,
         ignored=ignored,
+        label_scheme=scheme,
+        unplaced=unplaced,
     )
     return replace(audit, warnings=_warnings(audit))
 
@@ -293,6 +339,12 @@ def _warnings(audit: DatasetAudit) -> tuple[str, ...]:
         lines.append(f"{crossing} set(s) of byte-identical files cross splits (leakage)")
     if audit.unreadable:
         lines.append(f"{len(audit.unreadable)} unreadable file(s)")
+    if audit.unplaced:
+        lines.append(
+            f"{len(audit.unplaced)} PNEUMONIA file(s) name neither bacteria nor virus: "
+            f"--labels kermany3 cannot place them and training refuses them "
+            f"(first: {audit.unplaced[0]})"
+        )
     if audit.ignored:
         lines.append(
             f"{len(audit.ignored)} file(s) in class folders are not images xray reads and are "

@@ -31,6 +31,16 @@ def kermany3_class(filename: str) -> str:
     return "BACTERIAL" if has_bacteria else "VIRAL"
 
 
+def check_kermany3_layout(class_names: tuple[str, ...], kind: str, where: object) -> None:
+    """Raise XrayError unless a dataset of `kind` with `class_names` can be read as kermany3:
+    a folder or CSV dataset of exactly NORMAL and PNEUMONIA (the type is in the file names)."""
+    if set(class_names) != {"NORMAL", POSITIVE_CLASS} or kind == "npz":
+        raise XrayError(
+            f"--labels kermany3 needs a Kermany-layout dataset with classes NORMAL and PNEUMONIA "
+            f"and file names; {where} has {', '.join(class_names)} ({kind})"
+        )
+
+
 def apply_label_scheme(m: Manifest, scheme: LabelScheme | str) -> Manifest:
     """The manifest relabelled by `scheme`; `as-given` returns it unchanged.
 
@@ -40,11 +50,7 @@ def apply_label_scheme(m: Manifest, scheme: LabelScheme | str) -> Manifest:
     scheme = LabelScheme(scheme)
     if scheme is LabelScheme.as_given:
         return m
-    if set(m.class_names) != {"NORMAL", POSITIVE_CLASS} or m.kind == "npz":
-        raise XrayError(
-            f"--labels kermany3 needs a Kermany-layout dataset with classes NORMAL and PNEUMONIA "
-            f"and file names; {m.source or m.root} has {', '.join(m.class_names)} ({m.kind})"
-        )
+    check_kermany3_layout(m.class_names, m.kind, m.source or m.root)
     if m.carve is not None:
         raise ValueError("relabel before carving the validation set (the carve is stratified)")
     normal = m.class_names.index("NORMAL")

@@ -266,3 +266,49 @@ def test_a_dataset_folder_whose_path_is_not_utf8(tiny_data: Path) -> None:
     assert check.exit_code == 0 and "d\\xe9" in check.stdout, check.output
     line = _one_error_line(runner.invoke(app, ["extract", "-m", "resnet18", "--data", data]))
     assert "d\\xe9: the name is not valid UTF-8" in line
+
+
+def test_check_counts_the_three_classes_with_labels_kermany3(tmp_path: Path) -> None:
+    """`--labels kermany3` audits the classes the three-class task trains on, as it reads them."""
+    from conftest import write_tiny_kermany3
+
+    from featurestore.data import load_manifest
+
+    data = write_tiny_kermany3(tmp_path / "chest_xray")
+    result = runner.invoke(app, ["data", "check", "--data", str(data), "--labels", "kermany3",
+                                 "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["class_names"] == ["NORMAL", "BACTERIAL", "VIRAL"]
+    assert doc["label_scheme"] == "kermany3" and doc["unplaced"] == []
+    m = load_manifest(data, labels="kermany3", val_min=0)  # as given: nothing carved
+    for split, per_class in doc["counts"].items():
+        for k, name in enumerate(m.class_names):
+            assert per_class[name] == sum(r.label == k for r in m.split(split)), (split, name)
+    # A PNEUMONIA file whose name says neither type is listed, and --strict fails on it.
+    victim = next((data / "train" / "PNEUMONIA").glob("*bacteria*"))
+    victim.rename(victim.with_name("person9999_1.jpeg"))
+    strict = runner.invoke(app, ["data", "check", "--data", str(data), "--labels", "kermany3",
+                                 "--strict"])  # fmt: skip
+    assert strict.exit_code == 1
+    assert "cannot place" in strict.stdout and "person9999_1.jpeg" in strict.stdout
+
+
+def test_check_labels_kermany3_on_other_classes_is_one_line(tmp_path: Path) -> None:
+    for cls in ("CAT", "DOG"):
+        (tmp_path / "d" / "train" / cls).mkdir(parents=True)
+    result = runner.invoke(app, ["data", "check", "--data", str(tmp_path / "d"),
+                                 "--labels", "kermany3"])  # fmt: skip
+    assert result.exit_code != 0
+    assert "--labels kermany3 needs a Kermany-layout dataset" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_check_reads_the_real_sample_as_three_classes(realsample: Path) -> None:
+    result = runner.invoke(app, ["data", "check", "--data", str(realsample), "--labels",
+                                 "kermany3", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    total = sum(sum(c.values()) for c in doc["counts"].values())
+    assert total + len(doc["unplaced"]) == sum(1 for _ in realsample.rglob("*.jpeg"))
+    assert all(sum(c.values()) for c in doc["counts"].values())
