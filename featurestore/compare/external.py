@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featurestore.compare.analysis import replicate_interval
 from featurestore.compare.bootstrap import BOOT_METRICS
 from featurestore.compare.calibration import (
     fit_recalibration,
@@ -45,15 +46,15 @@ from featurestore.compare.external_data import (
     match_findings,
     run_uncertain,
 )
+from featurestore.compare.external_report import MIN_UNITS
 from featurestore.compare.external_stats import (
     calibration_patients,
     replicate_difference,
-    replicate_summary,
 )
 from featurestore.compare.multiclass import MULTICLASS_DECISION
 from featurestore.compare.multilabel import MULTILABEL_DECISION
 from featurestore.compare.splits import Thresholds, choose_operating_point, split_metrics
-from featurestore.config import CompareConfig, EvaluateConfig
+from featurestore.config import EvaluateConfig
 from featurestore.errors import XrayError
 from featurestore.runs.result import SplitPredictions
 from featurestore.tasks import Task
@@ -347,8 +348,8 @@ def _conclude(
             )
     if few:
         notes.append(
-            f"fewer than {MIN_UNITS} patients of a class they need in the evaluated rows: the "
-            f"intervals of {', '.join(few)} are unreliable"
+            f"the intervals of {', '.join(few)} are unreliable: fewer than {MIN_UNITS} patients "
+            "of a class they need in the evaluated rows, or over 1% of resamples undefined"
         )
     doc = {
         "best_epoch": run.metrics.get("best_epoch"),
@@ -394,8 +395,6 @@ DECISION_KEYS = {
     "multilabel": MULTILABEL_DECISION,
 }
 """The metrics.json key of the decision at the evaluation's operating point, per task."""
-MIN_UNITS = CompareConfig().min_units_per_class
-"""Patients of a class below which an interval is marked unreliable, as `xray compare` does."""
 
 
 def _statistics(
@@ -408,25 +407,32 @@ def _statistics(
     resamples, and external - internal with a two-sample patient-bootstrap interval (each
     test set resampled on its own, seeds `seed` and `seed + 1`). Each side is its test arrays
     and its thresholds (the evaluation's, and the run's own). An interval resting on fewer
-    than `MIN_UNITS` patients of a class it needs (`engine.fewest_units`) gets `reliable`
-    False. The multi-label macro difference averages the findings with an ROC-AUC on both
-    sides, listed in its `findings`."""
+    than `MIN_UNITS` patients of a class it needs (`engine.fewest_units`), or with over 1% of
+    its resamples undefined, gets `reliable` False (`analysis.replicate_interval`, the rule of
+    `xray compare`); its external - internal difference inherits the mark. The multi-label
+    macro difference averages the findings with an ROC-AUC on both sides, listed in its
+    `findings`."""
     (ext, cut), (inner, own) = external, internal
     boot = {"n_boot": config.n_boot}
     ext_point, ext_reps = _scored(task, ext, cut, seed=config.seed, **boot)
     int_point, int_reps = _scored(task, inner, own, seed=config.seed + 1, **boot)
     intervals = {}
     for k, v in ext_point.items():
-        intervals[_name(k)] = replicate_summary(v, ext_reps[k], alpha=config.alpha)
-        fewest = fewest_units(task, k, ext, ext.groups)
-        if fewest is not None and fewest < MIN_UNITS:
-            intervals[_name(k)]["reliable"] = False
-    difference: dict[str, Any] = {
-        _name(k): replicate_difference(
+        iv = replicate_interval(v, ext_reps[k], alpha=config.alpha, min_units=MIN_UNITS,
+                                fewest_units=fewest_units(task, k, ext, ext.groups))  # fmt: skip
+        intervals[_name(k)] = (
+            {"estimate": iv.estimate, "lo": iv.lo, "hi": iv.hi, "n_undefined": iv.n_undefined,
+             "reliable": iv.reliable}
+            if iv.defined
+            else {"estimate": None, "lo": None, "hi": None}
+        )  # fmt: skip
+    difference: dict[str, Any] = {}
+    for k, v in ext_point.items():
+        difference[_name(k)] = replicate_difference(
             (v, ext_reps[k]), (int_point[k], int_reps[k]), alpha=config.alpha
         )
-        for k, v in ext_point.items()
-    }
+        if intervals[_name(k)].get("reliable") is False:
+            difference[_name(k)]["reliable"] = False
     if task.multilabel:  # the macro difference over the findings with an AUC on both sides
         both = [
             n

@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from featurestore.compare.labels import METRIC_TITLES
+from featurestore.config import CompareConfig
 from featurestore.tasks import TASK_KINDS, Task
+
+MIN_UNITS = CompareConfig().min_units_per_class
+"""Patients of a class below which `xray evaluate` marks an interval unreliable."""
 
 
 def find_evaluations(folder: Path, runs: dict[str, str]) -> list[dict[str, Any]]:
@@ -58,14 +62,16 @@ def find_evaluations(folder: Path, runs: dict[str, str]) -> list[dict[str, Any]]
 
 
 def _fmt(iv: dict[str, Any], *, signed: bool = False) -> str:
-    """`0.91 [0.88, 0.93]`; `-` where undefined."""
+    """`0.91 [0.88, 0.93]`; `-` where undefined; a `\u2020` after an interval `xray evaluate`
+    marked unreliable (`reliable` False: too few patients of a class, or undefined resamples)."""
     value = iv.get("estimate", iv.get("difference"))
     if value is None:
         return "-"
     sign = "+" if signed else ""
+    mark = " \u2020" if iv.get("reliable") is False else ""
     if iv.get("lo") is None:
-        return f"{value:{sign}.3f}"
-    return f"{value:{sign}.3f} [{iv['lo']:{sign}.3f}, {iv['hi']:{sign}.3f}]"
+        return f"{value:{sign}.3f}{mark}"
+    return f"{value:{sign}.3f} [{iv['lo']:{sign}.3f}, {iv['hi']:{sign}.3f}]{mark}"
 
 
 def _where(e: dict[str, Any]) -> str:
@@ -131,7 +137,9 @@ def external_section(evaluations: list[dict[str, Any]]) -> list[str]:
         "shown (the run's own, chosen on its validation set, unless stated). Intervals: 95% "
         "percentile bootstrap over patients; Δ = external - internal test, with a two-sample "
         "patient bootstrap interval. With local recalibration, N patients of the external "
-        "split were used to refit and are not counted.",
+        "split were used to refit and are not counted. \u2020: unreliable interval (a class "
+        f"the metric needs has fewer than {MIN_UNITS} patients in the evaluated split, or over "
+        "1% of resamples were undefined); a \u0394 inherits its external side's mark.",
         "",
     ]
     kinds = [k for k in TASK_KINDS if any(e["task"] == k for e in evaluations)]

@@ -65,18 +65,6 @@ def calibration_patients(
     return np.isin(inverse, np.array(chosen_list, dtype=np.int64))
 
 
-def replicate_summary(
-    estimate: float | None, replicates: np.ndarray, *, alpha: float = 0.05
-) -> dict[str, float | None]:
-    """{estimate, lo, hi}: the percentile interval of a metric from its patient-bootstrap
-    replicates (B,), NaN replicates (a resample left it undefined) left out; None values where
-    the estimate is undefined or no replicate is finite."""
-    if estimate is None or not np.isfinite(estimate):
-        return {"estimate": None, "lo": None, "hi": None}
-    lo, hi = percentile_interval(replicates, alpha) or (None, None)
-    return {"estimate": float(estimate), "lo": lo, "hi": hi}
-
-
 def replicate_difference(
     external: tuple[float | None, np.ndarray],
     internal: tuple[float | None, np.ndarray],

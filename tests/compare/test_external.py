@@ -208,6 +208,19 @@ def test_the_report_gains_an_external_validation_section(
     assert "## External validation" in report
     row = next(line for line in report.splitlines() if "chest_xray (test)" in line)
     assert row.startswith(f"| {cmp.rows[0].label} |") and "8 / 4" in row
+    # Two patients per class: class-conditioned intervals are unreliable, and the report marks
+    # each one as `evaluate` recorded it (it used to drop the mark).
+    section = report[report.index("## External validation") :].splitlines()
+    start = next(k for k, line in enumerate(section) if line.startswith("|---"))
+    rows = section[start + 1 : start + 1 + len(cmp.external)]
+    shown = [m for m in cmp.task.table_metrics if m != "loss"]
+    for e, line in zip(cmp.external, rows, strict=True):
+        assert e["intervals"]["sensitivity"]["reliable"] is False
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        marked = sum(e["intervals"][m].get("reliable") is False for m in shown)
+        marked += sum(e["difference"][m].get("reliable") is False for m in ("accuracy", "roc_auc"))
+        assert marked and sum(c.endswith("\u2020") for c in cells) == marked, line
+    assert "\u2020: unreliable interval" in report
     assert json.loads((tmp_path / "report" / "comparison.json").read_text())["external"]
 
 
