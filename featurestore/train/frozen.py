@@ -260,6 +260,8 @@ def fit_head_on_stores(
     source = FeatureSource.from_stores(
         stores, batch_size=config.batch_size, seed=config.seed, poolings=picks
     )
+    if console is not None and (empty := empty_features_warning(stores, source)):
+        console.print(f"[yellow]warning:[/] {empty}", highlight=False)
     subset: dict[str, Any] = {}
     if train_fraction is not None or shots is not None:
         _, groups, labels = source.records("train")  # labels (N,), multi-label (N, L)
@@ -291,6 +293,24 @@ def fit_head_on_stores(
         return _fit_head(stores, picks, source, head=head, config=config, runs_dir=runs_dir,
                          progress=progress, console=console, sweep=sweep,
                          subset=subset)  # fmt: skip
+
+
+def empty_features_warning(stores: Sequence[FeatureStore], source: FeatureSource) -> str | None:
+    """One line when the features carry nothing: every train value 0, or every column the
+    same for every train image (the head can then learn the class balance alone); else None."""
+    dim = source.feature_dim
+    if source.constant_features < dim:
+        return None
+    names = ", ".join(s.path.name for s in stores)
+    what = (
+        "every train feature is 0"
+        if source.all_zero
+        else (f"each of the {dim} features has one value for every train image")
+    )
+    return (
+        f"{names}: {what}, so the head can learn the class balance alone (near-chance results); "
+        "re-extract it (a wrong weights file, or a backbone whose output is empty?)"
+    )
 
 
 @contextmanager

@@ -138,10 +138,14 @@ class FeatureSource:
         # once, at half the size, as stored (`with_train_rows` re-standardises from them).
         x32 = {s: _float32_copy(sp.features) for s, sp in splits.items()}
         x_train = x32["train"]
+        std = x_train.std(0, unbiased=False)  # (D,)
+        self.constant_features = int((std <= 1e-6).sum())
+        """Feature columns that hold one value for every train image (they carry nothing)."""
+        self.all_zero = bool((x_train == 0).all())
+        """Every train feature is exactly 0 (a backbone that output nothing)."""
         if standardize:
             # Statistics of TRAIN only, applied to every split: val/test never leak into them.
             self.mean = x_train.mean(0)  # (D,)
-            std = x_train.std(0, unbiased=False)  # (D,)
             self.std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant features
         else:
             self.mean = torch.zeros(dim)
