@@ -20,7 +20,8 @@ class CurvePoint:
     """One run on a label-efficiency curve."""
 
     line: str
-    """`<backbone> <mode>[/<head>]`: one line per backbone and mode (and head kind)."""
+    """The configuration's label (`resnet50 frozen/linear`, `... lr=0.01`), and the subset kind
+    when the configuration has both (`(fraction of patients)` / `(images per class)`)."""
     run: str
     """The run's label in the comparison."""
     train_images: int
@@ -33,40 +34,66 @@ class CurvePoint:
     and its bootstrap interval (the comparison's resampling)."""
 
 
+SERIES = {"f": "fraction of patients", "k": "images per class"}
+"""The two kinds of label-efficiency subset (`subset_tag` f0.1 / k5): a line holds one kind."""
+
+
 def curve_points(cmp: Comparison) -> list[CurvePoint]:
     """The runs of lines that were trained at two or more training-set sizes, smallest first.
 
-    A run's size is config.json's `train_images` (label-efficiency runs), else the sum of its
-    recorded train class counts (a single-label run on all of train; a multi-label run's counts
-    are positives per finding, so it needs `train_images`). Lines with one size have no curve.
+    A line is one configuration: runs whose settings (`labels.run_settings`: backbone, mode,
+    head, lr, weights, image size, ...) are equal but for the subset and the seed, so runs
+    trained otherwise are never pooled; it is labelled as `xray compare` labels configurations.
+    It holds one kind of subset, fractions of the patients or images per class, with the runs
+    on all of train: a configuration with both kinds gives two lines, each named by its kind.
+    A run's size is config.json's `train_images` (every run records it), else, for runs
+    written before, the sum of its recorded train class counts (single-label); lines with one
+    size have no curve.
     """
-    points: list[CurvePoint] = []
+    from featurestore.compare.labels import run_labels, run_settings
+
     metric = cmp.task.primary_metric
+    entries = []  # (settings key, series kind or "", row, record)
     for row, record in zip(cmp.rows, cmp.records, strict=True):
         cfg = record.config
-        counts = (cfg.get("class_counts") or {}).get("train") or {}
-        total = None if cmp.task.multilabel else sum(int(v) for v in counts.values()) or None
-        size = cfg.get("train_images", total)
-        if size is None:
-            continue
-        sweep = " sweep" if cfg.get("sweep") else ""
-        head = f"/{row.head}" if row.mode == "frozen" and not sweep else ""
-        points.append(
-            CurvePoint(
-                line=f"{row.model} {row.mode}{head}{sweep}",
-                run=row.label,
-                train_images=int(size),
-                train_patients=cfg.get("train_patients"),
-                subset=str(cfg.get("subset_tag") or "all"),
-                seed=row.seed,
-                auc=row.primary(metric),
-            )
-        )
-    sizes: dict[str, set[int]] = {}
-    for p in points:
-        sizes.setdefault(p.line, set()).add(p.train_images)
-    kept = [p for p in points if len(sizes[p.line]) > 1]
-    return sorted(kept, key=lambda p: (p.line, p.train_images, p.seed))
+        settings = {k: v for k, v in run_settings(cfg).items() if k != "subset_tag"}
+        tag = str(cfg.get("subset_tag") or "")
+        entries.append((tuple(sorted(settings.items(), key=str)), tag[:1], row, record))
+    keys = list(dict.fromkeys(e[0] for e in entries))
+    first = {key: next(e[3] for e in entries if e[0] == key) for key in keys}
+    configs = [{k: v for k, v in first[key].config.items() if k != "subset_tag"} for key in keys]
+    _, names = run_labels(configs, [first[key].name for key in keys])
+    lines: dict[tuple[Any, str], list[CurvePoint]] = {}
+    for key, name in zip(keys, names, strict=True):
+        mine = [e for e in entries if e[0] == key]
+        kinds = sorted({e[1] for e in mine} - {""}) or [""]
+        for kind in kinds:
+            line = name if len(kinds) == 1 else f"{name} ({SERIES.get(kind, kind)})"
+            members = [e for e in mine if e[1] in (kind, "")]
+            points = [p for e in members if (p := _point(cmp, line, e[2], e[3], metric))]
+            if len({p.train_images for p in points}) > 1:
+                lines[(key, kind)] = points
+    kept = [p for points in lines.values() for p in points]
+    return sorted(kept, key=lambda p: (p.line, p.train_images, p.seed, p.subset))
+
+
+def _point(cmp: Comparison, line: str, row: Any, record: Any, metric: str) -> CurvePoint | None:
+    """One run's point, or None when its training-set size is not known."""
+    cfg = record.config
+    counts = (cfg.get("class_counts") or {}).get("train") or {}
+    total = None if cmp.task.multilabel else sum(int(v) for v in counts.values()) or None
+    size = cfg.get("train_images", total)
+    if size is None:
+        return None
+    return CurvePoint(
+        line=line,
+        run=row.label,
+        train_images=int(size),
+        train_patients=cfg.get("train_patients"),
+        subset=str(cfg.get("subset_tag") or "all"),
+        seed=row.seed,
+        auc=row.primary(metric),
+    )
 
 
 def plot_curves(points: Sequence[CurvePoint], path: Path, *, title: str = "ROC-AUC") -> bool:

@@ -40,6 +40,7 @@ from featurestore.runs.record import (
     run_warnings,
     run_weights,
     summarize,
+    train_size,
 )
 from featurestore.runs.result import FitResult, SplitPredictions
 
@@ -74,6 +75,7 @@ __all__ = [
     "run_warnings",
     "run_weights",
     "summarize",
+    "train_size",
     "write_evaluation",
     "write_history",
     "write_predictions",

@@ -63,6 +63,13 @@ def summarize(path: Path, model: str, mode: str, head: str, result: FitResult) -
     )
 
 
+def train_size(groups: Sequence[str]) -> dict[str, int]:
+    """config.json's `train_images` and `train_patients` of the images a run trained on, from
+    their patient ids (N,): a label-efficiency subset's, or all of train (so every run's point
+    on a label-efficiency curve has both)."""
+    return {"train_images": len(groups), "train_patients": len(set(groups))}
+
+
 def class_counts(
     class_names: Sequence[str], labels: dict[str, np.ndarray]
 ) -> dict[str, dict[str, int]]:

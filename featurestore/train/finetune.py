@@ -20,6 +20,7 @@ from featurestore.runs import (
     class_counts,
     run_config,
     summarize,
+    train_size,
     write_train_subset,
 )
 
@@ -194,7 +195,7 @@ def finetune(
         resumed=resume,
         world_size=distributed.world_size(),
         checkpoint="best.pt: trunk.* (backbone) then head.*",
-        **subset,
+        **{**train_size([r.group for r in manifest.split("train")]), **subset},
     )
     folder_model = f"{model}-{subset['subset_tag']}" if subset else model
 

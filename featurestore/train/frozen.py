@@ -17,6 +17,7 @@ from featurestore.runs import (
     class_counts,
     run_config,
     summarize,
+    train_size,
     write_train_subset,
 )
 
@@ -418,7 +419,7 @@ def _fit_head(
         class_counts=class_counts(store.class_names, {s: source.records(s)[2] for s in SPLITS}),
         checkpoint="best.pt: standardize.{mean,std} then head.* over backbone features",
         **trainer.record(),
-        **subset,
+        **{**train_size(source.records("train")[1]), **subset},
     )
     if subset:
         keys, groups, labels = source.records("train")

@@ -52,3 +52,41 @@ def test_no_curve_without_several_sizes(tmp_path: Path) -> None:
     assert curve_points(cmp) == []
     text = write_report(cmp, tmp_path / "report").read_text()
     assert "Label efficiency" not in text
+
+
+def test_runs_trained_otherwise_are_other_lines_and_fractions_and_shots_are_apart(
+    tmp_path: Path,
+) -> None:
+    """Helper review: runs at another learning rate were pooled into one line, and fraction
+    and shots subsets of one configuration were drawn as one series."""
+    root = tmp_path / "runs"
+    runs = [subset_run(root, f"a-{t}", model="resnet50", images=n, tag=t, skill=1.0)
+            for t, n in (("f0.1", 12), ("f0.5", 60))]  # fmt: skip
+    for tag, n in (("k2", 4), ("k5", 10)):
+        run = subset_run(root, f"a-{tag}", model="resnet50", images=n, tag="f1", skill=1.0)
+        cfg = json.loads((run / "config.json").read_text())
+        cfg.update(subset_tag=tag, shots=int(tag[1:]), train_fraction=None)
+        (run / "config.json").write_text(json.dumps(cfg))
+        runs.append(run)
+    full = write_fake_run(root, "a-all", model="resnet50", mode="frozen", skill=1.0)
+    cfg = json.loads((full / "config.json").read_text())
+    cfg.update(train_images=120, train_patients=60)  # as every run records it now
+    (full / "config.json").write_text(json.dumps(cfg))
+    runs.append(full)
+    other = [subset_run(root, f"b-{t}", model="resnet50", images=n, tag=t, skill=1.0)
+             for t, n in (("f0.1", 12), ("f0.5", 60))]  # fmt: skip
+    for run in other:
+        cfg = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps(cfg | {"lr": 0.01}))
+    cmp = compare_runs([*runs, *other], CompareConfig(n_boot=100))
+    points = curve_points(cmp)
+    lines: dict[str, list[tuple[str, int, int | None]]] = {}
+    for p in points:
+        lines.setdefault(p.line, []).append((p.subset, p.train_images, p.train_patients))
+    assert len(lines) == 3, lines
+    fractions = next(v for k, v in lines.items() if k.endswith("(fraction of patients)"))
+    shots = next(v for k, v in lines.items() if k.endswith("(images per class)"))
+    assert fractions == [("f0.1", 12, 6), ("f0.5", 60, 30), ("all", 120, 60)]
+    assert shots == [("k2", 4, 2), ("k5", 10, 5), ("all", 120, 60)]
+    (tenfold,) = [k for k in lines if "(" not in k]
+    assert "lr=0.01" in tenfold and lines[tenfold] == [("f0.1", 12, 6), ("f0.5", 60, 30)]
