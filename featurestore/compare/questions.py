@@ -42,6 +42,9 @@ PER_CLASS: dict[str, tuple[str, ...]] = {
     "multilabel": ("auc", "sensitivity", "specificity"),
 }
 LOWER_IS_BETTER = frozenset({"loss", "brier"})
+CHANCE_AUC = frozenset({"roc_auc", "roc_auc_macro", "auc"})
+"""Metrics whose chance level is 0.5 whatever the task and class balance (a constant ranks
+nothing): an arm whose interval reaches it is named as no better than chance."""
 # A study file names its metric before the data says the task: `roc_auc` is taken to mean
 # the task's ROC-AUC, the macro one of a multi-class or multi-label task.
 _ALIASES = {"roc_auc": "roc_auc_macro"}
@@ -160,10 +163,25 @@ class PairResult:
     """Why a number is undefined (empty when all are defined)."""
     per_run: list[tuple[float, float]] = field(default_factory=list)
     """(metric a, metric b) of each seed pair."""
+    interval_a: tuple[float, float] = (float("nan"), float("nan"))
+    """a's own percentile interval (of its seed mean) from the same patient resamples."""
+    interval_b: tuple[float, float] = (float("nan"), float("nan"))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready; NaN becomes None (undefined)."""
         return {k: _none(v) for k, v in asdict(self).items()}
+
+    def at_chance(self, a: str, b: str) -> list[str]:
+        """`name (ROC-AUC interval 0.31 to 0.55 includes 0.5)` for each side whose ROC-AUC
+        interval reaches 0.5 or below: a model that ranks no better than chance. [] for other
+        metrics, whose chance level depends on the class balance."""
+        if self.metric.split(":")[0] not in CHANCE_AUC:
+            return []
+        out = []
+        for name, (lo, hi) in ((a, self.interval_a), (b, self.interval_b)):
+            if np.isfinite(lo) and lo <= 0.5:
+                out.append(f"{name} ({self.metric} interval {fmt(lo)} to {fmt(hi)} includes 0.5)")
+        return out
 
 
 def _none(value: Any) -> Any:
@@ -245,6 +263,12 @@ def compare_pair(
             ]
         )  # (2k, n_boot)
     diffs = reps[:k].mean(0) - reps[k:].mean(0)  # (n_boot,), NaN where a run's is undefined
+    # Each arm's own interval from the same resamples (to name an arm no better than chance).
+    sides = [
+        percentile_interval(reps[:k].mean(0), alpha),
+        percentile_interval(reps[k:].mean(0), alpha),
+    ]
+    nan2 = (float("nan"), float("nan"))
     n_valid = int(np.isfinite(diffs).sum())
     diff = est_a - est_b
     ends, p_boot = percentile_interval(diffs, alpha), paired_p_value(diffs)
@@ -263,6 +287,7 @@ def compare_pair(
     return PairResult(
         label, task.kind, est_a, est_b, diff, lo, hi, float(p_value), test, k,
         n, n_units, n_boot, n_boot - n_valid, alpha, note, pairs,
+        sides[0] or nan2, sides[1] or nan2,
     )  # fmt: skip
 
 
@@ -307,6 +332,12 @@ class Answer:
             verdict = (
                 f"no evidence of a difference in {r.metric} at alpha = {r.alpha:g} after Holm "
                 "(not a proof that they are equal)"
+            )
+        chance = r.at_chance(self.a, self.b)
+        if chance:
+            verdict += (
+                f"; no better than chance: {'; '.join(chance)}, so the difference says that "
+                "a model failed to learn, not which approach is better"
             )
         return f"{numbers}. {verdict[0].upper()}{verdict[1:]}."
 

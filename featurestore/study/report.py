@@ -138,6 +138,8 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
         task.primary_metric
     ]
     exploratory = []
+    # Arms whose ROC-AUC interval reaches 0.5 in any pair they are in (each arm's own interval).
+    chance = [c for ans in answers for c in ans.result.at_chance(ans.a, ans.b)]
     for a, b in itertools.combinations(primary, 2):
         if frozenset((a, b)) in declared:
             continue
@@ -151,6 +153,7 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
                 seed=study.bootstrap_seed,
             )
             exploratory.append({"a": a, "b": b, **res.as_dict()})
+            chance += res.at_chance(a, b)
     header = {
         "study": study.name,
         "source": study.source,
@@ -164,6 +167,7 @@ def build_report(plan: Plan, paths: dict[str, Path]) -> StudyReport:
         "bootstrap_seed": study.bootstrap_seed,
         "metrics": metrics,
         "precision": _precision(plan, records),
+        "at_chance": list(dict.fromkeys(chance)),
     }
     return StudyReport(study.name, plan.task, answers, arms, sweeps, curves, exploratory, header)
 
@@ -233,6 +237,11 @@ def render_markdown(report: StudyReport) -> str:
             "",
         ]
     metrics = list(h["metrics"])
+    if h.get("at_chance"):
+        out += [
+            "**No better than chance on this test set:** " + "; ".join(h["at_chance"]) + ".",
+            "",
+        ]
     out += ["## Arms (mean ± SD over seeds)", ""]
     out += ["| arm | model | mode | kind | runs | " + " | ".join(metrics) + " |"]
     out += ["|" + "---|" * (5 + len(metrics))]
