@@ -121,9 +121,10 @@ def train_subsets(
                 taken += len(rows[: k - taken])
                 patients.add(p)
             if taken < k:
+                name = names[c] if names is not None and c < len(names) else f"index {c}"
                 raise XrayError(
-                    f"--shots {k}: class index {c} has only {taken} train images of its "
-                    "patients; ask for fewer shots"
+                    f"--shots {k}: class {name} has only {taken} train images; ask for "
+                    f"{taken} shots or fewer"
                 )
         idx = np.sort(np.concatenate(picked))
         out.append(TrainSubset(None, int(k), idx, len(patients)))

@@ -246,7 +246,7 @@ def manifest_train_subset(
         fractions=() if fraction is None else (fraction,),
         shots=() if shots is None else (shots,),
         seed=seed,
-        names=manifest.class_names if multilabel else None,
+        names=manifest.class_names,
     )
     keep = {train[i].key for i in sub.indices}
     records = tuple(r for r in manifest.records if r.split != "train" or r.key in keep)

@@ -54,5 +54,8 @@ def test_shots_take_k_images_per_class_nested() -> None:
     assert set(subs[0].indices) <= set(subs[1].indices) <= set(subs[2].indices)
     with pytest.raises(XrayError, match="shots"):
         train_subsets(groups, labels, shots=(10_000,), seed=0)
+    # The refusal names the class and the most it can take.
+    with pytest.raises(XrayError, match=r"class NORMAL has only \d+ train images; ask for"):
+        train_subsets(groups, labels, shots=(10_000,), seed=0, names=("NORMAL", "PNEUMONIA"))
     with pytest.raises(XrayError):
         train_subsets(groups, labels, fractions=(1.5,), seed=0)
