@@ -271,7 +271,14 @@ def extract_features(
             return rate, loaded.weights_sha256
 
         computing = time.perf_counter()
-        rate, loaded_sha = distributed.everywhere(compute)  # every rank is done after this
+        try:
+            rate, loaded_sha = distributed.everywhere(compute)  # every rank is done after this
+        except BaseException:
+            # A failure before any chunk (weights not found offline, a first bad image) leaves
+            # no half-done extraction behind, only what a later run can resume from.
+            if distributed.is_main() and not partial.has_chunks():
+                partial.discard()
+            raise
         if world > 1 and pending:
             images = sum(c.stop - c.start for c in pending)
             rate = images / max(time.perf_counter() - computing, 1e-9)

@@ -105,6 +105,10 @@ class PartialStore:
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    def has_chunks(self) -> bool:
+        """Any finished chunk is here (work a later run resumes from)."""
+        return self.folder.is_dir() and any(self.folder.glob("*.npz"))
+
     def chunk_path(self, split: str, start: int) -> Path:
         return self.folder / f"{split}-{start:08d}.npz"
 

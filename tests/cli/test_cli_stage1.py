@@ -108,6 +108,9 @@ def test_extract_offline_imagenet_is_one_line_exit_2(
     assert "densenet121-a639ec97.pth" in errors[0] and "--weights none" in errors[0]
     # Rich may wrap the path on narrow terminals: compare without whitespace.
     assert str(offline_hub) in "".join(result.stderr.split())
+    # Nothing is left behind: no half-started extraction (it held only its provenance.json).
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert not [p for p in leftovers if ".partial" in str(p)], leftovers
 
 
 def test_extract_user_errors(tiny_data_ro: Path, tmp_path: Path) -> None:
