@@ -327,7 +327,8 @@ def dataset_line(cmp: Comparison) -> str:
         return "Dataset: not recorded by these runs."
     fp = str(d.get("fingerprint") or "not recorded")[:16]
     counts = counts_line(d)
-    return f"Dataset: **{d['name']}** (`{d['path']}`), fingerprint `{fp}`" + (
+    trained = f"; the runs trained on `{d['trained_on']}`" if d.get("trained_on") else ""
+    return f"Dataset: **{d['name']}** (`{d['path']}`), fingerprint `{fp}`{trained}" + (
         f"; images {counts}." if counts else "."
     )
 

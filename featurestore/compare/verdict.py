@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -197,11 +198,29 @@ def describe_dataset(records: list[RunRecord]) -> dict[str, Any]:
     """name, path, fingerprint, images per split and class, synthetic: what the runs used.
 
     The path is the dataset folder recorded by the run (fine-tune) or its store (frozen);
-    synthetic is True when that folder holds the marker `xray data synth` writes.
+    synthetic is True when that folder holds the marker `xray data synth` writes. For
+    evaluation folders it is the dataset `xray evaluate` scored (its split's counts), with
+    `trained_on` the runs' own.
     """
+    from featurestore.data import MARKER
     from featurestore.runs import is_synthetic, run_dataset_root
 
     ref = records[0].config
+    evaluation = ref.get("evaluation")
+    if isinstance(evaluation, dict) and evaluation.get("data"):
+        # An `xray evaluate` folder: the dataset it scored, not the one the run trained on.
+        scored = Path(str(evaluation["data"]))
+        folder = scored.parent if scored.suffix.lower() in (".csv", ".npz") else scored
+        counts = evaluation.get("per_class") or evaluation.get("positives")
+        trained = run_dataset_root(ref)
+        return {
+            "name": evaluation.get("dataset") or folder.name,
+            "path": str(scored),
+            "fingerprint": evaluation.get("dataset_fingerprint"),
+            "class_counts": {str(evaluation.get("split")): counts} if counts else None,
+            "synthetic": (folder / MARKER).is_file(),
+            "trained_on": str(trained) if trained else None,
+        }
     path = run_dataset_root(ref)
     return {
         "name": path.name if path else None,

@@ -327,6 +327,23 @@ def test_an_evaluation_folder_reads_back_through_compare_with_the_same_intervals
         theirs, ours = row.metrics[decision][metric], result.intervals[metric]
         for field in ("estimate", "lo", "hi"):
             assert getattr(theirs, field) == pytest.approx(ours[field], abs=1e-12), metric
+    # The dataset it describes is the one evaluated, not the training set (which said SYNTHETIC
+    # when the runs had trained on synthetic data and the evaluated data were not).
+    from featurestore.data import MARKER
+
+    evaluated = json.loads((result.path / "evaluation.json").read_text())
+    assert cmp.dataset["path"] == evaluated["data"]
+    from featurestore.runs import run_dataset_root
+
+    assert cmp.dataset["trained_on"] == str(run_dataset_root(load_run(case["run"]).config))
+    trained_root = Path(cmp.dataset["trained_on"])
+    (trained_root / MARKER).write_text("synthetic\n")
+    try:
+        again = compare_runs([result.path], CompareConfig(n_boot=100, seed=0))
+        assert not again.dataset["synthetic"]
+        assert not any(w.startswith("SYNTHETIC") for w in again.warnings)
+    finally:
+        (trained_root / MARKER).unlink()
 
 
 def test_a_multi_label_evaluation_written_before_the_rename_still_reports(
