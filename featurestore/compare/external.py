@@ -314,7 +314,10 @@ def _conclude(
         "images": len(y),
         "patients": int(np.unique(g).size),
         **_counts(task, y),
-        "threshold_source": threshold.get("source", "the run"),
+        # Argmax decisions choose no threshold anywhere: say so, not where one was chosen.
+        "threshold_source": (
+            "none (argmax)" if task.multiclass else threshold.get("source", "the run")
+        ),
         "recalibrate": config.recalibrate,
         "local_calibration": local,
         "n_boot": config.n_boot,
@@ -334,6 +337,14 @@ def _conclude(
             notes.append(findings.left_out_note(run.name, Path(manifest.source or manifest.root)))
     if config.recalibrate:  # fits refused on the local set
         notes += fitted.notes
+    effect = cal.get("test") or {}
+    before, after = effect.get("ece_before"), effect.get("ece_after")
+    if refitted and before is not None and after is not None and after > before:
+        notes.append(
+            f"the recalibration fitted on {config.recalibrate} local patients made the evaluated "
+            f"rows worse calibrated (ECE {before:.3f} -> {after:.3f}, {cal.get('ece_of')}): too "
+            "few patients to fit it well; compare with --recalibrate 0"
+        )
     if (config.recalibrate or config.threshold_policy) and not task.multiclass:
         # A policy chosen here that could not run (one class on val or the local set).
         notes += [n for n in (threshold.get("note"), *threshold.get("notes", [])) if n]

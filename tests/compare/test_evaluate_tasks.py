@@ -153,6 +153,12 @@ def test_recalibration_keeps_the_decisions_rule_and_says_where_it_was_fitted(
     assert not any("argmax" in note for note in local.notes)  # no policy was asked for
     refitted = cal["method"] != "identity"
     assert cal["reported_probability"] == ("recalibrated" if refitted else "model output")
+    # A fit that worsens calibration on the evaluated rows is said (ECE before -> after).
+    worse = refitted and cal["test"]["ece_after"] > cal["test"]["ece_before"]
+    assert any("worse calibrated" in note for note in local.notes) == worse
+    source = json.loads((local.path / "evaluation.json").read_text())["threshold_source"]
+    assert source == ("none (argmax)" if case["task"] == "multiclass"
+                      else "the local calibration patients")  # fmt: skip
     held = set(local.local["patient_ids"])
     run = load_run(case["run"])
     names = list(run.config["class_names"])
