@@ -259,10 +259,11 @@ def explain(
     shown, base = short_paths([r.path for r in rows]) if not as_json else ([], None)
     emit_table(
         f"Grad-CAM heatmaps in {out}" + (f"\nimages in {base}" if base else ""),
-        ["path", "probability", "prediction", "heatmap", "error"],
+        ["path", "map of", "probability", "prediction", "heatmap", "error"],
         [
             [
                 shown[i] if shown else r.path,
+                r.explained,
                 r.probability,
                 r.prediction,
                 Path(r.heatmap).name if r.heatmap and not as_json else r.heatmap,

@@ -53,6 +53,9 @@ class ExplainRow:
     """(x, y) of the heat's maximum in original image pixels; None when the map is all zero
     (nothing in the image raises the positive logit) or on error."""
     error: str | None = None
+    explained: str | None = None
+    """The class (finding) whose map this is and whose probability `probability` is: the
+    positive class of a binary run, the predicted (or `--class`) class, the finding."""
 
 
 @dataclass(frozen=True)
@@ -288,7 +291,8 @@ def explain_images(
                     label = predictor.class_names[int(k)]
                 else:
                     label = predictor.classify(p)
-                results[i] = ExplainRow(str(paths[i]), str(target), p, label, peak)
+                results[i] = ExplainRow(str(paths[i]), str(target), p, label, peak,
+                                        explained=predictor.class_names[e])  # fmt: skip
                 picture.thumbnail((320, 320))
                 title = titles[i] if titles is not None else Path(paths[i]).name
                 # The probability shown is of the class whose map this is.
@@ -366,7 +370,8 @@ def explain_findings(
                     y, xx = np.unravel_index(int(np.argmax(heat)), heat.shape)
                     peak = (int(xx), int(y)) if heat.max() > 0 else None
                     p = float(probs[b, k])
-                    found[i].append(ExplainRow(str(paths[i]), str(target), p, finding, peak))
+                    found[i].append(ExplainRow(str(paths[i]), str(target), p, finding, peak,
+                                               explained=finding))  # fmt: skip
                     picture.thumbnail((320, 320))
                     title = titles[i] if titles is not None else Path(paths[i]).name
                     thumbs.append((picture, f"{title}\n{finding} p={p:.2f}"))

@@ -242,6 +242,7 @@ def test_explain_targets_the_tasks_class(root: Path, task: str, tmp_path: Path) 
             wanted = [chosen] if chosen is not None else targets_default(pred)
             assert len(mine) == len(wanted)
             for row, name in zip(mine, wanted, strict=True):
+                assert row["map of"] == name  # the class whose map and probability this is
                 k = names.index(name)
                 got = np.asarray(Image.open(row["heatmap"]).convert("RGB"), dtype=np.int16)
                 assert np.abs(got - expected_overlay(predictor, image, k)).max() <= 2
