@@ -333,7 +333,7 @@ def _conclude(
         evaluation["findings_not_in_run"] = list(findings.extra)
         evaluation["uncertain"] = config.uncertain or run_uncertain(run.config)
         if findings.left_out:  # the folder holds the shared findings only: its task says so
-            config_doc.update(task.as_record(), positive_class=task.positive_class)
+            config_doc.update(task.as_record(), positive_class=None)
             notes.append(findings.left_out_note(run.name, Path(manifest.source or manifest.root)))
     if config.recalibrate:  # fits refused on the local set
         notes += fitted.notes

@@ -99,6 +99,7 @@ def run_config(
     trainable, total = count_params(model)
     names = list(extra.pop("class_names"))
     pos = int(extra.pop("positive_index"))
+    kind = extra.pop("task", None) or ("binary" if len(names) == 2 else "multiclass")
     return {
         **asdict(config),
         "mode": mode,
@@ -108,10 +109,11 @@ def run_config(
         "versions": library_versions(),
         "class_names": names,
         "positive_index": pos,
-        "positive_class": names[pos],
+        # Only a two-class decision has a positive class; argmax and per-finding rules have none.
+        "positive_class": names[pos] if kind == "binary" else None,
         # The task follows from the labels: two classes binary, more multi-class (unless the
         # caller says multi-label, whose class names are the findings).
-        "task": extra.pop("task", None) or ("binary" if len(names) == 2 else "multiclass"),
+        "task": kind,
         "trainable_params": trainable,
         "total_params": total,
         **extra,

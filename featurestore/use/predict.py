@@ -288,7 +288,7 @@ def load_predictor(
     task = run.task  # as config.json records it
     class_names = task.class_names
     try:
-        positive_index = class_names.index(str(cfg["positive_class"]))
+        positive_index = task.positive_index
         recorded = run.metrics["threshold"]
         # Binary runs decide at one threshold; multi-class runs by argmax and multi-label runs
         # per finding (threshold.per_label): no single threshold.

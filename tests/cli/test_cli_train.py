@@ -338,6 +338,7 @@ def test_kermany3_extract_fit_head_finetune_compare_end_to_end(tmp_path: Path) -
         run = load_run(path)
         assert run.config["task"] == "multiclass" and run.config["label_scheme"] == "kermany3"
         assert run.config["class_names"] == ["NORMAL", "BACTERIAL", "VIRAL"]
+        assert run.config["positive_class"] is None  # argmax decisions have no positive class
         assert run.metrics["task"] == "multiclass"
         test = run.split_predictions("test")
         y, p = test["label"], test["probabilities"]  # (N,), (N, 3) from prob_<class> columns
