@@ -434,8 +434,10 @@ def _fit_head(
                 files(folder)
 
         write_extra = write_extra_files
-    # The folder name says which subset/sweep it is; config.json's `model` stays the backbone.
-    tags = [t for t in (subset.get("subset_tag"), "sweep" if sweep else None) if t]
+    # The folder name says which subset/sweep it is, and a head other than the default linear
+    # probe (`resnet50-mlp-frozen-s0`); config.json's `model` stays the backbone.
+    other_head = head if head != "linear" else None
+    tags = [t for t in (subset.get("subset_tag"), "sweep" if sweep else other_head) if t]
     path = write_run(
         runs_dir, model="-".join([model, *tags]), mode="frozen", config=doc, result=result,
         state_dict=exported.state_dict(), extra=write_extra,

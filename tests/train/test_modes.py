@@ -66,12 +66,14 @@ def test_same_seed_same_metrics(frozen_env, tmp_path: Path) -> None:  # type: ig
     b = fit_heads(cache_dir=frozen_env["cache"], runs_dir=tmp_path, head="mlp", config=config)
     assert a[0].path != b[0].path
     assert read_metrics(a[0].path) == read_metrics(b[0].path)
+    assert "-mlp-frozen-s0" in a[0].path.name  # the folder names a head other than linear
 
 
 def test_logreg_head_writes_the_same_run_folder(frozen_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (summary,) = fit_heads(store=frozen_env["store"], runs_dir=tmp_path, head="logreg", config=HEAD)
     run = load_run(summary.path)
     assert run.config["head"] == "logreg" and run.config["logreg_C"] > 0
+    assert summary.path.name.endswith("-logreg-frozen-s0")
     assert run.metrics["test"]["at_threshold"]["n"] == 8
     # Issue 13.16: the history names what was swept: a C column, no learning rate.
     assert list(run.history["C"]) == run.config["logreg_Cs"]
