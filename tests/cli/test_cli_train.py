@@ -79,7 +79,7 @@ def test_fit_head_json(store_env, tmp_path: Path) -> None:  # type: ignore[no-un
     assert doc["rows"][0]["metrics"]["n"] == 8
     run = load_run(Path(doc["runs"][0]))
     assert run.config["seed"] == 3 and run.config["head"] == "mlp"
-    assert Path(doc["runs"][0]).name.endswith("-resnet18-frozen-s3")
+    assert Path(doc["runs"][0]).name.endswith("-resnet18-mlp-frozen-s3")  # the head is named
 
 
 def test_fit_head_seeds_repeat_the_run(store_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
