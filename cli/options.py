@@ -160,12 +160,10 @@ ConfigOpt = Annotated[
     ),
 ]
 ThresholdOpt = Annotated[
-    str | None,
+    str,
     typer.Option(
         "--threshold",
-        help=f"Operating point, chosen on validation only: {THRESHOLD_HELP} [default: youden; "
-        "multi-class runs decide by argmax and take none].",
-        show_default=False,
+        help=f"Operating point, chosen on validation only: {THRESHOLD_HELP}.",
     ),
 ]
 

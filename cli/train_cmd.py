@@ -511,9 +511,6 @@ def from_config(
         raise XrayError(f"--config {path} is not a readable config.json ({exc})") from None
     if not isinstance(recorded, dict):
         raise XrayError(f"--config {path} is not a run's config.json (not a JSON object)")
-    if recorded.get("task") == "multiclass" and recorded.get("threshold_policy") == "youden":
-        # Multi-class runs written before the default became None recorded the binary default.
-        recorded = {**recorded, "threshold_policy": None}
     if recorded.get("backbone_name"):  # a run on one pooling is labelled `rad-dino-cls`
         recorded = {**recorded, "model": recorded["backbone_name"]}
     for name in REPEATABLE:

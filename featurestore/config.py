@@ -133,9 +133,6 @@ THRESHOLD_POLICIES: tuple[str, ...] = ("youden", "f1", "sensitivity", "specifici
 TARGETED_POLICIES: tuple[str, ...] = ("sensitivity", "specificity", "fixed")
 THRESHOLD_HELP = "youden, f1, sensitivity:0.95, specificity:0.90 or fixed:0.5"
 
-DEFAULT_THRESHOLD_POLICY = "youden"
-"""The operating point of a binary or multi-label run given none: Youden's J on validation."""
-
 
 def parse_threshold_policy(policy: str) -> tuple[str, float | None]:
     """`"sensitivity:0.95"` -> ("sensitivity", 0.95); `"youden"` -> ("youden", None).
@@ -216,12 +213,10 @@ class TrainConfig:
     """Training batch size (the source batches with it)."""
     backbone_lr_mult: float = 1.0
     """Backbone (`trunk.*`) parameters train at lr * this factor."""
-    threshold_policy: str | None = None
+    threshold_policy: str = "youden"
     """How the decision threshold is chosen on validation: youden (max sensitivity +
     specificity - 1), f1, sensitivity:T (the highest threshold reaching sensitivity >= T),
-    specificity:T (the lowest reaching specificity >= T) or fixed:T (fixed alone is 0.5).
-    None (the default): the task's own rule, `DEFAULT_THRESHOLD_POLICY` for a two-class or
-    per-finding decision and argmax for multi-class, where a policy given is refused."""
+    specificity:T (the lowest reaching specificity >= T) or fixed:T (fixed alone is 0.5)."""
     amp: bool = True
     """Mixed precision on CUDA (bfloat16 where supported) when `precision` is auto."""
     precision: PrecisionName | None = None
@@ -269,8 +264,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise XrayError(message)
-        if self.threshold_policy is not None:
-            parse_threshold_policy(self.threshold_policy)
+        parse_threshold_policy(self.threshold_policy)
 
 
 def seeded(config: TrainConfig, seeds: int) -> list[TrainConfig]:

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from featurestore import devices, distributed
-from featurestore.config import DEFAULT_THRESHOLD_POLICY
 from featurestore.errors import XrayError
 from featurestore.runs.result import FitResult, SplitPredictions
 from featurestore.tasks import MULTICLASS_RULE, Task
@@ -134,9 +133,7 @@ def conclude(
     }  # split -> (probabilities (N, C), labels (N,) or targets (N, L), mean loss)
     p_val, y_val, _ = scored["val"]
     # The thresholds see validation only; test is scored after they are fixed, exactly once.
-    threshold, cut = choose_operating_point(
-        task, y_val, p_val, policy=config.threshold_policy or DEFAULT_THRESHOLD_POLICY
-    )
+    threshold, cut = choose_operating_point(task, y_val, p_val, policy=config.threshold_policy)
     splits: dict[str, dict[str, Any]] = {}
     predictions: dict[str, SplitPredictions] = {}
     for split, (p, y, loss) in scored.items():

@@ -220,15 +220,14 @@ def train_one_epoch(
 
 def check_threshold_policy(source: Source, config: TrainConfig) -> None:
     """Refuse, before any training, an operating-point policy that a multi-class task cannot
-    use (issue #28.3: it was recorded as argmax with no word). None, the default, stands for
-    "the task's own rule" and is recorded as argmax with MULTICLASS_RULE as its note; any policy
-    given, `youden` included, is refused.
+    use (issue #28.3: it was recorded as argmax with no word). The default (youden) stands for
+    "the task's own rule" and is recorded as argmax with MULTICLASS_RULE as its note.
 
     Raises:
-        XrayError: a `threshold_policy` on a multi-class source.
+        XrayError: a non-default `threshold_policy` on a multi-class source.
     """
     takes = source_task_of(source).takes_threshold_policy
-    if not takes and config.threshold_policy is not None:
+    if not takes and config.threshold_policy != TrainConfig.threshold_policy:
         raise XrayError(f"--threshold {config.threshold_policy}: {MULTICLASS_RULE}")
 
 

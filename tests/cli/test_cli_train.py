@@ -323,12 +323,6 @@ def test_kermany3_extract_fit_head_finetune_compare_end_to_end(tmp_path: Path) -
                                  "--epochs", "3", *common])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "multi-class" in result.output and "recall_VIRAL" in result.output
-    # An explicit policy, the binary default included, is refused in one line; nothing written.
-    refused = runner.invoke(app, ["fit-head", "--cache", str(cache), "--runs", str(runs),
-                                  "--epochs", "1", "--threshold", "youden", *common])  # fmt: skip
-    assert refused.exit_code != 0 and "--threshold youden: multi-class decisions" in refused.output
-    assert "Traceback" not in refused.output
-    assert len([p for p in runs.iterdir() if not p.name.startswith(".")]) == 1
     tune = [*TINY_TUNE, "--epochs", "1", "--runs", str(runs), *common]
     result = runner.invoke(app, ["finetune", *tune])
     assert result.exit_code == 0, result.output
@@ -366,12 +360,6 @@ def test_kermany3_extract_fit_head_finetune_compare_end_to_end(tmp_path: Path) -
     for name in ("report.md", "report.html", "table.csv", "roc.png", "confusion.png"):
         assert (out / name).is_file()
     assert "Per class" in (out / "report.md").read_text()
-    # A run written when config.json recorded the binary default for every task still repeats.
-    old = json.loads((paths[0] / "config.json").read_text()) | {"threshold_policy": "youden"}
-    (tmp_path / "old.json").write_text(json.dumps(old))
-    again = runner.invoke(app, ["fit-head", "--cache", str(cache), "--runs", str(tmp_path / "r2"),
-                                "--config", str(tmp_path / "old.json"), *common])  # fmt: skip
-    assert again.exit_code == 0, again.output
 
 
 @pytest.mark.slow

@@ -126,13 +126,12 @@ def test_a_finding_without_validation_positives_says_its_threshold_fell_back() -
 
 
 def test_a_threshold_policy_on_a_multiclass_task_is_refused_before_training() -> None:
-    """Issue #28.3: --threshold f1 on three classes was recorded as argmax with no word; an
-    explicit youden too (the default is None, the task's own rule)."""
+    """Issue #28.3: --threshold f1 on three classes was recorded as argmax with no word."""
     rng = np.random.default_rng(0)
     feats = {s: rng.normal(size=(30, 4)).astype(np.float32) for s in ("train", "val", "test")}
     labels = {s: np.arange(30) % 3 for s in feats}
     src = FeatureSource.from_arrays(feats, labels, batch_size=8, class_names=("A", "B", "C"))
-    for policy in ("youden", "f1", "sensitivity:0.9", "specificity:0.9", "fixed:0.3"):
+    for policy in ("f1", "sensitivity:0.9", "specificity:0.9", "fixed:0.3"):
         with pytest.raises(XrayError, match="argmax"):
             fit(
                 build_head("linear", 4, 3),
