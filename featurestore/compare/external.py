@@ -458,6 +458,8 @@ def _statistics(
             ),
             "findings": both,
         }
+        if intervals["roc_auc_macro"].get("reliable") is False:  # inherits the mark, as above
+            difference["roc_auc_macro"]["reliable"] = False
     return intervals, difference
 
 

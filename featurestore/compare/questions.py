@@ -180,7 +180,8 @@ class PairResult:
         out = []
         for name, (lo, hi) in ((a, self.interval_a), (b, self.interval_b)):
             if np.isfinite(lo) and lo <= 0.5:
-                out.append(f"{name} ({self.metric} interval {fmt(lo)} to {fmt(hi)} includes 0.5)")
+                where = "includes 0.5" if hi >= 0.5 else "lies below 0.5"
+                out.append(f"{name} ({self.metric} interval {fmt(lo)} to {fmt(hi)} {where})")
         return out
 
 
@@ -335,10 +336,12 @@ class Answer:
             )
         chance = r.at_chance(self.a, self.b)
         if chance:
-            verdict += (
-                f"; no better than chance: {'; '.join(chance)}, so the difference says that "
-                "a model failed to learn, not which approach is better"
-            )
+            verdict += f"; no better than chance: {'; '.join(chance)}"
+            if self.significant:
+                verdict += (
+                    ", so the difference says that a model failed to learn, not which approach "
+                    "is better"
+                )
         return f"{numbers}. {verdict[0].upper()}{verdict[1:]}."
 
     def as_dict(self) -> dict[str, Any]:

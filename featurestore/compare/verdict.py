@@ -212,6 +212,7 @@ def describe_dataset(records: list[RunRecord]) -> dict[str, Any]:
         scored = Path(str(evaluation["data"]))
         folder = scored.parent if scored.suffix.lower() in (".csv", ".npz") else scored
         counts = evaluation.get("per_class") or evaluation.get("positives")
+        counts = counts if isinstance(counts, dict) else None  # older folders: an int
         trained = run_dataset_root(ref)
         return {
             "name": evaluation.get("dataset") or folder.name,

@@ -270,15 +270,18 @@ def explain_images(
                 explained = probs.argmax(1)  # (B,) each image's predicted class
             elif multiclass:
                 explained = torch.full((len(batch),), int(class_index or 0))
-            else:  # binary: the row reports P(positive) and the class at the threshold
-                explained = torch.full((len(batch),), predictor.positive_index)
+            else:  # binary: P(positive) (or of --class) and the class at the threshold
+                k_map = class_index if class_index is not None and class_index >= 0 else None
+                explained = torch.full((len(batch),), predictor.positive_index if k_map is None
+                                       else k_map)  # fmt: skip
             p_pos = probs.gather(1, explained[:, None])[:, 0].tolist()  # (B,)
             # Multi-label rows name the explained finding, the others the predicted class.
             named = explained if multilabel else probs.argmax(1)
             predicted = named.tolist()  # (B,)
             explained_k = explained.tolist()  # (B,) whose probability p is
-            for (i, small, full), cam, p, k, e in zip(
-                batch, cams.cpu().numpy(), p_pos, predicted, explained_k, strict=True
+            decide = probs[:, predictor.positive_index].tolist()  # (B,) binary: P(positive)
+            for (i, small, full), cam, p, k, e, q in zip(
+                batch, cams.cpu().numpy(), p_pos, predicted, explained_k, decide, strict=True
             ):
                 heat = cam_to_image(cam, predictor.preprocessing, small.size, full.size)
                 picture = overlay(full, heat)
@@ -289,8 +292,8 @@ def explain_images(
                 peak = (int(xx), int(y)) if heat.max() > 0 else None
                 if multiclass:  # p is the explained class's (or finding's) probability
                     label = predictor.class_names[int(k)]
-                else:
-                    label = predictor.classify(p)
+                else:  # the class at the threshold, whichever class the map is of
+                    label = predictor.classify(q)
                 results[i] = ExplainRow(str(paths[i]), str(target), p, label, peak,
                                         explained=predictor.class_names[e])  # fmt: skip
                 picture.thumbnail((320, 320))

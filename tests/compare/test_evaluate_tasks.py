@@ -391,3 +391,15 @@ def test_two_csvs_of_one_name_in_two_folders_are_two_datasets(
         names.append(json.loads((result.path / "evaluation.json").read_text())["dataset"])
         assert f"-on-{names[-1]}-test" in result.path.name
     assert names == ["ml-labels-uignore", "site_c-labels-uignore"]  # and the uncertain policy
+
+
+def test_an_old_binary_evaluation_folder_with_an_int_positives_count_still_describes() -> None:
+    """Evaluation folders of the first `evaluate` record `positives` as an int (binary)."""
+    from featurestore.compare import counts_line, describe_dataset
+    from featurestore.runs import RunRecord
+
+    cfg = {"class_names": ["NORMAL", "PNEUMONIA"], "positive_index": 1,
+           "evaluation": {"data": "/nowhere/site_b", "split": "test", "positives": 12}}  # fmt: skip
+    d = describe_dataset([RunRecord(Path("e"), cfg, {}, {}, {}, {})])
+    assert d["path"] == "/nowhere/site_b" and d["class_counts"] is None
+    assert counts_line(d) == ""

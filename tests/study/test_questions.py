@@ -370,3 +370,17 @@ def test_an_arm_no_better_than_chance_is_named_in_the_answer(task: Task) -> None
     other = next(m for m in metric_names(task) if "auc" not in m.split(":")[0])
     (res,) = answer_questions([("q", "frozen", "tuned", good, noise, other)], n_boot=100)
     assert res.result.at_chance("frozen", "tuned") == []
+
+
+def test_the_chance_line_says_below_0_5_and_blames_no_one_without_a_difference() -> None:
+    rng = np.random.default_rng(11)
+    y = np.arange(80) % 2
+    good = _task_run(BINARY, y, 0.8, rng)
+    anti = _task_run(BINARY, y, 0.8, rng)
+    anti.predictions["probability"] = 1.0 - anti.predictions["probability"]  # ranks backwards
+    (a,) = answer_questions([("q", "good", "anti", [good], [anti], "roc_auc")], n_boot=300)
+    assert "anti (roc_auc interval" in a.statement() and "lies below 0.5)" in a.statement()
+    noise = [_task_run(BINARY, y, 0.0, rng) for _ in range(2)]
+    (b,) = answer_questions([("q", "n1", "n2", [noise[0]], [noise[1]], "roc_auc")], n_boot=300)
+    assert not b.significant and "no better than chance" in b.statement()
+    assert "failed to learn" not in b.statement()

@@ -235,7 +235,12 @@ def test_explain_targets_the_tasks_class(root: Path, task: str, tmp_path: Path) 
         return [max(probs, key=lambda c: probs[c])]
 
     differs = []
-    for extra, chosen in (((), None), (("--class", names[-1]), names[-1])):
+    chosen_runs = (
+        ((), None),
+        (("--class", names[-1]), names[-1]),
+        (("--class", names[0]), names[0]),
+    )
+    for extra, chosen in chosen_runs:
         rows = explain(*extra)
         for image, pred in zip(images, predicted, strict=True):
             mine = [r for r in rows if r["path"] == str(image)]
@@ -251,8 +256,11 @@ def test_explain_targets_the_tasks_class(root: Path, task: str, tmp_path: Path) 
                 ]
                 differs.append(any(bool(np.abs(got - o).max() > 2) for o in others))
                 probs = pred.probabilities or {}
-                if task == "binary":
-                    assert row["probability"] == pytest.approx(pred.probability, abs=1e-5)
+                if task == "binary":  # P(the map's class); the decision stays at the threshold
+                    p_map = (
+                        pred.probability if k == predictor.positive_index else 1 - pred.probability
+                    )
+                    assert row["probability"] == pytest.approx(p_map, abs=1e-5)
                     assert row["prediction"] == pred.prediction
                 else:  # the explained class's (or finding's) probability
                     assert row["probability"] == pytest.approx(probs[name], abs=1e-5)
